@@ -1,0 +1,140 @@
+// Turns the intermediate form into a Snapshot, or into every error that stops it.
+import WeirCore
+
+public enum Compiler {
+    public static let weightRange = 1...10_000
+    public static let connectAttemptsRange = 1...Exclusionless.maxAttempts
+    public static let defaultConnectTimeoutNanoseconds: Int64 = 5_000_000_000
+    public static let defaultIdleTimeoutNanoseconds: Int64 = 3_600_000_000_000
+    public static let defaultDrainTimeoutNanoseconds: Int64 = 30_000_000_000
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// Bounds that keep a config from asking for absurd memory or impossible kernel objects.
+    enum Exclusionless { static let maxAttempts = 4 }
+
+    public static func compile(_ doc: ConfigDocument, generation: UInt64 = 0) throws -> Snapshot {
+        var errors: [ConfigError] = []
+        func fail(_ p: SourcePosition, _ m: String) { errors.append(ConfigError(p, m)) }
+
+        if let s = doc.shards, !(1...1024).contains(s.value) { fail(s.position, "shards must be auto or 1 to 1024, not \(s.value)") }
+        if let d = doc.drainTimeout, d.value > 3_600_000_000_000 { fail(d.position, "drain_timeout must be at most 1h") }
+        if let l = doc.logLevel, !logLevels.contains(l.value) {
+            fail(l.position, "log_level must be one of \(logLevels.joined(separator: ", ")), not '\(l.value)'")
+        }
+        let limits = compileLimits(doc.limits, fail: fail)
+
+        // Clusters first: listeners refer to them by name.
+        var clusterIndex: [String: Int] = [:]
+        var clusters: [Cluster] = []
+        for c in doc.clusters {
+            guard let name = c.name else { fail(c.position, "a cluster needs a 'name'"); continue }
+            if name.value.isEmpty { fail(name.position, "a cluster name must not be empty"); continue }
+            if clusterIndex[name.value] != nil { fail(name.position, "duplicate cluster name '\(name.value)'"); continue }
+            guard let compiled = compileCluster(c, name: name.value, fail: fail) else { continue }
+            clusterIndex[name.value] = clusters.count
+            clusters.append(compiled)
+        }
+
+        var listeners: [Listener] = []
+        var listenerNames = Set<String>()
+        var listenerAddresses: [SocketAddress: String] = [:]
+        for l in doc.listeners {
+            guard let name = l.name else { fail(l.position, "a listener needs a 'name'"); continue }
+            if !listenerNames.insert(name.value).inserted { fail(name.position, "duplicate listener name '\(name.value)'"); continue }
+            guard let addressText = l.address else { fail(l.position, "listener '\(name.value)' needs an 'address'"); continue }
+            let address: SocketAddress
+            do { address = try SocketAddress.parse(addressText.value) } catch {
+                fail(addressText.position, "listener '\(name.value)': \(error)"); continue
+            }
+            if let other = listenerAddresses[address] {
+                fail(addressText.position, "listener '\(name.value)' has the same address as listener '\(other)'"); continue
+            }
+            listenerAddresses[address] = name.value
+            let proto: ListenerProtocol
+            switch l.proto?.value ?? "tcp" {
+            case "tcp": proto = .tcp
+            case "http": fail(l.proto!.position, "protocol 'http' is not available yet in this build; use 'tcp'"); continue
+            case let other: fail(l.proto!.position, "protocol must be 'tcp', not '\(other)'"); continue
+            }
+            guard let clusterName = l.cluster else { fail(l.position, "listener '\(name.value)' needs a 'cluster'"); continue }
+            guard let ci = clusterIndex[clusterName.value] else {
+                let known = clusterIndex.keys.sorted().joined(separator: ", ")
+                fail(clusterName.position, "listener '\(name.value)' refers to cluster '\(clusterName.value)', which is not defined (defined: \(known.isEmpty ? "none" : known))")
+                continue
+            }
+            if let b = l.backlog, !(1...65535).contains(b.value) { fail(b.position, "backlog must be 1 to 65535") }
+            if let t = l.idleTimeout, t.value < 1_000_000 { fail(t.position, "idle_timeout must be at least 1ms") }
+            listeners.append(Listener(name: name.value, address: address, proto: proto, clusterIndex: ci,
+                                      idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds,
+                                      backlog: Int32(l.backlog?.value ?? 4096)))
+        }
+        if doc.listeners.isEmpty { fail(doc.position, "there are no listeners: add a 'listeners:' list") }
+
+        if !errors.isEmpty { throw ConfigErrors(errors) }
+        return Snapshot(generation: generation, source: doc.source, shards: doc.shards?.value,
+                        drainTimeoutNanoseconds: doc.drainTimeout?.value ?? defaultDrainTimeoutNanoseconds,
+                        logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters)
+    }
+
+    static func compileLimits(_ d: LimitsDocument, fail: (SourcePosition, String) -> Void) -> Limits {
+        var limits = Limits.defaults
+        if let v = d.maxConnectionsPerShard {
+            if (1...1_000_000).contains(v.value) { limits.maxConnectionsPerShard = v.value }
+            else { fail(v.position, "max_connections_per_shard must be 1 to 1000000") }
+        }
+        if let v = d.bufferBytes {
+            if (1024...(1 << 20)).contains(v.value) { limits.bufferBytes = v.value }
+            else { fail(v.position, "buffer_bytes must be 1KiB to 1MiB") }
+        }
+        if let v = d.buffersPerShard {
+            // The kernel's provided-buffer ring holds a power of two entries, at most 32768.
+            if (16...32768).contains(v.value) && v.value & (v.value - 1) == 0 { limits.buffersPerShard = v.value }
+            else { fail(v.position, "buffers_per_shard must be a power of two from 16 to 32768") }
+        }
+        if let v = d.maxQueuedBuffersPerDirection {
+            if (1...1024).contains(v.value) { limits.maxQueuedBuffersPerDirection = v.value }
+            else { fail(v.position, "max_queued_buffers must be 1 to 1024") }
+        }
+        return limits
+    }
+
+    static func compileCluster(_ c: ClusterDocument, name: String, fail: (SourcePosition, String) -> Void) -> Cluster? {
+        var ok = true
+        var balancer = BalancerKind.roundRobin
+        if let b = c.balancer {
+            if let k = BalancerKind(rawValue: b.value) { balancer = k } else {
+                fail(b.position, "cluster '\(name)': balancer must be one of \(BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(b.value)'")
+                ok = false
+            }
+        }
+        if let t = c.connectTimeout, !(1_000_000...300_000_000_000).contains(t.value) {
+            fail(t.position, "cluster '\(name)': connect_timeout must be 1ms to 5m"); ok = false
+        }
+        if let a = c.connectAttempts, !connectAttemptsRange.contains(a.value) {
+            fail(a.position, "cluster '\(name)': connect_attempts must be \(connectAttemptsRange.lowerBound) to \(connectAttemptsRange.upperBound)"); ok = false
+        }
+        if c.endpoints.isEmpty { fail(c.position, "cluster '\(name)' has no endpoints"); ok = false }
+        var endpoints: [Endpoint] = []
+        var seen = Set<SocketAddress>()
+        for e in c.endpoints {
+            guard let a = e.address else { fail(e.position, "cluster '\(name)': an endpoint needs an 'address'"); ok = false; continue }
+            do {
+                let address = try SocketAddress.parse(a.value)
+                if address.port == 0 { fail(a.position, "cluster '\(name)': endpoint port must not be 0"); ok = false; continue }
+                if !seen.insert(address).inserted { fail(a.position, "cluster '\(name)': endpoint \(address) is listed twice"); ok = false; continue }
+                let w = e.weight?.value ?? 1
+                if !weightRange.contains(w) {
+                    fail(e.weight!.position, "cluster '\(name)': weight must be \(weightRange.lowerBound) to \(weightRange.upperBound), not \(w)")
+                    ok = false; continue
+                }
+                endpoints.append(Endpoint(address: address, weight: Int32(w)))
+            } catch {
+                fail(a.position, "cluster '\(name)': \(error)"); ok = false
+            }
+        }
+        guard ok else { return nil }
+        return Cluster(name: name, balancer: balancer,
+                       connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
+                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints)
+    }
+}

@@ -1,0 +1,58 @@
+// The intermediate form: what a config source (YAML file now, xDS later) says, unvalidated but
+// typed, with the position of every value so the compiler's errors can point at it.
+
+/// A value and where it was written.
+public struct Located<Value: Sendable>: Sendable {
+    public var value: Value
+    public var position: SourcePosition
+    public init(_ value: Value, at position: SourcePosition) { self.value = value; self.position = position }
+}
+
+public struct ConfigDocument: Sendable {
+    public var source: String
+    /// nil means "auto": one shard per CPU.
+    public var shards: Located<Int>?
+    public var drainTimeout: Located<Int64>?
+    public var logLevel: Located<String>?
+    public var limits = LimitsDocument()
+    public var listeners: [ListenerDocument] = []
+    public var clusters: [ClusterDocument] = []
+    public var position: SourcePosition
+    public init(source: String, position: SourcePosition) { self.source = source; self.position = position }
+}
+
+public struct LimitsDocument: Sendable {
+    public var maxConnectionsPerShard: Located<Int>?
+    public var bufferBytes: Located<Int>?
+    public var buffersPerShard: Located<Int>?
+    public var maxQueuedBuffersPerDirection: Located<Int>?
+    public init() {}
+}
+
+public struct ListenerDocument: Sendable {
+    public var position: SourcePosition
+    public var name: Located<String>?
+    public var address: Located<String>?
+    public var proto: Located<String>?
+    public var cluster: Located<String>?
+    public var idleTimeout: Located<Int64>?
+    public var backlog: Located<Int>?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+public struct ClusterDocument: Sendable {
+    public var position: SourcePosition
+    public var name: Located<String>?
+    public var balancer: Located<String>?
+    public var connectTimeout: Located<Int64>?
+    public var connectAttempts: Located<Int>?
+    public var endpoints: [EndpointDocument] = []
+    public init(position: SourcePosition) { self.position = position }
+}
+
+public struct EndpointDocument: Sendable {
+    public var position: SourcePosition
+    public var address: Located<String>?
+    public var weight: Located<Int>?
+    public init(position: SourcePosition) { self.position = position }
+}

@@ -1,0 +1,76 @@
+// The compiled, immutable configuration every shard reads. Built on the control thread, never
+// mutated, published whole by SnapshotStore.
+import WeirCore
+
+public enum ListenerProtocol: String, Sendable { case tcp }
+public enum BalancerKind: String, Sendable, CaseIterable { case roundRobin = "round_robin" }
+
+public struct Endpoint: Sendable, Equatable {
+    public let address: SocketAddress
+    public let weight: Int32
+}
+
+public final class Cluster: Sendable {
+    public let name: String
+    public let balancer: BalancerKind
+    public let connectTimeoutNanoseconds: Int64
+    /// Endpoints tried for one downstream connection before giving up, the first included.
+    public let connectAttempts: Int
+    public let endpoints: [Endpoint]
+    public var weights: [Int32] { endpoints.map(\.weight) }
+
+    init(name: String, balancer: BalancerKind, connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint]) {
+        self.name = name; self.balancer = balancer
+        self.connectTimeoutNanoseconds = connectTimeoutNanoseconds
+        self.connectAttempts = connectAttempts; self.endpoints = endpoints
+    }
+}
+
+public struct Listener: Sendable {
+    public let name: String
+    public let address: SocketAddress
+    public let proto: ListenerProtocol
+    /// Index into `Snapshot.clusters`.
+    public let clusterIndex: Int
+    public let idleTimeoutNanoseconds: Int64
+    public let backlog: Int32
+}
+
+/// Sizes fixed when the shards start: a reload that changes them is reported and applies on the
+/// next restart, since the slabs and buffer rings are allocated once.
+public struct Limits: Sendable, Equatable {
+    public var maxConnectionsPerShard: Int
+    public var bufferBytes: Int
+    public var buffersPerShard: Int
+    public var maxQueuedBuffersPerDirection: Int
+
+    public static let defaults = Limits(maxConnectionsPerShard: 16384, bufferBytes: 32 * 1024,
+                                        buffersPerShard: 4096, maxQueuedBuffersPerDirection: 16)
+}
+
+public final class Snapshot: Sendable {
+    /// Increases by one for each snapshot a store publishes.
+    public let generation: UInt64
+    /// Where it came from: a file path, "demo", or later "xds".
+    public let source: String
+    /// nil means one per CPU.
+    public let shards: Int?
+    public let drainTimeoutNanoseconds: Int64
+    public let logLevel: String
+    public let limits: Limits
+    public let listeners: [Listener]
+    public let clusters: [Cluster]
+
+    init(generation: UInt64, source: String, shards: Int?, drainTimeoutNanoseconds: Int64, logLevel: String,
+         limits: Limits, listeners: [Listener], clusters: [Cluster]) {
+        self.generation = generation; self.source = source; self.shards = shards
+        self.drainTimeoutNanoseconds = drainTimeoutNanoseconds; self.logLevel = logLevel
+        self.limits = limits; self.listeners = listeners; self.clusters = clusters
+    }
+
+    /// The same configuration under another generation number (the store numbers snapshots).
+    func numbered(_ generation: UInt64) -> Snapshot {
+        Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
+                 logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
+    }
+}

@@ -1,0 +1,186 @@
+// Reads a YAML file into the intermediate form. Checks shapes and types here (unknown keys, a
+// string where a number belongs); meaning (names, references, ranges) is the compiler's job.
+import Foundation
+import WeirCore
+import Yams
+
+public enum YAMLLoader {
+    /// Reads and parses `path`. Throws `ConfigErrors` with every problem found.
+    public static func load(path: String) throws -> ConfigDocument {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigErrors([ConfigError(SourcePosition(file: path, line: 0, column: 0),
+                                            "cannot read the file (does it exist, and may weir read it?)")])
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigErrors([ConfigError(SourcePosition(file: path, line: 0, column: 0), "the file is not UTF-8 text")])
+        }
+        return try parse(text, file: path)
+    }
+
+    /// Parses YAML text; `file` names it in errors.
+    public static func parse(_ text: String, file: String) throws -> ConfigDocument {
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch let e as YamlError {
+            throw ConfigErrors([yamlSyntaxError(e, file: file)])
+        }
+        var reader = Reader(file: file)
+        let doc = reader.document(node)
+        if !reader.errors.isEmpty { throw ConfigErrors(reader.errors) }
+        return doc
+    }
+
+    static func yamlSyntaxError(_ e: YamlError, file: String) -> ConfigError {
+        switch e {
+        case let .scanner(_, problem, mark, _), let .parser(_, problem, mark, _), let .composer(_, problem, mark, _):
+            return ConfigError(SourcePosition(file: file, line: mark.line, column: mark.column), "YAML syntax: \(problem)")
+        case let .duplicatedKeysInMapping(duplicates, context):
+            return ConfigError(SourcePosition(file: file, line: context.mark.line, column: context.mark.column),
+                               "duplicate key(s) \(duplicates.joined(separator: ", ")) in one mapping")
+        default:
+            return ConfigError(SourcePosition(file: file, line: 1, column: 1), "YAML: \(e)")
+        }
+    }
+}
+
+/// Walks the YAML tree, collecting every error rather than stopping at the first.
+struct Reader {
+    let file: String
+    var errors: [ConfigError] = []
+
+    init(file: String) { self.file = file }
+
+    func pos(_ node: Node?) -> SourcePosition {
+        guard let m = node?.mark else { return SourcePosition(file: file, line: 1, column: 1) }
+        return SourcePosition(file: file, line: m.line, column: m.column)
+    }
+
+    mutating func fail(_ node: Node?, _ message: String) { errors.append(ConfigError(pos(node), message)) }
+
+    /// The mapping's pairs by key, reporting keys not in `allowed`.
+    mutating func fields(_ node: Node, allowed: [String], what: String) -> [String: (key: Node, value: Node)] {
+        guard let mapping = node.mapping else {
+            fail(node, "\(what) must be a mapping (key: value)")
+            return [:]
+        }
+        var out: [String: (key: Node, value: Node)] = [:]
+        for (k, v) in mapping {
+            guard let key = k.string else { fail(k, "keys must be strings"); continue }
+            if !allowed.contains(key) {
+                let hint = closest(key, in: allowed).map { "; did you mean '\($0)'?" } ?? ""
+                fail(k, "unknown key '\(key)' in \(what) (known: \(allowed.joined(separator: ", ")))\(hint)")
+                continue
+            }
+            out[key] = (k, v)
+        }
+        return out
+    }
+
+    mutating func string(_ f: (key: Node, value: Node)?, _ name: String) -> Located<String>? {
+        guard let f else { return nil }
+        guard case .scalar(let s) = f.value else { fail(f.value, "'\(name)' must be a string"); return nil }
+        return Located(s.string, at: pos(f.value))
+    }
+
+    mutating func int(_ f: (key: Node, value: Node)?, _ name: String) -> Located<Int>? {
+        guard let f else { return nil }
+        guard case .scalar(let s) = f.value, let v = Int(s.string) else {
+            fail(f.value, "'\(name)' must be a whole number"); return nil
+        }
+        return Located(v, at: pos(f.value))
+    }
+
+    mutating func duration(_ f: (key: Node, value: Node)?, _ name: String) -> Located<Int64>? {
+        guard let f else { return nil }
+        guard case .scalar(let s) = f.value, let ns = parseDurationNanoseconds(s.string) else {
+            fail(f.value, "'\(name)' must be a duration such as 500ms, 2s, 1m or 1h"); return nil
+        }
+        return Located(ns, at: pos(f.value))
+    }
+
+    mutating func bytes(_ f: (key: Node, value: Node)?, _ name: String) -> Located<Int>? {
+        guard let f else { return nil }
+        guard case .scalar(let s) = f.value, let b = parseByteSize(s.string) else {
+            fail(f.value, "'\(name)' must be a size such as 16384, 16KiB or 1MiB"); return nil
+        }
+        return Located(b, at: pos(f.value))
+    }
+
+    mutating func list(_ f: (key: Node, value: Node)?, _ name: String) -> [Node] {
+        guard let f else { return [] }
+        guard let seq = f.value.sequence else { fail(f.value, "'\(name)' must be a list"); return [] }
+        return Array(seq)
+    }
+
+    mutating func document(_ root: Node?) -> ConfigDocument {
+        var doc = ConfigDocument(source: file, position: pos(root))
+        guard let root else { fail(nil, "the file is empty; it needs at least 'listeners' and 'clusters'"); return doc }
+        let f = fields(root, allowed: ["shards", "drain_timeout", "log_level", "limits", "listeners", "clusters"],
+                       what: "the top level")
+        if let s = f["shards"] {
+            if s.value.string == "auto" { doc.shards = nil } else { doc.shards = int(s, "shards (a number or auto)") }
+        }
+        doc.drainTimeout = duration(f["drain_timeout"], "drain_timeout")
+        doc.logLevel = string(f["log_level"], "log_level")
+        if let l = f["limits"] {
+            let lf = fields(l.value, allowed: ["max_connections_per_shard", "buffer_bytes", "buffers_per_shard",
+                                               "max_queued_buffers"], what: "limits")
+            doc.limits.maxConnectionsPerShard = int(lf["max_connections_per_shard"], "max_connections_per_shard")
+            doc.limits.bufferBytes = bytes(lf["buffer_bytes"], "buffer_bytes")
+            doc.limits.buffersPerShard = int(lf["buffers_per_shard"], "buffers_per_shard")
+            doc.limits.maxQueuedBuffersPerDirection = int(lf["max_queued_buffers"], "max_queued_buffers")
+        }
+        for node in list(f["listeners"], "listeners") { doc.listeners.append(listener(node)) }
+        for node in list(f["clusters"], "clusters") { doc.clusters.append(cluster(node)) }
+        return doc
+    }
+
+    mutating func listener(_ node: Node) -> ListenerDocument {
+        var l = ListenerDocument(position: pos(node))
+        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog"], what: "a listener")
+        l.name = string(f["name"], "name")
+        l.address = string(f["address"], "address")
+        l.proto = string(f["protocol"], "protocol")
+        l.cluster = string(f["cluster"], "cluster")
+        l.idleTimeout = duration(f["idle_timeout"], "idle_timeout")
+        l.backlog = int(f["backlog"], "backlog")
+        return l
+    }
+
+    mutating func cluster(_ node: Node) -> ClusterDocument {
+        var c = ClusterDocument(position: pos(node))
+        let f = fields(node, allowed: ["name", "balancer", "connect_timeout", "connect_attempts", "endpoints"], what: "a cluster")
+        c.name = string(f["name"], "name")
+        c.balancer = string(f["balancer"], "balancer")
+        c.connectTimeout = duration(f["connect_timeout"], "connect_timeout")
+        c.connectAttempts = int(f["connect_attempts"], "connect_attempts")
+        for e in list(f["endpoints"], "endpoints") {
+            var ep = EndpointDocument(position: pos(e))
+            let ef = fields(e, allowed: ["address", "weight"], what: "an endpoint")
+            ep.address = string(ef["address"], "address")
+            ep.weight = int(ef["weight"], "weight")
+            c.endpoints.append(ep)
+        }
+        return c
+    }
+}
+
+/// The allowed key closest to a misspelt one, when it is close enough to be a likely typo.
+func closest(_ word: String, in candidates: [String]) -> String? {
+    func distance(_ a: [Character], _ b: [Character]) -> Int {
+        var prev = Array(0...b.count)
+        for (i, ca) in a.enumerated() {
+            var cur = [i + 1] + Array(repeating: 0, count: b.count)
+            for (j, cb) in b.enumerated() {
+                cur[j + 1] = min(prev[j + 1] + 1, cur[j] + 1, prev[j] + (ca == cb ? 0 : 1))
+            }
+            prev = cur
+        }
+        return prev[b.count]
+    }
+    let w = Array(word)
+    let best = candidates.map { ($0, distance(w, Array($0))) }.min { $0.1 < $1.1 }
+    guard let best, best.1 <= max(1, word.count / 3) else { return nil }
+    return best.0
+}
