@@ -74,3 +74,9 @@ public final class Snapshot: Sendable {
                  logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
     }
 }
+
+extension Snapshot {
+    /// No listeners, no clusters: what is left after a drain.
+    public static let empty = Snapshot(generation: 0, source: "empty", shards: nil, drainTimeoutNanoseconds: 0,
+                                       logLevel: "info", limits: .defaults, listeners: [], clusters: [])
+}

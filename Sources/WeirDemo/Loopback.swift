@@ -1,0 +1,178 @@
+// Small blocking TCP servers and clients on loopback, for `weir demo` and for tests. Each
+// connection gets its own thread: simple and obviously correct, which is what a reference peer
+// should be. Not used on Weir's data path.
+import Synchronization
+import WeirCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs `body` on a new detached thread.
+public func spawnThread(_ body: @escaping () -> Void) {
+    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+    var t = pthread_t()
+    let rc = pthread_create(&t, nil, { arg in
+        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, Unmanaged.passRetained(Box(body)).toOpaque())
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+    pthread_detach(t)
+}
+
+/// A loopback upstream that echoes what it receives (until the client half-closes) and counts
+/// connections and bytes.
+public final class EchoServer: @unchecked Sendable {
+    public let address: SocketAddress
+    public let name: String
+    private let fd: Int32
+    private let connectionCount = Atomic<Int>(0)
+    private let byteCount = Atomic<Int>(0)
+    private let open = Atomic<Int>(0)
+    private let stopped = Atomic<Bool>(false)
+    /// When set, the server sends this greeting before echoing (tests use it to see who answered).
+    public let greeting: [UInt8]
+
+    public var connections: Int { connectionCount.load(ordering: .relaxed) }
+    public var bytesReceived: Int { byteCount.load(ordering: .relaxed) }
+    public var openConnections: Int { open.load(ordering: .relaxed) }
+
+    public init(name: String, host: String = "127.0.0.1", port: UInt16 = 0, greeting: String? = nil) throws {
+        self.name = name
+        self.greeting = greeting.map { Array($0.utf8) } ?? []
+        let want = try SocketAddress.parse("\(host):\(port)")
+        let s = socket(want.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, 4)
+        guard want.withSockAddr({ bind(s, $0, $1) }) == 0, listen(s, 1024) == 0 else {
+            let e = errno; close(s)
+            throw LoopbackError(message: "echo server \(name) cannot listen on \(want): \(String(cString: strerror(e)))")
+        }
+        fd = s
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+        address = withUnsafePointer(to: &storage) { SocketAddress(storage: $0)! }
+        spawnThread { [self] in acceptLoop() }
+    }
+
+    private func acceptLoop() {
+        while !stopped.load(ordering: .acquiring) {
+            let c = accept(fd, nil, nil)
+            if c < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if stopped.load(ordering: .acquiring) { close(c); return }
+            connectionCount.add(1, ordering: .relaxed)
+            open.add(1, ordering: .relaxed)
+            spawnThread { [self] in serve(c) }
+        }
+    }
+
+    private func serve(_ c: Int32) {
+        defer { close(c); open.subtract(1, ordering: .relaxed) }
+        if !greeting.isEmpty && !writeAll(c, greeting) { return }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            byteCount.add(n, ordering: .relaxed)
+            if !writeAll(c, Array(buffer[0..<n])) { return }
+        }
+        shutdown(c, Int32(SHUT_WR))
+    }
+
+    /// Stops accepting; open connections finish on their own.
+    public func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+
+    deinit { stop() }
+}
+
+public struct LoopbackError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+@discardableResult
+public func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    bytes.withUnsafeBytes { raw in
+        var off = 0
+        while off < raw.count {
+            let n = send(fd, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            off += n
+        }
+        return true
+    }
+}
+
+/// A blocking client connection with a receive timeout, so a test cannot hang forever.
+public final class TestClient {
+    public let fd: Int32
+
+    public init(_ address: SocketAddress, timeoutSeconds: Int = 10) throws {
+        fd = socket(address.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        guard address.withSockAddr({ connect(fd, $0, $1) }) == 0 else {
+            let e = errno; close(fd)
+            throw LoopbackError(message: "connect \(address): \(String(cString: strerror(e)))")
+        }
+    }
+
+    deinit { close(fd) }
+
+    public func write(_ bytes: [UInt8]) -> Bool { writeAll(fd, bytes) }
+
+    /// Sends FIN: "I have nothing more to say", while still reading.
+    public func halfClose() { shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Reads exactly `count` bytes, or fewer if the peer closes or the timeout passes.
+    public func read(count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            got += n
+        }
+        return Array(out[0..<got])
+    }
+
+    /// Reads until the peer closes (EOF), an error, or the timeout.
+    public func readToEnd(limit: Int = 1 << 30) -> (bytes: [UInt8], eof: Bool) {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n == 0 { return (out, true) }
+            if n < 0 { return (out, false) }
+            out.append(contentsOf: buffer[0..<n])
+        }
+        return (out, false)
+    }
+}
+
+/// Random bytes from a fast generator (xorshift), reproducible per seed.
+public func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var s = seed | 1
+    var out = [UInt8](repeating: 0, count: count)
+    out.withUnsafeMutableBytes { raw in
+        var i = 0
+        while i < count {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17
+            var v = s
+            for _ in 0..<8 where i < count { raw[i] = UInt8(truncatingIfNeeded: v); v >>= 8; i += 1 }
+        }
+    }
+    return out
+}

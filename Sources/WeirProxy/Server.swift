@@ -1,0 +1,225 @@
+// The control side of the data plane: starts the shard threads, binds listening sockets for them,
+// publishes new snapshots (reload), and drains. Runs on the control thread, never on a shard.
+import Synchronization
+import WeirConfig
+import WeirCore
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Listening sockets the control thread bound, waiting for their shard to take them. Binding on
+/// the control thread lets a reload fail whole (address in use, bad IP) before any shard moves.
+final class ListenerSockets: Sendable {
+    private let table = Mutex<[SocketAddress: [Int32]]>([:])
+
+    func has(_ address: SocketAddress) -> Bool { table.withLock { $0[address] != nil } }
+
+    func put(_ address: SocketAddress, fds: [Int32]) { table.withLock { $0[address] = fds } }
+
+    /// The socket bound for `shard`, handed over once.
+    func take(_ address: SocketAddress, shard: Int) -> Int32? {
+        table.withLock { t in
+            guard var fds = t[address], shard < fds.count, fds[shard] >= 0 else { return nil }
+            let fd = fds[shard]
+            fds[shard] = -1
+            t[address] = fds.allSatisfy({ $0 < 0 }) ? nil : fds
+            return fd
+        }
+    }
+
+    /// Closes sockets no shard will take because their listener is gone from `snapshot`.
+    func closeUnwanted(keeping snapshot: Snapshot) {
+        let wanted = Set(snapshot.listeners.map(\.address))
+        table.withLock { t in
+            for (address, fds) in t where !wanted.contains(address) {
+                for fd in fds where fd >= 0 { close(fd) }
+                t[address] = nil
+            }
+        }
+    }
+}
+
+/// What the control thread shares with one shard.
+final class ShardControl: @unchecked Sendable {
+    let waker: Waker
+    let store: SnapshotStore
+    let sockets: ListenerSockets
+    let shardCount: Int
+    let command = Atomic<Int>(ShardCommand.none.rawValue)
+    /// 0 starting, 1 running, 2 failed, 3 exited.
+    let state = Atomic<Int>(0)
+    let adoptedGeneration = Atomic<UInt64>(0)
+    let failure = Mutex<String?>(nil)
+    /// Written by the shard only; read by the control thread for reports (a torn read at worst
+    /// shows a count one step old).
+    let stats: UnsafeMutablePointer<ShardStats>
+
+    init(store: SnapshotStore, sockets: ListenerSockets, shardCount: Int) throws {
+        waker = try Waker()
+        self.store = store; self.sockets = sockets; self.shardCount = shardCount
+        stats = .allocate(capacity: 1)
+        stats.initialize(to: ShardStats())
+    }
+    deinit { stats.deallocate() }
+}
+
+public struct StartError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// The running data plane.
+public final class Server: @unchecked Sendable {
+    public let store: SnapshotStore
+    public let shardCount: Int
+    let sockets = ListenerSockets()
+    var controls: [ShardControl] = []
+    var threads: [pthread_t] = []
+    /// Addresses actually bound per configured address (they differ when the config says port 0).
+    public private(set) var boundAddresses: [SocketAddress: SocketAddress] = [:]
+
+    public static var cpuCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    public init(snapshot: Snapshot, shards: Int? = nil) {
+        store = SnapshotStore(snapshot)
+        shardCount = shards ?? snapshot.shards ?? Server.cpuCount
+    }
+
+    /// Probes io_uring, binds the listeners, starts the shards, and returns once every shard runs.
+    public func start() throws {
+        let flags: String
+        do { flags = try Ring.probe() } catch { throw StartError(description: "\(error)") }
+        Log.info("io_uring ready (\(flags)); starting \(shardCount) shard(s)")
+        try bindNewListeners(store.snapshot)
+        for i in 0..<shardCount {
+            let control = try ShardControl(store: store, sockets: sockets, shardCount: shardCount)
+            controls.append(control)
+            threads.append(try spawnShard(index: i, control: control))
+        }
+        // Startup only: wait for every shard to create its ring and open its listeners.
+        while true {
+            let states = controls.map { $0.state.load(ordering: .acquiring) }
+            if let failed = controls.first(where: { $0.state.load(ordering: .acquiring) == 2 }) {
+                let why = failed.failure.withLock { $0 } ?? "unknown"
+                stopAll(.cut)
+                throw StartError(description: "a shard could not start: \(why)")
+            }
+            if states.allSatisfy({ $0 == 1 }) { break }
+            usleep(1000)
+        }
+        for l in store.snapshot.listeners {
+            Log.info("listener \(l.name) on \(boundAddresses[l.address] ?? l.address) (\(l.proto.rawValue)) -> cluster \(store.snapshot.clusters[l.clusterIndex].name)")
+        }
+    }
+
+    func spawnShard(index: Int, control: ShardControl) throws -> pthread_t {
+        let store = self.store
+        let body = Box {
+            do {
+                let shard = try Shard(index: index, control: control, snapshot: store.snapshot)
+                control.state.store(1, ordering: .releasing)
+                shard.run()
+                control.state.store(3, ordering: .releasing)
+            } catch {
+                control.failure.withLock { $0 = "\(error)" }
+                control.state.store(2, ordering: .releasing)
+            }
+        }
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            box.body()
+            return nil
+        }, Unmanaged.passRetained(body).toOpaque())
+        guard rc == 0 else { throw StartError(description: "pthread_create failed: \(String(cString: strerror(rc)))") }
+        return thread
+    }
+
+    /// Binds one SO_REUSEPORT socket per shard for each listener address not yet open. Throws
+    /// (closing what it bound) when any address cannot be bound, so a reload changes nothing.
+    func bindNewListeners(_ snapshot: Snapshot) throws {
+        var opened: [(SocketAddress, [Int32])] = []
+        do {
+            for l in snapshot.listeners where boundAddresses[l.address] == nil && !sockets.has(l.address) {
+                var address = l.address
+                if address.port != 0 { try Sockets.checkFree(address) }
+                var fds: [Int32] = []
+                opened.append((l.address, fds))
+                for _ in 0..<shardCount {
+                    let fd = try Sockets.listen(address, backlog: l.backlog, reusePort: true)
+                    fds.append(fd)
+                    opened[opened.count - 1].1 = fds
+                    if address.port == 0, let bound = Sockets.localAddress(fd) { address = bound }
+                }
+                boundAddresses[l.address] = address
+            }
+        } catch {
+            for (a, fds) in opened { fds.forEach { close($0) }; boundAddresses[a] = nil }
+            throw StartError(description: "listener: \(error)")
+        }
+        for (a, fds) in opened { sockets.put(a, fds: fds) }
+    }
+
+    /// Publishes `next` to every shard. New listeners are bound first; if that fails the running
+    /// snapshot stays and the error says why.
+    @discardableResult
+    public func reload(_ next: Snapshot) throws -> Snapshot {
+        let old = store.snapshot
+        if next.limits != old.limits || (next.shards ?? shardCount) != shardCount {
+            Log.warning("reload: shard count and limits are fixed at start; the new values apply after a restart")
+        }
+        try bindNewListeners(next)
+        let published = store.publish(next)
+        controls.forEach { $0.waker.wake() }
+        sockets.closeUnwanted(keeping: published)
+        let kept = Set(published.listeners.map(\.address))
+        for a in boundAddresses.keys where !kept.contains(a) { boundAddresses[a] = nil }
+        Log.info("reload: generation \(published.generation) published from \(published.source)")
+        return published
+    }
+
+    /// True once every shard runs generation `g` or newer.
+    public func allShardsAdopted(_ g: UInt64) -> Bool {
+        controls.allSatisfy { $0.adoptedGeneration.load(ordering: .acquiring) >= g }
+    }
+
+    public var stats: ShardStats { controls.reduce(ShardStats()) { $0 + $1.stats.pointee } }
+
+    func stopAll(_ command: ShardCommand) {
+        for c in controls {
+            c.command.store(command.rawValue, ordering: .releasing)
+            c.waker.wake()
+        }
+    }
+
+    public struct DrainReport: Sendable {
+        public var drainedCleanly: Bool
+        public var cut: Int
+        public var seconds: Double
+    }
+
+    /// Stops accepting, lets open connections finish for up to `timeoutNanoseconds`, then cuts
+    /// the rest; returns once every shard thread has ended.
+    public func drain(timeoutNanoseconds: Int64) -> DrainReport {
+        let start = monotonicNanoseconds()
+        stopAll(.drain)
+        var clean = true
+        while !controls.allSatisfy({ $0.state.load(ordering: .acquiring) >= 2 }) {
+            if clean && monotonicNanoseconds() - start > timeoutNanoseconds {
+                clean = false
+                stopAll(.cut)
+            }
+            usleep(5000)
+        }
+        for t in threads { pthread_join(t, nil) }
+        threads = []
+        sockets.closeUnwanted(keeping: Snapshot.empty)
+        return DrainReport(drainedCleanly: clean, cut: stats.cutOnDrain,
+                           seconds: Double(monotonicNanoseconds() - start) / 1e9)
+    }
+}
+
+final class Box {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}

@@ -1,0 +1,289 @@
+// TCP passthrough on a shard: accept, pick an endpoint, connect (with a linked timeout and
+// retries on the next endpoint), then copy both directions through the provided-buffer ring,
+// propagating half-close.
+import CURing
+import WeirBalance
+import WeirConfig
+import WeirCore
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Shard {
+    func openConnection(fd: Int32, listener li: Int) {
+        guard freeCount > 0, li >= 0 else {
+            control.stats.pointee.rejectedNoSlot += 1
+            close(fd)
+            return
+        }
+        freeCount -= 1
+        let slot = Int(freeSlots[freeCount])
+        highWater = max(highWater, slot + 1)
+        active += 1
+        control.stats.pointee.accepted += 1
+        let c = connections + slot
+        let gen = c.pointee.generation
+        let listener = snapshot.listeners[li]
+        c.pointee = Connection()
+        c.pointee.generation = gen
+        c.pointee.state = .connecting
+        c.pointee.downstreamFD = fd
+        c.pointee.snapshot = Unmanaged.passRetained(snapshot)
+        c.pointee.clusterIndex = Int32(listener.clusterIndex)
+        c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
+        c.pointee.lastActivity = now
+        Sockets.setNoDelay(fd)
+        startConnect(c, slot: slot)
+    }
+
+    func slot(of c: UnsafeMutablePointer<Connection>) -> Int { c - connections }
+
+    /// Picks an endpoint (avoiding those that already failed for this connection) and connects.
+    func startConnect(_ c: UnsafeMutablePointer<Connection>, slot: Int) {
+        let snap = c.pointee.snapshot!.takeUnretainedValue()
+        let ci = Int(c.pointee.clusterIndex)
+        let cluster = snap.clusters[ci]
+        let pick: Int?
+        if snap === snapshot {
+            pick = balancers[ci].pick(excluding: c.pointee.exclusions)
+        } else {
+            // The connection started on an older snapshot whose balancer state is gone: walk on
+            // from its last endpoint.
+            let n = cluster.endpoints.count
+            let start = Int(c.pointee.endpointIndex) + 1
+            pick = (0..<n).map { (start + $0) % n }.first { !c.pointee.exclusions.contains($0) }
+        }
+        guard let ep = pick else { return abort(c) }
+        c.pointee.endpointIndex = Int32(ep)
+        let endpoint = cluster.endpoints[ep]
+        let fd = Sockets.tcpSocket(for: endpoint.address.family)
+        guard fd >= 0 else {
+            Log.warning("shard \(index): socket() for upstream failed: \(String(cString: strerror(errno)))")
+            return abort(c)
+        }
+        c.pointee.upstreamFD = fd
+        c.pointee.addressLength = endpoint.address.fill(&c.pointee.address)
+        let t = cluster.connectTimeoutNanoseconds
+        c.pointee.connectTimeout = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
+        c.pointee.inflight += 1
+        let addressPointer = UnsafeMutableRawPointer(c).advanced(by: MemoryLayout<Connection>.offset(of: \Connection.address)!)
+            .assumingMemoryBound(to: sockaddr.self)
+        let timeoutPointer = UnsafeMutableRawPointer(c).advanced(by: MemoryLayout<Connection>.offset(of: \Connection.connectTimeout)!)
+            .assumingMemoryBound(to: __kernel_timespec.self)
+        ring.connect(fd: fd, address: addressPointer, length: c.pointee.addressLength, timeout: timeoutPointer,
+                     userData: UserData(op: Op.connect, slot: slot, generation: c.pointee.generation),
+                     timeoutUserData: UserData(op: Op.ignore, slot: 0, generation: 0))
+    }
+
+    func onConnect(_ ud: UserData, _ res: Int32) {
+        let c = connections + ud.slot
+        precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
+        c.pointee.inflight -= 1
+        if c.pointee.state == .closing { return finishIfIdle(c) }
+        if res == 0 {
+            c.pointee.state = .open
+            c.pointee.lastActivity = now
+            control.stats.pointee.upstreamConnected += 1
+            armRecv(c, 0)
+            armRecv(c, 1)
+            return
+        }
+        // Refused, unreachable, or timed out (the linked timeout cancels the connect): try another.
+        if res == -ECANCELED { control.stats.pointee.connectTimeouts += 1 } else { control.stats.pointee.connectFailures += 1 }
+        close(c.pointee.upstreamFD)
+        c.pointee.upstreamFD = -1
+        c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
+        c.pointee.attempts += 1
+        let cluster = c.pointee.snapshot!.takeUnretainedValue().clusters[Int(c.pointee.clusterIndex)]
+        if Int(c.pointee.attempts) < cluster.connectAttempts {
+            startConnect(c, slot: ud.slot)
+        } else {
+            abort(c)
+        }
+    }
+
+    // MARK: Flows
+
+    @inline(__always) func sourceFD(_ c: UnsafeMutablePointer<Connection>, _ f: Int) -> Int32 {
+        f == 0 ? c.pointee.downstreamFD : c.pointee.upstreamFD
+    }
+    @inline(__always) func destinationFD(_ c: UnsafeMutablePointer<Connection>, _ f: Int) -> Int32 {
+        f == 0 ? c.pointee.upstreamFD : c.pointee.downstreamFD
+    }
+
+    func armRecv(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
+        let flow = c.flow(f)
+        flow.pointee.recvArmed = true
+        flow.pointee.cancelRequested = false
+        c.pointee.inflight += 1
+        ring.recvMultishot(fd: sourceFD(c, f), group: buffers.group,
+                           userData: UserData(op: Op.recv, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation))
+    }
+
+    /// Re-arms the recv of a flow that stopped, once its queue has room (half the cap, so a
+    /// connection at the cap does not cancel and re-arm on every buffer).
+    func rearmIfRoom(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
+        let flow = c.flow(f)
+        guard c.pointee.state == .open, !flow.pointee.recvArmed, !flow.pointee.sourceEnded, !flow.pointee.starved,
+              flow.pointee.queued <= queueCap / 2 else { return }
+        armRecv(c, f)
+    }
+
+    func onRecv(_ ud: UserData, _ res: Int32, _ flags: UInt32) {
+        let c = connections + ud.slot
+        precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
+        let f = Int(ud.sub)
+        let flow = c.flow(f)
+        let bid = bufferID(flags: flags)
+        if bid != nil { buffers.didTake() }
+        if !hasMore(flags: flags) {
+            flow.pointee.recvArmed = false
+            flow.pointee.cancelRequested = false
+            c.pointee.inflight -= 1
+        }
+        if c.pointee.state != .open {
+            if let bid { buffers.recycle(bid) }
+            return finishIfIdle(c)
+        }
+        if res > 0, let bid {
+            enqueue(flow, bid: bid, length: res)
+            flow.pointee.bytes += Int64(res)
+            c.pointee.lastActivity = now
+            if !flow.pointee.sending { sendHead(c, f) }
+            if flow.pointee.recvArmed && flow.pointee.queued >= queueCap && !flow.pointee.cancelRequested {
+                // Backpressure: the destination is slower than the source. Stop reading so this
+                // connection cannot drain the shard's shared buffer pool.
+                flow.pointee.cancelRequested = true
+                ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+            } else if !flow.pointee.recvArmed {
+                rearmIfRoom(c, f)
+            }
+            return
+        }
+        if let bid { buffers.recycle(bid) }
+        switch res {
+        case 0:
+            flow.pointee.sourceEnded = true
+            if !flow.pointee.sending && flow.pointee.queued == 0 { shutDestination(c, f) }
+        case -ENOBUFS:
+            flow.pointee.starved = true
+            starvedFlows.append(Int32(ud.slot << 1 | f))
+        case -ECANCELED:
+            rearmIfRoom(c, f)
+        default:
+            abort(c)
+        }
+    }
+
+    func enqueue(_ flow: UnsafeMutablePointer<Flow>, bid: UInt16, length: Int32) {
+        let b = Int32(bid)
+        bufferLength[Int(bid)] = length
+        bufferNext[Int(bid)] = -1
+        if flow.pointee.tail >= 0 { bufferNext[Int(flow.pointee.tail)] = b } else { flow.pointee.head = b }
+        flow.pointee.tail = b
+        flow.pointee.queued += 1
+    }
+
+    /// Sends what is left of the head buffer.
+    func sendHead(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
+        let flow = c.flow(f)
+        let bid = flow.pointee.head
+        let offset = Int(flow.pointee.sendOffset)
+        flow.pointee.sending = true
+        c.pointee.inflight += 1
+        ring.send(fd: destinationFD(c, f), buffer: buffers.pointer(UInt16(bid)) + offset,
+                  count: Int(bufferLength[Int(bid)]) - offset,
+                  userData: UserData(op: Op.send, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation))
+    }
+
+    func onSend(_ ud: UserData, _ res: Int32) {
+        let c = connections + ud.slot
+        precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
+        let f = Int(ud.sub)
+        let flow = c.flow(f)
+        flow.pointee.sending = false
+        c.pointee.inflight -= 1
+        if c.pointee.state != .open { return finishIfIdle(c) }
+        guard res > 0 else { return abort(c) }
+        c.pointee.lastActivity = now
+        flow.pointee.sendOffset += res
+        let head = Int(flow.pointee.head)
+        if flow.pointee.sendOffset >= bufferLength[head] {
+            flow.pointee.head = bufferNext[head]
+            if flow.pointee.head < 0 { flow.pointee.tail = -1 }
+            flow.pointee.queued -= 1
+            flow.pointee.sendOffset = 0
+            buffers.recycle(UInt16(head))
+        }
+        if flow.pointee.queued > 0 {
+            sendHead(c, f)
+        } else if flow.pointee.sourceEnded {
+            shutDestination(c, f)
+        }
+        rearmIfRoom(c, f)
+    }
+
+    /// Propagates a half-close: the source sent FIN and everything it sent is flushed, so send FIN
+    /// on the destination. The other direction keeps flowing until it ends too.
+    func shutDestination(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
+        let flow = c.flow(f)
+        guard !flow.pointee.destinationShut else { return }
+        flow.pointee.destinationShut = true
+        shutdown(destinationFD(c, f), Int32(SHUT_WR))
+        if c.flow(0).pointee.destinationShut && c.flow(1).pointee.destinationShut {
+            control.stats.pointee.completed += 1
+            c.pointee.state = .closing
+            finishIfIdle(c)
+        }
+    }
+
+    /// Re-arms recvs that stopped on an empty buffer ring, now that buffers came back.
+    func rearmStarved() {
+        let list = starvedFlows
+        starvedFlows.removeAll(keepingCapacity: true)
+        for entry in list {
+            let c = connections + Int(entry >> 1)
+            let f = Int(entry & 1)
+            c.flow(f).pointee.starved = false
+            rearmIfRoom(c, f)
+        }
+    }
+
+    // MARK: Ending
+
+    /// Ends a connection abnormally: shuts both sockets so pending operations complete, cancels
+    /// what is left, and frees the slot when the last completion is in.
+    func abort(_ c: UnsafeMutablePointer<Connection>) {
+        guard c.pointee.state != .closing && c.pointee.state != .free else { return }
+        c.pointee.state = .closing
+        c.pointee.aborted = true
+        control.stats.pointee.aborted += 1
+        for fd in [c.pointee.downstreamFD, c.pointee.upstreamFD] where fd >= 0 {
+            shutdown(fd, Int32(SHUT_RDWR))
+            if c.pointee.inflight > 0 { ring.cancelAll(fd: fd, userData: UserData(op: Op.ignore, slot: 0, generation: 0)) }
+        }
+        finishIfIdle(c)
+    }
+
+    /// Frees a closing connection once no operation refers to it any more.
+    func finishIfIdle(_ c: UnsafeMutablePointer<Connection>) {
+        guard c.pointee.state == .closing, c.pointee.inflight == 0 else { return }
+        if c.pointee.downstreamFD >= 0 { close(c.pointee.downstreamFD) }
+        if c.pointee.upstreamFD >= 0 { close(c.pointee.upstreamFD) }
+        for f in 0..<2 {
+            let flow = c.flow(f)
+            var b = flow.pointee.head
+            while b >= 0 { buffers.recycle(UInt16(b)); b = bufferNext[Int(b)] }
+            if f == 0 { control.stats.pointee.bytesDownstreamToUpstream += flow.pointee.bytes }
+            else { control.stats.pointee.bytesUpstreamToDownstream += flow.pointee.bytes }
+        }
+        c.pointee.snapshot?.release()
+        let gen = (c.pointee.generation &+ 1) & UserData.generationMask
+        c.pointee = Connection()
+        c.pointee.generation = gen
+        freeSlots[freeCount] = Int32(slot(of: c))
+        freeCount += 1
+        active -= 1
+    }
+}

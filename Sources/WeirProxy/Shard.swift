@@ -1,0 +1,260 @@
+// A shard: one thread, one ring, and everything that lives on it (listening sockets, connections,
+// buffers, balancer state, stats). Nothing here is shared with another thread except the mailbox
+// and the stats the control thread reads.
+import CURing
+import Synchronization
+import WeirBalance
+import WeirConfig
+import WeirCore
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Operations packed into user_data.
+enum Op {
+    static let accept: UInt8 = 1
+    static let recv: UInt8 = 2
+    static let send: UInt8 = 3
+    static let connect: UInt8 = 4
+    static let ignore: UInt8 = 5
+    static let tick: UInt8 = 6
+    static let wake: UInt8 = 7
+}
+
+/// Commands the control thread leaves for a shard, then wakes it.
+enum ShardCommand: Int {
+    case none = 0
+    /// Stop accepting; exit when the open connections have ended.
+    case drain = 1
+    /// Cut every open connection and exit.
+    case cut = 2
+}
+
+struct ShardListener {
+    var fd: Int32 = -1
+    var address: SocketAddress
+    /// Index in the shard's current snapshot, or -1 while closing.
+    var listenerIndex: Int
+    var generation: UInt32 = 0
+    var acceptArmed = false
+    var closing = false
+}
+
+final class Shard {
+    let index: Int
+    let control: ShardControl
+    let ring: Ring
+    let buffers: BufferRing
+    let limits: Limits
+    let connections: UnsafeMutablePointer<Connection>
+    /// Free slot stack.
+    let freeSlots: UnsafeMutablePointer<Int32>
+    var freeCount: Int
+    /// Highest slot ever used + 1, bounds the idle scan.
+    var highWater = 0
+    var active = 0
+    /// Per-buffer queue links and lengths, indexed by buffer id.
+    let bufferNext: UnsafeMutablePointer<Int32>
+    let bufferLength: UnsafeMutablePointer<Int32>
+    /// Flows waiting for buffers to come back (slot << 1 | flow).
+    var starvedFlows: [Int32] = []
+    var listeners: [ShardListener] = []
+    var snapshot: Snapshot
+    var balancers: [RoundRobin] = []
+    var now: Int64 = 0
+    let queueCap: Int32
+    var tickTimespec = __kernel_timespec(tv_sec: 0, tv_nsec: 250_000_000)
+    var wakeBuffer: UInt64 = 0
+    var draining = false
+    var cutting = false
+
+    init(index: Int, control: ShardControl, snapshot: Snapshot) throws {
+        self.index = index
+        self.control = control
+        self.snapshot = snapshot
+        self.limits = snapshot.limits
+        let entries = UInt32(max(256, min(32768, (snapshot.limits.maxConnectionsPerShard * 4).nextPowerOfTwo)))
+        ring = try Ring(entries: entries)
+        buffers = try BufferRing(ring: ring, group: 1, count: limits.buffersPerShard, bufferBytes: limits.bufferBytes)
+        let n = limits.maxConnectionsPerShard
+        connections = .allocate(capacity: n)
+        connections.initialize(repeating: Connection(), count: n)
+        freeSlots = .allocate(capacity: n)
+        for i in 0..<n { freeSlots[i] = Int32(n - 1 - i) }
+        freeCount = n
+        bufferNext = .allocate(capacity: limits.buffersPerShard)
+        bufferNext.initialize(repeating: -1, count: limits.buffersPerShard)
+        bufferLength = .allocate(capacity: limits.buffersPerShard)
+        bufferLength.initialize(repeating: 0, count: limits.buffersPerShard)
+        starvedFlows.reserveCapacity(2 * n)
+        queueCap = Int32(limits.maxQueuedBuffersPerDirection)
+        Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
+    }
+
+    deinit {
+        connections.deinitialize(count: limits.maxConnectionsPerShard)
+        connections.deallocate()
+        freeSlots.deallocate()
+        bufferNext.deallocate()
+        bufferLength.deallocate()
+    }
+
+    // MARK: The loop
+
+    func run() {
+        now = monotonicNanoseconds(coarse: true)
+        adopt(snapshot)
+        ring.read(fd: control.waker.fd, into: &wakeBuffer, count: 8, userData: UserData(op: Op.wake, slot: 0, generation: 0))
+        ring.timeout(&tickTimespec, userData: UserData(op: Op.tick, slot: 0, generation: 0))
+        while true {
+            checkMailbox()
+            if control.store.generation != snapshot.generation { adopt(control.store.snapshot) }
+            if (draining || cutting) && active == 0 && listeners.isEmpty { break }
+            _ = ring.submitAndWait(timeoutNanoseconds: 1_000_000_000)
+            now = monotonicNanoseconds(coarse: true)
+            _ = ring.forEachCompletion { userData, result, flags in
+                dispatch(UserData(raw: userData), result, flags)
+            }
+            if buffers.commit() > 0 && !starvedFlows.isEmpty { rearmStarved() }
+            publishStats()
+        }
+        publishStats()
+    }
+
+    @inline(__always)
+    func dispatch(_ ud: UserData, _ res: Int32, _ flags: UInt32) {
+        switch ud.op {
+        case Op.recv: onRecv(ud, res, flags)
+        case Op.send: onSend(ud, res)
+        case Op.accept: onAccept(ud, res, flags)
+        case Op.connect: onConnect(ud, res)
+        case Op.tick: onTick()
+        case Op.wake:
+            ring.read(fd: control.waker.fd, into: &wakeBuffer, count: 8, userData: UserData(op: Op.wake, slot: 0, generation: 0))
+        default: break
+        }
+    }
+
+    func checkMailbox() {
+        switch ShardCommand(rawValue: control.command.load(ordering: .acquiring)) ?? .none {
+        case .none: break
+        case .drain:
+            if !draining { draining = true; closeAllListeners() }
+        case .cut:
+            if !cutting {
+                cutting = true
+                closeAllListeners()
+                for slot in 0..<highWater where connections[slot].state != .free && connections[slot].state != .closing {
+                    control.stats.pointee.cutOnDrain += 1
+                    abort(connections + slot)
+                }
+            }
+        }
+    }
+
+    func publishStats() {
+        control.stats.pointee.active = active
+    }
+
+    func onTick() {
+        ring.timeout(&tickTimespec, userData: UserData(op: Op.tick, slot: 0, generation: 0))
+        // A listener whose accept stopped on EMFILE/ENFILE gets another try once per tick.
+        for i in listeners.indices where listeners[i].fd >= 0 && !listeners[i].acceptArmed && !listeners[i].closing {
+            armAccept(i)
+        }
+        for slot in 0..<highWater {
+            let c = connections + slot
+            guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { continue }
+            control.stats.pointee.idleTimeouts += 1
+            abort(c)
+        }
+    }
+
+    // MARK: Snapshots and listeners
+
+    /// Takes a new snapshot: keeps sockets of listeners whose address stayed, opens the new ones
+    /// (sockets the control thread bound for this shard), closes the ones that went away.
+    func adopt(_ next: Snapshot) {
+        var wanted: [SocketAddress: Int] = [:]
+        if !draining && !cutting {
+            for (i, l) in next.listeners.enumerated() { wanted[l.address] = i }
+        }
+        for i in listeners.indices where !listeners[i].closing {
+            if let li = wanted.removeValue(forKey: listeners[i].address) {
+                listeners[i].listenerIndex = li
+            } else {
+                closeListener(i)
+            }
+        }
+        for (address, li) in wanted.sorted(by: { $0.value < $1.value }) {
+            guard let fd = control.sockets.take(address, shard: index) else {
+                Log.error("shard \(index): no socket was bound for listener \(next.listeners[li].name) at \(address)")
+                continue
+            }
+            var l = ShardListener(fd: fd, address: address, listenerIndex: li)
+            let slot = listeners.firstIndex(where: { $0.fd < 0 }) ?? listeners.count
+            if slot < listeners.count { l.generation = listeners[slot].generation &+ 1; listeners[slot] = l } else { listeners.append(l) }
+            armAccept(slot)
+        }
+        snapshot = next
+        balancers = next.clusters.map { c in
+            RoundRobin(weights: c.weights, startOffset: RoundRobin.startOffset(shard: index, of: control.shardCount, weights: c.weights))
+        }
+        control.stats.pointee.snapshotsAdopted += 1
+        control.adoptedGeneration.store(next.generation, ordering: .releasing)
+    }
+
+    func armAccept(_ slot: Int) {
+        listeners[slot].acceptArmed = true
+        ring.acceptMultishot(fd: listeners[slot].fd,
+                             userData: UserData(op: Op.accept, slot: slot, generation: listeners[slot].generation))
+    }
+
+    func closeListener(_ slot: Int) {
+        guard listeners[slot].fd >= 0, !listeners[slot].closing else { return }
+        listeners[slot].closing = true
+        listeners[slot].listenerIndex = -1
+        if listeners[slot].acceptArmed {
+            // The pending accept holds the socket open; it ends with -ECANCELED, then we close.
+            ring.cancelAll(fd: listeners[slot].fd, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+        } else {
+            finishListenerClose(slot)
+        }
+    }
+
+    func finishListenerClose(_ slot: Int) {
+        close(listeners[slot].fd)
+        listeners[slot].fd = -1
+        listeners[slot].closing = false
+        while let last = listeners.last, last.fd < 0 { listeners.removeLast() }
+    }
+
+    func closeAllListeners() {
+        for i in listeners.indices { closeListener(i) }
+    }
+
+    func onAccept(_ ud: UserData, _ res: Int32, _ flags: UInt32) {
+        let slot = ud.slot
+        guard slot < listeners.count, listeners[slot].generation == ud.generation else {
+            if res >= 0 { close(res) }
+            return
+        }
+        if !hasMore(flags: flags) { listeners[slot].acceptArmed = false }
+        if res >= 0 {
+            if listeners[slot].closing { close(res) } else { openConnection(fd: res, listener: listeners[slot].listenerIndex) }
+        } else if res != -ECANCELED {
+            // EMFILE, ENFILE, ENOMEM: the kernel stops the multishot; re-arming below tries again
+            // on the next completion rather than spinning.
+            Log.warning("shard \(index): accept on \(listeners[slot].address) failed: \(String(cString: strerror(-res)))")
+        }
+        if !listeners[slot].acceptArmed {
+            if listeners[slot].closing { finishListenerClose(slot) }
+            else if res != -EMFILE && res != -ENFILE { armAccept(slot) }
+        }
+    }
+}
+
+extension Int {
+    var nextPowerOfTwo: Int { self <= 1 ? 1 : 1 << (Int.bitWidth - (self - 1).leadingZeroBitCount) }
+}
