@@ -26,11 +26,15 @@ public enum Compiler {
         // Clusters first: listeners refer to them by name.
         var clusterIndex: [String: Int] = [:]
         var clusters: [Cluster] = []
+        // Clusters with errors of their own: a listener naming one gets no second, cascaded error.
+        var invalidClusters = Set<String>()
         for c in doc.clusters {
             guard let name = c.name else { fail(c.position, "a cluster needs a 'name'"); continue }
             if name.value.isEmpty { fail(name.position, "a cluster name must not be empty"); continue }
-            if clusterIndex[name.value] != nil { fail(name.position, "duplicate cluster name '\(name.value)'"); continue }
-            guard let compiled = compileCluster(c, name: name.value, fail: fail) else { continue }
+            if clusterIndex[name.value] != nil || invalidClusters.contains(name.value) {
+                fail(name.position, "duplicate cluster name '\(name.value)'"); continue
+            }
+            guard let compiled = compileCluster(c, name: name.value, fail: fail) else { invalidClusters.insert(name.value); continue }
             clusterIndex[name.value] = clusters.count
             clusters.append(compiled)
         }
@@ -58,7 +62,8 @@ public enum Compiler {
             }
             guard let clusterName = l.cluster else { fail(l.position, "listener '\(name.value)' needs a 'cluster'"); continue }
             guard let ci = clusterIndex[clusterName.value] else {
-                let known = clusterIndex.keys.sorted().joined(separator: ", ")
+                if invalidClusters.contains(clusterName.value) { continue }
+                let known = (Array(clusterIndex.keys) + invalidClusters).sorted().joined(separator: ", ")
                 fail(clusterName.position, "listener '\(name.value)' refers to cluster '\(clusterName.value)', which is not defined (defined: \(known.isEmpty ? "none" : known))")
                 continue
             }

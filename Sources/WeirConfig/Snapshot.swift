@@ -44,8 +44,8 @@ public struct Limits: Sendable, Equatable {
     public var buffersPerShard: Int
     public var maxQueuedBuffersPerDirection: Int
 
-    public static let defaults = Limits(maxConnectionsPerShard: 16384, bufferBytes: 32 * 1024,
-                                        buffersPerShard: 4096, maxQueuedBuffersPerDirection: 16)
+    public static let defaults = Limits(maxConnectionsPerShard: 16384, bufferBytes: 64 * 1024,
+                                        buffersPerShard: 1024, maxQueuedBuffersPerDirection: 16)
 }
 
 public final class Snapshot: Sendable {

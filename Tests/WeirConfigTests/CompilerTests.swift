@@ -1,0 +1,181 @@
+import Testing
+@testable import WeirConfig
+import WeirCore
+
+/// Compiles `yaml` and returns the error messages with their line:column, or [] if it compiled.
+func errors(_ yaml: String) -> [String] {
+    do {
+        _ = try Compiler.compile(YAMLLoader.parse(yaml, file: "t.yaml"))
+        return []
+    } catch let e as ConfigErrors {
+        return e.errors.map { "\($0.position.line):\($0.position.column) \($0.message)" }
+    } catch {
+        return ["unexpected \(error)"]
+    }
+}
+
+let good = """
+shards: 2
+listeners:
+  - name: pg
+    address: 127.0.0.1:6432
+    protocol: tcp
+    cluster: pg
+clusters:
+  - name: pg
+    balancer: round_robin
+    connect_timeout: 1s
+    endpoints:
+      - { address: 127.0.0.1:5432, weight: 1 }
+      - { address: "[::1]:5433", weight: 3 }
+"""
+
+@Suite struct CompilerTests {
+    @Test func aGoodConfigCompilesWithItsValuesAndDefaults() throws {
+        let s = try Compiler.compile(YAMLLoader.parse(good, file: "t.yaml"))
+        #expect(s.shards == 2)
+        #expect(s.listeners.count == 1)
+        #expect(s.listeners[0].address == SocketAddress(ipv4: 127, 0, 0, 1, port: 6432))
+        #expect(s.listeners[0].idleTimeoutNanoseconds == Compiler.defaultIdleTimeoutNanoseconds)
+        #expect(s.clusters[0].connectTimeoutNanoseconds == 1_000_000_000)
+        #expect(s.clusters[0].connectAttempts == 3)
+        #expect(s.clusters[0].endpoints.map(\.weight) == [1, 3])
+        #expect(s.clusters[0].endpoints[1].address.description == "[::1]:5433")
+        #expect(s.drainTimeoutNanoseconds == 30_000_000_000)
+        #expect(s.limits == .defaults)
+    }
+
+    @Test func shardsAutoMeansNil() throws {
+        let s = try Compiler.compile(YAMLLoader.parse(good.replacingOccurrences("shards: 2", "shards: auto"), file: "t"))
+        #expect(s.shards == nil)
+    }
+
+    @Test func weightDefaultsToOne() throws {
+        let s = try Compiler.compile(YAMLLoader.parse(good.replacingOccurrences(", weight: 3", ""), file: "t"))
+        #expect(s.clusters[0].endpoints.map(\.weight) == [1, 1])
+    }
+
+    @Test func unknownKeysAreErrorsWithPositionAndSuggestion() {
+        let e = errors(good.replacingOccurrences("    connect_timeout: 1s", "    conect_timeout: 1s"))
+        #expect(e.count == 1)
+        #expect(e.first?.hasPrefix("10:5 unknown key 'conect_timeout' in a cluster") == true)
+        #expect(e.first?.contains("did you mean 'connect_timeout'?") == true)
+        #expect(errors(good + "\nbogus: 1").first?.hasPrefix("14:1 unknown key 'bogus' in the top level") == true)
+    }
+
+    @Test func duplicateNamesAreErrors() {
+        let dupCluster = good + """
+
+          - name: pg
+            endpoints: [{ address: 127.0.0.1:1 }]
+        """
+        #expect(errors(dupCluster).contains { $0.contains("duplicate cluster name 'pg'") })
+        let dupListener = good.replacingOccurrences("clusters:", """
+          - name: pg
+            address: 127.0.0.1:6433
+            cluster: pg
+        clusters:
+        """)
+        #expect(errors(dupListener) == ["7:11 duplicate listener name 'pg'"])
+    }
+
+    @Test func aDanglingClusterReferenceNamesWhatExists() {
+        let e = errors(good.replacingOccurrences("    cluster: pg", "    cluster: pgx"))
+        #expect(e == ["6:14 listener 'pg' refers to cluster 'pgx', which is not defined (defined: pg)"])
+    }
+
+    @Test func badAddressesAreErrors() {
+        #expect(errors(good.replacingOccurrences("127.0.0.1:6432", "localhost:6432")).first?.contains("is not an IPv4 or IPv6 address") == true)
+        #expect(errors(good.replacingOccurrences("127.0.0.1:6432", "127.0.0.1")).first?.contains("has no port") == true)
+        #expect(errors(good.replacingOccurrences("127.0.0.1:6432", "127.0.0.1:70000")).first?.contains("not a port number") == true)
+        #expect(errors(good.replacingOccurrences("127.0.0.1:5432", "300.0.0.1:5432")).first?.contains("is not an IPv4 or IPv6 address") == true)
+        #expect(errors(good.replacingOccurrences("127.0.0.1:5432", "127.0.0.1:0")).first?.contains("port must not be 0") == true)
+        #expect(errors(good.replacingOccurrences("\"[::1]:5433\"", "\"::1:5433\"")).first?.contains("brackets") == true)
+    }
+
+    @Test func weightsOutOfRangeAreErrors() {
+        #expect(errors(good.replacingOccurrences("weight: 3", "weight: 0")) == ["13:42 cluster 'pg': weight must be 1 to 10000, not 0"])
+        #expect(errors(good.replacingOccurrences("weight: 3", "weight: 10001")).count == 1)
+        #expect(errors(good.replacingOccurrences("weight: 3", "weight: heavy")).first?.contains("'weight' must be a whole number") == true)
+    }
+
+    @Test func durationsMustParse() {
+        #expect(errors(good.replacingOccurrences("connect_timeout: 1s", "connect_timeout: 1 sec")).first?.contains("must be a duration") == true)
+        #expect(errors(good.replacingOccurrences("connect_timeout: 1s", "connect_timeout: 0s")).first?.contains("connect_timeout must be 1ms to 5m") == true)
+    }
+
+    @Test func everyErrorIsReportedNotJustTheFirst() {
+        let e = errors(good.replacingOccurrences("weight: 3", "weight: 0").replacingOccurrences("    cluster: pg", "    cluster: nope")
+            .replacingOccurrences("balancer: round_robin", "balancer: fastest"))
+        #expect(e.count == 3)
+    }
+
+    @Test func otherValidations() {
+        #expect(errors(good.replacingOccurrences("protocol: tcp", "protocol: udp")).first?.contains("protocol must be 'tcp'") == true)
+        #expect(errors(good.replacingOccurrences("shards: 2", "shards: 0")).first?.contains("shards must be auto or 1 to 1024") == true)
+        #expect(errors("listeners: []\nclusters: []").first?.contains("there are no listeners") == true)
+        #expect(errors("").first?.contains("the file is empty") == true)
+        #expect(errors("listeners: [").first?.contains("YAML syntax") == true)
+        #expect(errors(good + "\nlimits: { buffers_per_shard: 1000 }").first?.contains("power of two") == true)
+        #expect(errors(good + "\nlog_level: loud").first?.contains("log_level must be one of") == true)
+        let twice = good.replacingOccurrences("[::1]:5433", "127.0.0.1:5432")
+        #expect(errors(twice).first?.contains("is listed twice") == true)
+        let noEndpoints = "listeners: [{name: a, address: 127.0.0.1:1, cluster: c}]\nclusters: [{name: c, endpoints: []}]"
+        #expect(errors(noEndpoints).first?.contains("cluster 'c' has no endpoints") == true)
+        #expect(errors(good.replacingOccurrences("connect_timeout: 1s", "connect_timeout: 1s\n    connect_attempts: 9")).first?.contains("connect_attempts must be 1 to 4") == true)
+    }
+
+    @Test func aMissingFileIsAClearError() {
+        #expect(throws: ConfigErrors.self) { try YAMLLoader.load(path: "/nonexistent/weir.yaml") }
+    }
+
+    @Test func theStorePublishesIncreasingGenerations() throws {
+        let s = try Compiler.compile(YAMLLoader.parse(good, file: "t"))
+        let store = SnapshotStore(s)
+        #expect(store.generation == 1)
+        let next = store.publish(s)
+        #expect(next.generation == 2)
+        #expect(store.generation == 2)
+        #expect(store.snapshot === next)
+    }
+}
+
+@Suite struct VocabularyTests {
+    @Test func durationsParse() {
+        #expect(parseDurationNanoseconds("500ms") == 500_000_000)
+        #expect(parseDurationNanoseconds("2s") == 2_000_000_000)
+        #expect(parseDurationNanoseconds("1.5s") == 1_500_000_000)
+        #expect(parseDurationNanoseconds("1m") == 60_000_000_000)
+        #expect(parseDurationNanoseconds("1h") == 3_600_000_000_000)
+        #expect(parseDurationNanoseconds("10") == nil)
+        #expect(parseDurationNanoseconds("-1s") == nil)
+        #expect(formatDuration(nanoseconds: 1_500_000_000) == "1500ms")
+    }
+
+    @Test func sizesParse() {
+        #expect(parseByteSize("64KiB") == 65536)
+        #expect(parseByteSize("1MiB") == 1 << 20)
+        #expect(parseByteSize("4096") == 4096)
+        #expect(parseByteSize("lots") == nil)
+    }
+
+    @Test func addressesRoundTrip() throws {
+        #expect(try SocketAddress.parse("10.1.2.3:80").description == "10.1.2.3:80")
+        #expect(try SocketAddress.parse("[2001:db8::1]:443").description == "[2001:db8::1]:443")
+        #expect(try SocketAddress.parse("127.0.0.1:1").isLoopback)
+    }
+}
+
+extension String {
+    func replacingOccurrences(_ a: String, _ b: String) -> String {
+        precondition(contains(a), "test fixture does not contain \(a)")
+        return components(a).joined(separator: b)
+    }
+    func components(_ sep: String) -> [String] {
+        var out: [String] = []
+        var rest = Substring(self)
+        while let r = rest.range(of: sep) { out.append(String(rest[..<r.lowerBound])); rest = rest[r.upperBound...] }
+        out.append(String(rest))
+        return out
+    }
+}
