@@ -1,0 +1,176 @@
+import CURing
+import Testing
+import WeirCore
+@testable import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Completions that arrived while a test waited for another one, kept for the next wait.
+nonisolated(unsafe) var unclaimed: [(UserData, Int32, UInt32)] = []
+
+/// Runs the ring until a completion with `op` arrives (at most `seconds`), returning it.
+func awaitCompletion(_ ring: Ring, op: UInt8, seconds: Double = 5) -> (UserData, Int32, UInt32)? {
+    let deadline = monotonicNanoseconds() + Int64(seconds * 1e9)
+    while monotonicNanoseconds() < deadline {
+        if let i = unclaimed.firstIndex(where: { $0.0.op == op }) { return unclaimed.remove(at: i) }
+        _ = ring.submitAndWait(timeoutNanoseconds: 50_000_000)
+        _ = ring.forEachCompletion { ud, res, flags in unclaimed.append((UserData(raw: ud), res, flags)) }
+    }
+    return nil
+}
+
+@Suite(.serialized) struct RingTests {
+    @Test func userDataRoundTrips() {
+        let u = UserData(op: 3, sub: 1, slot: 0xABCDE, generation: 0x123456)
+        #expect(u.op == 3 && u.sub == 1 && u.slot == 0xABCDE && u.generation == 0x123456)
+    }
+
+    @Test func probeSucceedsHere() throws {
+        #expect(!(try Ring.probe()).isEmpty)
+    }
+
+    @Test func acceptConnectSendAndRecvIntoProvidedBuffers() throws {
+        unclaimed = []
+        let ring = try Ring(entries: 64)
+        let buffers = try BufferRing(ring: ring, group: 7, count: 16, bufferBytes: 4096)
+        let listener = try Sockets.listen(SocketAddress(ipv4: 127, 0, 0, 1, port: 0), backlog: 16, reusePort: false)
+        defer { close(listener) }
+        let address = Sockets.localAddress(listener)!
+        ring.acceptMultishot(fd: listener, userData: UserData(op: 1, slot: 0, generation: 0))
+
+        let client = Sockets.tcpSocket(for: .inet)
+        defer { close(client) }
+        var storage = sockaddr_storage()
+        let len = address.fill(&storage)
+        var ts = __kernel_timespec(tv_sec: 2, tv_nsec: 0)
+        withUnsafeMutablePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                ring.connect(fd: client, address: $0, length: len, timeout: &ts,
+                             userData: UserData(op: 2, slot: 0, generation: 0), timeoutUserData: UserData(op: 9, slot: 0, generation: 0))
+            }
+            _ = ring.submit()
+        }
+        let connected = try #require(awaitCompletion(ring, op: 2))
+        #expect(connected.1 == 0)
+        let accepted = try #require(awaitCompletion(ring, op: 1))
+        #expect(accepted.1 >= 0)
+        #expect(hasMore(flags: accepted.2), "multishot accept stays armed")
+        let server = accepted.1
+        defer { close(server) }
+
+        ring.recvMultishot(fd: server, group: buffers.group, userData: UserData(op: 3, slot: 0, generation: 0))
+        let message: [UInt8] = Array("hello through the ring".utf8)
+        message.withUnsafeBytes { ring.send(fd: client, buffer: $0.baseAddress!, count: $0.count, userData: UserData(op: 4, slot: 0, generation: 0)) }
+        let sent = try #require(awaitCompletion(ring, op: 4))
+        #expect(Int(sent.1) == message.count)
+        let got = try #require(awaitCompletion(ring, op: 3))
+        #expect(Int(got.1) == message.count)
+        let bid = try #require(bufferID(flags: got.2))
+        buffers.didTake()
+        let bytes = Array(UnsafeRawBufferPointer(start: buffers.pointer(bid), count: Int(got.1)))
+        #expect(bytes == message)
+        buffers.recycle(bid)
+        #expect(buffers.commit() == 1)
+        #expect(buffers.outstanding == 0)
+
+        // EOF ends the multishot recv: result 0, no F_MORE.
+        shutdown(client, Int32(SHUT_WR))
+        let eof = try #require(awaitCompletion(ring, op: 3))
+        #expect(eof.1 == 0)
+        #expect(!hasMore(flags: eof.2))
+    }
+
+    @Test func aRecvWithAnEmptyBufferRingEndsWithENOBUFS() throws {
+        unclaimed = []
+        let ring = try Ring(entries: 64)
+        let buffers = try BufferRing(ring: ring, group: 3, count: 16, bufferBytes: 1024)
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        ring.recvMultishot(fd: fds[0], group: buffers.group, userData: UserData(op: 3, slot: 0, generation: 0))
+        // Fill all 16 buffers with 16 separate writes, then one more that finds none.
+        var taken = 0
+        var sawENOBUFS = false
+        for i in 0..<17 {
+            _ = writeBytes(fds[1], [UInt8](repeating: UInt8(i), count: 1024))
+            guard let c = awaitCompletion(ring, op: 3, seconds: 2) else { break }
+            if c.1 > 0 { taken += 1 } else if c.1 == -ENOBUFS { sawENOBUFS = true; #expect(!hasMore(flags: c.2)); break }
+        }
+        #expect(taken == 16)
+        #expect(sawENOBUFS)
+    }
+
+    @Test func aTimeoutCompletesWithETIMEAfterItsDuration() throws {
+        unclaimed = []
+        let ring = try Ring(entries: 8)
+        var ts = __kernel_timespec(tv_sec: 0, tv_nsec: 100_000_000)
+        let start = monotonicNanoseconds()
+        ring.timeout(&ts, userData: UserData(op: 5, slot: 0, generation: 0))
+        let c = try #require(awaitCompletion(ring, op: 5))
+        #expect(c.1 == -ETIME)
+        #expect(monotonicNanoseconds() - start >= 95_000_000)
+    }
+
+    @Test func aWakerCompletesAPendingReadFromAnotherThread() throws {
+        unclaimed = []
+        let ring = try Ring(entries: 8)
+        let waker = try Waker()
+        var value: UInt64 = 0
+        ring.read(fd: waker.fd, into: &value, count: 8, userData: UserData(op: 6, slot: 0, generation: 0))
+        _ = ring.submit()
+        var t = pthread_t()
+        let box = Unmanaged.passRetained(waker).toOpaque()
+        pthread_create(&t, nil, { arg in
+            usleep(20_000)
+            Unmanaged<Waker>.fromOpaque(arg!).takeRetainedValue().wake()
+            return nil
+        }, box)
+        let c = try #require(awaitCompletion(ring, op: 6))
+        pthread_join(t, nil)
+        #expect(c.1 == 8)
+    }
+
+    @Test func aConnectThatHangsIsCancelledByItsLinkedTimeout() throws {
+        // A listener with backlog 0 and one unaccepted connection drops further SYNs, so the next
+        // connect hangs: a black hole on loopback.
+        let hole = try Sockets.listen(SocketAddress(ipv4: 127, 0, 0, 1, port: 0), backlog: 0, reusePort: false)
+        defer { close(hole) }
+        let address = Sockets.localAddress(hole)!
+        let first = Sockets.tcpSocket(for: .inet)
+        defer { close(first) }
+        _ = address.withSockAddr { connect(first, $0, $1) }
+
+        unclaimed = []
+        let ring = try Ring(entries: 8)
+        let fd = Sockets.tcpSocket(for: .inet)
+        defer { close(fd) }
+        var storage = sockaddr_storage()
+        let len = address.fill(&storage)
+        var ts = __kernel_timespec(tv_sec: 0, tv_nsec: 200_000_000)
+        let start = monotonicNanoseconds()
+        withUnsafeMutablePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                ring.connect(fd: fd, address: $0, length: len, timeout: &ts,
+                             userData: UserData(op: 2, slot: 0, generation: 0), timeoutUserData: UserData(op: 9, slot: 0, generation: 0))
+            }
+            _ = ring.submit()
+        }
+        let c = try #require(awaitCompletion(ring, op: 2))
+        #expect(c.1 == -ECANCELED)
+        let waited = monotonicNanoseconds() - start
+        #expect(waited >= 190_000_000 && waited < 2_000_000_000)
+    }
+
+    @Test func listeningTwiceWithoutReusePortIsAClearError() throws {
+        let a = try Sockets.listen(SocketAddress(ipv4: 127, 0, 0, 1, port: 0), backlog: 4, reusePort: true)
+        defer { close(a) }
+        let address = Sockets.localAddress(a)!
+        #expect(throws: SocketError.self) { try Sockets.checkFree(address) }
+        do { try Sockets.checkFree(address) } catch { #expect("\(error)".contains("address in use")) }
+    }
+}
+
+func writeBytes(_ fd: Int32, _ bytes: [UInt8]) -> Int {
+    bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+}
