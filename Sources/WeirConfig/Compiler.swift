@@ -13,7 +13,7 @@ public enum Compiler {
     enum Exclusionless { static let maxAttempts = 4 }
 
     public static func compile(_ doc: ConfigDocument, generation: UInt64 = 0) throws -> Snapshot {
-        var errors: [ConfigError] = []
+        var errors: [ConfigError] = doc.shapeErrors
         func fail(_ p: SourcePosition, _ m: String) { errors.append(ConfigError(p, m)) }
 
         if let s = doc.shards, !(1...1024).contains(s.value) { fail(s.position, "shards must be auto or 1 to 1024, not \(s.value)") }
@@ -75,7 +75,9 @@ public enum Compiler {
         }
         if doc.listeners.isEmpty { fail(doc.position, "there are no listeners: add a 'listeners:' list") }
 
-        if !errors.isEmpty { throw ConfigErrors(errors) }
+        if !errors.isEmpty {
+            throw ConfigErrors(errors.sorted { ($0.position.line, $0.position.column) < ($1.position.line, $1.position.column) })
+        }
         return Snapshot(generation: generation, source: doc.source, shards: doc.shards?.value,
                         drainTimeoutNanoseconds: doc.drainTimeout?.value ?? defaultDrainTimeoutNanoseconds,
                         logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters)

@@ -18,6 +18,8 @@ public struct ConfigDocument: Sendable {
     public var listeners: [ListenerDocument] = []
     public var clusters: [ClusterDocument] = []
     public var position: SourcePosition
+    /// Problems the reader found in the shape of the source (unknown keys, wrong types).
+    public var shapeErrors: [ConfigError] = []
     public init(source: String, position: SourcePosition) { self.source = source; self.position = position }
 }
 

@@ -5,7 +5,8 @@ import WeirCore
 import Yams
 
 public enum YAMLLoader {
-    /// Reads and parses `path`. Throws `ConfigErrors` with every problem found.
+    /// Reads and parses `path`. Throws `ConfigErrors` when the file cannot be read or is not YAML;
+    /// other problems are carried in the document for the compiler to report.
     public static func load(path: String) throws -> ConfigDocument {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigErrors([ConfigError(SourcePosition(file: path, line: 0, column: 0),
@@ -26,8 +27,10 @@ public enum YAMLLoader {
             throw ConfigErrors([yamlSyntaxError(e, file: file)])
         }
         var reader = Reader(file: file)
-        let doc = reader.document(node)
-        if !reader.errors.isEmpty { throw ConfigErrors(reader.errors) }
+        var doc = reader.document(node)
+        // Shape errors travel with the document so the compiler reports them beside its own,
+        // and `weir check` lists every problem in one run.
+        doc.shapeErrors = reader.errors
         return doc
     }
 

@@ -19,9 +19,20 @@ public func spawnThread(_ body: @escaping () -> Void) {
     pthread_detach(t)
 }
 
-/// A loopback upstream that echoes what it receives (until the client half-closes) and counts
-/// connections and bytes.
+/// A loopback upstream that counts connections and bytes. By default it echoes what it receives
+/// until the client half-closes; other modes test half-close in each direction.
 public final class EchoServer: @unchecked Sendable {
+    public enum Mode: Sendable {
+        /// Send the greeting, echo until EOF, then close.
+        case echo
+        /// Read until EOF, then answer "received N" and close: the client's FIN must arrive while
+        /// the way back stays open.
+        case replyAfterEOF
+        /// Send the greeting, half-close, then read until EOF: the server's FIN must reach the
+        /// client while the client can still send.
+        case greetHalfCloseThenRead
+    }
+    public let mode: Mode
     public let address: SocketAddress
     public let name: String
     private let fd: Int32
@@ -36,8 +47,9 @@ public final class EchoServer: @unchecked Sendable {
     public var bytesReceived: Int { byteCount.load(ordering: .relaxed) }
     public var openConnections: Int { open.load(ordering: .relaxed) }
 
-    public init(name: String, host: String = "127.0.0.1", port: UInt16 = 0, greeting: String? = nil) throws {
+    public init(name: String, host: String = "127.0.0.1", port: UInt16 = 0, greeting: String? = nil, mode: Mode = .echo) throws {
         self.name = name
+        self.mode = mode
         self.greeting = greeting.map { Array($0.utf8) } ?? []
         let want = try SocketAddress.parse("\(host):\(port)")
         let s = socket(want.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -71,15 +83,19 @@ public final class EchoServer: @unchecked Sendable {
 
     private func serve(_ c: Int32) {
         defer { close(c); open.subtract(1, ordering: .relaxed) }
-        if !greeting.isEmpty && !writeAll(c, greeting) { return }
+        if mode != .replyAfterEOF && !greeting.isEmpty && !writeAll(c, greeting) { return }
+        if mode == .greetHalfCloseThenRead { shutdown(c, Int32(SHUT_WR)) }
         var buffer = [UInt8](repeating: 0, count: 65536)
+        var received = 0
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             byteCount.add(n, ordering: .relaxed)
-            if !writeAll(c, Array(buffer[0..<n])) { return }
+            received += n
+            if mode == .echo && !writeAll(c, Array(buffer[0..<n])) { return }
         }
+        if mode == .replyAfterEOF { writeAll(c, Array("received \(received)".utf8)) }
         shutdown(c, Int32(SHUT_WR))
     }
 
@@ -95,6 +111,7 @@ public final class EchoServer: @unchecked Sendable {
 
 public struct LoopbackError: Error, CustomStringConvertible {
     public let message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 
@@ -175,4 +192,22 @@ public func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
         }
     }
     return out
+}
+
+/// Sends `payload` while reading the echo (on a second thread, so neither side's socket buffer
+/// fills and stalls), half-closes, and checks the echo came back byte for byte. `skip` bytes of
+/// greeting are read first.
+public func echoOnce(_ address: SocketAddress, _ payload: [UInt8], greeting skip: Int = 0, timeoutSeconds: Int = 10) -> Bool {
+    guard let client = try? TestClient(address, timeoutSeconds: timeoutSeconds) else { return false }
+    if skip > 0 && client.read(count: skip).count != skip { return false }
+    let sent = Atomic<Int>(0)
+    let writerDone = Atomic<Bool>(false)
+    spawnThread {
+        if client.write(payload) { sent.store(1, ordering: .relaxed) }
+        client.halfClose()
+        writerDone.store(true, ordering: .releasing)
+    }
+    let (echo, eof) = client.readToEnd(limit: payload.count + 1)
+    while !writerDone.load(ordering: .acquiring) { usleep(100) }
+    return sent.load(ordering: .relaxed) == 1 && eof && echo == payload
 }

@@ -96,22 +96,6 @@ struct Demo: ParsableCommand {
     }
 }
 
-/// Sends `payload` while reading the echo (on a second thread for large payloads, so neither
-/// side's socket buffer fills and stalls), then checks it.
-func echoOnce(_ address: SocketAddress, _ payload: [UInt8]) -> Bool {
-    guard let client = try? TestClient(address) else { return false }
-    let sent = Atomic<Int>(0)
-    let writerDone = Atomic<Bool>(false)
-    spawnThread {
-        if client.write(payload) { sent.store(1, ordering: .relaxed) }
-        client.halfClose()
-        writerDone.store(true, ordering: .releasing)
-    }
-    let (echo, eof) = client.readToEnd(limit: payload.count + 1)
-    while !writerDone.load(ordering: .acquiring) { usleep(100) }
-    return sent.load(ordering: .relaxed) == 1 && eof && echo == payload
-}
-
 func percent(_ part: Int, _ whole: Int) -> String {
     whole == 0 ? "-" : String(format2: Double(part) * 100 / Double(whole)) + "%"
 }

@@ -107,7 +107,15 @@ struct Run: ParsableCommand {
         do {
             let next = try Compiler.compile(try YAMLLoader.load(path: options.config))
             if logLevel == nil { Log.level = LogLevel(name: next.logLevel) ?? .info }
-            try server.reload(next)
+            let published = try server.reload(next)
+            // Say when every shard has it, so an operator (or a test) knows new connections use it.
+            let deadline = monotonicNanoseconds() + 2_000_000_000
+            while !server.allShardsAdopted(published.generation) && monotonicNanoseconds() < deadline { usleep(1000) }
+            if server.allShardsAdopted(published.generation) {
+                Log.info("reload: generation \(published.generation) applied by all \(server.shardCount) shard(s)")
+            } else {
+                Log.warning("reload: generation \(published.generation) published but not yet adopted by every shard after 2s")
+            }
         } catch let e as ConfigErrors {
             for err in e.errors { Log.error("reload refused: \(err)") }
             Log.error("reload refused: \(e.errors.count) error(s); still serving generation \(current)")

@@ -1,0 +1,116 @@
+// Starts the real `weir` binary with a config file, watches its log, and always stops it.
+import Foundation
+import Testing
+import WeirCore
+import WeirDemo
+
+/// The weir binary built beside this test bundle (or $WEIR_BINARY).
+func weirBinary() -> String {
+    if let p = ProcessInfo.processInfo.environment["WEIR_BINARY"] { return p }
+    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    // .../debug/weirPackageTests.xctest -> .../debug/weir
+    return exe.deletingLastPathComponent().appendingPathComponent("weir").path
+}
+
+/// A loopback port nobody listens on right now.
+func freePort() throws -> UInt16 {
+    for _ in 0..<20 {
+        let server = try EchoServer(name: "probe")
+        let port = server.address.port
+        server.stop()
+        if (try? TestClient(SocketAddress(ipv4: 127, 0, 0, 1, port: port), timeoutSeconds: 1)) == nil { return port }
+    }
+    throw LoopbackError(message: "no free port found")
+}
+
+final class WeirProcess {
+    let process = Process()
+    let configPath: String
+    let logPath: String
+    private var stopped = false
+
+    /// Starts `weir run` with `yaml` and waits (up to 15 s) until it says it is running.
+    init(yaml: String, arguments: [String] = []) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        configPath = dir.appendingPathComponent("weir.yaml").path
+        logPath = dir.appendingPathComponent("weir.log").path
+        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: weirBinary())
+        process.arguments = ["run", "--config", configPath] + arguments
+        let log = FileHandle(forWritingAtPath: logPath)!
+        process.standardError = log
+        process.standardOutput = log
+        try process.run()
+        guard waitForLog("running generation", seconds: 15) else {
+            stop()
+            throw LoopbackError(message: "weir did not start; its log:\n\(self.log)")
+        }
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Waits until the log contains `text` `count` times.
+    @discardableResult
+    func waitForLog(_ text: String, count: Int = 1, seconds: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if log.components(separatedBy: text).count - 1 >= count { return true }
+            if !process.isRunning { return log.components(separatedBy: text).count - 1 >= count }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    func rewrite(_ yaml: String) throws { try yaml.write(toFile: configPath, atomically: true, encoding: .utf8) }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    /// Waits for the process to exit (up to `seconds`) and returns its status, or nil if it did not.
+    func waitForExit(seconds: Double) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    /// SIGTERM, then SIGKILL if it lingers. Safe to call twice.
+    func stop() {
+        guard !stopped else { return }
+        stopped = true
+        if process.isRunning {
+            signal(SIGTERM)
+            if waitForExit(seconds: 10) == nil { signal(SIGKILL); _ = waitForExit(seconds: 5) }
+        }
+    }
+
+    deinit { stop() }
+}
+
+/// Runs `weir` with `arguments` to completion (bounded) and returns its status and output.
+func runWeir(_ arguments: [String], seconds: Double = 30) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: weirBinary())
+    p.arguments = arguments
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = pipe
+    try p.run()
+    let deadline = Date().addingTimeInterval(seconds)
+    var data = Data()
+    let reader = pipe.fileHandleForReading
+    while p.isRunning && Date() < deadline { data.append(reader.availableData) }
+    if p.isRunning { p.terminate(); p.waitUntilExit() }
+    data.append(reader.readDataToEndOfFile())
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+func loopback(_ port: UInt16) -> SocketAddress { SocketAddress(ipv4: 127, 0, 0, 1, port: port) }
+
+/// Connects through weir and returns the greeting the upstream sent (its name), or nil.
+func greetingThrough(_ address: SocketAddress, length: Int) -> String? {
+    guard let c = try? TestClient(address, timeoutSeconds: 5) else { return nil }
+    let g = c.read(count: length)
+    return g.count == length ? String(decoding: g, as: UTF8.self) : nil
+}
