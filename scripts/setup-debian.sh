@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system packages Weir builds against (Debian 12, as root). Idempotent: installs
+# only what is missing, so it is cheap to run before every build.
+set -euo pipefail
+need=()
+for p in liburing-dev libssl-dev pkg-config; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "setup: swift is not on PATH; install Swift 6.3 (https://www.swift.org/install/)" >&2; exit 1; }
