@@ -185,16 +185,36 @@ extension Shard {
         flow.pointee.queued += 1
     }
 
-    /// Sends what is left of the head buffer.
+    /// Sends what is queued: the rest of the head buffer alone with a plain send, or up to
+    /// `maxVectors` buffers in one gather send when more wait (fewer operations per byte when the
+    /// destination is slower than the source).
     func sendHead(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
         let flow = c.flow(f)
-        let bid = flow.pointee.head
+        let bid = Int(flow.pointee.head)
         let offset = Int(flow.pointee.sendOffset)
         flow.pointee.sending = true
         c.pointee.inflight += 1
-        ring.send(fd: destinationFD(c, f), buffer: buffers.pointer(UInt16(bid)) + offset,
-                  count: Int(bufferLength[Int(bid)]) - offset,
-                  userData: UserData(op: Op.send, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation))
+        let ud = UserData(op: Op.send, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation)
+        if flow.pointee.queued == 1 {
+            ring.send(fd: destinationFD(c, f), buffer: buffers.pointer(UInt16(bid)) + offset,
+                      count: Int(bufferLength[bid]) - offset, userData: ud)
+            return
+        }
+        let index = slot(of: c) * 2 + f
+        let vectors = sendVectors + index * Shard.maxVectors
+        var count = 0
+        var b = bid
+        while b >= 0 && count < Shard.maxVectors {
+            let skip = count == 0 ? offset : 0
+            vectors[count] = iovec(iov_base: buffers.pointer(UInt16(b)) + skip, iov_len: Int(bufferLength[b]) - skip)
+            count += 1
+            b = Int(bufferNext[b])
+        }
+        let message = sendMessages + index
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = count
+        ring.sendmsg(fd: destinationFD(c, f), message: message, userData: ud)
     }
 
     func onSend(_ ud: UserData, _ res: Int32) {
@@ -207,9 +227,13 @@ extension Shard {
         if c.pointee.state != .open { return finishIfIdle(c) }
         guard res > 0 else { return abort(c) }
         c.pointee.lastActivity = now
-        flow.pointee.sendOffset += res
-        let head = Int(flow.pointee.head)
-        if flow.pointee.sendOffset >= bufferLength[head] {
+        // Retire every buffer the send finished; a short send leaves an offset into the next.
+        var sent = res
+        while sent > 0 {
+            let head = Int(flow.pointee.head)
+            let left = bufferLength[head] - flow.pointee.sendOffset
+            if sent < left { flow.pointee.sendOffset += sent; break }
+            sent -= left
             flow.pointee.head = bufferNext[head]
             if flow.pointee.head < 0 { flow.pointee.tail = -1 }
             flow.pointee.queued -= 1

@@ -57,6 +57,12 @@ final class Shard {
     /// Per-buffer queue links and lengths, indexed by buffer id.
     let bufferNext: UnsafeMutablePointer<Int32>
     let bufferLength: UnsafeMutablePointer<Int32>
+    /// Per flow (slot * 2 + flow): the message header and iovecs of its gather send, which the
+    /// kernel reads while the send is in flight.
+    let sendMessages: UnsafeMutablePointer<msghdr>
+    let sendVectors: UnsafeMutablePointer<iovec>
+    /// Buffers one gather send may carry.
+    static let maxVectors = 16
     /// Flows waiting for buffers to come back (slot << 1 | flow).
     var starvedFlows: [Int32] = []
     var listeners: [ShardListener] = []
@@ -88,6 +94,10 @@ final class Shard {
         bufferLength = .allocate(capacity: limits.buffersPerShard)
         bufferLength.initialize(repeating: 0, count: limits.buffersPerShard)
         starvedFlows.reserveCapacity(2 * n)
+        sendMessages = .allocate(capacity: 2 * n)
+        sendMessages.initialize(repeating: msghdr(), count: 2 * n)
+        sendVectors = .allocate(capacity: 2 * n * Shard.maxVectors)
+        sendVectors.initialize(repeating: iovec(), count: 2 * n * Shard.maxVectors)
         queueCap = Int32(limits.maxQueuedBuffersPerDirection)
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }
@@ -98,6 +108,8 @@ final class Shard {
         freeSlots.deallocate()
         bufferNext.deallocate()
         bufferLength.deallocate()
+        sendMessages.deallocate()
+        sendVectors.deallocate()
     }
 
     // MARK: The loop

@@ -128,6 +128,14 @@ public final class Ring {
         io_uring_sqe_set_data64(s, userData.raw)
     }
 
+    /// Sends several buffers in one operation (a gather write). `message` and its iovecs must stay
+    /// valid until the completion arrives.
+    @inlinable public func sendmsg(fd: Int32, message: UnsafePointer<msghdr>, userData: UserData) {
+        let s = sqe()
+        io_uring_prep_sendmsg(s, fd, message, UInt32(MSG_NOSIGNAL))
+        io_uring_sqe_set_data64(s, userData.raw)
+    }
+
     /// Connect, linked to a timeout that cancels it (the connect then completes with -ECANCELED).
     /// `address` and `timeout` are read when the ring submits: keep them alive until then.
     @inlinable public func connect(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t,
