@@ -81,11 +81,20 @@ public struct ShardStats: Sendable {
     public var aborted = 0
     public var idleTimeouts = 0
     public var cutOnDrain = 0
+    /// Times a recv stopped because the shard's buffer ring was empty (then re-armed).
+    public var bufferRingDry = 0
     public var bytesDownstreamToUpstream: Int64 = 0
     public var bytesUpstreamToDownstream: Int64 = 0
     public var active = 0
     public var snapshotsAdopted = 0
     public init() {}
+
+    /// One line for the log.
+    public var summary: String {
+        "accepted \(accepted), completed \(completed), aborted \(aborted), rejected (no slot) \(rejectedNoSlot), "
+            + "connect failures \(connectFailures), connect timeouts \(connectTimeouts), idle timeouts \(idleTimeouts), "
+            + "buffer ring dry \(bufferRingDry), bytes down->up \(bytesDownstreamToUpstream), up->down \(bytesUpstreamToDownstream)"
+    }
 
     public static func + (a: ShardStats, b: ShardStats) -> ShardStats {
         var r = ShardStats()
@@ -98,6 +107,7 @@ public struct ShardStats: Sendable {
         r.aborted = a.aborted + b.aborted
         r.idleTimeouts = a.idleTimeouts + b.idleTimeouts
         r.cutOnDrain = a.cutOnDrain + b.cutOnDrain
+        r.bufferRingDry = a.bufferRingDry + b.bufferRingDry
         r.bytesDownstreamToUpstream = a.bytesDownstreamToUpstream + b.bytesDownstreamToUpstream
         r.bytesUpstreamToDownstream = a.bytesUpstreamToDownstream + b.bytesUpstreamToDownstream
         r.active = a.active + b.active

@@ -168,6 +168,7 @@ extension Shard {
             if !flow.pointee.sending && flow.pointee.queued == 0 { shutDestination(c, f) }
         case -ENOBUFS:
             flow.pointee.starved = true
+            control.stats.pointee.bufferRingDry += 1
             starvedFlows.append(Int32(ud.slot << 1 | f))
         case -ECANCELED:
             rearmIfRoom(c, f)

@@ -97,6 +97,7 @@ struct Run: ParsableCommand {
                 } else {
                     Log.warning("drain_timeout passed; cut \(r.cut) connection(s)")
                 }
+                Log.info("totals: \(server.stats.summary)")
                 return
             }
         }
