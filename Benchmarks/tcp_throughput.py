@@ -86,6 +86,7 @@ def main():
     ap.add_argument("--streams", type=int, default=1, help="iperf3 -P")
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--no-envoy", action="store_true")
+    ap.add_argument("--splice", action="store_true", help="also run Weir with limits.data_path: splice")
     args = ap.parse_args()
     ensure_tools()
     if not os.path.exists(args.weir):
@@ -100,12 +101,14 @@ def main():
     try:
         procs["iperf3-server"] = start(["iperf3", "-s", "-p", str(upstream)], upstream, log)
 
-        wport = free_port()
-        with open(os.path.join(work, "weir.yaml"), "w") as f:
-            f.write(f"shards: {args.threads}\nlisteners:\n  - {{ name: bench, address: \"127.0.0.1:{wport}\", protocol: tcp, cluster: up }}\n"
-                    f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{upstream}\" }}\n")
-        procs["weir"] = start([args.weir, "run", "--config", f.name, "--log-level", "warning"], wport, log)
-        targets["weir"] = wport
+        for name, path in [("weir", "copy")] + ([("weir-splice", "splice")] if args.splice else []):
+            wport = free_port()
+            with open(os.path.join(work, f"{name}.yaml"), "w") as f:
+                f.write(f"shards: {args.threads}\nlimits: {{ data_path: {path} }}\n"
+                        f"listeners:\n  - {{ name: bench, address: \"127.0.0.1:{wport}\", protocol: tcp, cluster: up }}\n"
+                        f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{upstream}\" }}\n")
+            procs[name] = start([args.weir, "run", "--config", f.name, "--log-level", "warning"], wport, log)
+            targets[name] = wport
 
         hport = free_port()
         with open(os.path.join(work, "haproxy.cfg"), "w") as f:
@@ -159,7 +162,7 @@ def main():
             print(f"round {r + 1}: " + ", ".join(f"{n} {gbps[n][-1]:.1f}" for n in names) + " Gbit/s", file=sys.stderr)
 
         med = {n: statistics.median(gbps[n]) for n in names}
-        peers = [n for n in names if n not in ("weir", "direct")]
+        peers = [n for n in names if not n.startswith("weir") and n != "direct"]
         best = max(peers, key=lambda n: med[n]) if peers else None
         print(f"\niperf3 -t {args.seconds} -P {args.streams}, {args.rounds} interleaved rounds, {args.threads} threads per proxy, medians")
         print(f"{'target':<8} {'Gbit/s':>7} {'min':>6} {'max':>6} {'CPU s/GB':>9} {'weir vs it':>11}")

@@ -28,6 +28,7 @@ public struct LimitsDocument: Sendable {
     public var bufferBytes: Located<Int>?
     public var buffersPerShard: Located<Int>?
     public var maxQueuedBuffersPerDirection: Located<Int>?
+    public var dataPath: Located<String>?
     public init() {}
 }
 

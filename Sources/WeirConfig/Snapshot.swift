@@ -43,6 +43,11 @@ public struct Limits: Sendable, Equatable {
     public var bufferBytes: Int
     public var buffersPerShard: Int
     public var maxQueuedBuffersPerDirection: Int
+    /// How TCP bytes move: `copy` through the buffer ring (default), or `splice` through a pipe
+    /// per direction driven by readiness polls (kept to measure against; see Benchmarks/RESULTS.md).
+    public var dataPath: DataPath = .copy
+
+    public enum DataPath: String, Sendable, CaseIterable { case copy, splice }
 
     public static let defaults = Limits(maxConnectionsPerShard: 16384, bufferBytes: 64 * 1024,
                                         buffersPerShard: 1024, maxQueuedBuffersPerDirection: 16)

@@ -128,11 +128,12 @@ struct Reader {
         doc.logLevel = string(f["log_level"], "log_level")
         if let l = f["limits"] {
             let lf = fields(l.value, allowed: ["max_connections_per_shard", "buffer_bytes", "buffers_per_shard",
-                                               "max_queued_buffers"], what: "limits")
+                                               "max_queued_buffers", "data_path"], what: "limits")
             doc.limits.maxConnectionsPerShard = int(lf["max_connections_per_shard"], "max_connections_per_shard")
             doc.limits.bufferBytes = bytes(lf["buffer_bytes"], "buffer_bytes")
             doc.limits.buffersPerShard = int(lf["buffers_per_shard"], "buffers_per_shard")
             doc.limits.maxQueuedBuffersPerDirection = int(lf["max_queued_buffers"], "max_queued_buffers")
+            doc.limits.dataPath = string(lf["data_path"], "data_path")
         }
         for node in list(f["listeners"], "listeners") { doc.listeners.append(listener(node)) }
         for node in list(f["clusters"], "clusters") { doc.clusters.append(cluster(node)) }

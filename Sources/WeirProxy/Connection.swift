@@ -28,6 +28,11 @@ struct Flow {
     /// Bytes of the head buffer already sent (short writes).
     var sendOffset: Int32 = 0
     var bytes: Int64 = 0
+    /// Splice data path only: the pipe between source and destination, and what it holds.
+    var pipeRead: Int32 = -1
+    var pipeWrite: Int32 = -1
+    var pipeBytes = 0
+    var pollArmed = false
 }
 
 enum ConnectionState: UInt8 { case free, connecting, open, closing }

@@ -85,6 +85,7 @@ extension Shard {
             c.pointee.state = .open
             c.pointee.lastActivity = now
             control.stats.pointee.upstreamConnected += 1
+            if limits.dataPath == .splice { return startSplice(c) }
             armRecv(c, 0)
             armRecv(c, 1)
             return
@@ -298,6 +299,7 @@ extension Shard {
         if c.pointee.upstreamFD >= 0 { close(c.pointee.upstreamFD) }
         for f in 0..<2 {
             let flow = c.flow(f)
+            if flow.pointee.pipeRead >= 0 { close(flow.pointee.pipeRead); close(flow.pointee.pipeWrite) }
             var b = flow.pointee.head
             while b >= 0 { buffers.recycle(UInt16(b)); b = bufferNext[Int(b)] }
             if f == 0 { control.stats.pointee.bytesDownstreamToUpstream += flow.pointee.bytes }

@@ -20,6 +20,8 @@ enum Op {
     static let ignore: UInt8 = 5
     static let tick: UInt8 = 6
     static let wake: UInt8 = 7
+    static let pollIn: UInt8 = 8
+    static let pollOut: UInt8 = 9
 }
 
 /// Commands the control thread leaves for a shard, then wakes it.
@@ -141,6 +143,7 @@ final class Shard {
         case Op.send: onSend(ud, res)
         case Op.accept: onAccept(ud, res, flags)
         case Op.connect: onConnect(ud, res)
+        case Op.pollIn, Op.pollOut: onPoll(ud, res)
         case Op.tick: onTick()
         case Op.wake:
             ring.read(fd: control.waker.fd, into: &wakeBuffer, count: 8, userData: UserData(op: Op.wake, slot: 0, generation: 0))

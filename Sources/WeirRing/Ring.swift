@@ -149,6 +149,13 @@ public final class Ring {
         io_uring_sqe_set_data64(t, timeoutUserData.raw)
     }
 
+    /// One-shot readiness poll: completes with the ready events.
+    @inlinable public func poll(fd: Int32, events: UInt32, userData: UserData) {
+        let s = sqe()
+        io_uring_prep_poll_add(s, fd, events)
+        io_uring_sqe_set_data64(s, userData.raw)
+    }
+
     /// A timer: completes with -ETIME after `timeout`. `timeout` must live until the next submit.
     @inlinable public func timeout(_ timeout: UnsafeMutablePointer<__kernel_timespec>, userData: UserData) {
         let s = sqe()

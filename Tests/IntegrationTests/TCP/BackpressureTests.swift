@@ -16,14 +16,15 @@ import WeirDemo
         }
     }
 
-    @Test func slowReadersDoNotStarveOtherConnections() throws {
+    @Test(arguments: ["copy", "splice"])
+    func slowReadersDoNotStarveOtherConnections(dataPath: String) throws {
         let hose = try Firehose(bytes: 8 << 20)
         let echo = try EchoServer(name: "echo")
         let port = try freePort(), port2 = try freePort()
         // One shard, 64 buffers of 16 KiB; each slow connection may hold about 8.
         let yaml = """
         shards: 1
-        limits: { buffer_bytes: 16KiB, buffers_per_shard: 64, max_queued_buffers: 8 }
+        limits: { buffer_bytes: 16KiB, buffers_per_shard: 64, max_queued_buffers: 8, data_path: \(dataPath) }
         listeners:
           - { name: hose, address: "127.0.0.1:\(port)", cluster: hose }
           - { name: echo, address: "127.0.0.1:\(port2)", cluster: echo }

@@ -27,10 +27,11 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 }
 
 @Suite(.serialized) struct TCPProxyTests {
-    @Test func oneMebibyteArrivesIntactInBothDirections() throws {
+    @Test(arguments: ["copy", "splice"])
+    func oneMebibyteArrivesIntactInBothDirections(dataPath: String) throws {
         let up = try EchoServer(name: "a")
         let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)]))
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
         for seed in 1...3 {
             #expect(echoOnce(loopback(port), pseudoRandomBytes(1 << 20, seed: UInt64(seed))))
@@ -63,10 +64,11 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         #expect(abs(aCount - 150) <= 6, "a got \(aCount) of 200")
     }
 
-    @Test func aClientHalfCloseReachesTheUpstreamWhileTheWayBackStaysOpen() throws {
+    @Test(arguments: ["copy", "splice"])
+    func aClientHalfCloseReachesTheUpstreamWhileTheWayBackStaysOpen(dataPath: String) throws {
         let up = try EchoServer(name: "r", mode: .replyAfterEOF)
         let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)]))
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
         let c = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(c.write(pseudoRandomBytes(100_000, seed: 9)))
@@ -76,10 +78,11 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         #expect(eof)
     }
 
-    @Test func anUpstreamHalfCloseReachesTheClientWhichCanStillSend() throws {
+    @Test(arguments: ["copy", "splice"])
+    func anUpstreamHalfCloseReachesTheClientWhichCanStillSend(dataPath: String) throws {
         let up = try EchoServer(name: "h", greeting: "bye", mode: .greetHalfCloseThenRead)
         let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)]))
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
         let c = try TestClient(loopback(port), timeoutSeconds: 5)
         let (greeting, eof) = c.readToEnd()
@@ -119,10 +122,12 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         #expect(Date().timeIntervalSince(start) < 3)
     }
 
-    @Test func anIdleConnectionIsClosedAfterIdleTimeout() throws {
+    @Test(arguments: ["copy", "splice"])
+    func anIdleConnectionIsClosedAfterIdleTimeout(dataPath: String) throws {
         let up = try EchoServer(name: "a", greeting: "a")
         let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], listener: "    idle_timeout: 300ms"))
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], listener: "    idle_timeout: 300ms",
+                                                   top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
         let c = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(c.read(count: 1) == Array("a".utf8))

@@ -1,0 +1,73 @@
+// The splice data path (limits.data_path: splice), kept to measure against the buffer-ring copy:
+// each direction moves bytes source -> pipe -> destination with non-blocking splice(2) on the
+// shard thread, driven by one-shot readiness polls on the ring. No bytes enter user space.
+import CWeirSys
+import WeirCore
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Shard {
+    /// Bytes one splice call may move; also the pipe size asked for.
+    static let spliceChunk = 1 << 20
+
+    func startSplice(_ c: UnsafeMutablePointer<Connection>) {
+        // splice(2) honours SPLICE_F_NONBLOCK only on the pipe side; a blocking socket would
+        // block the whole shard, so both sockets go non-blocking.
+        _ = weir_set_nonblock(c.pointee.downstreamFD)
+        _ = weir_set_nonblock(c.pointee.upstreamFD)
+        for f in 0..<2 {
+            var fds: (Int32, Int32) = (-1, -1)
+            let rc = withUnsafeMutablePointer(to: &fds) { $0.withMemoryRebound(to: Int32.self, capacity: 2) { weir_pipe_nonblock($0) } }
+            guard rc == 0 else { return abort(c) }
+            _ = weir_set_pipe_size(fds.1, Int32(Shard.spliceChunk))
+            c.flow(f).pointee.pipeRead = fds.0
+            c.flow(f).pointee.pipeWrite = fds.1
+        }
+        pump(c, 0)
+        pump(c, 1)
+    }
+
+    func onPoll(_ ud: UserData, _ res: Int32) {
+        let c = connections + ud.slot
+        precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
+        c.pointee.inflight -= 1
+        c.flow(Int(ud.sub)).pointee.pollArmed = false
+        if c.pointee.state != .open { return finishIfIdle(c) }
+        if res < 0 && res != -ECANCELED { return abort(c) }
+        pump(c, Int(ud.sub))
+    }
+
+    /// Moves what it can for flow `f` without blocking, then waits for the readiness it lacks:
+    /// POLLOUT on the destination while the pipe holds bytes, else POLLIN on the source. Bounded
+    /// rounds per call so one busy connection cannot hold the shard.
+    func pump(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
+        let flow = c.flow(f)
+        guard !flow.pointee.pollArmed else { return }
+        for _ in 0..<8 {
+            if flow.pointee.pipeBytes > 0 {
+                let m = weir_splice_nonblock(flow.pointee.pipeRead, destinationFD(c, f), flow.pointee.pipeBytes)
+                if m > 0 { flow.pointee.pipeBytes -= m; c.pointee.lastActivity = now; continue }
+                if m < 0 && errno == EAGAIN { return armPoll(c, f, out: true) }
+                return abort(c)
+            }
+            if flow.pointee.sourceEnded { return shutDestination(c, f) }
+            let n = weir_splice_nonblock(sourceFD(c, f), flow.pointee.pipeWrite, Shard.spliceChunk)
+            if n > 0 { flow.pointee.pipeBytes += n; flow.pointee.bytes += Int64(n); c.pointee.lastActivity = now; continue }
+            if n == 0 { flow.pointee.sourceEnded = true; continue }
+            if errno == EAGAIN { return armPoll(c, f, out: false) }
+            return abort(c)
+        }
+        // Still busy after a fair share: come back on the next loop turn via a poll that is
+        // ready at once.
+        armPoll(c, f, out: flow.pointee.pipeBytes > 0)
+    }
+
+    func armPoll(_ c: UnsafeMutablePointer<Connection>, _ f: Int, out: Bool) {
+        c.flow(f).pointee.pollArmed = true
+        c.pointee.inflight += 1
+        ring.poll(fd: out ? destinationFD(c, f) : sourceFD(c, f), events: UInt32(out ? POLLOUT : POLLIN),
+                  userData: UserData(op: out ? Op.pollOut : Op.pollIn, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation))
+    }
+}
