@@ -16,6 +16,9 @@ static inline void weir_sqe_set_buf_group(struct io_uring_sqe *sqe, unsigned sho
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = group;
 }
+/* Total bytes a multishot recv may receive before the kernel ends it (sqe->optlen, Linux 6.16+;
+ * liburing 2.3 names that field file_index). 0 means no limit. */
+static inline void weir_sqe_set_recv_limit(struct io_uring_sqe *sqe, unsigned bytes) { sqe->file_index = bytes; }
 static inline void weir_sqe_set_link(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_IO_LINK; }
 static inline void weir_sqe_set_skip_success(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_CQE_SKIP_SUCCESS; }
 

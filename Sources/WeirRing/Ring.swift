@@ -113,12 +113,14 @@ public final class Ring {
         io_uring_sqe_set_data64(s, userData.raw)
     }
 
-    /// Multishot recv that picks buffers from `group`; the kernel ends it on EOF, error, cancel or
-    /// an empty buffer ring (the last completion lacks IORING_CQE_F_MORE).
-    @inlinable public func recvMultishot(fd: Int32, group: UInt16, userData: UserData) {
+    /// Multishot recv that picks buffers from `group`; the kernel ends it on EOF, error, cancel,
+    /// an empty buffer ring, or after `limitBytes` (when not 0) have been received. The last
+    /// completion lacks IORING_CQE_F_MORE.
+    @inlinable public func recvMultishot(fd: Int32, group: UInt16, limitBytes: UInt32 = 0, userData: UserData) {
         let s = sqe()
         io_uring_prep_recv_multishot(s, fd, nil, 0, 0)
         weir_sqe_set_buf_group(s, group)
+        if limitBytes > 0 { weir_sqe_set_recv_limit(s, limitBytes) }
         io_uring_sqe_set_data64(s, userData.raw)
     }
 

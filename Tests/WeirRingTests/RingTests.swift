@@ -101,6 +101,26 @@ func awaitCompletion(_ ring: Ring, op: UInt8, seconds: Double = 5) -> (UserData,
         #expect(sawENOBUFS)
     }
 
+    @Test func aMultishotRecvEndsAtItsByteLimit() throws {
+        // Weir bounds the buffers one connection may take in a single burst with this limit.
+        unclaimed = []
+        let ring = try Ring(entries: 64)
+        let buffers = try BufferRing(ring: ring, group: 4, count: 64, bufferBytes: 1024)
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        _ = writeBytes(fds[1], [UInt8](repeating: 7, count: 16 * 1024))
+        ring.recvMultishot(fd: fds[0], group: buffers.group, limitBytes: 4096, userData: UserData(op: 3, slot: 0, generation: 0))
+        var received = 0
+        var ended = false
+        while !ended, let c = awaitCompletion(ring, op: 3, seconds: 2) {
+            if c.1 > 0 { received += Int(c.1) }
+            ended = !hasMore(flags: c.2)
+        }
+        #expect(ended)
+        #expect(received == 4096)
+    }
+
     @Test func aTimeoutCompletesWithETIMEAfterItsDuration() throws {
         unclaimed = []
         let ring = try Ring(entries: 8)

@@ -34,11 +34,14 @@ import WeirDemo
         """
         let weir = try WeirProcess(yaml: yaml)
         defer { weir.stop(); hose.server.stop(); echo.stop() }
-        // Four clients that read nothing yet: their upstream keeps sending.
-        let slow = try (0..<4).map { _ in try TestClient(loopback(port), timeoutSeconds: 10) }
+        // Six clients that read nothing yet (6 x 8 = 48 of 64 buffers): their upstream keeps sending.
+        let slow = try (0..<6).map { _ in try TestClient(loopback(port), timeoutSeconds: 10) }
         usleep(300_000)
         // Meanwhile other connections on the same shard still move data.
-        for seed in 1...5 { #expect(echoOnce(loopback(port2), pseudoRandomBytes(200_000, seed: UInt64(seed)))) }
+        for seed in 1...5 {
+            let intact = echoOnce(loopback(port2), pseudoRandomBytes(200_000, seed: UInt64(seed)))
+            #expect(intact, "echo \(seed) while six readers stall")
+        }
         // And the slow ones get every byte once they read.
         for c in slow {
             let (bytes, eof) = c.readToEnd()
