@@ -50,6 +50,8 @@ final class ShardControl: @unchecked Sendable {
     /// 0 starting, 1 running, 2 failed, 3 exited.
     let state = Atomic<Int>(0)
     let adoptedGeneration = Atomic<UInt64>(0)
+    /// The kernel can end a multishot recv at a byte limit (probed once at start).
+    var recvLimit = true
     let failure = Mutex<String?>(nil)
     /// Written by the shard only; read by the control thread for reports (a torn read at worst
     /// shows a count one step old).
@@ -89,10 +91,15 @@ public final class Server: @unchecked Sendable {
     public func start() throws {
         let flags: String
         do { flags = try Ring.probe() } catch { throw StartError(description: "\(error)") }
+        let recvLimit = Ring.probeRecvLimit()
         Log.info("io_uring ready (\(flags)); starting \(shardCount) shard(s)")
+        if !recvLimit {
+            Log.warning("this kernel cannot bound a multishot recv by bytes (Linux 6.16+); a fast sender facing a slow receiver may take more than max_queued_buffers buffers in one burst")
+        }
         try bindNewListeners(store.snapshot)
         for i in 0..<shardCount {
             let control = try ShardControl(store: store, sockets: sockets, shardCount: shardCount)
+            control.recvLimit = recvLimit
             controls.append(control)
             threads.append(try spawnShard(index: i, control: control))
         }

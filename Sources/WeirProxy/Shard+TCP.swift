@@ -122,7 +122,7 @@ extension Shard {
         // a slow receiver takes at most `queueCap` buffers from the shared pool even within one
         // kernel burst (a multishot recv retries many times per wake-up). The cancel at the cap
         // in onRecv remains for small reads, which use a buffer each.
-        let room = UInt32(max(1, queueCap - flow.pointee.queued)) * UInt32(buffers.bufferBytes)
+        let room = recvLimit ? UInt32(max(1, queueCap - flow.pointee.queued)) * UInt32(buffers.bufferBytes) : 0
         ring.recvMultishot(fd: sourceFD(c, f), group: buffers.group, limitBytes: room,
                            userData: UserData(op: Op.recv, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation))
     }

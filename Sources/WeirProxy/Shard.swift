@@ -72,6 +72,7 @@ final class Shard {
     var balancers: [RoundRobin] = []
     var now: Int64 = 0
     let queueCap: Int32
+    let recvLimit: Bool
     var tickTimespec = __kernel_timespec(tv_sec: 0, tv_nsec: 250_000_000)
     var wakeBuffer: UInt64 = 0
     var draining = false
@@ -101,6 +102,7 @@ final class Shard {
         sendVectors = .allocate(capacity: 2 * n * Shard.maxVectors)
         sendVectors.initialize(repeating: iovec(), count: 2 * n * Shard.maxVectors)
         queueCap = Int32(limits.maxQueuedBuffersPerDirection)
+        recvLimit = control.recvLimit
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }
 

@@ -121,6 +121,15 @@ func awaitCompletion(_ ring: Ring, op: UInt8, seconds: Double = 5) -> (UserData,
         #expect(received == 4096)
     }
 
+    @Test func theRecvLimitProbeMatchesTheKernelVersion() {
+        var u = utsname()
+        uname(&u)
+        let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let parts = release.split(separator: ".").prefix(2).map { Int($0.prefix { $0.isNumber }) ?? 0 }
+        let atLeast616 = parts.count == 2 && (parts[0], parts[1]) >= (6, 16)
+        #expect(Ring.probeRecvLimit() == atLeast616, "kernel \(release)")
+    }
+
     @Test func aTimeoutCompletesWithETIMEAfterItsDuration() throws {
         unclaimed = []
         let ring = try Ring(entries: 8)
