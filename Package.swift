@@ -36,7 +36,7 @@ let package = Package(
                           dependencies: ["WeirCore", "WeirConfig", "WeirProxy", "WeirRing", "WeirDemo",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: v5),
-        .testTarget(name: "WeirConfigTests", dependencies: ["WeirConfig"], swiftSettings: v5),
+        .testTarget(name: "WeirConfigTests", dependencies: ["WeirConfig", "WeirBalance"], swiftSettings: v5),
         .testTarget(name: "WeirBalanceTests", dependencies: ["WeirBalance"], swiftSettings: v5),
         .testTarget(name: "WeirRingTests", dependencies: ["WeirRing", "CURing"], swiftSettings: v5),
         .testTarget(name: "IntegrationTests", dependencies: ["weir", "WeirDemo"], swiftSettings: v5),

@@ -111,13 +111,8 @@ public enum Compiler {
 
     static func compileCluster(_ c: ClusterDocument, name: String, fail: (SourcePosition, String) -> Void) -> Cluster? {
         var ok = true
-        var balancer = BalancerKind.roundRobin
-        if let b = c.balancer {
-            if let k = BalancerKind(rawValue: b.value) { balancer = k } else {
-                fail(b.position, "cluster '\(name)': balancer must be one of \(BalancerKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(b.value)'")
-                ok = false
-            }
-        }
+        let balancer = compileBalancer(c, name: name, fail: fail)
+        if balancer == nil { ok = false }
         if let t = c.connectTimeout, !(1_000_000...300_000_000_000).contains(t.value) {
             fail(t.position, "cluster '\(name)': connect_timeout must be 1ms to 5m"); ok = false
         }
@@ -143,8 +138,9 @@ public enum Compiler {
                 fail(a.position, "cluster '\(name)': \(error)"); ok = false
             }
         }
-        guard ok else { return nil }
-        return Cluster(name: name, balancer: balancer,
+        guard ok, let (kind, options, slowStart) = balancer else { return nil }
+        if kind == .maglev && options.maglevTableSize <= endpoints.count { return nil }
+        return Cluster(name: name, balancer: kind, options: options, slowStart: slowStart,
                        connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
                        connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints)
     }

@@ -49,6 +49,10 @@ public struct ClusterDocument: Sendable {
     public var balancer: Located<String>?
     public var connectTimeout: Located<Int64>?
     public var connectAttempts: Located<Int>?
+    /// `balancer_options:` as written: key -> scalar text, checked against the balancer.
+    public var balancerOptions: [String: Located<String>] = [:]
+    public var balancerOptionsPosition: SourcePosition?
+    public var slowStart: SlowStartDocument?
     public var endpoints: [EndpointDocument] = []
     public init(position: SourcePosition) { self.position = position }
 }
@@ -57,5 +61,13 @@ public struct EndpointDocument: Sendable {
     public var position: SourcePosition
     public var address: Located<String>?
     public var weight: Located<Int>?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+public struct SlowStartDocument: Sendable {
+    public var position: SourcePosition
+    public var window: Located<Int64>?
+    public var aggression: Located<String>?
+    public var minWeightPercent: Located<String>?
     public init(position: SourcePosition) { self.position = position }
 }

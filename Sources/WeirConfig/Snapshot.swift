@@ -1,28 +1,41 @@
 // The compiled, immutable configuration every shard reads. Built on the control thread, never
 // mutated, published whole by SnapshotStore.
+import WeirBalance
 import WeirCore
 
 public enum ListenerProtocol: String, Sendable { case tcp }
-public enum BalancerKind: String, Sendable, CaseIterable { case roundRobin = "round_robin" }
-
 public struct Endpoint: Sendable, Equatable {
     public let address: SocketAddress
     public let weight: Int32
+    /// When a reload added it (monotonic ns), for slow start; nil for endpoints present at start.
+    public var addedAt: Int64? = nil
 }
 
 public final class Cluster: Sendable {
     public let name: String
     public let balancer: BalancerKind
+    public let options: BalancerOptions
+    public let slowStart: SlowStart?
+    /// Tables built once when the snapshot compiles and shared read-only by every shard.
+    public let table: BalancerTable
     public let connectTimeoutNanoseconds: Int64
     /// Endpoints tried for one downstream connection before giving up, the first included.
     public let connectAttempts: Int
     public let endpoints: [Endpoint]
     public var weights: [Int32] { endpoints.map(\.weight) }
 
-    init(name: String, balancer: BalancerKind, connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint]) {
-        self.name = name; self.balancer = balancer
+    init(name: String, balancer: BalancerKind, options: BalancerOptions, slowStart: SlowStart?,
+         connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint]) {
+        self.name = name; self.balancer = balancer; self.options = options; self.slowStart = slowStart
         self.connectTimeoutNanoseconds = connectTimeoutNanoseconds
         self.connectAttempts = connectAttempts; self.endpoints = endpoints
+        self.table = BalancerTable(balancer, options: options, endpoints: endpoints)
+    }
+
+    /// The same cluster with endpoints stamped with when they were added (for slow start).
+    func with(endpoints: [Endpoint]) -> Cluster {
+        Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
+                connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints)
     }
 }
 
@@ -71,6 +84,23 @@ public final class Snapshot: Sendable {
         self.generation = generation; self.source = source; self.shards = shards
         self.drainTimeoutNanoseconds = drainTimeoutNanoseconds; self.logLevel = logLevel
         self.limits = limits; self.listeners = listeners; self.clusters = clusters
+    }
+
+    /// This snapshot with each endpoint's `addedAt` carried from `previous` (same cluster name and
+    /// address), and `now` for endpoints `previous` did not have. Slow start ramps those.
+    public func inheritingEndpointAges(from previous: Snapshot, now: Int64) -> Snapshot {
+        let before = Dictionary(previous.clusters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let clusters = self.clusters.map { c -> Cluster in
+            guard let old = before[c.name] else { return c.with(endpoints: c.endpoints.map { var e = $0; e.addedAt = now; return e }) }
+            let ages = Dictionary(old.endpoints.map { ($0.address, $0.addedAt) }, uniquingKeysWith: { a, _ in a })
+            return c.with(endpoints: c.endpoints.map { e in
+                var e = e
+                if let known = ages[e.address] { e.addedAt = known } else { e.addedAt = now }
+                return e
+            })
+        }
+        return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
     }
 
     /// The same configuration under another generation number (the store numbers snapshots).

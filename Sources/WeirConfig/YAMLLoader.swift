@@ -154,11 +154,31 @@ struct Reader {
 
     mutating func cluster(_ node: Node) -> ClusterDocument {
         var c = ClusterDocument(position: pos(node))
-        let f = fields(node, allowed: ["name", "balancer", "connect_timeout", "connect_attempts", "endpoints"], what: "a cluster")
+        let f = fields(node, allowed: ["name", "balancer", "balancer_options", "slow_start", "connect_timeout",
+                                       "connect_attempts", "endpoints"], what: "a cluster")
         c.name = string(f["name"], "name")
         c.balancer = string(f["balancer"], "balancer")
         c.connectTimeout = duration(f["connect_timeout"], "connect_timeout")
         c.connectAttempts = int(f["connect_attempts"], "connect_attempts")
+        if let o = f["balancer_options"] {
+            c.balancerOptionsPosition = pos(o.value)
+            if let mapping = o.value.mapping {
+                for (k, v) in mapping {
+                    guard let key = k.string, case .scalar(let scalar) = v else { fail(k, "balancer_options values must be plain values"); continue }
+                    c.balancerOptions[key] = Located(scalar.string, at: pos(k))
+                }
+            } else {
+                fail(o.value, "balancer_options must be a mapping (key: value)")
+            }
+        }
+        if let ss = f["slow_start"] {
+            var d = SlowStartDocument(position: pos(ss.value))
+            let sf = fields(ss.value, allowed: ["window", "aggression", "min_weight_percent"], what: "slow_start")
+            d.window = duration(sf["window"], "window")
+            d.aggression = string(sf["aggression"], "aggression")
+            d.minWeightPercent = string(sf["min_weight_percent"], "min_weight_percent")
+            c.slowStart = d
+        }
         for e in list(f["endpoints"], "endpoints") {
             var ep = EndpointDocument(position: pos(e))
             let ef = fields(e, allowed: ["address", "weight"], what: "an endpoint")

@@ -133,15 +133,23 @@ public func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
 public final class TestClient {
     public let fd: Int32
 
-    public init(_ address: SocketAddress, timeoutSeconds: Int = 10) throws {
-        fd = socket(address.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    public init(_ address: SocketAddress, timeoutSeconds: Int = 10, from source: SocketAddress? = nil) throws {
+        // Everything that can fail happens before `fd` is stored: a class whose init throws
+        // after full initialization runs deinit, which would close the descriptor a second time
+        // (and, in a threaded test, someone else's).
+        let s = socket(address.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        guard address.withSockAddr({ connect(fd, $0, $1) }) == 0 else {
-            let e = errno; close(fd)
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if let source, source.withSockAddr({ bind(s, $0, $1) }) != 0 {
+            let e = errno; close(s)
+            throw LoopbackError(message: "bind \(source): \(String(cString: strerror(e)))")
+        }
+        guard address.withSockAddr({ connect(s, $0, $1) }) == 0 else {
+            let e = errno; close(s)
             throw LoopbackError(message: "connect \(address): \(String(cString: strerror(e)))")
         }
+        fd = s
     }
 
     deinit { close(fd) }

@@ -50,6 +50,10 @@ struct Connection {
     var endpointIndex: Int32 = -1
     var attempts: Int32 = 0
     var exclusions = Exclusions()
+    /// The client address hashed, for ring_hash and maglev.
+    var hash: UInt64 = 0
+    /// The shard's balancer counts this connection as active on `endpointIndex`.
+    var countedActive = false
     var lastActivity: Int64 = 0
     var idleTimeout: Int64 = 0
     /// Why it closed abnormally, for stats.

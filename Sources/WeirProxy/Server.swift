@@ -176,7 +176,8 @@ public final class Server: @unchecked Sendable {
             Log.warning("reload: shard count and limits are fixed at start; the new values apply after a restart")
         }
         try bindNewListeners(next)
-        let published = store.publish(next)
+        // Endpoints this reload adds are stamped now, so slow start can ramp them.
+        let published = store.publish(next.inheritingEndpointAges(from: old, now: monotonicNanoseconds()))
         controls.forEach { $0.waker.wake() }
         sockets.closeUnwanted(keeping: published)
         let kept = Set(published.listeners.map(\.address))

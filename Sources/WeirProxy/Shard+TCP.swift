@@ -34,10 +34,18 @@ extension Shard {
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
         c.pointee.lastActivity = now
         Sockets.setNoDelay(fd)
+        if snapshot.clusters[listener.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
         startConnect(c, slot: slot)
     }
 
     func slot(of c: UnsafeMutablePointer<Connection>) -> Int { c - connections }
+
+    /// The hash key for source_ip: xxHash64 of the client's IP bytes (not its port), so one
+    /// client keeps landing on one endpoint.
+    func sourceIPHash(_ fd: Int32) -> UInt64 {
+        guard let peer = Sockets.peerAddress(fd) else { return 0 }
+        return XXHash64.hash(peer.bytes)
+    }
 
     /// Picks an endpoint (avoiding those that already failed for this connection) and connects.
     func startConnect(_ c: UnsafeMutablePointer<Connection>, slot: Int) {
@@ -46,7 +54,10 @@ extension Shard {
         let cluster = snap.clusters[ci]
         let pick: Int?
         if snap === snapshot {
-            pick = balancers[ci].pick(excluding: c.pointee.exclusions)
+            var context = PickContext(hash: c.pointee.hash, random: random)
+            pick = balancers[ci].pick(&context, excluding: c.pointee.exclusions)
+            random = context.random
+            if let ep = pick { balancers[ci].started(ep); c.pointee.countedActive = true }
         } else {
             // The connection started on an older snapshot whose balancer state is gone: walk on
             // from its last endpoint.
@@ -94,6 +105,7 @@ extension Shard {
         if res == -ECANCELED { control.stats.pointee.connectTimeouts += 1 } else { control.stats.pointee.connectFailures += 1 }
         close(c.pointee.upstreamFD)
         c.pointee.upstreamFD = -1
+        endActive(c)
         c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
         c.pointee.attempts += 1
         let cluster = c.pointee.snapshot!.takeUnretainedValue().clusters[Int(c.pointee.clusterIndex)]
@@ -101,6 +113,16 @@ extension Shard {
             startConnect(c, slot: ud.slot)
         } else {
             abort(c)
+        }
+    }
+
+    /// Tells the balancer this connection no longer loads its endpoint. A connection from an
+    /// older snapshot was counted by a balancer that is gone, so there is nothing to undo.
+    func endActive(_ c: UnsafeMutablePointer<Connection>) {
+        guard c.pointee.countedActive else { return }
+        c.pointee.countedActive = false
+        if c.pointee.snapshot?.takeUnretainedValue() === snapshot {
+            balancers[Int(c.pointee.clusterIndex)].ended(Int(c.pointee.endpointIndex))
         }
     }
 
@@ -310,6 +332,7 @@ extension Shard {
             if f == 0 { control.stats.pointee.bytesDownstreamToUpstream += flow.pointee.bytes }
             else { control.stats.pointee.bytesUpstreamToDownstream += flow.pointee.bytes }
         }
+        endActive(c)
         c.pointee.snapshot?.release()
         let gen = (c.pointee.generation &+ 1) & UserData.generationMask
         c.pointee = Connection()

@@ -69,7 +69,11 @@ final class Shard {
     var starvedFlows: [Int32] = []
     var listeners: [ShardListener] = []
     var snapshot: Snapshot
-    var balancers: [RoundRobin] = []
+    /// One balancer per cluster of `snapshot`, this shard's own state over the shared tables.
+    var balancers: [any Balancer] = []
+    /// Clusters whose endpoints are still in their slow-start window (refreshed each tick).
+    var rampingClusters: [Int] = []
+    var random: SplitMix64
     var now: Int64 = 0
     let queueCap: Int32
     let recvLimit: Bool
@@ -83,6 +87,7 @@ final class Shard {
         self.control = control
         self.snapshot = snapshot
         self.limits = snapshot.limits
+        random = SplitMix64(seed: UInt64(bitPattern: monotonicNanoseconds()) ^ UInt64(index &* 0x9E37_79B9))
         let entries = UInt32(max(256, min(32768, (snapshot.limits.maxConnectionsPerShard * 4).nextPowerOfTwo)))
         ring = try Ring(entries: entries)
         buffers = try BufferRing(ring: ring, group: 1, count: limits.buffersPerShard, bufferBytes: limits.bufferBytes)
@@ -180,6 +185,10 @@ final class Shard {
         for i in listeners.indices where listeners[i].fd >= 0 && !listeners[i].acceptArmed && !listeners[i].closing {
             armAccept(i)
         }
+        if !rampingClusters.isEmpty {
+            let clock = monotonicNanoseconds()
+            rampingClusters.removeAll { !balancers[$0].refresh(nowNanoseconds: clock) }
+        }
         for slot in 0..<highWater {
             let c = connections + slot
             guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { continue }
@@ -215,9 +224,9 @@ final class Shard {
             armAccept(slot)
         }
         snapshot = next
-        balancers = next.clusters.map { c in
-            RoundRobin(weights: c.weights, startOffset: RoundRobin.startOffset(shard: index, of: control.shardCount, weights: c.weights))
-        }
+        let clock = monotonicNanoseconds()
+        balancers = next.clusters.map { $0.makeBalancer(shard: index, of: control.shardCount, now: clock) }
+        rampingClusters = next.clusters.indices.filter { next.clusters[$0].slowStart != nil }
         control.stats.pointee.snapshotsAdopted += 1
         control.adoptedGeneration.store(next.generation, ordering: .releasing)
     }

@@ -1,5 +1,6 @@
 import Testing
 @testable import WeirConfig
+import WeirBalance
 import WeirCore
 
 /// Compiles `yaml` and returns the error messages with their line:column, or [] if it compiled.
@@ -123,6 +124,45 @@ clusters:
         let noEndpoints = "listeners: [{name: a, address: 127.0.0.1:1, cluster: c}]\nclusters: [{name: c, endpoints: []}]"
         #expect(errors(noEndpoints).first?.contains("cluster 'c' has no endpoints") == true)
         #expect(errors(good.replacingOccurrences("connect_timeout: 1s", "connect_timeout: 1s\n    connect_attempts: 9")).first?.contains("connect_attempts must be 1 to 4") == true)
+    }
+
+    @Test func balancersAndTheirOptionsCompile() throws {
+        let yaml = good.replacingOccurrences("balancer: round_robin", """
+        balancer: ring_hash
+            balancer_options: { hash_key: source_ip, minimum_ring_size: 64K, maximum_ring_size: 1M }
+        """)
+        let s = try Compiler.compile(YAMLLoader.parse(yaml, file: "t"))
+        #expect(s.clusters[0].balancer == .ringHash)
+        #expect(s.clusters[0].options.minimumRingSize == 65536)
+        guard case .ring(let table) = s.clusters[0].table else { Issue.record("no ring built"); return }
+        #expect(table.size >= 65536)
+        let lr = good.replacingOccurrences("balancer: round_robin", """
+        balancer: least_request
+            balancer_options: { choice_count: 3, active_request_bias: 0.5 }
+            slow_start: { window: 30s, aggression: 2, min_weight_percent: 5% }
+        """)
+        let l = try Compiler.compile(YAMLLoader.parse(lr, file: "t"))
+        #expect(l.clusters[0].options.choiceCount == 3)
+        #expect(l.clusters[0].slowStart == SlowStart(windowNanoseconds: 30_000_000_000, aggression: 2, minimumWeightFraction: 0.05))
+    }
+
+    @Test func knobsThatDoNotFitTheBalancerAreErrors() {
+        func withBalancer(_ b: String) -> String { good.replacingOccurrences("balancer: round_robin", b) }
+        #expect(errors(withBalancer("balancer: round_robin\n    balancer_options: { choice_count: 3 }")).first?
+            .contains("balancer_options 'choice_count' does not fit balancer round_robin (it applies to least_request); round_robin takes no options") == true)
+        #expect(errors(withBalancer("balancer: maglev\n    balancer_options: { table_size: 65536 }")).first?.contains("table_size must be prime") == true)
+        #expect(errors(withBalancer("balancer: ring_hash\n    balancer_options: { hash_key: header:x-user }")).first?.contains("needs an HTTP listener") == true)
+        #expect(errors(withBalancer("balancer: ring_hash\n    balancer_options: { minimum_ring_size: 2048, maximum_ring_size: 1024 }")).first?.contains("must not exceed") == true)
+        #expect(errors(withBalancer("balancer: maglev\n    slow_start: { window: 10s }")).first?.contains("slow_start works with round_robin and least_request, not maglev") == true)
+        #expect(errors(withBalancer("balancer: least_request\n    balancer_options: { choice_count: 1 }")).first?.contains("choice_count must be a whole number from 2 to 100") == true)
+        #expect(errors(withBalancer("balancer: round_robin\n    slow_start: { aggression: 1 }")).first?.contains("slow_start needs a 'window'") == true)
+    }
+
+    @Test func aReloadStampsOnlyTheEndpointsItAdds() throws {
+        let first = try Compiler.compile(YAMLLoader.parse(good, file: "t"))
+        let added = good.replacingOccurrences("      - { address: 127.0.0.1:5432, weight: 1 }", "      - { address: 127.0.0.1:5432, weight: 1 }\n      - { address: 127.0.0.1:5434 }")
+        let next = try Compiler.compile(YAMLLoader.parse(added, file: "t")).inheritingEndpointAges(from: first, now: 777)
+        #expect(next.clusters[0].endpoints.map(\.addedAt) == [nil, 777, nil])
     }
 
     @Test func aMissingFileIsAClearError() {
