@@ -11,6 +11,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "weir", targets: ["weir"]),
+        // For Benchmarks/Balancers, which measures the balancers alone.
+        .library(name: "WeirBalance", targets: ["WeirBalance"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -50,10 +50,23 @@ struct Check: ParsableCommand {
         }
         print("clusters:")
         for c in s.clusters {
-            print("  \(c.name)  \(c.balancer.rawValue)  connect_timeout \(formatDuration(nanoseconds: c.connectTimeoutNanoseconds))  connect_attempts \(c.connectAttempts)")
+            print("  \(c.name)  \(balancerSummary(c))  connect_timeout \(formatDuration(nanoseconds: c.connectTimeoutNanoseconds))  connect_attempts \(c.connectAttempts)")
             for e in c.endpoints { print("    \(e.address)  weight \(e.weight)") }
         }
     }
+}
+
+/// The balancer and the knobs that matter for it, for `weir check`.
+func balancerSummary(_ c: Cluster) -> String {
+    var parts: [String] = []
+    switch c.table {
+    case .ring(let t): parts.append("\(t.size) ring points, hash source_ip")
+    case .maglev(let t): parts.append("table \(t.size), hash source_ip")
+    default: break
+    }
+    if c.balancer == .leastRequest { parts.append("choice_count \(c.options.choiceCount), bias \(c.options.activeRequestBias)") }
+    if let s = c.slowStart { parts.append("slow_start \(formatDuration(nanoseconds: s.windowNanoseconds))") }
+    return c.balancer.rawValue + (parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")")
 }
 
 struct Version: ParsableCommand {

@@ -1,0 +1,59 @@
+// Balancers through the real binary: hashing keeps a client on one endpoint, least request
+// avoids the endpoint holding connections.
+import Foundation
+import Testing
+import WeirCore
+import WeirDemo
+
+@Suite(.serialized) struct BalancerIntegrationTests {
+    @Test(arguments: ["ring_hash", "maglev"])
+    func theSameSourceIPLandsOnTheSameEndpoint(balancer: String) throws {
+        let ups = try ["a", "b", "c", "d"].map { try EchoServer(name: $0, greeting: $0) }
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: ups.map { ($0.address, 1) })
+            .replacingOccurrences(of: "balancer: round_robin", with: "balancer: \(balancer)"))
+        defer { weir.stop(); ups.forEach { $0.stop() } }
+        var chosen: [String: String] = [:]
+        // Twenty clients, each its own loopback address, three connections each, across shards.
+        for host in 1...20 {
+            let source = SocketAddress(ipv4: 127, 0, 0, UInt8(host), port: 0)
+            var seen = Set<String>()
+            for _ in 0..<3 {
+                let c = try TestClient(loopback(port), timeoutSeconds: 5, from: source)
+                seen.insert(String(decoding: c.read(count: 1), as: UTF8.self))
+            }
+            #expect(seen.count == 1, "127.0.0.\(host) went to \(seen)")
+            chosen["127.0.0.\(host)"] = seen.first
+        }
+        // And different clients do spread.
+        #expect(Set(chosen.values).count >= 3, "\(chosen)")
+    }
+
+    @Test func leastRequestSendsNewConnectionsAwayFromTheEndpointHoldingMany() throws {
+        // "hold" keeps every connection open; "quick" says hello and closes.
+        let hold = try EchoServer(name: "hold", greeting: "H")
+        let quick = try EchoServer(name: "quick", greeting: "Q", mode: .greetHalfCloseThenRead)
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(hold.address, 1), (quick.address, 1)],
+                                                   cluster: "    balancer_options: { choice_count: 4 }")
+            .replacingOccurrences(of: "balancer: round_robin", with: "balancer: least_request"), arguments: ["--shards", "1"])
+        defer { weir.stop(); hold.stop(); quick.stop() }
+        var held: [TestClient] = []
+        var toHold = 0
+        for _ in 0..<30 {
+            let c = try TestClient(loopback(port), timeoutSeconds: 5)
+            if c.read(count: 1) == Array("H".utf8) {
+                toHold += 1
+                held.append(c)
+            } else {
+                // Finish the quick one so its connection ends and stops counting.
+                _ = c.readToEnd()
+                c.halfClose()
+            }
+        }
+        // Round robin would give 15 each; with 4 choices out of 2 endpoints, "hold" wins only
+        // when every draw is "hold" (1 in 16) once it has more active connections.
+        #expect(toHold <= 6, "hold got \(toHold) of 30")
+        #expect(held.count == toHold)
+    }
+}
