@@ -63,7 +63,7 @@ extension Shard {
             // from its last endpoint.
             let n = cluster.endpoints.count
             let start = Int(c.pointee.endpointIndex) + 1
-            pick = (0..<n).map { (start + $0) % n }.first { !c.pointee.exclusions.contains($0) }
+            pick = (0..<n).lazy.map { (start + $0) % n }.first { !c.pointee.exclusions.contains($0) }
         }
         guard let ep = pick else { return abort(c) }
         c.pointee.endpointIndex = Int32(ep)
@@ -312,7 +312,9 @@ extension Shard {
         c.pointee.state = .closing
         c.pointee.aborted = true
         control.stats.pointee.aborted += 1
-        for fd in [c.pointee.downstreamFD, c.pointee.upstreamFD] where fd >= 0 {
+        for side in 0..<2 {
+            let fd = side == 0 ? c.pointee.downstreamFD : c.pointee.upstreamFD
+            guard fd >= 0 else { continue }
             shutdown(fd, Int32(SHUT_RDWR))
             if c.pointee.inflight > 0 { ring.cancelAll(fd: fd, userData: UserData(op: Op.ignore, slot: 0, generation: 0)) }
         }

@@ -5,7 +5,10 @@ import Benchmark
 import WeirBalance
 
 func endpointKeys(_ n: Int) -> [[UInt8]] {
-    (0..<n).map { i in [10, UInt8(i >> 16 & 0xFF), UInt8(i >> 8 & 0xFF), UInt8(i & 0xFF), 0x1F, 0x90] }
+    (0..<n).map { (i: Int) -> [UInt8] in
+        let high = UInt8(truncatingIfNeeded: i >> 16), middle = UInt8(truncatingIfNeeded: i >> 8), low = UInt8(truncatingIfNeeded: i)
+        return [10, high, middle, low, 0x1F, 0x90]
+    }
 }
 
 /// Weights 1, 2, 3 repeating: unequal, as real clusters often are.
