@@ -13,6 +13,8 @@ let package = Package(
         .executable(name: "weir", targets: ["weir"]),
         // For Benchmarks/Balancers, which measures the balancers alone.
         .library(name: "WeirBalance", targets: ["WeirBalance"]),
+        // For Fuzz/, which runs the HTTP parser under libFuzzer.
+        .library(name: "WeirHTTP", targets: ["WeirHTTP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -27,6 +29,7 @@ let package = Package(
         .target(name: "WeirCore", swiftSettings: v5),
         .target(name: "WeirRing", dependencies: ["CURing", "WeirCore"], swiftSettings: v5),
         .target(name: "WeirBalance", dependencies: ["WeirCore"], swiftSettings: v5),
+        .target(name: "WeirHTTP", swiftSettings: v5),
         .target(name: "WeirConfig",
                 dependencies: ["WeirCore", "WeirBalance", .product(name: "Yams", package: "Yams")],
                 swiftSettings: v5),
@@ -40,6 +43,7 @@ let package = Package(
                           swiftSettings: v5),
         .testTarget(name: "WeirConfigTests", dependencies: ["WeirConfig", "WeirBalance"], swiftSettings: v5),
         .testTarget(name: "WeirBalanceTests", dependencies: ["WeirBalance"], swiftSettings: v5),
+        .testTarget(name: "WeirHTTPTests", dependencies: ["WeirHTTP"], swiftSettings: v5),
         .testTarget(name: "WeirRingTests", dependencies: ["WeirRing", "CURing"], swiftSettings: v5),
         .testTarget(name: "IntegrationTests", dependencies: ["weir", "WeirDemo"], swiftSettings: v5),
     ]
