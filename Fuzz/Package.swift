@@ -1,0 +1,16 @@
+// swift-tools-version:6.1
+// libFuzzer harnesses for Weir's parsers; a package of its own because a fuzz target has no
+// main() and builds only with -sanitize=fuzzer. Run: scripts/fuzz-http.sh
+import PackageDescription
+
+let package = Package(
+    name: "weir-fuzz",
+    dependencies: [.package(name: "weir", path: "..")],
+    targets: [
+        .executableTarget(
+            name: "HTTPParserFuzz",
+            dependencies: [.product(name: "WeirHTTP", package: "weir")],
+            swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-parse-as-library"])]
+        ),
+    ]
+)
