@@ -1,0 +1,128 @@
+// Writes the request head a proxy forwards upstream, straight from the parsed bytes into a send
+// buffer: hop-by-hop fields dropped (RFC 9110 section 7.6.1), X-Forwarded-* added, the target's
+// prefix and the Host optionally rewritten, fields removed and added per route. No allocation.
+
+/// What to change while forwarding one request.
+public struct ForwardingRules {
+    /// Replace this many leading bytes of the target with `prefixReplacement`.
+    public var prefixMatchedBytes = 0
+    public var prefixReplacement: [UInt8] = []
+    public var hostRewrite: [UInt8]? = nil
+    /// Lowercase names of fields to drop.
+    public var removeHeaders: [[UInt8]] = []
+    /// Complete "Name: value" lines (without CRLF) to append.
+    public var addHeaders: [[UInt8]] = []
+    public init() {}
+}
+
+public struct ForwardContext {
+    /// The client's address as text ("192.0.2.1" or "2001:db8::1"), for X-Forwarded-For.
+    public var clientAddress: UnsafeRawBufferPointer
+    public var https: Bool
+    /// Used when the request has no X-Request-Id.
+    public var requestID: UnsafeRawBufferPointer
+    /// Keep Upgrade and `Connection: upgrade` (a WebSocket handshake being forwarded).
+    public var upgrade: Bool
+    public init(clientAddress: UnsafeRawBufferPointer, https: Bool, requestID: UnsafeRawBufferPointer, upgrade: Bool) {
+        self.clientAddress = clientAddress; self.https = https; self.requestID = requestID; self.upgrade = upgrade
+    }
+}
+
+public enum HeadWriter {
+    /// Writes the forwarded head for `head` (parsed from `source` with `headers`) into `out`.
+    /// Returns the bytes written, or nil when `out` is too small.
+    public static func writeRequest(_ head: RequestHead, source: UnsafeRawBufferPointer, headers: HeaderTable,
+                                    rules: ForwardingRules, context: ForwardContext, into out: UnsafeMutableRawBufferPointer) -> Int? {
+        var w = Writer(out)
+        w.put(source, head.methodRange)
+        w.put(SP)
+        if rules.prefixMatchedBytes > 0 {
+            w.put(rules.prefixReplacement)
+            w.put(source, ByteRange(Int(head.target.start) + rules.prefixMatchedBytes, Int(head.target.end)))
+        } else {
+            w.put(source, head.target)
+        }
+        w.put(" HTTP/1.1\r\n")
+        var forwardedFor: ByteRange? = nil
+        var hasRequestID = false
+        for i in 0..<headers.count {
+            let name = headers.name(i), value = headers.value(i)
+            if isHopByHop(source, name, headers: headers, upgrade: context.upgrade) { continue }
+            if rules.removeHeaders.contains(where: { equalsLowercase(source, name, $0) }) { continue }
+            if equalsIgnoringCase(source, name, "x-forwarded-for") { forwardedFor = value; continue }
+            if equalsIgnoringCase(source, name, "x-forwarded-proto") { continue }
+            if equalsIgnoringCase(source, name, "x-request-id") { hasRequestID = true }
+            if let host = rules.hostRewrite, equalsIgnoringCase(source, name, "host") {
+                w.put("Host: "); w.put(host); w.put("\r\n")
+                continue
+            }
+            w.put(source, name); w.put(": "); w.put(source, value); w.put("\r\n")
+        }
+        w.put("X-Forwarded-For: ")
+        if let prior = forwardedFor, prior.count > 0 { w.put(source, prior); w.put(", ") }
+        w.put(context.clientAddress)
+        w.put(context.https ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n")
+        if !hasRequestID { w.put("X-Request-Id: "); w.put(context.requestID); w.put("\r\n") }
+        if context.upgrade { w.put("Connection: upgrade\r\n") }
+        for line in rules.addHeaders { w.put(line); w.put("\r\n") }
+        w.put("\r\n")
+        return w.overflow ? nil : w.count
+    }
+
+    /// Fields that describe one hop, not the message: never forwarded. Transfer-Encoding stays,
+    /// because Weir forwards a chunked body's bytes as they are.
+    static func isHopByHop(_ buf: UnsafeRawBufferPointer, _ name: ByteRange, headers: HeaderTable, upgrade: Bool) -> Bool {
+        if equalsIgnoringCase(buf, name, "connection") || equalsIgnoringCase(buf, name, "keep-alive")
+            || equalsIgnoringCase(buf, name, "proxy-connection") || equalsIgnoringCase(buf, name, "te")
+            || equalsIgnoringCase(buf, name, "trailer") || equalsIgnoringCase(buf, name, "proxy-authorization") {
+            return true
+        }
+        if equalsIgnoringCase(buf, name, "upgrade") { return !upgrade }
+        // And any field the Connection header names (RFC 9110 section 7.6.1).
+        for i in 0..<headers.count where equalsIgnoringCase(buf, headers.name(i), "connection") {
+            var named = false
+            _ = forEachListElement(buf, headers.value(i)) { token in
+                if token.count == name.count && equalsRanges(buf, token, name) { named = true; return false }
+                return true
+            }
+            if named && !(upgrade && equalsIgnoringCase(buf, name, "upgrade")) { return true }
+        }
+        return false
+    }
+
+    static func equalsRanges(_ buf: UnsafeRawBufferPointer, _ a: ByteRange, _ b: ByteRange) -> Bool {
+        guard a.count == b.count else { return false }
+        for k in 0..<a.count where buf[Int(a.start) + k] | 0x20 != buf[Int(b.start) + k] | 0x20 { return false }
+        return true
+    }
+
+    static func equalsLowercase(_ buf: UnsafeRawBufferPointer, _ r: ByteRange, _ lower: [UInt8]) -> Bool {
+        guard r.count == lower.count else { return false }
+        for k in 0..<r.count where buf[Int(r.start) + k] | 0x20 != lower[k] | 0x20 { return false }
+        return true
+    }
+}
+
+/// Appends into a fixed buffer; remembers overflow instead of trapping.
+struct Writer {
+    let out: UnsafeMutableRawBufferPointer
+    var count = 0
+    var overflow = false
+    init(_ out: UnsafeMutableRawBufferPointer) { self.out = out }
+
+    mutating func put(_ byte: UInt8) {
+        guard count < out.count else { overflow = true; return }
+        out[count] = byte
+        count += 1
+    }
+    mutating func put(_ bytes: UnsafeRawBufferPointer) {
+        guard count + bytes.count <= out.count else { overflow = true; return }
+        if bytes.count > 0 { (out.baseAddress! + count).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        count += bytes.count
+    }
+    mutating func put(_ source: UnsafeRawBufferPointer, _ r: ByteRange) {
+        put(UnsafeRawBufferPointer(rebasing: source[Int(r.start)..<Int(r.end)]))
+    }
+    mutating func put(_ bytes: [UInt8]) { bytes.withUnsafeBytes { put($0) } }
+    mutating func put(_ s: StaticString) { put(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
+}

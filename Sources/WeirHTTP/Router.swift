@@ -1,0 +1,118 @@
+// Route matching on a parsed head, in order, first match wins. Patterns are compiled to bytes
+// when the snapshot compiles; matching compares bytes in place and allocates nothing.
+
+public enum HostPattern: Equatable, Sendable {
+    /// Lowercase host, no port.
+    case exact([UInt8])
+    /// "*.example.com" stored as ".example.com": matches any host ending in it (not the bare
+    /// domain, as in Envoy and nginx).
+    case suffix([UInt8])
+
+    public init(_ text: String) {
+        let lower = Array(text.lowercased().utf8)
+        self = text.hasPrefix("*.") ? .suffix(Array(lower.dropFirst())) : .exact(lower)
+    }
+}
+
+public enum PathPattern: Equatable, Sendable {
+    case any
+    case prefix([UInt8])
+    case exact([UInt8])
+}
+
+public struct HeaderMatch: Equatable, Sendable {
+    /// Lowercase field name.
+    public var name: [UInt8]
+    /// nil: the field must be present; else its value must equal this exactly.
+    public var value: [UInt8]?
+    public init(name: String, value: String?) { self.name = Array(name.lowercased().utf8); self.value = value.map { Array($0.utf8) } }
+}
+
+public struct RouteMatch: Equatable, Sendable {
+    public var hosts: [HostPattern] = []
+    public var path = PathPattern.any
+    /// Empty: any method.
+    public var methods: [Method] = []
+    public var headers: [HeaderMatch] = []
+    public init() {}
+}
+
+public struct RouteTable: Sendable {
+    public let routes: [RouteMatch]
+    public init(_ routes: [RouteMatch]) { self.routes = routes }
+
+    /// The index of the first route that matches, or nil (the proxy answers 404).
+    public func firstMatch(_ head: RequestHead, source: UnsafeRawBufferPointer, headers: HeaderTable) -> Int? {
+        let (host, path) = Self.hostAndPath(head, source)
+        for (i, r) in routes.enumerated() where Self.matches(r, head, source, headers, host: host, path: path) { return i }
+        return nil
+    }
+
+    static func matches(_ r: RouteMatch, _ head: RequestHead, _ buf: UnsafeRawBufferPointer, _ headers: HeaderTable,
+                        host: ByteRange, path: ByteRange) -> Bool {
+        if !r.methods.isEmpty && !r.methods.contains(head.method) { return false }
+        if !r.hosts.isEmpty && !r.hosts.contains(where: { hostMatches($0, buf, host) }) { return false }
+        switch r.path {
+        case .any: break
+        case .prefix(let p): if path.count < p.count || !bytesEqual(buf, Int(path.start), p, caseInsensitive: false) { return false }
+        case .exact(let p): if path.count != p.count || !bytesEqual(buf, Int(path.start), p, caseInsensitive: false) { return false }
+        }
+        for m in r.headers {
+            var found = false
+            for i in 0..<headers.count {
+                let name = headers.name(i)
+                guard name.count == m.name.count, bytesEqual(buf, Int(name.start), m.name, caseInsensitive: true) else { continue }
+                if let want = m.value {
+                    let v = headers.value(i)
+                    if v.count == want.count && bytesEqual(buf, Int(v.start), want, caseInsensitive: false) { found = true; break }
+                } else {
+                    found = true; break
+                }
+            }
+            if !found { return false }
+        }
+        return true
+    }
+
+    static func hostMatches(_ p: HostPattern, _ buf: UnsafeRawBufferPointer, _ host: ByteRange) -> Bool {
+        switch p {
+        case .exact(let h): return host.count == h.count && bytesEqual(buf, Int(host.start), h, caseInsensitive: true)
+        case .suffix(let s):
+            return host.count > s.count && bytesEqual(buf, Int(host.end) - s.count, s, caseInsensitive: true)
+        }
+    }
+
+    static func bytesEqual(_ buf: UnsafeRawBufferPointer, _ at: Int, _ bytes: [UInt8], caseInsensitive: Bool) -> Bool {
+        for k in 0..<bytes.count {
+            let a = buf[at + k], b = bytes[k]
+            if caseInsensitive ? (a | 0x20) != (b | 0x20) : a != b { return false }
+        }
+        return true
+    }
+
+    /// The host (Host field, or the authority of an absolute-form target), without port, and
+    /// the path without the query.
+    static func hostAndPath(_ head: RequestHead, _ buf: UnsafeRawBufferPointer) -> (ByteRange, ByteRange) {
+        var host = head.host ?? ByteRange.empty
+        var pathStart = Int(head.target.start)
+        let end = Int(head.target.end)
+        if buf[pathStart] != UInt8(ascii: "/") && buf[pathStart] != UInt8(ascii: "*") {
+            // absolute-form: scheme "://" authority path
+            var i = pathStart
+            while i + 2 < end && !(buf[i] == UInt8(ascii: ":") && buf[i + 1] == UInt8(ascii: "/") && buf[i + 2] == UInt8(ascii: "/")) { i += 1 }
+            let authorityStart = i + 3
+            var j = authorityStart
+            while j < end && buf[j] != UInt8(ascii: "/") && buf[j] != UInt8(ascii: "?") { j += 1 }
+            host = ByteRange(authorityStart, j)
+            pathStart = j
+        }
+        // Strip a port, but not the colons inside an IPv6 literal ("[::1]:8080").
+        var h = Int(host.end)
+        var k = h - 1
+        while k >= Int(host.start) && buf[k] >= UInt8(ascii: "0") && buf[k] <= UInt8(ascii: "9") { k -= 1 }
+        if k >= Int(host.start) && buf[k] == UInt8(ascii: ":") && k < h - 1 { h = k }
+        var q = pathStart
+        while q < end && buf[q] != UInt8(ascii: "?") { q += 1 }
+        return (ByteRange(Int(host.start), h), ByteRange(pathStart, q))
+    }
+}

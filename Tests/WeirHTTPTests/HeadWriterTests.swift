@@ -1,0 +1,72 @@
+import Testing
+@testable import WeirHTTP
+
+/// Parses `text`, forwards it with `rules`, and returns the head written.
+func forward(_ text: String, rules: ForwardingRules = ForwardingRules(), client: String = "192.0.2.7",
+             https: Bool = false, upgrade: Bool = false, capacity: Int = 4096) -> String? {
+    let table = HeaderTable(capacity: 64)
+    let bytes = Array(text.utf8)
+    return bytes.withUnsafeBytes { src -> String? in
+        guard case .complete(let head) = HTTPParser.parseRequest(src, limits: HTTPLimits(), headers: table) else { return "unparsed" }
+        var out = [UInt8](repeating: 0, count: capacity)
+        let clientBytes = Array(client.utf8), id = Array("req-1".utf8)
+        let n = out.withUnsafeMutableBytes { o in
+            clientBytes.withUnsafeBytes { c in id.withUnsafeBytes { i in
+                HeadWriter.writeRequest(head, source: src, headers: table, rules: rules,
+                                        context: ForwardContext(clientAddress: c, https: https, requestID: i, upgrade: upgrade), into: o)
+            } }
+        }
+        return n.map { String(decoding: out[0..<$0], as: UTF8.self) }
+    }
+}
+
+@Suite struct HeadWriterTests {
+    @Test func aPlainRequestGainsForwardingFields() {
+        let out = forward("GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n")
+        #expect(out == "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\nX-Request-Id: req-1\r\n\r\n")
+    }
+
+    @Test func hopByHopFieldsAndThoseConnectionNamesAreDropped() {
+        let out = forward("GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nTE: trailers\r\nProxy-Connection: x\r\nX-Keep: 2\r\n\r\n")!
+        #expect(!out.contains("Connection:") && !out.contains("Keep-Alive") && !out.contains("X-Secret") && !out.contains("TE:"))
+        #expect(out.contains("X-Keep: 2\r\n"))
+    }
+
+    @Test func anExistingForwardedForIsAppendedToAndARequestIdKept() {
+        let out = forward("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Request-Id: abc\r\n\r\n", https: true)!
+        #expect(out.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"))
+        #expect(out.contains("X-Forwarded-Proto: https\r\n"))
+        #expect(!out.contains("X-Forwarded-Proto: http\r\n"))
+        #expect(out.contains("X-Request-Id: abc\r\n") && !out.contains("req-1"))
+    }
+
+    @Test func prefixHostAndFieldRewrites() {
+        var rules = ForwardingRules()
+        rules.prefixMatchedBytes = 4          // "/api"
+        rules.prefixReplacement = Array("/v2".utf8)
+        rules.hostRewrite = Array("backend.internal".utf8)
+        rules.removeHeaders = [Array("cookie".utf8)]
+        rules.addHeaders = [Array("X-Via: weir".utf8)]
+        let out = forward("POST /api/users HTTP/1.1\r\nHost: example.com\r\nCookie: s=1\r\nContent-Length: 0\r\n\r\n", rules: rules)!
+        #expect(out.hasPrefix("POST /v2/users HTTP/1.1\r\nHost: backend.internal\r\nContent-Length: 0\r\n"))
+        #expect(!out.contains("Cookie"))
+        #expect(out.hasSuffix("X-Via: weir\r\n\r\n"))
+    }
+
+    @Test func anUpgradeKeepsItsFields() {
+        let out = forward("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", upgrade: true)!
+        #expect(out.contains("Upgrade: websocket\r\n"))
+        #expect(out.contains("Connection: upgrade\r\n"))
+        let plain = forward("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n")!
+        #expect(!plain.contains("Upgrade"))
+    }
+
+    @Test func http10RequestsGoUpstreamAs11AndChunkedFramingStays() {
+        #expect(forward("GET / HTTP/1.0\r\n\r\n")!.hasPrefix("GET / HTTP/1.1\r\n"))
+        #expect(forward("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")!.contains("Transfer-Encoding: chunked\r\n"))
+    }
+
+    @Test func aBufferTooSmallIsReportedNotOverrun() {
+        #expect(forward("GET / HTTP/1.1\r\nHost: h\r\n\r\n", capacity: 20) == nil)
+    }
+}
