@@ -43,8 +43,26 @@ extension Shard {
     /// The hash key for source_ip: xxHash64 of the client's IP bytes (not its port), so one
     /// client keeps landing on one endpoint.
     func sourceIPHash(_ fd: Int32) -> UInt64 {
-        guard let peer = Sockets.peerAddress(fd) else { return 0 }
-        return XXHash64.hash(peer.bytes)
+        // Straight from the kernel's sockaddr: building a SocketAddress would allocate.
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+        }
+        guard rc == 0 else { return 0 }
+        return withUnsafePointer(to: &storage) { p -> UInt64 in
+            let raw = UnsafeRawPointer(p)
+            switch Int32(p.pointee.ss_family) {
+            case AF_INET:
+                let offset = MemoryLayout<sockaddr_in>.offset(of: \sockaddr_in.sin_addr)!
+                return XXHash64.hash(UnsafeRawBufferPointer(start: raw + offset, count: 4))
+            case AF_INET6:
+                let offset = MemoryLayout<sockaddr_in6>.offset(of: \sockaddr_in6.sin6_addr)!
+                return XXHash64.hash(UnsafeRawBufferPointer(start: raw + offset, count: 16))
+            default:
+                return 0
+            }
+        }
     }
 
     /// Picks an endpoint (avoiding those that already failed for this connection) and connects.
