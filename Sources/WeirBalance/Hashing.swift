@@ -59,6 +59,9 @@ public struct SplitMix64: Sendable {
         z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
         return z ^ (z >> 31)
     }
+    /// A uniform double in [0, 1).
+    @inlinable public mutating func nextDouble() -> Double { Double(next() >> 11) / Double(UInt64(1) << 53) }
+
     /// A uniform integer in 0..<n (Lemire's multiply-shift; the bias is below 2^-32 for n < 2^32).
     @inlinable public mutating func below(_ n: Int) -> Int {
         Int(truncatingIfNeeded: (UInt64(UInt32(truncatingIfNeeded: next() >> 32)) &* UInt64(n)) >> 32)

@@ -47,7 +47,9 @@ public final class MaglevTable: Sendable {
 
 public struct Maglev: Balancer {
     public let table: MaglevTable
-    public init(table: MaglevTable) { self.table = table }
+    /// Per endpoint, whether new traffic may go there (health); nil means all.
+    public let eligible: [Bool]?
+    public init(table: MaglevTable, eligible: [Bool]? = nil) { self.table = table; self.eligible = eligible }
     public var endpointCount: Int { table.endpointCount }
 
     @inlinable
@@ -57,9 +59,15 @@ public struct Maglev: Balancer {
         // same key keeps landing on the same fallback).
         for _ in 0..<8 {
             let owner = table.owner(for: h)
-            if !excluding.contains(owner) { return owner }
+            if !excluding.contains(owner) && (eligible?[owner] ?? true) { return owner }
             h = (h ^ 0x9E3779B97F4A7C15) &* 0xBF58476D1CE4E5B9
         }
-        return firstAllowed(from: table.owner(for: h), count: table.endpointCount, excluding: excluding)
+        let n = table.endpointCount
+        let start = table.owner(for: h)
+        for k in 0..<n {
+            let i = (start + k) % n
+            if !excluding.contains(i) && (eligible?[i] ?? true) { return i }
+        }
+        return nil
     }
 }

@@ -54,17 +54,19 @@ public final class RingHashTable: Sendable {
 
 public struct RingHash: Balancer {
     public let table: RingHashTable
-    public init(table: RingHashTable) { self.table = table }
+    /// Per endpoint, whether new traffic may go there (health); nil means all.
+    public let eligible: [Bool]?
+    public init(table: RingHashTable, eligible: [Bool]? = nil) { self.table = table; self.eligible = eligible }
     public var endpointCount: Int { table.endpointCount }
 
     @inlinable
     public mutating func pick(_ context: inout PickContext, excluding: Exclusions) -> Int? {
         var s = table.slot(for: context.hash)
-        // An excluded endpoint's keys go to the next point clockwise owned by someone else, the
-        // same place they would go if it were removed: everyone else's keys stay put.
+        // An excluded or unhealthy endpoint's keys go to the next point clockwise owned by someone
+        // else, the same place they would go if it were removed: everyone else's keys stay put.
         for _ in 0..<table.size {
             let owner = table.owner(at: s)
-            if !excluding.contains(owner) { return owner }
+            if !excluding.contains(owner) && (eligible?[owner] ?? true) { return owner }
             s = s + 1 == table.size ? 0 : s + 1
         }
         return nil

@@ -63,17 +63,26 @@ extension Cluster {
     /// The balancer shard `shard` of `shards` uses for this cluster, fresh state over the shared table.
     public func makeBalancer(shard: Int, of shards: Int, now: Int64) -> any Balancer {
         let ages = endpoints.map(\.addedAt)
+        let eligible = eligibility.eligible
+        let allEligible = !eligible.contains(false)
         switch table {
-        case .alias(let t): return RandomBalancer(table: t)
-        case .ring(let t): return RingHash(table: t)
-        case .maglev(let t): return Maglev(table: t)
+        case .ring(let t): return RingHash(table: t, eligible: allEligible ? nil : eligible)
+        case .maglev(let t): return Maglev(table: t, eligible: allEligible ? nil : eligible)
+        case .alias(let t):
+            if allEligible { return RandomBalancer(table: t) }
+            return Subset(eligible: eligible) { m in RandomBalancer(table: AliasTable(weights: m.map { Double(weights[$0]) })) }
         case .none:
             if balancer == .leastRequest {
-                return LeastRequest(weights: weights, choiceCount: options.choiceCount, activeRequestBias: options.activeRequestBias,
-                                    slowStart: slowStart, addedAt: ages, now: now)
+                return Subset(eligible: eligible) { m in
+                    LeastRequest(weights: m.map { weights[$0] }, choiceCount: options.choiceCount, activeRequestBias: options.activeRequestBias,
+                                 slowStart: slowStart, addedAt: m.map { ages[$0] }, now: now)
+                }
             }
-            return RoundRobin(weights: weights, startOffset: RoundRobin.startOffset(shard: shard, of: shards, weights: weights),
-                              slowStart: slowStart, addedAt: ages, now: now)
+            return Subset(eligible: eligible) { m in
+                let w = m.map { weights[$0] }
+                return RoundRobin(weights: w, startOffset: RoundRobin.startOffset(shard: shard, of: shards, weights: w),
+                                  slowStart: slowStart, addedAt: m.map { ages[$0] }, now: now)
+            }
         }
     }
 }

@@ -113,6 +113,8 @@ public enum Compiler {
         var ok = true
         let balancer = compileBalancer(c, name: name, fail: fail)
         if balancer == nil { ok = false }
+        let health = compileHealth(c, name: name, fail: fail)
+        if health == nil { ok = false }
         if let t = c.connectTimeout, !(1_000_000...300_000_000_000).contains(t.value) {
             fail(t.position, "cluster '\(name)': connect_timeout must be 1ms to 5m"); ok = false
         }
@@ -138,10 +140,10 @@ public enum Compiler {
                 fail(a.position, "cluster '\(name)': \(error)"); ok = false
             }
         }
-        guard ok, let (kind, options, slowStart) = balancer else { return nil }
+        guard ok, let (kind, options, slowStart) = balancer, let health else { return nil }
         if kind == .maglev && options.maglevTableSize <= endpoints.count { return nil }
         return Cluster(name: name, balancer: kind, options: options, slowStart: slowStart,
                        connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
-                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints)
+                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health)
     }
 }

@@ -53,6 +53,13 @@ public struct ClusterDocument: Sendable {
     public var balancerOptions: [String: Located<String>] = [:]
     public var balancerOptionsPosition: SourcePosition?
     public var slowStart: SlowStartDocument?
+    /// `health_check:` and `outlier_detection:` as written: key -> scalar text (lists joined by
+    /// commas), checked by the compiler.
+    public var healthCheck: [String: Located<String>]? = nil
+    public var healthCheckPosition: SourcePosition?
+    public var outlierDetection: [String: Located<String>]? = nil
+    public var outlierDetectionPosition: SourcePosition?
+    public var panicThreshold: Located<String>?
     public var endpoints: [EndpointDocument] = []
     public init(position: SourcePosition) { self.position = position }
 }

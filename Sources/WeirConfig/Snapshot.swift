@@ -2,6 +2,7 @@
 // mutated, published whole by SnapshotStore.
 import WeirBalance
 import WeirCore
+import WeirHealth
 
 public enum ListenerProtocol: String, Sendable { case tcp }
 public struct Endpoint: Sendable, Equatable {
@@ -23,19 +24,38 @@ public final class Cluster: Sendable {
     public let connectAttempts: Int
     public let endpoints: [Endpoint]
     public var weights: [Int32] { endpoints.map(\.weight) }
+    public let health: HealthPolicy
+    /// Per endpoint: may new traffic use it (healthy and not ejected)? Published by the health
+    /// checker as new snapshot generations.
+    public let available: [Bool]
+    /// What the balancer picks from: the available endpoints, or all of them in panic.
+    public let eligibility: Eligibility
 
     init(name: String, balancer: BalancerKind, options: BalancerOptions, slowStart: SlowStart?,
-         connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint]) {
+         connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint], health: HealthPolicy,
+         available: [Bool]? = nil, table: BalancerTable? = nil) {
         self.name = name; self.balancer = balancer; self.options = options; self.slowStart = slowStart
         self.connectTimeoutNanoseconds = connectTimeoutNanoseconds
         self.connectAttempts = connectAttempts; self.endpoints = endpoints
-        self.table = BalancerTable(balancer, options: options, endpoints: endpoints)
+        self.health = health
+        let available = available ?? Array(repeating: health.startHealthy || health.probe == nil, count: endpoints.count)
+        self.available = available
+        self.eligibility = Eligibility(available: available, panicThresholdPercent: health.panicThresholdPercent)
+        self.table = table ?? BalancerTable(balancer, options: options, endpoints: endpoints)
     }
 
     /// The same cluster with endpoints stamped with when they were added (for slow start).
     func with(endpoints: [Endpoint]) -> Cluster {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
-                connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints)
+                connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
+                health: health, available: available, table: table)
+    }
+
+    /// The same cluster with other availability; the balancer tables are shared, not rebuilt.
+    public func with(available: [Bool]) -> Cluster {
+        Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
+                connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
+                health: health, available: available, table: table)
     }
 }
 
@@ -86,19 +106,30 @@ public final class Snapshot: Sendable {
         self.limits = limits; self.listeners = listeners; self.clusters = clusters
     }
 
-    /// This snapshot with each endpoint's `addedAt` carried from `previous` (same cluster name and
-    /// address), and `now` for endpoints `previous` did not have. Slow start ramps those.
-    public func inheritingEndpointAges(from previous: Snapshot, now: Int64) -> Snapshot {
+    /// This snapshot carrying what `previous` knew about endpoints it shares (same cluster name
+    /// and address): when each was added (slow start) and whether it is available (health).
+    /// Endpoints `previous` did not have are stamped `now` and start as their policy says.
+    public func inheritingEndpointState(from previous: Snapshot, now: Int64) -> Snapshot {
         let before = Dictionary(previous.clusters.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let clusters = self.clusters.map { c -> Cluster in
             guard let old = before[c.name] else { return c.with(endpoints: c.endpoints.map { var e = $0; e.addedAt = now; return e }) }
-            let ages = Dictionary(old.endpoints.map { ($0.address, $0.addedAt) }, uniquingKeysWith: { a, _ in a })
-            return c.with(endpoints: c.endpoints.map { e in
+            var known: [SocketAddress: (Int64?, Bool)] = [:]
+            for (i, e) in old.endpoints.enumerated() { known[e.address] = (e.addedAt, old.available[i]) }
+            let endpoints = c.endpoints.map { e -> Endpoint in
                 var e = e
-                if let known = ages[e.address] { e.addedAt = known } else { e.addedAt = now }
+                e.addedAt = known[e.address].map { $0.0 } ?? now
                 return e
-            })
+            }
+            let available = c.endpoints.enumerated().map { i, e in known[e.address]?.1 ?? c.available[i] }
+            return c.with(endpoints: endpoints).with(available: available)
         }
+        return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
+    }
+
+    /// This snapshot with some clusters replaced (by index); every other cluster object is shared.
+    public func replacing(clusters changed: [Int: Cluster]) -> Snapshot {
+        let clusters = self.clusters.enumerated().map { changed[$0.offset] ?? $0.element }
         return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
                         logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
     }

@@ -22,7 +22,16 @@ public final class SnapshotStore: Sendable {
     /// shards so they adopt it without waiting for traffic.
     @discardableResult
     public func publish(_ next: Snapshot) -> Snapshot {
+        publish { _ in next }!
+    }
+
+    /// Publishes what `make` builds from the current snapshot, atomically with respect to every
+    /// other publisher (a reload and the health checker never overwrite each other's news).
+    /// `make` returning nil publishes nothing.
+    @discardableResult
+    public func publish(_ make: (Snapshot) -> Snapshot?) -> Snapshot? {
         current.withLock { cur in
+            guard let next = make(cur) else { return nil }
             let numbered = next.numbered(cur.generation + 1)
             cur = numbered
             published.store(numbered.generation, ordering: .releasing)

@@ -152,10 +152,27 @@ struct Reader {
         return l
     }
 
+    /// A mapping of plain values (a list becomes its items joined by commas), keys checked.
+    mutating func flatMapping(_ node: Node, allowed: [String], what: String) -> [String: Located<String>] {
+        var out: [String: Located<String>] = [:]
+        for (key, pair) in fields(node, allowed: allowed, what: what) {
+            switch pair.value {
+            case .scalar(let s): out[key] = Located(s.string, at: pos(pair.value))
+            case .sequence(let seq):
+                let items = seq.compactMap { $0.string }
+                if items.count != seq.count { fail(pair.value, "'\(key)' must be a list of plain values"); continue }
+                out[key] = Located(items.joined(separator: ","), at: pos(pair.value))
+            default: fail(pair.value, "'\(key)' must be a plain value or a list")
+            }
+        }
+        return out
+    }
+
     mutating func cluster(_ node: Node) -> ClusterDocument {
         var c = ClusterDocument(position: pos(node))
         let f = fields(node, allowed: ["name", "balancer", "balancer_options", "slow_start", "connect_timeout",
-                                       "connect_attempts", "endpoints"], what: "a cluster")
+                                       "connect_attempts", "health_check", "outlier_detection", "panic_threshold",
+                                       "endpoints"], what: "a cluster")
         c.name = string(f["name"], "name")
         c.balancer = string(f["balancer"], "balancer")
         c.connectTimeout = duration(f["connect_timeout"], "connect_timeout")
@@ -171,6 +188,18 @@ struct Reader {
                 fail(o.value, "balancer_options must be a mapping (key: value)")
             }
         }
+        if let h = f["health_check"] {
+            c.healthCheckPosition = pos(h.value)
+            c.healthCheck = flatMapping(h.value, allowed: ["type", "path", "host", "expect_status", "interval", "timeout", "jitter",
+                                                         "unhealthy_threshold", "healthy_threshold", "unhealthy_interval",
+                                                         "initial", "port", "send", "expect"], what: "health_check")
+        }
+        if let o = f["outlier_detection"] {
+            c.outlierDetectionPosition = pos(o.value)
+            c.outlierDetection = flatMapping(o.value, allowed: ["consecutive_failures", "base_ejection_time", "max_ejection_percent"],
+                                             what: "outlier_detection")
+        }
+        c.panicThreshold = string(f["panic_threshold"], "panic_threshold")
         if let ss = f["slow_start"] {
             var d = SlowStartDocument(position: pos(ss.value))
             let sf = fields(ss.value, allowed: ["window", "aggression", "min_weight_percent"], what: "slow_start")

@@ -46,6 +46,7 @@ final class ShardControl: @unchecked Sendable {
     let store: SnapshotStore
     let sockets: ListenerSockets
     let shardCount: Int
+    let reports: OutlierReports
     let command = Atomic<Int>(ShardCommand.none.rawValue)
     /// 0 starting, 1 running, 2 failed, 3 exited.
     let state = Atomic<Int>(0)
@@ -57,9 +58,9 @@ final class ShardControl: @unchecked Sendable {
     /// shows a count one step old).
     let stats: UnsafeMutablePointer<ShardStats>
 
-    init(store: SnapshotStore, sockets: ListenerSockets, shardCount: Int) throws {
+    init(store: SnapshotStore, sockets: ListenerSockets, shardCount: Int, reports: OutlierReports) throws {
         waker = try Waker()
-        self.store = store; self.sockets = sockets; self.shardCount = shardCount
+        self.store = store; self.sockets = sockets; self.shardCount = shardCount; self.reports = reports
         stats = .allocate(capacity: 1)
         stats.initialize(to: ShardStats())
     }
@@ -76,6 +77,8 @@ public final class Server: @unchecked Sendable {
     public let shardCount: Int
     let sockets = ListenerSockets()
     var controls: [ShardControl] = []
+    let reports = OutlierReports()
+    var health: HealthChecker?
     var threads: [pthread_t] = []
     /// Addresses actually bound per configured address (they differ when the config says port 0).
     public private(set) var boundAddresses: [SocketAddress: SocketAddress] = [:]
@@ -98,7 +101,7 @@ public final class Server: @unchecked Sendable {
         }
         try bindNewListeners(store.snapshot)
         for i in 0..<shardCount {
-            let control = try ShardControl(store: store, sockets: sockets, shardCount: shardCount)
+            let control = try ShardControl(store: store, sockets: sockets, shardCount: shardCount, reports: reports)
             control.recvLimit = recvLimit
             controls.append(control)
             threads.append(try spawnShard(index: i, control: control))
@@ -114,6 +117,10 @@ public final class Server: @unchecked Sendable {
             if states.allSatisfy({ $0 == 1 }) { break }
             usleep(1000)
         }
+        let controls = self.controls
+        let checker = try HealthChecker(store: store, reports: reports, wakeShards: { controls.forEach { $0.waker.wake() } })
+        try checker.start()
+        health = checker
         for l in store.snapshot.listeners {
             Log.info("listener \(l.name) on \(boundAddresses[l.address] ?? l.address) (\(l.proto.rawValue)) -> cluster \(store.snapshot.clusters[l.clusterIndex].name)")
         }
@@ -177,7 +184,8 @@ public final class Server: @unchecked Sendable {
         }
         try bindNewListeners(next)
         // Endpoints this reload adds are stamped now, so slow start can ramp them.
-        let published = store.publish(next.inheritingEndpointAges(from: old, now: monotonicNanoseconds()))
+        let now = monotonicNanoseconds()
+        let published = store.publish { current in next.inheritingEndpointState(from: current, now: now) }!
         controls.forEach { $0.waker.wake() }
         sockets.closeUnwanted(keeping: published)
         let kept = Set(published.listeners.map(\.address))
@@ -221,6 +229,8 @@ public final class Server: @unchecked Sendable {
         }
         for t in threads { pthread_join(t, nil) }
         threads = []
+        health?.stop()
+        health = nil
         sockets.closeUnwanted(keeping: Snapshot.empty)
         return DrainReport(drainedCleanly: clean, cut: stats.cutOnDrain,
                            seconds: Double(monotonicNanoseconds() - start) / 1e9)

@@ -114,6 +114,7 @@ extension Shard {
             c.pointee.state = .open
             c.pointee.lastActivity = now
             control.stats.pointee.upstreamConnected += 1
+            noteConnect(c, failed: false)
             if limits.dataPath == .splice { return startSplice(c) }
             armRecv(c, 0)
             armRecv(c, 1)
@@ -121,6 +122,7 @@ extension Shard {
         }
         // Refused, unreachable, or timed out (the linked timeout cancels the connect): try another.
         if res == -ECANCELED { control.stats.pointee.connectTimeouts += 1 } else { control.stats.pointee.connectFailures += 1 }
+        noteConnect(c, failed: true)
         close(c.pointee.upstreamFD)
         c.pointee.upstreamFD = -1
         endActive(c)
@@ -131,6 +133,21 @@ extension Shard {
             startConnect(c, slot: ud.slot)
         } else {
             abort(c)
+        }
+    }
+
+    /// Passive outlier detection: a failure extends the endpoint's streak on this shard, a success
+    /// ends it; a streak at the cluster's threshold is reported to the health checker once.
+    func noteConnect(_ c: UnsafeMutablePointer<Connection>, failed: Bool) {
+        guard c.pointee.snapshot?.takeUnretainedValue() === snapshot else { return }
+        let ci = Int(c.pointee.clusterIndex), ep = Int(c.pointee.endpointIndex)
+        guard ep < failureStreaks[ci].count else { return }
+        if !failed { failureStreaks[ci][ep] = 0; return }
+        failureStreaks[ci][ep] += 1
+        let cluster = snapshot.clusters[ci]
+        if let threshold = cluster.health.consecutiveFailures, Int(failureStreaks[ci][ep]) >= threshold {
+            failureStreaks[ci][ep] = 0
+            control.reports.add(EndpointKey(cluster: cluster.name, address: cluster.endpoints[ep].address))
         }
     }
 

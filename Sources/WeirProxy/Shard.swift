@@ -73,6 +73,9 @@ final class Shard {
     var balancers: [any Balancer] = []
     /// Clusters whose endpoints are still in their slow-start window (refreshed each tick).
     var rampingClusters: [Int] = []
+    /// Passive outlier detection: consecutive connect failures per cluster and endpoint, this
+    /// shard's own count; at the cluster's threshold the health checker is told.
+    var failureStreaks: [[Int32]] = []
     var random: SplitMix64
     var now: Int64 = 0
     let queueCap: Int32
@@ -227,6 +230,7 @@ final class Shard {
         let clock = monotonicNanoseconds()
         balancers = next.clusters.map { $0.makeBalancer(shard: index, of: control.shardCount, now: clock) }
         rampingClusters = next.clusters.indices.filter { next.clusters[$0].slowStart != nil }
+        failureStreaks = next.clusters.map { [Int32](repeating: 0, count: $0.health.consecutiveFailures == nil ? 0 : $0.endpoints.count) }
         control.stats.pointee.snapshotsAdopted += 1
         control.adoptedGeneration.store(next.generation, ordering: .releasing)
     }

@@ -161,8 +161,29 @@ clusters:
     @Test func aReloadStampsOnlyTheEndpointsItAdds() throws {
         let first = try Compiler.compile(YAMLLoader.parse(good, file: "t"))
         let added = good.replacingOccurrences("      - { address: 127.0.0.1:5432, weight: 1 }", "      - { address: 127.0.0.1:5432, weight: 1 }\n      - { address: 127.0.0.1:5434 }")
-        let next = try Compiler.compile(YAMLLoader.parse(added, file: "t")).inheritingEndpointAges(from: first, now: 777)
+        let next = try Compiler.compile(YAMLLoader.parse(added, file: "t")).inheritingEndpointState(from: first, now: 777)
         #expect(next.clusters[0].endpoints.map(\.addedAt) == [nil, 777, nil])
+    }
+
+    @Test func healthChecksCompileAndBadOnesAreErrors() throws {
+        func with(_ extra: String) -> String { good.replacingOccurrences("    connect_timeout: 1s", "    connect_timeout: 1s\n" + extra) }
+        let s = try Compiler.compile(YAMLLoader.parse(with("""
+            health_check: { type: http, path: /healthz, expect_status: [200-299, 404], interval: 2s, timeout: 1s, jitter: 10%, unhealthy_interval: 4s, initial: unhealthy }
+            outlier_detection: { consecutive_failures: 3, base_ejection_time: 10s, max_ejection_percent: 30 }
+            panic_threshold: 40%
+        """), file: "t"))
+        let h = s.clusters[0].health
+        #expect(h.probe == .http(path: "/healthz", host: nil, expectStatus: [200...299, 404...404]))
+        #expect(h.unhealthyIntervalNanoseconds == 4_000_000_000 && !h.startHealthy && h.jitterFraction == 0.1)
+        #expect(h.consecutiveFailures == 3 && h.maxEjectionPercent == 30 && h.panicThresholdPercent == 40)
+        #expect(s.clusters[0].available == [false, false], "initial: unhealthy")
+        #expect(s.clusters[0].eligibility.panic, "all down: balance across all")
+        #expect(errors(with("    health_check: { type: udp }")).first?.contains("type must be tcp or http") == true)
+        #expect(errors(with("    health_check: { type: tcp, path: /x }")).first?.contains("'path' is for type http") == true)
+        #expect(errors(with("    health_check: { type: http, interval: 1s, timeout: 2s }")).first?.contains("shorter than interval") == true)
+        #expect(errors(with("    health_check: { type: http, expect_status: [2xx] }")).first?.contains("expect_status items") == true)
+        #expect(errors(with("    health_check: { type: http, intervall: 1s }")).first?.contains("did you mean 'interval'?") == true)
+        #expect(errors(with("    outlier_detection: { max_ejection_percent: 150 }")).first?.contains("max_ejection_percent must be") == true)
     }
 
     @Test func aMissingFileIsAClearError() {

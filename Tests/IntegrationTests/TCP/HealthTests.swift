@@ -1,0 +1,98 @@
+// Health checking through the real binary: active HTTP and TCP probes, panic, passive ejection
+// with max_ejection_percent, and probes that do not multiply with shards.
+import Foundation
+import Testing
+import WeirCore
+import WeirDemo
+
+@Suite(.serialized) struct HealthTests {
+    /// Upstreams a (127.0.0.1) and b (127.0.0.2) with HTTP health servers on one shared port.
+    struct Pair {
+        let a: EchoServer, b: EchoServer, ha: HealthServer, hb: HealthServer
+        init() throws {
+            a = try EchoServer(name: "a", host: "127.0.0.1", greeting: "a")
+            b = try EchoServer(name: "b", host: "127.0.0.2", greeting: "b")
+            ha = try HealthServer(host: "127.0.0.1")
+            hb = try HealthServer(host: "127.0.0.2", port: ha.address.port)
+        }
+        func stop() { a.stop(); b.stop(); ha.stop(); hb.stop() }
+        func config(port: UInt16, interval: String = "200ms", timeout: String = "100ms", extra: String = "") -> String {
+            tcpConfig(port: port, endpoints: [(a.address, 1), (b.address, 1)], cluster: """
+                health_check: { type: http, path: /healthz, interval: \(interval), timeout: \(timeout), jitter: 0%, unhealthy_threshold: 2, healthy_threshold: 2, port: \(ha.address.port) }
+            \(extra)
+            """)
+        }
+    }
+
+    func greetings(_ port: UInt16, _ n: Int) -> [String] { (0..<n).map { _ in greetingThrough(loopback(port), length: 1) ?? "?" } }
+
+    @Test func aFailingHTTPHealthCheckRemovesTheEndpointAndItsRecoveryBringsItBack() throws {
+        let p = try Pair()
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: p.config(port: port))
+        defer { weir.stop(); p.stop() }
+        #expect(Set(greetings(port, 6)) == ["a", "b"])
+        p.ha.status.store(503, ordering: .relaxed)
+        // Bound from the issue: interval x unhealthy_threshold + timeout = 0.5 s, plus a turn.
+        let gone = secondsUntil(limit: 5) { greetings(port, 4).allSatisfy { $0 == "b" } }
+        #expect(gone != nil && gone! < 0.8, "a still chosen after \(gone ?? -1)s")
+        #expect(weir.waitForLog("endpoint \(p.a.address) healthy -> unhealthy (2 consecutive failed probes, last: status 503)"))
+        p.ha.status.store(200, ordering: .relaxed)
+        let back = secondsUntil(limit: 5) { greetings(port, 4).contains("a") }
+        #expect(back != nil && back! < 0.8, "a back after \(back ?? -1)s")
+    }
+
+    @Test func whenMostEndpointsAreDownThePanicThresholdBalancesAcrossAll() throws {
+        let p = try Pair()
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: p.config(port: port))
+        defer { weir.stop(); p.stop() }
+        p.ha.status.store(500, ordering: .relaxed)
+        p.hb.status.store(500, ordering: .relaxed)
+        #expect(weir.waitForLog("is in panic"))
+        #expect(Set(greetings(port, 8)) == ["a", "b"])
+    }
+
+    @Test func probesPerIntervalDoNotGrowWithShards() throws {
+        var counts: [Int] = []
+        for shards in [1, 4] {
+            let p = try Pair()
+            let port = try freePort()
+            let weir = try WeirProcess(yaml: p.config(port: port, interval: "100ms", timeout: "50ms"), arguments: ["--shards", "\(shards)"])
+            usleep(300_000)
+            let before = p.ha.probes.load(ordering: .relaxed)
+            usleep(1_000_000)
+            counts.append(p.ha.probes.load(ordering: .relaxed) - before)
+            weir.stop(); p.stop()
+        }
+        // About ten per second either way: one checker per process, not one per shard.
+        #expect(counts.allSatisfy { (7...13).contains($0) }, "\(counts)")
+        #expect(abs(counts[0] - counts[1]) <= 3, "\(counts)")
+    }
+
+    @Test func aTCPHealthCheckNoticesADeadUpstream() throws {
+        let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1), (b.address, 1)], cluster: """
+                health_check: { type: tcp, interval: 200ms, timeout: 100ms, jitter: 0%, unhealthy_threshold: 2 }
+            """))
+        defer { weir.stop(); a.stop(); b.stop() }
+        b.stop()
+        #expect(weir.waitForLog("endpoint \(b.address) healthy -> unhealthy", seconds: 3))
+    }
+
+    @Test func passiveEjectionStopsAtMaxEjectionPercent() throws {
+        let live = try EchoServer(name: "live", greeting: "L")
+        let dead = try (0..<3).map { _ in loopback(try freePort()) }
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: dead.map { ($0, 1) } + [(live.address, 1)], cluster: """
+                connect_attempts: 4
+                outlier_detection: { consecutive_failures: 1, base_ejection_time: 30s, max_ejection_percent: 50 }
+            """), arguments: ["--shards", "1"])
+        defer { weir.stop(); live.stop() }
+        for _ in 0..<12 { #expect(greetingThrough(loopback(port), length: 1) == "L") }
+        #expect(weir.waitForLog("-> ejected", count: 2))
+        #expect(weir.waitForLog("max_ejection_percent (50%) is reached"))
+        #expect(weir.log.components(separatedBy: "-> ejected").count - 1 == 2)
+    }
+}
