@@ -199,6 +199,9 @@ public final class Server: @unchecked Sendable {
         controls.allSatisfy { $0.adoptedGeneration.load(ordering: .acquiring) >= g }
     }
 
+    /// Endpoint health state changes logged so far (read after a drain, or racy-but-harmless before).
+    public private(set) var healthChanges = 0
+
     public var stats: ShardStats { controls.reduce(ShardStats()) { $0 + $1.stats.pointee } }
 
     func stopAll(_ command: ShardCommand) {
@@ -230,6 +233,7 @@ public final class Server: @unchecked Sendable {
         for t in threads { pthread_join(t, nil) }
         threads = []
         health?.stop()
+        healthChanges = health?.changes ?? healthChanges
         health = nil
         sockets.closeUnwanted(keeping: Snapshot.empty)
         return DrainReport(drainedCleanly: clean, cut: stats.cutOnDrain,

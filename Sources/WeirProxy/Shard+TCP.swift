@@ -136,8 +136,9 @@ extension Shard {
         }
     }
 
-    /// Passive outlier detection: a failure extends the endpoint's streak on this shard, a success
-    /// ends it; a streak at the cluster's threshold is reported to the health checker once.
+    /// Passive outlier detection: a failure (refused or timed-out connect, or a reset from the
+    /// upstream) extends the endpoint's streak on this shard, a successful connect ends it; a
+    /// streak at the cluster's threshold is reported to the health checker once.
     func noteConnect(_ c: UnsafeMutablePointer<Connection>, failed: Bool) {
         guard c.pointee.snapshot?.takeUnretainedValue() === snapshot else { return }
         let ci = Int(c.pointee.clusterIndex), ep = Int(c.pointee.endpointIndex)
@@ -236,6 +237,8 @@ extension Shard {
         case -ECANCELED:
             rearmIfRoom(c, f)
         default:
+            // The upstream resetting a session counts against it for outlier detection.
+            if f == 1 && res == -ECONNRESET { noteConnect(c, failed: true) }
             abort(c)
         }
     }
@@ -289,7 +292,10 @@ extension Shard {
         flow.pointee.sending = false
         c.pointee.inflight -= 1
         if c.pointee.state != .open { return finishIfIdle(c) }
-        guard res > 0 else { return abort(c) }
+        guard res > 0 else {
+            if f == 0 && (res == -ECONNRESET || res == -EPIPE) { noteConnect(c, failed: true) }
+            return abort(c)
+        }
         c.pointee.lastActivity = now
         // Retire every buffer the send finished; a short send leaves an offset into the next.
         var sent = res

@@ -81,6 +81,30 @@ import WeirDemo
         #expect(weir.waitForLog("endpoint \(b.address) healthy -> unhealthy", seconds: 3))
     }
 
+    @Test func anUpstreamThatDiesUnderSteadyLoadCostsNoNewConnection() throws {
+        let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1), (b.address, 1)], cluster: """
+                health_check: { type: tcp, interval: 200ms, timeout: 100ms, unhealthy_threshold: 2 }
+                outlier_detection: { consecutive_failures: 2 }
+            """))
+        defer { weir.stop(); a.stop() }
+        var failed = 0, toA = 0
+        for i in 0..<300 {
+            if i == 100 { b.stop() }  // b stops accepting; connections it already serves finish
+            switch greetingThrough(loopback(port), length: 1) {
+            case "a": toA += 1
+            case "b": break
+            default: failed += 1
+            }
+        }
+        #expect(failed == 0)
+        #expect(toA >= 200, "after b died everything went to a (\(toA))")
+        weir.stop()
+        #expect(weir.log.contains("health changes"))
+        #expect(!weir.log.contains("health changes 0"))
+    }
+
     @Test func passiveEjectionStopsAtMaxEjectionPercent() throws {
         let live = try EchoServer(name: "live", greeting: "L")
         let dead = try (0..<3).map { _ in loopback(try freePort()) }
