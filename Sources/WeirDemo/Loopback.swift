@@ -51,19 +51,7 @@ public final class EchoServer: @unchecked Sendable {
         self.name = name
         self.mode = mode
         self.greeting = greeting.map { Array($0.utf8) } ?? []
-        let want = try SocketAddress.parse("\(host):\(port)")
-        let s = socket(want.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var one: Int32 = 1
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, 4)
-        guard want.withSockAddr({ bind(s, $0, $1) }) == 0, listen(s, 1024) == 0 else {
-            let e = errno; close(s)
-            throw LoopbackError(message: "echo server \(name) cannot listen on \(want): \(String(cString: strerror(e)))")
-        }
-        fd = s
-        var storage = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
-        address = withUnsafePointer(to: &storage) { SocketAddress(storage: $0)! }
+        (fd, address) = try listenBlocking(try SocketAddress.parse("\(host):\(port)"), what: "echo server \(name)")
         spawnThread { [self] in acceptLoop() }
     }
 
@@ -107,6 +95,21 @@ public final class EchoServer: @unchecked Sendable {
     }
 
     deinit { stop() }
+}
+
+/// A blocking listening socket on `address` (port 0 picks one) and the address it got.
+public func listenBlocking(_ address: SocketAddress, what: String) throws -> (Int32, SocketAddress) {
+    let s = socket(address.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var one: Int32 = 1
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, 4)
+    guard address.withSockAddr({ bind(s, $0, $1) }) == 0, listen(s, 1024) == 0 else {
+        let e = errno; close(s)
+        throw LoopbackError(message: "\(what) cannot listen on \(address): \(String(cString: strerror(e)))")
+    }
+    var storage = sockaddr_storage()
+    var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+    return (s, withUnsafePointer(to: &storage) { SocketAddress(storage: $0)! })
 }
 
 public struct LoopbackError: Error, CustomStringConvertible {

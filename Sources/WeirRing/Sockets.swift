@@ -63,17 +63,6 @@ public enum Sockets {
         return fd
     }
 
-    /// The address of a connected socket's peer.
-    public static func peerAddress(_ fd: Int32) -> SocketAddress? {
-        var storage = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
-        }
-        guard rc == 0 else { return nil }
-        return withUnsafePointer(to: &storage) { SocketAddress(storage: $0) }
-    }
-
     @inlinable
     public static func setNoDelay(_ fd: Int32) {
         var one: Int32 = 1

@@ -13,19 +13,7 @@ final class HealthServer: @unchecked Sendable {
     private let stopped = Atomic<Bool>(false)
 
     init(host: String, port: UInt16 = 0) throws {
-        let want = try SocketAddress.parse("\(host):\(port)")
-        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var one: Int32 = 1
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, 4)
-        guard want.withSockAddr({ bind(s, $0, $1) }) == 0, listen(s, 128) == 0 else {
-            let e = errno; close(s)
-            throw LoopbackError(message: "health server cannot listen on \(want): \(String(cString: strerror(e)))")
-        }
-        fd = s
-        var storage = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
-        address = withUnsafePointer(to: &storage) { SocketAddress(storage: $0)! }
+        (fd, address) = try listenBlocking(try SocketAddress.parse("\(host):\(port)"), what: "health server")
         spawnThread { [self] in
             while !stopped.load(ordering: .acquiring) {
                 let c = accept(fd, nil, nil)
