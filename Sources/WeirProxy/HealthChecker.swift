@@ -21,9 +21,16 @@ struct EndpointKey: Hashable {
 }
 
 /// What shards tell the checker: this endpoint failed `consecutive_failures` times in a row.
+/// Adding one wakes the checker, so an ejection takes effect in microseconds, not at its next tick.
 final class OutlierReports: Sendable {
     private let pending = Mutex<[EndpointKey]>([])
-    func add(_ key: EndpointKey) { pending.withLock { $0.append(key) } }
+    /// The checker's wake-up; also used to stop it.
+    let waker: Waker
+    init() throws { waker = try Waker() }
+    func add(_ key: EndpointKey) {
+        pending.withLock { $0.append(key) }
+        waker.wake()
+    }
     func take() -> [EndpointKey] { pending.withLock { p in defer { p.removeAll() }; return p } }
 }
 
@@ -47,7 +54,7 @@ final class HealthChecker: @unchecked Sendable {
 
     let store: SnapshotStore
     let reports: OutlierReports
-    let waker: Waker
+    var waker: Waker { reports.waker }
     let wakeShards: () -> Void
     let stopped = Atomic<Bool>(false)
     private var thread = pthread_t()
@@ -73,7 +80,6 @@ final class HealthChecker: @unchecked Sendable {
 
     init(store: SnapshotStore, reports: OutlierReports, wakeShards: @escaping () -> Void) throws {
         self.store = store; self.reports = reports; self.wakeShards = wakeShards
-        waker = try Waker()
     }
 
     func start() throws {

@@ -77,7 +77,7 @@ public final class Server: @unchecked Sendable {
     public let shardCount: Int
     let sockets = ListenerSockets()
     var controls: [ShardControl] = []
-    let reports = OutlierReports()
+    let reports: OutlierReports
     var health: HealthChecker?
     var threads: [pthread_t] = []
     /// Addresses actually bound per configured address (they differ when the config says port 0).
@@ -85,7 +85,8 @@ public final class Server: @unchecked Sendable {
 
     public static var cpuCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
-    public init(snapshot: Snapshot, shards: Int? = nil) {
+    public init(snapshot: Snapshot, shards: Int? = nil) throws {
+        reports = try OutlierReports()
         store = SnapshotStore(snapshot)
         shardCount = shards ?? snapshot.shards ?? Server.cpuCount
     }

@@ -43,7 +43,7 @@ struct Demo: ParsableCommand {
         \(zip(upstreams, weights).map { "      - { address: \"\($0.address)\", weight: \($1) }" }.joined(separator: "\n"))
         """
         let snapshot = try Compiler.compile(YAMLLoader.parse(yaml, file: "<demo>"))
-        let server = Server(snapshot: snapshot, shards: shards)
+        let server = try Server(snapshot: snapshot, shards: shards)
         try server.start()
         let front = server.boundAddresses[snapshot.listeners[0].address]!
         print("weir demo: \(server.shardCount) shard(s), listener \(front), upstreams \(upstreams.map { "\($0.address)" }.joined(separator: ", "))")

@@ -91,7 +91,7 @@ struct Run: ParsableCommand {
         let snapshot = try loadSnapshot(options.config)
         Log.level = LogLevel(name: logLevel ?? snapshot.logLevel) ?? .info
         let signals = SignalSet.blockForProcess()
-        let server = Server(snapshot: snapshot, shards: shards)
+        let server = try Server(snapshot: snapshot, shards: shards)
         do { try server.start() } catch {
             fputs("weir: \(error)\n", stderr)
             throw ExitCode(1)
