@@ -74,8 +74,9 @@ final class HealthChecker: @unchecked Sendable {
     private var random = SplitMix64(seed: UInt64(bitPattern: monotonicNanoseconds()))
     private var wakeValue: UInt64 = 0
     private var panicking = Set<String>()
-    /// Counted state changes, for the totals line (and stats later).
+    /// Counted state changes and panic entries, for the totals line (and stats later).
     private(set) var changes = 0
+    private(set) var panics = 0
     private let headers = HeaderTable(capacity: 128)
 
     init(store: SnapshotStore, reports: OutlierReports, wakeShards: @escaping () -> Void) throws {
@@ -369,6 +370,7 @@ final class HealthChecker: @unchecked Sendable {
         for (name, panic) in panicNow {
             if panic && !panicking.contains(name) {
                 panicking.insert(name)
+                panics += 1
                 Log.warning("health: cluster \(name) is in panic: fewer than its panic_threshold of endpoints are healthy; balancing across all of them")
             } else if !panic && panicking.contains(name) {
                 panicking.remove(name)

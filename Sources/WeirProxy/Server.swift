@@ -202,6 +202,8 @@ public final class Server: @unchecked Sendable {
 
     /// Endpoint health state changes logged so far (read after a drain, or racy-but-harmless before).
     public private(set) var healthChanges = 0
+    /// Times a cluster entered panic.
+    public private(set) var panics = 0
 
     public var stats: ShardStats { controls.reduce(ShardStats()) { $0 + $1.stats.pointee } }
 
@@ -235,6 +237,7 @@ public final class Server: @unchecked Sendable {
         threads = []
         health?.stop()
         healthChanges = health?.changes ?? healthChanges
+        panics = health?.panics ?? panics
         health = nil
         sockets.closeUnwanted(keeping: Snapshot.empty)
         return DrainReport(drainedCleanly: clean, cut: stats.cutOnDrain,

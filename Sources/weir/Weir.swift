@@ -110,7 +110,7 @@ struct Run: ParsableCommand {
                 } else {
                     Log.warning("drain_timeout passed; cut \(r.cut) connection(s)")
                 }
-                Log.info("totals: \(server.stats.summary), health changes \(server.healthChanges)")
+                Log.info("totals: \(server.stats.summary), health changes \(server.healthChanges), panics \(server.panics)")
                 return
             }
         }

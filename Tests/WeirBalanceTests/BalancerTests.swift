@@ -254,3 +254,33 @@ func disruption<B: Balancer>(_ make: ([[UInt8]]) -> B) -> (Double, Bool) {
         }
     }
 }
+
+@Suite struct HealthyOnlyTests {
+    @Test func aSubsetAnswersInClusterIndicesAndKeepsExactWeights() {
+        var s = Subset(eligible: [true, false, true]) { m in RoundRobin(weights: m.map { [Int32(1), 5, 3][$0] }) }
+        #expect(counts(picks(&s, 400), 3) == [100, 0, 300])
+        var ex = Exclusions()
+        ex.insert(2)
+        #expect(Set(picks(&s, 10, excluding: ex)) == [0])
+    }
+
+    @Test func leastRequestCountsSurviveTheIndexMapping() {
+        var s = Subset(eligible: [false, true, true]) { m in LeastRequest(weights: m.map { _ in 1 }) }
+        for _ in 0..<50 { s.started(1) }
+        let c = counts(picks(&s, 1_000), 3)
+        #expect(c[0] == 0 && c[2] > c[1] * 2)
+    }
+
+    @Test func hashingSkipsAnUnhealthyEndpointAsIfItWereRemoved() {
+        let all = keys(5)
+        var sick = RingHash(table: RingHashTable(keys: all, weights: [1, 1, 1, 1, 1]), eligible: [true, true, false, true, true])
+        var ex = Exclusions()
+        ex.insert(2)
+        var excluded = RingHash(table: RingHashTable(keys: all, weights: [1, 1, 1, 1, 1]))
+        var m = Maglev(table: MaglevTable(keys: all, weights: [1, 1, 1, 1, 1]), eligible: [true, true, false, true, true])
+        for h in hashKeys(3_000) {
+            #expect(picks(&sick, 1, hash: h) == picks(&excluded, 1, hash: h, excluding: ex))
+            #expect(picks(&m, 1, hash: h)[0] != 2)
+        }
+    }
+}

@@ -186,6 +186,17 @@ clusters:
         #expect(errors(with("    outlier_detection: { max_ejection_percent: 150 }")).first?.contains("max_ejection_percent must be") == true)
     }
 
+    @Test func aHealthUpdateSharesEveryUnchangedCluster() throws {
+        let two = good + "\n  - name: other\n    endpoints: [{ address: 127.0.0.1:7000 }]"
+        let s = try Compiler.compile(YAMLLoader.parse(two, file: "t"))
+        let next = s.replacing(clusters: [0: s.clusters[0].with(available: [false, true])])
+        #expect(next.clusters[1] === s.clusters[1])
+        #expect(next.clusters[0] !== s.clusters[0])
+        #expect(next.clusters[0].available == [false, true])
+        guard case .none = next.clusters[0].table else { Issue.record("round robin has no table"); return }
+        #expect(next.clusters[0].eligibility.eligible == [false, true] && !next.clusters[0].eligibility.panic)
+    }
+
     @Test func aMissingFileIsAClearError() {
         #expect(throws: ConfigErrors.self) { try YAMLLoader.load(path: "/nonexistent/weir.yaml") }
     }

@@ -51,6 +51,8 @@ import WeirDemo
         p.hb.status.store(500, ordering: .relaxed)
         #expect(weir.waitForLog("is in panic"))
         #expect(Set(greetings(port, 8)) == ["a", "b"])
+        weir.stop()
+        #expect(weir.log.contains("panics 1"))
     }
 
     @Test func probesPerIntervalDoNotGrowWithShards() throws {
