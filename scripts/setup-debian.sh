@@ -12,4 +12,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The integration tests check /stats/prometheus with a real Prometheus parser (Python's
+# prometheus_client), kept in its own venv under .build/.
+root=$(cd "$(dirname "$0")/.." && pwd)
+if ! "$root/.build/venv-test/bin/python3" -c "import prometheus_client" 2>/dev/null; then
+  echo "setup: creating .build/venv-test with prometheus_client"
+  python3 -m venv "$root/.build/venv-test"
+  "$root/.build/venv-test/bin/pip" install -q prometheus_client
+fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH; install Swift 6.3 (https://www.swift.org/install/)" >&2; exit 1; }

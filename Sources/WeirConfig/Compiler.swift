@@ -74,13 +74,35 @@ public enum Compiler {
                                       backlog: Int32(l.backlog?.value ?? 4096)))
         }
         if doc.listeners.isEmpty { fail(doc.position, "there are no listeners: add a 'listeners:' list") }
+        var admin: AdminSettings? = nil
+        if let pos = doc.adminPosition {
+            let allowRemote: Bool
+            switch doc.adminAllowRemote?.value ?? "false" {
+            case "true": allowRemote = true
+            case "false": allowRemote = false
+            default: fail(doc.adminAllowRemote!.position, "allow_remote must be true or false"); allowRemote = false
+            }
+            let text = doc.adminAddress?.value ?? "127.0.0.1:9901"
+            do {
+                let address = try SocketAddress.parse(text)
+                if !address.isLoopback && !allowRemote {
+                    fail(doc.adminAddress?.position ?? pos, "admin address \(address) is not loopback; the admin API can reload and drain weir, so set admin.allow_remote: true to expose it on purpose")
+                } else if listenerAddresses[address] != nil {
+                    fail(doc.adminAddress?.position ?? pos, "admin address \(address) is also a listener's address")
+                } else {
+                    admin = AdminSettings(address: address, allowRemote: allowRemote)
+                }
+            } catch {
+                fail(doc.adminAddress?.position ?? pos, "admin: \(error)")
+            }
+        }
 
         if !errors.isEmpty {
             throw ConfigErrors(errors.sorted { ($0.position.line, $0.position.column) < ($1.position.line, $1.position.column) })
         }
         return Snapshot(generation: generation, source: doc.source, shards: doc.shards?.value,
                         drainTimeoutNanoseconds: doc.drainTimeout?.value ?? defaultDrainTimeoutNanoseconds,
-                        logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters)
+                        logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters, admin: admin)
     }
 
     static func compileLimits(_ d: LimitsDocument, fail: (SourcePosition, String) -> Void) -> Limits {

@@ -15,6 +15,9 @@ public struct ConfigDocument: Sendable {
     public var drainTimeout: Located<Int64>?
     public var logLevel: Located<String>?
     public var limits = LimitsDocument()
+    public var adminAddress: Located<String>?
+    public var adminAllowRemote: Located<String>?
+    public var adminPosition: SourcePosition?
     public var listeners: [ListenerDocument] = []
     public var clusters: [ClusterDocument] = []
     public var position: SourcePosition

@@ -86,6 +86,12 @@ public struct Limits: Sendable, Equatable {
                                         buffersPerShard: 1024, maxQueuedBuffersPerDirection: 16)
 }
 
+/// The admin API's listener. Bound once at start; a reload that changes it applies at restart.
+public struct AdminSettings: Sendable, Equatable {
+    public var address: SocketAddress
+    public var allowRemote: Bool
+}
+
 public final class Snapshot: Sendable {
     /// Increases by one for each snapshot a store publishes.
     public let generation: UInt64
@@ -98,9 +104,11 @@ public final class Snapshot: Sendable {
     public let limits: Limits
     public let listeners: [Listener]
     public let clusters: [Cluster]
+    public let admin: AdminSettings?
 
     init(generation: UInt64, source: String, shards: Int?, drainTimeoutNanoseconds: Int64, logLevel: String,
-         limits: Limits, listeners: [Listener], clusters: [Cluster]) {
+         limits: Limits, listeners: [Listener], clusters: [Cluster], admin: AdminSettings? = nil) {
+        self.admin = admin
         self.generation = generation; self.source = source; self.shards = shards
         self.drainTimeoutNanoseconds = drainTimeoutNanoseconds; self.logLevel = logLevel
         self.limits = limits; self.listeners = listeners; self.clusters = clusters
@@ -124,20 +132,20 @@ public final class Snapshot: Sendable {
             return c.with(endpoints: endpoints).with(available: available)
         }
         return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin)
     }
 
     /// This snapshot with some clusters replaced (by index); every other cluster object is shared.
     public func replacing(clusters changed: [Int: Cluster]) -> Snapshot {
         let clusters = self.clusters.enumerated().map { changed[$0.offset] ?? $0.element }
         return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin)
     }
 
     /// The same configuration under another generation number (the store numbers snapshots).
     func numbered(_ generation: UInt64) -> Snapshot {
         Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                 logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters)
+                 logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin)
     }
 }
 

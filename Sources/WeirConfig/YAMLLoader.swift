@@ -119,7 +119,7 @@ struct Reader {
     mutating func document(_ root: Node?) -> ConfigDocument {
         var doc = ConfigDocument(source: file, position: pos(root))
         guard let root else { fail(nil, "the file is empty; it needs at least 'listeners' and 'clusters'"); return doc }
-        let f = fields(root, allowed: ["shards", "drain_timeout", "log_level", "limits", "listeners", "clusters"],
+        let f = fields(root, allowed: ["shards", "drain_timeout", "log_level", "limits", "admin", "listeners", "clusters"],
                        what: "the top level")
         if let s = f["shards"] {
             if s.value.string == "auto" { doc.shards = nil } else { doc.shards = int(s, "shards (a number or auto)") }
@@ -134,6 +134,12 @@ struct Reader {
             doc.limits.buffersPerShard = int(lf["buffers_per_shard"], "buffers_per_shard")
             doc.limits.maxQueuedBuffersPerDirection = int(lf["max_queued_buffers"], "max_queued_buffers")
             doc.limits.dataPath = string(lf["data_path"], "data_path")
+        }
+        if let a = f["admin"] {
+            doc.adminPosition = pos(a.value)
+            let af = fields(a.value, allowed: ["address", "allow_remote"], what: "admin")
+            doc.adminAddress = string(af["address"], "address")
+            doc.adminAllowRemote = string(af["allow_remote"], "allow_remote")
         }
         for node in list(f["listeners"], "listeners") { doc.listeners.append(listener(node)) }
         for node in list(f["clusters"], "clusters") { doc.clusters.append(cluster(node)) }

@@ -54,6 +54,9 @@ struct Connection {
     var hash: UInt64 = 0
     /// The shard's balancer counts this connection as active on `endpointIndex`.
     var countedActive = false
+    /// Stats slots (see StatsRegistry): the listener, and the endpoint while connecting or open.
+    var listenerSlot: Int32 = -1
+    var endpointSlot: Int32 = -1
     var lastActivity: Int64 = 0
     var idleTimeout: Int64 = 0
     /// Why it closed abnormally, for stats.

@@ -57,6 +57,7 @@ final class ShardControl: @unchecked Sendable {
     /// Written by the shard only; read by the control thread for reports (a torn read at worst
     /// shows a count one step old).
     let stats: UnsafeMutablePointer<ShardStats>
+    let named = StatsRegistry()
 
     init(store: SnapshotStore, sockets: ListenerSockets, shardCount: Int, reports: OutlierReports) throws {
         waker = try Waker()
@@ -205,6 +206,39 @@ public final class Server: @unchecked Sendable {
     /// Times a cluster entered panic.
     public private(set) var panics = 0
 
+    /// Reloads by result, for /stats/prometheus.
+    public let reloadsSucceeded = Atomic<Int>(0)
+    public let reloadsFailed = Atomic<Int>(0)
+    /// Serializes reloads from SIGHUP and from the admin API.
+    public let reloadLock = Mutex<Void>(())
+    public let startedAt = monotonicNanoseconds()
+    /// Set by drain(): /ready answers 503 from then on.
+    public let draining = Atomic<Bool>(false)
+
+    /// Per-listener and per-endpoint counters summed over shards, by name.
+    public func namedStats() -> (listeners: [String: ListenerCounters], endpoints: [String: [(SocketAddress, EndpointCounters)]]) {
+        var listeners: [String: ListenerCounters] = [:]
+        var endpoints: [EndpointKey: EndpointCounters] = [:]
+        for c in controls {
+            let (l, e) = c.named.read()
+            for (name, v) in l {
+                var sum = listeners[name] ?? ListenerCounters()
+                sum.accepted += v.accepted; sum.active += v.active; sum.rejected += v.rejected
+                listeners[name] = sum
+            }
+            for (key, v) in e { endpoints[key] = (endpoints[key] ?? EndpointCounters()) + v }
+        }
+        var byCluster: [String: [(SocketAddress, EndpointCounters)]] = [:]
+        for (key, v) in endpoints { byCluster[key.cluster, default: []].append((key.address, v)) }
+        return (listeners, byCluster)
+    }
+
+    /// Health counters from the checker (state changes, panics) while running.
+    public var healthCounters: (changes: Int, panics: Int) {
+        if let h = health { return (h.changes, h.panics) }
+        return (healthChanges, panics)
+    }
+
     public var stats: ShardStats { controls.reduce(ShardStats()) { $0 + $1.stats.pointee } }
 
     func stopAll(_ command: ShardCommand) {
@@ -224,6 +258,7 @@ public final class Server: @unchecked Sendable {
     /// the rest; returns once every shard thread has ended.
     public func drain(timeoutNanoseconds: Int64) -> DrainReport {
         let start = monotonicNanoseconds()
+        draining.store(true, ordering: .releasing)
         stopAll(.drain)
         var clean = true
         while !controls.allSatisfy({ $0.state.load(ordering: .acquiring) >= 2 }) {

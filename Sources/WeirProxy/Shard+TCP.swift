@@ -14,6 +14,7 @@ extension Shard {
     func openConnection(fd: Int32, listener li: Int) {
         guard freeCount > 0, li >= 0 else {
             control.stats.pointee.rejectedNoSlot += 1
+            if li >= 0 { control.named.listeners[Int(listenerSlots[li])].rejected += 1 }
             close(fd)
             return
         }
@@ -33,12 +34,22 @@ extension Shard {
         c.pointee.clusterIndex = Int32(listener.clusterIndex)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
         c.pointee.lastActivity = now
+        c.pointee.listenerSlot = listenerSlots[li]
+        control.named.listeners[Int(listenerSlots[li])].accepted += 1
+        control.named.listeners[Int(listenerSlots[li])].active += 1
         Sockets.setNoDelay(fd)
         if snapshot.clusters[listener.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
         startConnect(c, slot: slot)
     }
 
     func slot(of c: UnsafeMutablePointer<Connection>) -> Int { c - connections }
+
+    /// The stats slot of an endpoint by name, for connections that outlived their snapshot.
+    func endpointSlot(cluster name: String, address: SocketAddress) -> Int32 {
+        guard let ci = snapshot.clusters.firstIndex(where: { $0.name == name }),
+              let ei = snapshot.clusters[ci].endpoints.firstIndex(where: { $0.address == address }) else { return -1 }
+        return endpointSlots[ci][ei]
+    }
 
     /// The hash key for source_ip: xxHash64 of the client's IP bytes (not its port), so one
     /// client keeps landing on one endpoint.
@@ -86,6 +97,13 @@ extension Shard {
         guard let ep = pick else { return abort(c) }
         c.pointee.endpointIndex = Int32(ep)
         let endpoint = cluster.endpoints[ep]
+        // Count against the endpoint by name (slots outlive snapshots); a connection from an
+        // older snapshot looks its endpoint up in the current one.
+        c.pointee.endpointSlot = snap === snapshot ? endpointSlots[ci][ep] : endpointSlot(cluster: cluster.name, address: endpoint.address)
+        if c.pointee.endpointSlot >= 0 {
+            control.named.endpoints[Int(c.pointee.endpointSlot)].connections += 1
+            control.named.endpoints[Int(c.pointee.endpointSlot)].active += 1
+        }
         let fd = Sockets.tcpSocket(for: endpoint.address.family)
         guard fd >= 0 else {
             Log.warning("shard \(index): socket() for upstream failed: \(String(cString: strerror(errno)))")
@@ -122,6 +140,12 @@ extension Shard {
         }
         // Refused, unreachable, or timed out (the linked timeout cancels the connect): try another.
         if res == -ECANCELED { control.stats.pointee.connectTimeouts += 1 } else { control.stats.pointee.connectFailures += 1 }
+        if c.pointee.endpointSlot >= 0 {
+            let e = Int(c.pointee.endpointSlot)
+            if res == -ECANCELED { control.named.endpoints[e].connectTimeouts += 1 } else { control.named.endpoints[e].connectFailures += 1 }
+            control.named.endpoints[e].active -= 1
+            c.pointee.endpointSlot = -1
+        }
         noteConnect(c, failed: true)
         close(c.pointee.upstreamFD)
         c.pointee.upstreamFD = -1
@@ -374,8 +398,14 @@ extension Shard {
             while b >= 0 { buffers.recycle(UInt16(b)); b = bufferNext[Int(b)] }
             if f == 0 { control.stats.pointee.bytesDownstreamToUpstream += flow.pointee.bytes }
             else { control.stats.pointee.bytesUpstreamToDownstream += flow.pointee.bytes }
+            if c.pointee.endpointSlot >= 0 {
+                if f == 0 { control.named.endpoints[Int(c.pointee.endpointSlot)].bytesSent += flow.pointee.bytes }
+                else { control.named.endpoints[Int(c.pointee.endpointSlot)].bytesReceived += flow.pointee.bytes }
+            }
         }
         endActive(c)
+        if c.pointee.endpointSlot >= 0 { control.named.endpoints[Int(c.pointee.endpointSlot)].active -= 1 }
+        if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].active -= 1 }
         c.pointee.snapshot?.release()
         let gen = (c.pointee.generation &+ 1) & UserData.generationMask
         c.pointee = Connection()

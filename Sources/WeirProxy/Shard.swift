@@ -76,6 +76,9 @@ final class Shard {
     /// Passive outlier detection: consecutive connect failures per cluster and endpoint, this
     /// shard's own count; at the cluster's threshold the health checker is told.
     var failureStreaks: [[Int32]] = []
+    /// Stats slots of the current snapshot's listeners and endpoints.
+    var listenerSlots: [Int32] = []
+    var endpointSlots: [[Int32]] = []
     var random: SplitMix64
     var now: Int64 = 0
     let queueCap: Int32
@@ -230,6 +233,7 @@ final class Shard {
         let clock = monotonicNanoseconds()
         balancers = next.clusters.map { $0.makeBalancer(shard: index, of: control.shardCount, now: clock) }
         rampingClusters = next.clusters.indices.filter { next.clusters[$0].slowStart != nil }
+        (listenerSlots, endpointSlots) = control.named.slots(for: next)
         failureStreaks = next.clusters.map { [Int32](repeating: 0, count: $0.health.consecutiveFailures == nil ? 0 : $0.endpoints.count) }
         control.stats.pointee.snapshotsAdopted += 1
         control.adoptedGeneration.store(next.generation, ordering: .releasing)

@@ -1,8 +1,10 @@
 // The weir command: run, check, demo, version.
 import ArgumentParser
+import WeirAdmin
 import WeirConfig
 import WeirCore
 import WeirProxy
+import WeirRing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,7 +18,7 @@ struct Weir: ParsableCommand {
         abstract: "A Layer 4 load balancer on io_uring.",
         discussion: "See man weir(8) and weir.yaml(5).",
         version: weirVersion,
-        subcommands: [Run.self, Check.self, Demo.self, Version.self])
+        subcommands: [Run.self, Check.self, Reload.self, Demo.self, Version.self])
 }
 
 struct ConfigOption: ParsableArguments {
@@ -96,6 +98,20 @@ struct Run: ParsableCommand {
             fputs("weir: \(error)\n", stderr)
             throw ExitCode(1)
         }
+        if let settings = server.store.snapshot.admin {
+            do {
+                let admin = try AdminServer(server: server, settings: settings, hooks: AdminServer.Hooks(
+                    reload: { reload(server) },
+                    drain: { kill(getpid(), SIGTERM) },
+                    version: weirVersion))
+                admin.start()
+                Log.info("admin API on http://\(admin.address)/ (GET / lists its paths)")
+            } catch {
+                fputs("weir: admin: \(error)\n", stderr)
+                _ = server.drain(timeoutNanoseconds: 0)
+                throw ExitCode(1)
+            }
+        }
         Log.info("weir \(weirVersion) running generation \(server.store.snapshot.generation) from \(options.config); SIGHUP reloads, SIGTERM drains")
         while true {
             switch signals.wait() {
@@ -116,27 +132,82 @@ struct Run: ParsableCommand {
         }
     }
 
-    func reload(_ server: Server) {
-        let current = server.store.snapshot.generation
-        do {
-            let next = try Compiler.compile(try YAMLLoader.load(path: options.config))
-            if logLevel == nil { Log.level = LogLevel(name: next.logLevel) ?? .info }
-            let published = try server.reload(next)
-            // Say when every shard has it, so an operator (or a test) knows new connections use it.
-            let deadline = monotonicNanoseconds() + 2_000_000_000
-            while !server.allShardsAdopted(published.generation) && monotonicNanoseconds() < deadline { usleep(1000) }
-            if server.allShardsAdopted(published.generation) {
-                Log.info("reload: generation \(published.generation) applied by all \(server.shardCount) shard(s)")
-            } else {
-                Log.warning("reload: generation \(published.generation) published but not yet adopted by every shard after 2s")
+    /// Reloads the config file through the compile-and-swap path; SIGHUP and POST /reload both
+    /// land here, one at a time. A failure changes nothing and says why.
+    @discardableResult
+    func reload(_ server: Server) -> Result<UInt64, AdminServer.ReloadRefused> {
+        server.reloadLock.withLock { _ in
+            let current = server.store.snapshot.generation
+            do {
+                let next = try Compiler.compile(try YAMLLoader.load(path: options.config))
+                if next.admin != server.store.snapshot.admin {
+                    Log.warning("reload: the admin address is fixed at start; the new one applies after a restart")
+                }
+                if logLevel == nil { Log.level = LogLevel(name: next.logLevel) ?? .info }
+                let published = try server.reload(next)
+                // Say when every shard has it, so an operator (or a test) knows new connections use it.
+                let deadline = monotonicNanoseconds() + 2_000_000_000
+                while !server.allShardsAdopted(published.generation) && monotonicNanoseconds() < deadline { usleep(1000) }
+                if server.allShardsAdopted(published.generation) {
+                    Log.info("reload: generation \(published.generation) applied by all \(server.shardCount) shard(s)")
+                } else {
+                    Log.warning("reload: generation \(published.generation) published but not yet adopted by every shard after 2s")
+                }
+                server.reloadsSucceeded.add(1, ordering: .relaxed)
+                return .success(published.generation)
+            } catch let e as ConfigErrors {
+                for err in e.errors { Log.error("reload refused: \(err)") }
+                Log.error("reload refused: \(e.errors.count) error(s); still serving generation \(current)")
+                server.reloadsFailed.add(1, ordering: .relaxed)
+                return .failure(AdminServer.ReloadRefused(e.errors.map(\.description).joined(separator: "\n")
+                                                          + "\n\(e.errors.count) error(s); still serving generation \(current)"))
+            } catch {
+                Log.error("reload refused: \(error); still serving generation \(current)")
+                server.reloadsFailed.add(1, ordering: .relaxed)
+                return .failure(AdminServer.ReloadRefused("\(error); still serving generation \(current)"))
             }
-        } catch let e as ConfigErrors {
-            for err in e.errors { Log.error("reload refused: \(err)") }
-            Log.error("reload refused: \(e.errors.count) error(s); still serving generation \(current)")
-        } catch {
-            Log.error("reload refused: \(error); still serving generation \(current)")
         }
     }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Ask a running weir to reload its config file, through its admin API.")
+    @OptionGroup var options: ConfigOption
+    @Option(help: "The admin address (default: the config file's admin.address, else 127.0.0.1:9901).")
+    var admin: String?
+
+    func run() throws {
+        let text = admin ?? ((try? YAMLLoader.load(path: options.config))?.adminAddress?.value) ?? "127.0.0.1:9901"
+        let address: SocketAddress
+        do { address = try SocketAddress.parse(text) } catch { throw ValidationError("admin address: \(error)") }
+        let (status, body) = try adminRequest(address, method: "POST", path: "/reload")
+        print(body, terminator: "")
+        if status != 200 { throw ExitCode(1) }
+    }
+}
+
+/// One request to the admin API over a blocking socket with a 10 s timeout.
+func adminRequest(_ address: SocketAddress, method: String, path: String) throws -> (Int, String) {
+    let fd = socket(address.family == .inet ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var tv = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    guard address.withSockAddr({ connect(fd, $0, $1) }) == 0 else {
+        throw ValidationError("cannot reach the admin API at \(address): \(String(cString: strerror(errno))); is weir running with admin: { address: \(address) }?")
+    }
+    let request = Array("\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    var reply: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { break }
+        reply.append(contentsOf: buffer[0..<n])
+    }
+    let text = String(decoding: reply, as: UTF8.self)
+    let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+    let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+    return (status, body)
 }
 
 extension String {

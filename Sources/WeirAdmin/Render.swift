@@ -1,0 +1,132 @@
+// What the admin API shows: Prometheus text, cluster tables, JSON documents.
+import WeirConfig
+import WeirCore
+import WeirProxy
+
+enum AdminRender {
+    /// Escapes a label value for the Prometheus text format.
+    static func label(_ s: String) -> String {
+        var out = ""
+        for ch in s {
+            switch ch {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(ch)
+            }
+        }
+        return out
+    }
+
+    /// Escapes a JSON string value.
+    static func json(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 { out += "\\u" + String(repeating: "0", count: 4 - String(u.value, radix: 16).count) + String(u.value, radix: 16) }
+                else { out.unicodeScalars.append(u) }
+            }
+        }
+        return out + "\""
+    }
+
+    static func prometheus(_ server: Server) -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int64)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, v) in samples { out += labels.isEmpty ? "\(name) \(v)\n" : "\(name){\(labels)} \(v)\n" }
+        }
+        let snap = server.store.snapshot
+        let (listeners, endpoints) = server.namedStats()
+        let totals = server.stats
+        let ls = listeners.sorted { $0.key < $1.key }
+        family("weir_downstream_connections_total", "counter", "Connections accepted, per listener.",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.accepted) })
+        family("weir_downstream_connections_active", "gauge", "Connections open now, per listener.",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.active) })
+        family("weir_downstream_connections_rejected_total", "counter", "Connections refused because a shard's slab was full.",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.rejected) })
+        let eps = endpoints.sorted { $0.key < $1.key }.flatMap { c, list in
+            list.sorted { $0.0.description < $1.0.description }.map { ("cluster=\"\(label(c))\",endpoint=\"\(label($0.0.description))\"", $0.1) }
+        }
+        family("weir_upstream_connections_total", "counter", "Connections made to each endpoint (attempts included).", eps.map { ($0.0, $0.1.connections) })
+        family("weir_upstream_connections_active", "gauge", "Connections open (or connecting) to each endpoint.", eps.map { ($0.0, $0.1.active) })
+        family("weir_upstream_connect_failures_total", "counter", "Connects refused or unreachable.", eps.map { ($0.0, $0.1.connectFailures) })
+        family("weir_upstream_connect_timeouts_total", "counter", "Connects that hit connect_timeout.", eps.map { ($0.0, $0.1.connectTimeouts) })
+        family("weir_upstream_bytes_sent_total", "counter", "Bytes sent to each endpoint, counted when a connection ends.", eps.map { ($0.0, $0.1.bytesSent) })
+        family("weir_upstream_bytes_received_total", "counter", "Bytes received from each endpoint, counted when a connection ends.", eps.map { ($0.0, $0.1.bytesReceived) })
+        var health: [(String, Int64)] = []
+        for c in snap.clusters {
+            for (i, e) in c.endpoints.enumerated() {
+                health.append(("cluster=\"\(label(c.name))\",endpoint=\"\(label(e.address.description))\"", c.available[i] ? 1 : 0))
+            }
+        }
+        family("weir_endpoint_available", "gauge", "1 when new traffic may go to the endpoint (healthy, not ejected).", health)
+        family("weir_cluster_panic", "gauge", "1 while a cluster balances across all endpoints because too few are healthy.",
+               snap.clusters.map { ("cluster=\"\(label($0.name))\"", $0.eligibility.panic ? 1 : 0) })
+        let (changes, panics) = server.healthCounters
+        family("weir_health_state_changes_total", "counter", "Endpoint health changes (probes and ejections).", [("", Int64(changes))])
+        family("weir_cluster_panics_total", "counter", "Times a cluster entered panic.", [("", Int64(panics))])
+        family("weir_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", [("", Int64(totals.idleTimeouts))])
+        family("weir_buffer_ring_dry_total", "counter", "Times a receive stopped because a shard's buffer pool was empty.", [("", Int64(totals.bufferRingDry))])
+        family("weir_config_generation", "gauge", "The running snapshot's generation.", [("", Int64(snap.generation))])
+        family("weir_reloads_total", "counter", "Config reloads by result.",
+               [("result=\"success\"", Int64(server.reloadsSucceeded.load(ordering: .relaxed))),
+                ("result=\"failure\"", Int64(server.reloadsFailed.load(ordering: .relaxed)))])
+        family("weir_shards", "gauge", "Shard threads.", [("", Int64(server.shardCount))])
+        return out
+    }
+
+    static func clustersText(_ server: Server) -> String {
+        let snap = server.store.snapshot
+        let (_, endpoints) = server.namedStats()
+        var out = ""
+        for c in snap.clusters {
+            let counters = Dictionary(endpoints[c.name] ?? [], uniquingKeysWith: { a, _ in a })
+            out += "\(c.name) \(c.balancer.rawValue)\(c.eligibility.panic ? " PANIC" : "")\n"
+            for (i, e) in c.endpoints.enumerated() {
+                let n = counters[e.address] ?? EndpointCounters()
+                out += "  \(e.address) weight=\(e.weight) \(c.available[i] ? "healthy" : "unavailable") active=\(n.active) connections=\(n.connections) connect_failures=\(n.connectFailures)\n"
+            }
+        }
+        return out
+    }
+
+    static func clustersJSON(_ server: Server) -> String {
+        let snap = server.store.snapshot
+        let (_, endpoints) = server.namedStats()
+        let clusters = snap.clusters.map { c -> String in
+            let counters = Dictionary(endpoints[c.name] ?? [], uniquingKeysWith: { a, _ in a })
+            let eps = c.endpoints.enumerated().map { i, e -> String in
+                let n = counters[e.address] ?? EndpointCounters()
+                return "{\"address\":\(json(e.address.description)),\"weight\":\(e.weight),\"healthy\":\(c.available[i]),\"active\":\(n.active),\"connections\":\(n.connections),\"connect_failures\":\(n.connectFailures)}"
+            }
+            return "{\"name\":\(json(c.name)),\"balancer\":\(json(c.balancer.rawValue)),\"panic\":\(c.eligibility.panic),\"endpoints\":[\(eps.joined(separator: ","))]}"
+        }
+        return "{\"clusters\":[\(clusters.joined(separator: ","))]}\n"
+    }
+
+    static func configDump(_ server: Server) -> String {
+        let s = server.store.snapshot
+        let listeners = s.listeners.map {
+            "{\"name\":\(json($0.name)),\"address\":\(json($0.address.description)),\"protocol\":\(json($0.proto.rawValue)),\"cluster\":\(json(s.clusters[$0.clusterIndex].name)),\"idle_timeout\":\(json(formatDuration(nanoseconds: $0.idleTimeoutNanoseconds)))}"
+        }
+        let clusters = s.clusters.map { c in
+            "{\"name\":\(json(c.name)),\"balancer\":\(json(c.balancer.rawValue)),\"connect_timeout\":\(json(formatDuration(nanoseconds: c.connectTimeoutNanoseconds))),\"connect_attempts\":\(c.connectAttempts),\"endpoints\":[\(c.endpoints.map { "{\"address\":\(json($0.address.description)),\"weight\":\($0.weight)}" }.joined(separator: ","))]}"
+        }
+        let age = Double(monotonicNanoseconds() - server.startedAt) / 1e9
+        return "{\"generation\":\(s.generation),\"source\":\(json(s.source)),\"uptime_seconds\":\(Int(age)),\"shards\":\(server.shardCount),\"listeners\":[\(listeners.joined(separator: ","))],\"clusters\":[\(clusters.joined(separator: ","))]}\n"
+    }
+
+    static func serverInfo(_ server: Server, version: String, failing: Bool) -> String {
+        let state = server.draining.load(ordering: .relaxed) ? "DRAINING" : (failing ? "FAILED" : "LIVE")
+        let uptime = Int(Double(monotonicNanoseconds() - server.startedAt) / 1e9)
+        return "{\"version\":\(json(version)),\"state\":\(json(state)),\"uptime_seconds\":\(uptime),\"generation\":\(server.store.snapshot.generation),\"shards\":\(server.shardCount),\"config\":\(json(server.store.snapshot.source))}\n"
+    }
+}

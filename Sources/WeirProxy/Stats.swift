@@ -1,0 +1,108 @@
+// Per-listener and per-endpoint counters, owned by each shard and summed by name when scraped.
+// A name keeps its slot for the life of the process, so a reload never resets or mixes series,
+// and a connection counts against the slots it started with. Only the shard writes counters;
+// the lock is taken when a reload brings new names and when the control thread reads.
+import Synchronization
+import WeirConfig
+import WeirCore
+
+public struct ListenerCounters: Sendable {
+    public var accepted: Int64 = 0
+    public var active: Int64 = 0
+    /// Refused because the shard's connection slab was full.
+    public var rejected: Int64 = 0
+    public init() {}
+}
+
+public struct EndpointCounters: Sendable {
+    public var connections: Int64 = 0
+    public var active: Int64 = 0
+    public var connectFailures: Int64 = 0
+    public var connectTimeouts: Int64 = 0
+    /// Bytes sent to the endpoint and received from it.
+    public var bytesSent: Int64 = 0
+    public var bytesReceived: Int64 = 0
+    public init() {}
+
+    static func + (a: EndpointCounters, b: EndpointCounters) -> EndpointCounters {
+        var r = a
+        r.connections += b.connections; r.active += b.active; r.connectFailures += b.connectFailures
+        r.connectTimeouts += b.connectTimeouts; r.bytesSent += b.bytesSent; r.bytesReceived += b.bytesReceived
+        return r
+    }
+}
+
+final class StatsRegistry: @unchecked Sendable {
+    struct Names {
+        var listeners: [String] = []
+        var endpoints: [EndpointKey] = []
+        var listenerSlot: [String: Int] = [:]
+        var endpointSlot: [EndpointKey: Int] = [:]
+    }
+    private let lock = Mutex<Names>(Names())
+    /// Read and written by the shard without the lock; replaced (grown) only under it.
+    private(set) var listeners: UnsafeMutablePointer<ListenerCounters>
+    private(set) var endpoints: UnsafeMutablePointer<EndpointCounters>
+    private var listenerCapacity = 16
+    private var endpointCapacity = 64
+    /// Old buffers stay allocated: a scrape may still be reading one when the shard grows.
+    private var retired: [UnsafeMutableRawPointer] = []
+
+    init() {
+        listeners = .allocate(capacity: 16); listeners.initialize(repeating: ListenerCounters(), count: 16)
+        endpoints = .allocate(capacity: 64); endpoints.initialize(repeating: EndpointCounters(), count: 64)
+    }
+
+    /// Slots for `snapshot`'s listeners and for each cluster's endpoints, registering new names.
+    /// Called by the shard when it adopts a snapshot.
+    func slots(for snapshot: Snapshot) -> (listeners: [Int32], endpoints: [[Int32]]) {
+        lock.withLock { names in
+            func listenerSlot(_ name: String) -> Int32 {
+                if let s = names.listenerSlot[name] { return Int32(s) }
+                names.listeners.append(name)
+                names.listenerSlot[name] = names.listeners.count - 1
+                return Int32(names.listeners.count - 1)
+            }
+            func endpointSlot(_ key: EndpointKey) -> Int32 {
+                if let s = names.endpointSlot[key] { return Int32(s) }
+                names.endpoints.append(key)
+                names.endpointSlot[key] = names.endpoints.count - 1
+                return Int32(names.endpoints.count - 1)
+            }
+            let l = snapshot.listeners.map { listenerSlot($0.name) }
+            let e = snapshot.clusters.map { c in c.endpoints.map { endpointSlot(EndpointKey(cluster: c.name, address: $0.address)) } }
+            growIfNeeded(listeners: names.listeners.count, endpoints: names.endpoints.count)
+            return (l, e)
+        }
+    }
+
+    private func growIfNeeded(listeners needL: Int, endpoints needE: Int) {
+        if needL > listenerCapacity {
+            let n = max(needL, listenerCapacity * 2)
+            let next = UnsafeMutablePointer<ListenerCounters>.allocate(capacity: n)
+            next.initialize(repeating: ListenerCounters(), count: n)
+            next.update(from: listeners, count: listenerCapacity)
+            retired.append(UnsafeMutableRawPointer(listeners))
+            listeners = next; listenerCapacity = n
+        }
+        if needE > endpointCapacity {
+            let n = max(needE, endpointCapacity * 2)
+            let next = UnsafeMutablePointer<EndpointCounters>.allocate(capacity: n)
+            next.initialize(repeating: EndpointCounters(), count: n)
+            next.update(from: endpoints, count: endpointCapacity)
+            retired.append(UnsafeMutableRawPointer(endpoints))
+            endpoints = next; endpointCapacity = n
+        }
+    }
+
+    /// A copy of every named series, for a scrape.
+    func read() -> (listeners: [String: ListenerCounters], endpoints: [EndpointKey: EndpointCounters]) {
+        lock.withLock { names in
+            var l: [String: ListenerCounters] = [:]
+            for (i, name) in names.listeners.enumerated() { l[name] = listeners[i] }
+            var e: [EndpointKey: EndpointCounters] = [:]
+            for (i, key) in names.endpoints.enumerated() { e[key] = endpoints[i] }
+            return (l, e)
+        }
+    }
+}
