@@ -74,6 +74,14 @@ public enum Compiler {
                                       backlog: Int32(l.backlog?.value ?? 4096)))
         }
         if doc.listeners.isEmpty { fail(doc.position, "there are no listeners: add a 'listeners:' list") }
+        var watch = false
+        if let w = doc.watchConfig {
+            switch w.value {
+            case "true": watch = true
+            case "false": watch = false
+            default: fail(w.position, "watch_config must be true or false")
+            }
+        }
         var admin: AdminSettings? = nil
         if let pos = doc.adminPosition {
             let allowRemote: Bool
@@ -102,7 +110,7 @@ public enum Compiler {
         }
         return Snapshot(generation: generation, source: doc.source, shards: doc.shards?.value,
                         drainTimeoutNanoseconds: doc.drainTimeout?.value ?? defaultDrainTimeoutNanoseconds,
-                        logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters, admin: admin)
+                        logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watch)
     }
 
     static func compileLimits(_ d: LimitsDocument, fail: (SourcePosition, String) -> Void) -> Limits {

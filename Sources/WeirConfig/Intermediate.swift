@@ -15,6 +15,7 @@ public struct ConfigDocument: Sendable {
     public var drainTimeout: Located<Int64>?
     public var logLevel: Located<String>?
     public var limits = LimitsDocument()
+    public var watchConfig: Located<String>?
     public var adminAddress: Located<String>?
     public var adminAllowRemote: Located<String>?
     public var adminPosition: SourcePosition?

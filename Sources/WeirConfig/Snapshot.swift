@@ -105,10 +105,13 @@ public final class Snapshot: Sendable {
     public let listeners: [Listener]
     public let clusters: [Cluster]
     public let admin: AdminSettings?
+    /// Reload when the file changes (checked twice a second).
+    public let watchConfig: Bool
 
     init(generation: UInt64, source: String, shards: Int?, drainTimeoutNanoseconds: Int64, logLevel: String,
-         limits: Limits, listeners: [Listener], clusters: [Cluster], admin: AdminSettings? = nil) {
+         limits: Limits, listeners: [Listener], clusters: [Cluster], admin: AdminSettings? = nil, watchConfig: Bool = false) {
         self.admin = admin
+        self.watchConfig = watchConfig
         self.generation = generation; self.source = source; self.shards = shards
         self.drainTimeoutNanoseconds = drainTimeoutNanoseconds; self.logLevel = logLevel
         self.limits = limits; self.listeners = listeners; self.clusters = clusters
@@ -132,20 +135,20 @@ public final class Snapshot: Sendable {
             return c.with(endpoints: endpoints).with(available: available)
         }
         return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin)
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig)
     }
 
     /// This snapshot with some clusters replaced (by index); every other cluster object is shared.
     public func replacing(clusters changed: [Int: Cluster]) -> Snapshot {
         let clusters = self.clusters.enumerated().map { changed[$0.offset] ?? $0.element }
         return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin)
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig)
     }
 
     /// The same configuration under another generation number (the store numbers snapshots).
     func numbered(_ generation: UInt64) -> Snapshot {
         Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                 logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin)
+                 logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig)
     }
 }
 

@@ -119,13 +119,14 @@ struct Reader {
     mutating func document(_ root: Node?) -> ConfigDocument {
         var doc = ConfigDocument(source: file, position: pos(root))
         guard let root else { fail(nil, "the file is empty; it needs at least 'listeners' and 'clusters'"); return doc }
-        let f = fields(root, allowed: ["shards", "drain_timeout", "log_level", "limits", "admin", "listeners", "clusters"],
+        let f = fields(root, allowed: ["shards", "drain_timeout", "log_level", "watch_config", "limits", "admin", "listeners", "clusters"],
                        what: "the top level")
         if let s = f["shards"] {
             if s.value.string == "auto" { doc.shards = nil } else { doc.shards = int(s, "shards (a number or auto)") }
         }
         doc.drainTimeout = duration(f["drain_timeout"], "drain_timeout")
         doc.logLevel = string(f["log_level"], "log_level")
+        doc.watchConfig = string(f["watch_config"], "watch_config")
         if let l = f["limits"] {
             let lf = fields(l.value, allowed: ["max_connections_per_shard", "buffer_bytes", "buffers_per_shard",
                                                "max_queued_buffers", "data_path"], what: "limits")

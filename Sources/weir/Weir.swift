@@ -3,6 +3,7 @@ import ArgumentParser
 import WeirAdmin
 import WeirConfig
 import WeirCore
+import WeirDemo
 import WeirProxy
 import WeirRing
 #if canImport(Glibc)
@@ -112,6 +113,7 @@ struct Run: ParsableCommand {
                 throw ExitCode(1)
             }
         }
+        watchFile(server)
         Log.info("weir \(weirVersion) running generation \(server.store.snapshot.generation) from \(options.config); SIGHUP reloads, SIGTERM drains")
         while true {
             switch signals.wait() {
@@ -128,6 +130,32 @@ struct Run: ParsableCommand {
                 }
                 Log.info("totals: \(server.stats.summary), health changes \(server.healthChanges), panics \(server.panics)")
                 return
+            }
+        }
+    }
+
+    /// watch_config: a thread that stats the file twice a second and reloads when its size,
+    /// modification time or inode changes (editors often replace the file rather than write it).
+    /// The setting is read from each snapshot, so a reload can turn it on or off.
+    func watchFile(_ server: Server) {
+        let path = options.config
+        let run = self
+        spawnThread {
+            func fingerprint() -> [Int] {
+                var st = stat()
+                guard stat(path, &st) == 0 else { return [] }
+                return [Int(st.st_size), Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int(st.st_ino)]
+            }
+            var last = fingerprint()
+            while !server.draining.load(ordering: .acquiring) {
+                usleep(500_000)
+                let now = fingerprint()
+                guard now != last else { continue }
+                last = now
+                if server.store.snapshot.watchConfig {
+                    Log.info("watch_config: \(path) changed; reloading")
+                    run.reload(server)
+                }
             }
         }
     }

@@ -155,6 +155,17 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         #expect(old.read(count: 4) == Array("ping".utf8))
     }
 
+    @Test func watchConfigReloadsWhenTheFileChanges() throws {
+        let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1)], top: "watch_config: true"))
+        defer { weir.stop(); a.stop(); b.stop() }
+        try weir.rewrite(tcpConfig(port: port, endpoints: [(b.address, 1)], top: "watch_config: true"))
+        #expect(weir.waitForLog("generation 2 applied by all", seconds: 5))
+        #expect(weir.log.contains("watch_config:"))
+        #expect(greetingThrough(loopback(port), length: 1) == "b")
+    }
+
     @Test func aBadConfigIsRefusedAndTheOldOneKeepsServing() throws {
         let a = try EchoServer(name: "a", greeting: "a")
         let port = try freePort()
