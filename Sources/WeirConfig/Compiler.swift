@@ -12,7 +12,10 @@ public enum Compiler {
     /// Bounds that keep a config from asking for absurd memory or impossible kernel objects.
     enum Exclusionless { static let maxAttempts = 4 }
 
-    public static func compile(_ doc: ConfigDocument, generation: UInt64 = 0) throws -> Snapshot {
+    /// - Parameter previous: the running snapshot, if any: a cluster whose balancer, options and
+    ///   endpoints did not change reuses its balancer table instead of rebuilding it.
+    public static func compile(_ doc: ConfigDocument, generation: UInt64 = 0, previous: Snapshot? = nil) throws -> Snapshot {
+        let previousClusters = Dictionary((previous?.clusters ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var errors: [ConfigError] = doc.shapeErrors
         func fail(_ p: SourcePosition, _ m: String) { errors.append(ConfigError(p, m)) }
 
@@ -34,7 +37,7 @@ public enum Compiler {
             if clusterIndex[name.value] != nil || invalidClusters.contains(name.value) {
                 fail(name.position, "duplicate cluster name '\(name.value)'"); continue
             }
-            guard let compiled = compileCluster(c, name: name.value, fail: fail) else { invalidClusters.insert(name.value); continue }
+            guard let compiled = compileCluster(c, name: name.value, previous: previousClusters[name.value], fail: fail) else { invalidClusters.insert(name.value); continue }
             clusterIndex[name.value] = clusters.count
             clusters.append(compiled)
         }
@@ -139,7 +142,8 @@ public enum Compiler {
         return limits
     }
 
-    static func compileCluster(_ c: ClusterDocument, name: String, fail: (SourcePosition, String) -> Void) -> Cluster? {
+    static func compileCluster(_ c: ClusterDocument, name: String, previous: Cluster?,
+                               fail: (SourcePosition, String) -> Void) -> Cluster? {
         var ok = true
         let balancer = compileBalancer(c, name: name, fail: fail)
         if balancer == nil { ok = false }
@@ -172,8 +176,12 @@ public enum Compiler {
         }
         guard ok, let (kind, options, slowStart) = balancer, let health else { return nil }
         if kind == .maglev && options.maglevTableSize <= endpoints.count { return nil }
+        let unchanged = previous.flatMap { p in
+            p.balancer == kind && p.options == options
+                && p.endpoints.elementsEqual(endpoints) { $0.address == $1.address && $0.weight == $1.weight } ? p.table : nil
+        }
         return Cluster(name: name, balancer: kind, options: options, slowStart: slowStart,
                        connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
-                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health)
+                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, table: unchanged)
     }
 }

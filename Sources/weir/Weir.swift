@@ -167,7 +167,7 @@ struct Run: ParsableCommand {
         server.reloadLock.withLock { _ in
             let current = server.store.snapshot.generation
             do {
-                let next = try Compiler.compile(try YAMLLoader.load(path: options.config))
+                let next = try Compiler.compile(try YAMLLoader.load(path: options.config), previous: server.store.snapshot)
                 if next.admin != server.store.snapshot.admin {
                     Log.warning("reload: the admin address is fixed at start; the new one applies after a restart")
                 }

@@ -197,6 +197,17 @@ clusters:
         #expect(next.clusters[0].eligibility.eligible == [false, true] && !next.clusters[0].eligibility.panic)
     }
 
+    @Test func aReloadReusesTheTableOfAnUnchangedCluster() throws {
+        let ring = good.replacingOccurrences("balancer: round_robin", "balancer: ring_hash")
+        let first = try Compiler.compile(YAMLLoader.parse(ring, file: "t"))
+        let same = try Compiler.compile(YAMLLoader.parse(ring, file: "t"), previous: first)
+        let changed = try Compiler.compile(YAMLLoader.parse(ring.replacingOccurrences("weight: 3", "weight: 4"), file: "t"), previous: first)
+        guard case .ring(let a) = first.clusters[0].table, case .ring(let b) = same.clusters[0].table,
+              case .ring(let c) = changed.clusters[0].table else { Issue.record("no rings"); return }
+        #expect(a === b)
+        #expect(a !== c)
+    }
+
     @Test func aMissingFileIsAClearError() {
         #expect(throws: ConfigErrors.self) { try YAMLLoader.load(path: "/nonexistent/weir.yaml") }
     }
