@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Weir builds against (Debian 12, as root). Idempotent: installs
-# only what is missing, so it is cheap to run before every build.
+# only what is missing, so it is cheap to run before every build. With --tests it also sets up
+# what the test suite needs beyond the build (Python's prometheus_client, from PyPI).
 set -euo pipefail
 need=()
 for p in liburing-dev libssl-dev pkg-config; do
@@ -15,7 +16,10 @@ fi
 # The integration tests check /stats/prometheus with a real Prometheus parser (Python's
 # prometheus_client), kept in its own venv under .build/.
 root=$(cd "$(dirname "$0")/.." && pwd)
-if ! "$root/.build/venv-test/bin/python3" -c "import prometheus_client" 2>/dev/null; then
+if [ "${1:-}" = "--tests" ] && ! "$root/.build/venv-test/bin/python3" -c "import prometheus_client" 2>/dev/null; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
   echo "setup: creating .build/venv-test with prometheus_client"
   python3 -m venv "$root/.build/venv-test"
   "$root/.build/venv-test/bin/pip" install -q prometheus_client

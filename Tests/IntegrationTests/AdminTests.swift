@@ -19,7 +19,7 @@ func admin(_ port: UInt16, _ method: String, _ path: String) -> (Int, String) {
 func parsePrometheus(_ text: String) throws -> [String: Double] {
     let python = repositoryRoot.appendingPathComponent(".build/venv-test/bin/python3").path
     guard FileManager.default.fileExists(atPath: python) else {
-        throw LoopbackError(message: "no \(python): run scripts/setup-debian.sh (it installs prometheus_client)")
+        throw LoopbackError(message: "no \(python): run scripts/setup-debian.sh --tests (it installs prometheus_client)")
     }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: python)
