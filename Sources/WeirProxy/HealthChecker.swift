@@ -68,6 +68,9 @@ final class HealthChecker: @unchecked Sendable {
     private var timeouts: UnsafeMutablePointer<__kernel_timespec>!
     private var buffers: UnsafeMutableRawPointer!
     private var requests: [[UInt8]] = []
+    private var retiredBuffers: [UnsafeMutableRawPointer] = []
+    /// Raised on every probe-set rebuild so completions for the old set never match a new slot.
+    private var generationBase: UInt32 = 0
     private let bufferBytes = 4096
     private var capacity = 0
     private var seenGeneration: UInt64 = 0
@@ -133,6 +136,11 @@ final class HealthChecker: @unchecked Sendable {
             if changed { publish() }
         }
         for i in probes.indices where probes[i].fd >= 0 { close(probes[i].fd) }
+        // Tear the ring down first (that cancels whatever is pending), then free the buffers it
+        // might have written into.
+        ring = nil
+        retiredBuffers.forEach { $0.deallocate() }
+        buffers?.deallocate()
     }
 
     /// Follows the snapshot: a probe per endpoint of each actively checked cluster, health state
@@ -154,22 +162,29 @@ final class HealthChecker: @unchecked Sendable {
         // Rebuild probe slots only when the set changed; in-flight probes of removed endpoints end.
         let current = Set(probes.map(\.key))
         if current == Set(wanted.keys) && probes.allSatisfy({ wanted[$0.key]?.0 == $0.policy }) { return }
+        // End in-flight probes of the old set. Their completions may still arrive (the kernel
+        // may be writing into their buffers), so the old buffers are retired, never freed here.
         for i in probes.indices where probes[i].fd >= 0 {
             if probes[i].inflight > 0 { ring.cancelAll(fd: probes[i].fd, userData: UserData(op: 9, slot: 0, generation: 0)) }
+            shutdown(probes[i].fd, Int32(SHUT_RDWR))
+            close(probes[i].fd)
         }
-        // Let cancelled operations finish before their slots' memory goes away.
-        if probes.contains(where: { $0.inflight > 0 }) {
-            _ = ring.submitAndWait(timeoutNanoseconds: 100_000_000)
-            _ = ring.forEachCompletion { _, _, _ in }
+        if probes.contains(where: { $0.inflight > 0 }), let old = buffers {
+            retiredBuffers.append(old)
+            buffers = .allocate(byteCount: max(capacity, 1) * bufferBytes, alignment: 16)
         }
-        for i in probes.indices where probes[i].fd >= 0 { close(probes[i].fd) }
+        // Bump every slot's generation so late completions of the old set are ignored.
+        generationBase &+= 1
         let now = monotonicNanoseconds()
         probes = wanted.sorted { "\($0.key.cluster)\($0.key.address)" < "\($1.key.cluster)\($1.key.address)" }.map { key, v in
             // Spread the first probes over one interval rather than firing all at once.
-            Probe(key: key, policy: v.0, target: v.1, nextAt: now + Int64(Double(v.0.intervalNanoseconds) * random.nextDouble() * 0.5))
+            Probe(key: key, policy: v.0, target: v.1, generation: generationBase & 0xFFFF,
+                  nextAt: now + Int64(Double(v.0.intervalNanoseconds) * random.nextDouble() * 0.5))
         }
         if probes.count > capacity {
-            addresses?.deallocate(); timeouts?.deallocate(); buffers?.deallocate()
+            // Addresses and timeouts are read only at submission; buffers may still be written.
+            addresses?.deallocate(); timeouts?.deallocate()
+            if let old = buffers { retiredBuffers.append(old) }
             capacity = max(16, probes.count)
             addresses = .allocate(capacity: capacity)
             timeouts = .allocate(capacity: capacity)
@@ -196,7 +211,8 @@ final class HealthChecker: @unchecked Sendable {
         probes[i].phase = .connecting
         probes[i].failed = false
         probes[i].received = 0
-        probes[i].generation = (probes[i].generation &+ 1) & UserData.generationMask
+        // Low 16 bits: the probe-set rebuild; high 8: this probe's attempt.
+        probes[i].generation = ((probes[i].generation &+ 0x10000) & 0xFF0000) | (generationBase & 0xFFFF)
         probes[i].deadline = now + probes[i].policy.timeoutNanoseconds
         let len = probes[i].target.fill(&addresses[i])
         let t = probes[i].policy.timeoutNanoseconds

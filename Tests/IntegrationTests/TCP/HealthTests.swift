@@ -55,6 +55,22 @@ import WeirDemo
         #expect(weir.log.contains("panics 1"))
     }
 
+    @Test func reloadsThatChangeTheChecksWhileProbesRunKeepChecking() throws {
+        let p = try Pair()
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: p.config(port: port, interval: "50ms", timeout: "40ms"))
+        defer { weir.stop(); p.stop() }
+        for i in 0..<10 {
+            try weir.rewrite(p.config(port: port, interval: i % 2 == 0 ? "60ms" : "50ms", timeout: "40ms"))
+            weir.signal(SIGHUP)
+            #expect(weir.waitForLog("generation \(i + 2) applied by all"))
+        }
+        let before = p.ha.probes.load(ordering: .relaxed)
+        p.ha.status.store(503, ordering: .relaxed)
+        #expect(weir.waitForLog("endpoint \(p.a.address) healthy -> unhealthy", seconds: 3))
+        #expect(p.ha.probes.load(ordering: .relaxed) > before)
+    }
+
     @Test func probesPerIntervalDoNotGrowWithShards() throws {
         var counts: [Int] = []
         for shards in [1, 4] {
