@@ -138,6 +138,7 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
 
     @Test func aNonLoopbackAdminAddressNeedsAllowRemote() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("admin-\(UUID().uuidString).yaml").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
         try tcpConfig(port: 1000, endpoints: [(loopback(1001), 1)], top: "admin: { address: 0.0.0.0:9901 }").write(toFile: path, atomically: true, encoding: .utf8)
         let (status, output) = try runWeir(["check", "--config", path])
         #expect(status == 1)

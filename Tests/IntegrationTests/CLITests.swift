@@ -19,6 +19,7 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 
     @Test func checkListsEveryErrorWithItsPosition() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID().uuidString).yaml").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
         try """
         listeners:
           - { name: a, address: "127.0.0.1:99999", cluster: b }

@@ -27,11 +27,13 @@ final class WeirProcess {
     let process = Process()
     let configPath: String
     let logPath: String
+    let directory: URL
     private var stopped = false
 
     /// Starts `weir run` with `yaml` and waits (up to 15 s) until it says it is running.
     init(yaml: String, arguments: [String] = []) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
+        directory = dir
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         configPath = dir.appendingPathComponent("weir.yaml").path
         logPath = dir.appendingPathComponent("weir.log").path
@@ -84,7 +86,11 @@ final class WeirProcess {
         }
     }
 
-    deinit { stop() }
+    /// Tests read the log after stop(), so the files go only when the test lets go of this.
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
 }
 
 /// Runs `weir` with `arguments` to completion (bounded) and returns its status and output.

@@ -245,6 +245,7 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         let a = try EchoServer(name: "a")
         defer { a.stop() }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-inuse-\(UUID().uuidString).yaml").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         try tcpConfig(port: squatter.address.port, endpoints: [(a.address, 1)]).write(toFile: dir, atomically: true, encoding: .utf8)
         let (status, output) = try runWeir(["run", "--config", dir])
         #expect(status == 1)
