@@ -26,6 +26,13 @@ func awaitCompletion(_ ring: Ring, op: UInt8, seconds: Double = 5) -> (UserData,
         #expect(u.op == 3 && u.sub == 1 && u.slot == 0xABCDE && u.generation == 0x123456)
     }
 
+    @Test func setupFailuresNameTheLikelyCause() {
+        #expect(RingError(errno: EPERM, call: "io_uring_setup").description.contains("kernel.io_uring_disabled"))
+        #expect(RingError(errno: ENOSYS, call: "io_uring_setup").description.contains("no io_uring"))
+        #expect(RingError(errno: ENOMEM, call: "io_uring_setup").description.contains("ulimit -l"))
+        #expect(SocketError(errno: EACCES, what: "bind 0.0.0.0:80").description.contains("CAP_NET_BIND_SERVICE"))
+    }
+
     @Test func probeSucceedsHere() throws {
         #expect(!(try Ring.probe()).isEmpty)
     }

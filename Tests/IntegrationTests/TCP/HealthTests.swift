@@ -35,11 +35,13 @@ import WeirDemo
         p.ha.status.store(503, ordering: .relaxed)
         // Bound from the issue: interval x unhealthy_threshold + timeout = 0.5 s, plus a turn.
         let gone = secondsUntil(limit: 5) { greetings(port, 4).allSatisfy { $0 == "b" } }
-        #expect(gone != nil && gone! < 0.8, "a still chosen after \(gone ?? -1)s")
+        // 150 ms of slack covers the loop turn, this test's 20 ms polling and its connections.
+        #expect(gone != nil && gone! < 0.5 + 0.15, "a still chosen after \(gone ?? -1)s")
         #expect(weir.waitForLog("endpoint \(p.a.address) healthy -> unhealthy (2 consecutive failed probes, last: status 503)"))
         p.ha.status.store(200, ordering: .relaxed)
         let back = secondsUntil(limit: 5) { greetings(port, 4).contains("a") }
-        #expect(back != nil && back! < 0.8, "a back after \(back ?? -1)s")
+        // Bound from the issue: interval x healthy_threshold = 0.4 s, plus the same slack.
+        #expect(back != nil && back! < 0.4 + 0.15, "a back after \(back ?? -1)s")
     }
 
     @Test func whenMostEndpointsAreDownThePanicThresholdBalancesAcrossAll() throws {
