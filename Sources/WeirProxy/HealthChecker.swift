@@ -113,8 +113,10 @@ final class HealthChecker: @unchecked Sendable {
         while !stopped.load(ordering: .acquiring) {
             if store.generation != seenGeneration { sync(store.snapshot) }
             let now = monotonicNanoseconds()
-            var changed = handleReports(now: now)
-            changed = expireEjections(now: now) || changed
+            // Ejections and their ends take effect now, not after this turn's wait.
+            let ejections = handleReports(now: now)
+            if expireEjections(now: now) || ejections { publish() }
+            var changed = false
             var nextWake = now + 100_000_000
             for i in probes.indices {
                 if probes[i].phase == .idle && probes[i].nextAt <= now { begin(i, now: now) }
@@ -123,6 +125,7 @@ final class HealthChecker: @unchecked Sendable {
                 }
                 nextWake = min(nextWake, probes[i].phase == .idle ? probes[i].nextAt : probes[i].deadline)
             }
+            for state in states.values { if let until = state.ejectedUntil { nextWake = min(nextWake, until) } }
             let wait = max(1_000_000, nextWake - now)
             _ = ring.submitAndWait(timeoutNanoseconds: wait)
             _ = ring.forEachCompletion { ud, res, _ in

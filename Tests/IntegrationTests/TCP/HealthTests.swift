@@ -128,6 +128,25 @@ import WeirDemo
         #expect(weir.log.contains("-> ejected"))
     }
 
+    @Test func anEjectedEndpointReturnsWhenItsEjectionTimeIsOver() throws {
+        let a = try EchoServer(name: "a", greeting: "a")
+        let bPort = try freePort()
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1), (loopback(bPort), 1)], cluster: """
+                outlier_detection: { consecutive_failures: 1, base_ejection_time: 400ms, max_ejection_percent: 50 }
+            """), arguments: ["--shards", "1"])
+        defer { weir.stop(); a.stop() }
+        // b refuses: the first connection that tries it ejects it.
+        for _ in 0..<4 { #expect(greetingThrough(loopback(port), length: 1) == "a") }
+        #expect(weir.waitForLog("endpoint \(loopback(bPort)) healthy -> ejected"))
+        let b = try EchoServer(name: "b", port: bPort, greeting: "b")
+        defer { b.stop() }
+        let ejectedAt = Date()
+        #expect(weir.waitForLog("endpoint \(loopback(bPort)) ejected -> healthy (ejection time over)", seconds: 3))
+        #expect(Date().timeIntervalSince(ejectedAt) < 1.0)
+        #expect(greetings(port, 4).contains("b"))
+    }
+
     @Test func passiveEjectionStopsAtMaxEjectionPercent() throws {
         let live = try EchoServer(name: "live", greeting: "L")
         let dead = try (0..<3).map { _ in loopback(try freePort()) }
