@@ -77,22 +77,21 @@ final class StatsRegistry: @unchecked Sendable {
     }
 
     private func growIfNeeded(listeners needL: Int, endpoints needE: Int) {
-        if needL > listenerCapacity {
-            let n = max(needL, listenerCapacity * 2)
-            let next = UnsafeMutablePointer<ListenerCounters>.allocate(capacity: n)
-            next.initialize(repeating: ListenerCounters(), count: n)
-            next.update(from: listeners, count: listenerCapacity)
-            retired.append(UnsafeMutableRawPointer(listeners))
-            listeners = next; listenerCapacity = n
-        }
-        if needE > endpointCapacity {
-            let n = max(needE, endpointCapacity * 2)
-            let next = UnsafeMutablePointer<EndpointCounters>.allocate(capacity: n)
-            next.initialize(repeating: EndpointCounters(), count: n)
-            next.update(from: endpoints, count: endpointCapacity)
-            retired.append(UnsafeMutableRawPointer(endpoints))
-            endpoints = next; endpointCapacity = n
-        }
+        listeners = grown(listeners, capacity: &listenerCapacity, need: needL, zero: ListenerCounters())
+        endpoints = grown(endpoints, capacity: &endpointCapacity, need: needE, zero: EndpointCounters())
+    }
+
+    /// A copy of `old` with room for `need`, or `old` itself when it has room. The old buffer is
+    /// retired, not freed: a scrape may be reading it.
+    private func grown<T>(_ old: UnsafeMutablePointer<T>, capacity: inout Int, need: Int, zero: T) -> UnsafeMutablePointer<T> {
+        guard need > capacity else { return old }
+        let n = max(need, capacity * 2)
+        let next = UnsafeMutablePointer<T>.allocate(capacity: n)
+        next.initialize(repeating: zero, count: n)
+        next.update(from: old, count: capacity)
+        retired.append(UnsafeMutableRawPointer(old))
+        capacity = n
+        return next
     }
 
     /// A copy of every named series, for a scrape.
