@@ -21,6 +21,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .systemLibrary(name: "CURing", pkgConfig: "liburing",
@@ -28,7 +29,7 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
         .target(name: "CWeirSys"),
-        .target(name: "WeirCore", swiftSettings: v5),
+        .target(name: "WeirCore", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: v5),
         .target(name: "WeirRing", dependencies: ["CURing", "WeirCore"], swiftSettings: v5),
         .target(name: "WeirBalance", dependencies: ["WeirCore"], swiftSettings: v5),
         .target(name: "WeirHTTP", swiftSettings: v5),

@@ -368,7 +368,8 @@ final class HealthChecker: @unchecked Sendable {
 
     private func log(_ key: EndpointKey, _ from: String, _ to: String, _ why: String) {
         changes += 1
-        Log.info("health: cluster \(key.cluster) endpoint \(key.address) \(from) -> \(to) (\(why))")
+        Log.info("health: cluster \(key.cluster) endpoint \(key.address) \(from) -> \(to) (\(why))",
+                 ["event": "health", "cluster": "\(key.cluster)", "endpoint": "\(key.address)", "from": "\(from)", "to": "\(to)"])
     }
 
     /// Publishes availability for every cluster where it differs from the running snapshot.

@@ -28,6 +28,7 @@ struct Demo: ParsableCommand {
     }
 
     func run() throws {
+        Log.bootstrap()
         Log.level = .warning
         signal(SIGPIPE, SIG_IGN)
         let weights = [3, 2, 1]

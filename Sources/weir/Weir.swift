@@ -92,6 +92,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let snapshot = try loadSnapshot(options.config)
+        Log.bootstrap()
         Log.level = LogLevel(name: logLevel ?? snapshot.logLevel) ?? .info
         let signals = SignalSet.blockForProcess()
         let server = try Server(snapshot: snapshot, shards: shards)
@@ -128,7 +129,10 @@ struct Run: ParsableCommand {
                 } else {
                     Log.warning("drain_timeout passed; cut \(r.cut) connection(s)")
                 }
-                Log.info("totals: \(server.stats.summary), health changes \(server.healthChanges), panics \(server.panics)")
+                let t = server.stats
+                Log.info("totals: \(t.summary), health changes \(server.healthChanges), panics \(server.panics)",
+                         ["event": "exit", "accepted": "\(t.accepted)", "completed": "\(t.completed)", "aborted": "\(t.aborted)",
+                          "cut": "\(r.cut)", "drain_seconds": "\(String(format2: r.seconds))"])
                 return
             }
         }
@@ -177,7 +181,8 @@ struct Run: ParsableCommand {
                 let deadline = monotonicNanoseconds() + 2_000_000_000
                 while !server.allShardsAdopted(published.generation) && monotonicNanoseconds() < deadline { usleep(1000) }
                 if server.allShardsAdopted(published.generation) {
-                    Log.info("reload: generation \(published.generation) applied by all \(server.shardCount) shard(s)")
+                    Log.info("reload: generation \(published.generation) applied by all \(server.shardCount) shard(s)",
+                             ["event": "reload", "result": "applied", "generation": "\(published.generation)", "source": "\(published.source)"])
                 } else {
                     Log.warning("reload: generation \(published.generation) published but not yet adopted by every shard after 2s")
                 }

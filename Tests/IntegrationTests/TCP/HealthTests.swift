@@ -99,6 +99,8 @@ import WeirDemo
         defer { weir.stop(); a.stop(); b.stop() }
         b.stop()
         #expect(weir.waitForLog("endpoint \(b.address) healthy -> unhealthy", seconds: 3))
+        // Structured metadata rides on the same line, for log pipelines.
+        #expect(weir.log.contains("cluster=back endpoint=\(b.address) event=health from=healthy to=unhealthy"))
     }
 
     @Test func anUpstreamThatDiesUnderSteadyLoadCostsNoNewConnection() throws {
