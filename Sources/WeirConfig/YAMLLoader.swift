@@ -5,6 +5,11 @@ import WeirCore
 import Yams
 
 public enum YAMLLoader {
+    /// Only merge keys ("<<") are resolved: Weir reads every scalar as text and parses numbers,
+    /// durations and booleans itself, so the default resolver's per-scalar regular expressions
+    /// (int, float, bool, null, timestamp) were pure cost: most of a large file's load time.
+    static let resolver = Resolver.basic.appending(Resolver.Rule.merge)
+
     /// Reads and parses `path`. Throws `ConfigErrors` when the file cannot be read or is not YAML;
     /// other problems are carried in the document for the compiler to report.
     public static func load(path: String) throws -> ConfigDocument {
@@ -22,7 +27,7 @@ public enum YAMLLoader {
     public static func parse(_ text: String, file: String) throws -> ConfigDocument {
         let node: Node?
         do {
-            node = try Yams.compose(yaml: text)
+            node = try Yams.compose(yaml: text, YAMLLoader.resolver)
         } catch let e as YamlError {
             throw ConfigErrors([yamlSyntaxError(e, file: file)])
         }
