@@ -20,6 +20,21 @@ func awaitCompletion(_ ring: Ring, op: UInt8, seconds: Double = 5) -> (UserData,
     return nil
 }
 
+/// Queues a connect (user data op 2) with its linked timeout and submits it; the address and
+/// timespec only need to live until the submit, which happens here.
+func submitConnect(_ ring: Ring, fd: Int32, to address: SocketAddress, timeoutNanoseconds t: Int64) {
+    var storage = sockaddr_storage()
+    let len = address.fill(&storage)
+    var ts = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
+    withUnsafeMutablePointer(to: &storage) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            ring.connect(fd: fd, address: $0, length: len, timeout: &ts,
+                         userData: UserData(op: 2, slot: 0, generation: 0), timeoutUserData: UserData(op: 9, slot: 0, generation: 0))
+        }
+        _ = ring.submit()
+    }
+}
+
 @Suite(.serialized) struct RingTests {
     @Test func userDataRoundTrips() {
         let u = UserData(op: 3, sub: 1, slot: 0xABCDE, generation: 0x123456)
@@ -48,16 +63,7 @@ func awaitCompletion(_ ring: Ring, op: UInt8, seconds: Double = 5) -> (UserData,
 
         let client = Sockets.tcpSocket(for: .inet)
         defer { close(client) }
-        var storage = sockaddr_storage()
-        let len = address.fill(&storage)
-        var ts = __kernel_timespec(tv_sec: 2, tv_nsec: 0)
-        withUnsafeMutablePointer(to: &storage) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                ring.connect(fd: client, address: $0, length: len, timeout: &ts,
-                             userData: UserData(op: 2, slot: 0, generation: 0), timeoutUserData: UserData(op: 9, slot: 0, generation: 0))
-            }
-            _ = ring.submit()
-        }
+        submitConnect(ring, fd: client, to: address, timeoutNanoseconds: 2_000_000_000)
         let connected = try #require(awaitCompletion(ring, op: 2))
         #expect(connected.1 == 0)
         let accepted = try #require(awaitCompletion(ring, op: 1))
@@ -181,17 +187,8 @@ func awaitCompletion(_ ring: Ring, op: UInt8, seconds: Double = 5) -> (UserData,
         let ring = try Ring(entries: 8)
         let fd = Sockets.tcpSocket(for: .inet)
         defer { close(fd) }
-        var storage = sockaddr_storage()
-        let len = address.fill(&storage)
-        var ts = __kernel_timespec(tv_sec: 0, tv_nsec: 200_000_000)
         let start = monotonicNanoseconds()
-        withUnsafeMutablePointer(to: &storage) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                ring.connect(fd: fd, address: $0, length: len, timeout: &ts,
-                             userData: UserData(op: 2, slot: 0, generation: 0), timeoutUserData: UserData(op: 9, slot: 0, generation: 0))
-            }
-            _ = ring.submit()
-        }
+        submitConnect(ring, fd: fd, to: address, timeoutNanoseconds: 200_000_000)
         let c = try #require(awaitCompletion(ring, op: 2))
         #expect(c.1 == -ECANCELED)
         let waited = monotonicNanoseconds() - start

@@ -14,6 +14,19 @@ func endpointKeys(_ n: Int) -> [[UInt8]] {
 /// Weights 1, 2, 3 repeating: unequal, as real clusters often are.
 func endpointWeights(_ n: Int) -> [Int32] { (0..<n).map { Int32($0 % 3 + 1) } }
 
+/// Picks with a fresh key each time (an LCG), as distinct clients would bring.
+func hashedPicks<B: Balancer>(_ benchmark: Benchmark, _ balancer: B) {
+    var b = balancer
+    var context = PickContext(random: SplitMix64(seed: 1))
+    var key: UInt64 = 0x12345
+    benchmark.startMeasurement()
+    for _ in benchmark.scaledIterations {
+        key = key &* 6364136223846793005 &+ 1442695040888963407
+        context.hash = key
+        blackHole(b.pick(&context, excluding: Exclusions()))
+    }
+}
+
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
         metrics: [.wallClock, .mallocCountTotal, .instructions],
@@ -55,26 +68,10 @@ let benchmarks: @Sendable () -> Void = {
             for _ in benchmark.scaledIterations { blackHole(b.pick(&context, excluding: Exclusions())) }
         }
         Benchmark("ring_hash pick, \(n) endpoints") { benchmark in
-            var b = RingHash(table: RingHashTable(keys: keys, weights: weights))
-            var context = PickContext(random: SplitMix64(seed: 1))
-            var key: UInt64 = 0x12345
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations {
-                key = key &* 6364136223846793005 &+ 1442695040888963407
-                context.hash = key
-                blackHole(b.pick(&context, excluding: Exclusions()))
-            }
+            hashedPicks(benchmark, RingHash(table: RingHashTable(keys: keys, weights: weights)))
         }
         Benchmark("maglev pick, \(n) endpoints") { benchmark in
-            var b = Maglev(table: MaglevTable(keys: keys, weights: weights, size: n > 60_000 ? 655_373 : 65537))
-            var context = PickContext(random: SplitMix64(seed: 1))
-            var key: UInt64 = 0x12345
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations {
-                key = key &* 6364136223846793005 &+ 1442695040888963407
-                context.hash = key
-                blackHole(b.pick(&context, excluding: Exclusions()))
-            }
+            hashedPicks(benchmark, Maglev(table: MaglevTable(keys: keys, weights: weights)))
         }
     }
 
