@@ -40,6 +40,18 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         #expect(up.bytesReceived == 3 << 20)
     }
 
+    @Test func ipv6ListenersAndEndpointsWork() throws {
+        let up = try EchoServer(name: "v6", host: "[::1]", greeting: "6")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)])
+            .replacingOccurrences(of: "address: 127.0.0.1:\(port)", with: "address: \"[::1]:\(port)\""))
+        defer { weir.stop(); up.stop() }
+        let front = try SocketAddress.parse("[::1]:\(port)")
+        #expect(greetingThrough(front, length: 1) == "6")
+        let intact = echoOnce(front, pseudoRandomBytes(300_000, seed: 6), greeting: 1)
+        #expect(intact)
+    }
+
     @Test func roundRobinSpreadsConnectionsExactlyByWeightOnOneShard() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
         let port = try freePort()
