@@ -59,8 +59,8 @@ enum AdminRender {
         family("weir_upstream_connections_active", "gauge", "Connections open (or connecting) to each endpoint.", eps.map { ($0.0, $0.1.active) })
         family("weir_upstream_connect_failures_total", "counter", "Connects refused or unreachable.", eps.map { ($0.0, $0.1.connectFailures) })
         family("weir_upstream_connect_timeouts_total", "counter", "Connects that hit connect_timeout.", eps.map { ($0.0, $0.1.connectTimeouts) })
-        family("weir_upstream_bytes_sent_total", "counter", "Bytes sent to each endpoint, counted when a connection ends.", eps.map { ($0.0, $0.1.bytesSent) })
-        family("weir_upstream_bytes_received_total", "counter", "Bytes received from each endpoint, counted when a connection ends.", eps.map { ($0.0, $0.1.bytesReceived) })
+        family("weir_upstream_bytes_sent_total", "counter", "Bytes delivered to each endpoint.", eps.map { ($0.0, $0.1.bytesSent) })
+        family("weir_upstream_bytes_received_total", "counter", "Bytes received from each endpoint and delivered to clients.", eps.map { ($0.0, $0.1.bytesReceived) })
         var health: [(String, Int64)] = []
         for c in snap.clusters {
             for (i, e) in c.endpoints.enumerated() {

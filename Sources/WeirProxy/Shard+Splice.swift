@@ -48,7 +48,7 @@ extension Shard {
         for _ in 0..<8 {
             if flow.pointee.pipeBytes > 0 {
                 let m = weir_splice_nonblock(flow.pointee.pipeRead, destinationFD(c, f), flow.pointee.pipeBytes)
-                if m > 0 { flow.pointee.pipeBytes -= m; c.pointee.lastActivity = now; continue }
+                if m > 0 { flow.pointee.pipeBytes -= m; c.pointee.lastActivity = now; countBytes(c, f, Int64(m)); continue }
                 if m < 0 && errno == EAGAIN { return armPoll(c, f, out: true) }
                 return abort(c)
             }

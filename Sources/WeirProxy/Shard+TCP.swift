@@ -160,6 +160,14 @@ extension Shard {
         }
     }
 
+    /// Per-endpoint byte counters move as bytes are delivered, so a long-lived connection shows
+    /// up in a scrape while it is open. Flow 0 delivers to the upstream, flow 1 from it.
+    @inline(__always) func countBytes(_ c: UnsafeMutablePointer<Connection>, _ f: Int, _ n: Int64) {
+        let slot = Int(c.pointee.endpointSlot)
+        guard slot >= 0 else { return }
+        if f == 0 { endpointCounters[slot].bytesSent += n } else { endpointCounters[slot].bytesReceived += n }
+    }
+
     /// Passive outlier detection: a failure (refused or timed-out connect, or a reset from the
     /// upstream) extends the endpoint's streak on this shard, a successful connect ends it; a
     /// streak at the cluster's threshold is reported to the health checker once.
@@ -335,6 +343,7 @@ extension Shard {
         }
         c.pointee.lastActivity = now
         // Retire every buffer the send finished; a short send leaves an offset into the next.
+        countBytes(c, f, Int64(res))
         var sent = res
         while sent > 0 {
             let head = Int(flow.pointee.head)
@@ -411,10 +420,6 @@ extension Shard {
             while b >= 0 { buffers.recycle(UInt16(b)); b = bufferNext[Int(b)] }
             if f == 0 { control.stats.pointee.bytesDownstreamToUpstream += flow.pointee.bytes }
             else { control.stats.pointee.bytesUpstreamToDownstream += flow.pointee.bytes }
-            if c.pointee.endpointSlot >= 0 {
-                if f == 0 { control.named.endpoints[Int(c.pointee.endpointSlot)].bytesSent += flow.pointee.bytes }
-                else { control.named.endpoints[Int(c.pointee.endpointSlot)].bytesReceived += flow.pointee.bytes }
-            }
         }
         endActive(c)
         if c.pointee.endpointSlot >= 0 { control.named.endpoints[Int(c.pointee.endpointSlot)].active -= 1 }

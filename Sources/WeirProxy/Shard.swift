@@ -79,6 +79,9 @@ final class Shard {
     /// Stats slots of the current snapshot's listeners and endpoints.
     var listenerSlots: [Int32] = []
     var endpointSlots: [[Int32]] = []
+    /// The registry's endpoint counters, cached: they move only when a snapshot brings new names
+    /// (in adopt, on this thread), and the per-send byte count should not reach through two objects.
+    var endpointCounters: UnsafeMutablePointer<EndpointCounters>
     /// Stats slot -> cluster << 32 | endpoint in the current snapshot, or -1.
     var endpointBySlot: [Int64] = []
     var random: SplitMix64
@@ -95,6 +98,7 @@ final class Shard {
         self.control = control
         self.snapshot = snapshot
         self.limits = snapshot.limits
+        endpointCounters = control.named.endpoints
         random = SplitMix64(seed: UInt64(bitPattern: monotonicNanoseconds()) ^ UInt64(index &* 0x9E37_79B9))
         let entries = UInt32(max(256, min(32768, (snapshot.limits.maxConnectionsPerShard * 4).nextPowerOfTwo)))
         ring = try Ring(entries: entries)
@@ -236,6 +240,7 @@ final class Shard {
         balancers = next.clusters.map { $0.makeBalancer(shard: index, of: control.shardCount, now: clock) }
         rampingClusters = next.clusters.indices.filter { next.clusters[$0].slowStart != nil }
         (listenerSlots, endpointSlots) = control.named.slots(for: next)
+        endpointCounters = control.named.endpoints
         endpointBySlot = Array(repeating: -1, count: (endpointSlots.flatMap { $0 }.max().map { Int($0) } ?? -1) + 1)
         for (ci, slots) in endpointSlots.enumerated() {
             for (ep, slot) in slots.enumerated() { endpointBySlot[Int(slot)] = Int64(ci) << 32 | Int64(ep) }

@@ -80,6 +80,24 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
         #expect(m["weir_config_generation{}"] == 1)
     }
 
+    @Test func bytesOfAnOpenConnectionShowBeforeItEnds() throws {
+        let a = try EchoServer(name: "a")
+        let port = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: config(port: port, adminPort: adminPort, [a]))
+        defer { weir.stop(); a.stop() }
+        let c = try TestClient(loopback(port), timeoutSeconds: 5)
+        #expect(c.write(Array(repeating: 7, count: 100_000)))
+        #expect(c.read(count: 100_000).count == 100_000)
+        let key = "weir_upstream_bytes_sent_total{cluster=\"back\",endpoint=\"\(a.address)\"}"
+        var seen = 0.0
+        let shown = secondsUntil(limit: 3) {
+            seen = (try? parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1))?[key] ?? 0
+            return seen == 100_000
+        }
+        #expect(shown != nil, "\(key) = \(seen) while the connection is open")
+        #expect(c.write(Array("x".utf8)))
+    }
+
     @Test func readinessClustersConfigDumpAndHealthcheckFail() throws {
         let a = try EchoServer(name: "a")
         let port = try freePort(), adminPort = try freePort()
