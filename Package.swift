@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "WeirAdmin", dependencies: ["WeirProxy", "WeirConfig", "WeirHTTP", "WeirRing", "WeirCore"], swiftSettings: v5),
         .target(name: "WeirDemo", dependencies: ["WeirCore"], swiftSettings: v5),
         .executableTarget(name: "weir",
-                          dependencies: ["WeirCore", "WeirConfig", "WeirProxy", "WeirRing", "WeirDemo", "WeirAdmin",
+                          dependencies: ["WeirCore", "WeirConfig", "WeirProxy", "WeirRing", "WeirDemo", "WeirAdmin", "WeirHealth",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: v5),
         .testTarget(name: "WeirConfigTests", dependencies: ["WeirConfig", "WeirBalance"], swiftSettings: v5),

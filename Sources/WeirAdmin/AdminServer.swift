@@ -103,19 +103,20 @@ public final class AdminServer: @unchecked Sendable {
                 let target = String(decoding: buffer[Int(head.target.start)..<Int(head.target.end)], as: UTF8.self)
                 let method = String(decoding: buffer[Int(head.methodRange.start)..<Int(head.methodRange.end)], as: UTF8.self)
                 let (status, type, body) = handle(method: method, target: target)
-                _ = respond(c, status, type, body)
+                _ = respond(c, status, type, body, headOnly: method == "HEAD")
                 return
             }
         }
         _ = respond(c, 431, "text/plain", "request head too large\n")
     }
 
-    func respond(_ c: Int32, _ status: Int, _ type: String, _ body: String) -> Bool {
+    /// Writes one answer; a HEAD request gets the same head (Content-Length included), no body.
+    func respond(_ c: Int32, _ status: Int, _ type: String, _ body: String, headOnly: Bool = false) -> Bool {
         let reason = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
                       500: "Internal Server Error", 503: "Service Unavailable"][status] ?? "Status"
         let bytes = Array(body.utf8)
         let head = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(bytes.count)\r\nConnection: close\r\n\r\n"
-        return sendAll(c, Array(head.utf8) + bytes)
+        return sendAll(c, Array(head.utf8) + (headOnly ? [] : bytes))
     }
 
     func sendAll(_ c: Int32, _ bytes: [UInt8]) -> Bool {

@@ -4,6 +4,7 @@ import WeirAdmin
 import WeirConfig
 import WeirCore
 import WeirDemo
+import WeirHealth
 import WeirProxy
 import WeirRing
 #if canImport(Glibc)
@@ -69,6 +70,12 @@ func balancerSummary(_ c: Cluster) -> String {
     }
     if c.balancer == .leastRequest { parts.append("choice_count \(c.options.choiceCount), bias \(c.options.activeRequestBias)") }
     if let s = c.slowStart { parts.append("slow_start \(formatDuration(nanoseconds: s.windowNanoseconds))") }
+    switch c.health.probe {
+    case .http(let path, _, _): parts.append("http health \(path) every \(formatDuration(nanoseconds: c.health.intervalNanoseconds))")
+    case .tcp: parts.append("tcp health every \(formatDuration(nanoseconds: c.health.intervalNanoseconds))")
+    case .none: break
+    }
+    if let n = c.health.consecutiveFailures { parts.append("ejects after \(n) failures") }
     return c.balancer.rawValue + (parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")")
 }
 

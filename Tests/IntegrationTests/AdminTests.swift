@@ -117,6 +117,7 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
         #expect(admin(adminPort, "GET", "/ready").0 == 200)
         #expect(admin(adminPort, "GET", "/reload").0 == 405)
         #expect(admin(adminPort, "GET", "/nope").0 == 404)
+        #expect(admin(adminPort, "HEAD", "/ready") == (200, ""), "HEAD: the head only")
     }
 
     @Test func reloadOverTheAdminAPIAppliesOrRefusesWithThePosition() throws {
