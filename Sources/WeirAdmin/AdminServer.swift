@@ -46,14 +46,8 @@ public final class AdminServer: @unchecked Sendable {
         address = Sockets.localAddress(fd) ?? settings.address
     }
 
-    public func start() {
-        let body = Unmanaged.passRetained(self).toOpaque()
-        var t = pthread_t()
-        pthread_create(&t, nil, { arg in
-            Unmanaged<AdminServer>.fromOpaque(arg!).takeRetainedValue().acceptLoop()
-            return nil
-        }, body)
-        pthread_detach(t)
+    public func start() throws {
+        try startDetachedThread { [self] in acceptLoop() }
     }
 
     private func acceptLoop() {
@@ -67,20 +61,18 @@ public final class AdminServer: @unchecked Sendable {
                 close(c)
                 continue
             }
-            let box = Unmanaged.passRetained(ConnectionBox(admin: self, fd: c)).toOpaque()
-            var t = pthread_t()
-            pthread_create(&t, nil, { arg in
-                let b = Unmanaged<ConnectionBox>.fromOpaque(arg!).takeRetainedValue()
-                b.admin.serve(b.fd)
-                close(b.fd)
-                b.admin.busy.subtract(1, ordering: .relaxed)
-                return nil
-            }, box)
-            pthread_detach(t)
+            do {
+                try startDetachedThread { [self] in
+                    serve(c)
+                    close(c)
+                    busy.subtract(1, ordering: .relaxed)
+                }
+            } catch {
+                busy.subtract(1, ordering: .relaxed)
+                close(c)
+            }
         }
     }
-
-    final class ConnectionBox { let admin: AdminServer; let fd: Int32; init(admin: AdminServer, fd: Int32) { self.admin = admin; self.fd = fd } }
 
     /// One request per connection (answers carry Connection: close).
     func serve(_ c: Int32) {

@@ -1,16 +1,15 @@
 // Turns the intermediate form into a Snapshot, or into every error that stops it.
+import WeirBalance
 import WeirCore
 
 public enum Compiler {
     public static let weightRange = 1...10_000
-    public static let connectAttemptsRange = 1...Exclusionless.maxAttempts
+    /// At most as many attempts as a connection can remember failed endpoints.
+    public static let connectAttemptsRange = 1...Exclusions.capacity
     public static let defaultConnectTimeoutNanoseconds: Int64 = 5_000_000_000
     public static let defaultIdleTimeoutNanoseconds: Int64 = 3_600_000_000_000
     public static let defaultDrainTimeoutNanoseconds: Int64 = 30_000_000_000
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
-
-    /// Bounds that keep a config from asking for absurd memory or impossible kernel objects.
-    enum Exclusionless { static let maxAttempts = 4 }
 
     /// - Parameter previous: the running snapshot, if any: a cluster whose balancer, options and
     ///   endpoints did not change reuses its balancer table instead of rebuilding it.

@@ -7,16 +7,9 @@ import WeirCore
 import Glibc
 #endif
 
-/// Runs `body` on a new detached thread.
+/// Runs `body` on a new detached thread; a test or demo cannot go on without it.
 public func spawnThread(_ body: @escaping () -> Void) {
-    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-    var t = pthread_t()
-    let rc = pthread_create(&t, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, Unmanaged.passRetained(Box(body)).toOpaque())
-    precondition(rc == 0, "pthread_create failed: \(rc)")
-    pthread_detach(t)
+    do { try startDetachedThread(body) } catch { preconditionFailure("\(error)") }
 }
 
 /// A loopback upstream that counts connections and bytes. By default it echoes what it receives

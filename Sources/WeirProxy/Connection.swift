@@ -59,8 +59,6 @@ struct Connection {
     var endpointSlot: Int32 = -1
     var lastActivity: Int64 = 0
     var idleTimeout: Int64 = 0
-    /// Why it closed abnormally, for stats.
-    var aborted = false
     /// Read by the kernel when the connect is submitted.
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0

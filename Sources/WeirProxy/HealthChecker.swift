@@ -87,13 +87,9 @@ final class HealthChecker: @unchecked Sendable {
     }
 
     func start() throws {
-        let box = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&thread, nil, { arg in
-            let checker = Unmanaged<HealthChecker>.fromOpaque(arg!).takeRetainedValue()
-            checker.run()
-            return nil
-        }, box)
-        guard rc == 0 else { throw StartError(description: "health checker thread: \(String(cString: strerror(rc)))") }
+        do { thread = try startThread { [self] in run() } } catch {
+            throw StartError(description: "health checker thread: \(error)")
+        }
     }
 
     func stop() {

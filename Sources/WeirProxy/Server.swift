@@ -130,7 +130,7 @@ public final class Server: @unchecked Sendable {
 
     func spawnShard(index: Int, control: ShardControl) throws -> pthread_t {
         let store = self.store
-        let body = Box {
+        let body = {
             do {
                 let shard = try Shard(index: index, control: control, snapshot: store.snapshot)
                 control.state.store(1, ordering: .releasing)
@@ -141,14 +141,7 @@ public final class Server: @unchecked Sendable {
                 control.state.store(2, ordering: .releasing)
             }
         }
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-            box.body()
-            return nil
-        }, Unmanaged.passRetained(body).toOpaque())
-        guard rc == 0 else { throw StartError(description: "pthread_create failed: \(String(cString: strerror(rc)))") }
-        return thread
+        do { return try startThread(body) } catch { throw StartError(description: "\(error)") }
     }
 
     /// Binds one SO_REUSEPORT socket per shard for each listener address not yet open. Throws
@@ -278,9 +271,4 @@ public final class Server: @unchecked Sendable {
         return DrainReport(drainedCleanly: clean, cut: stats.cutOnDrain,
                            seconds: Double(monotonicNanoseconds() - start) / 1e9)
     }
-}
-
-final class Box {
-    let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
 }

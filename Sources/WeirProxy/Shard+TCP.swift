@@ -397,7 +397,6 @@ extension Shard {
     func abort(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.state != .closing && c.pointee.state != .free else { return }
         c.pointee.state = .closing
-        c.pointee.aborted = true
         control.stats.pointee.aborted += 1
         for side in 0..<2 {
             let fd = side == 0 ? c.pointee.downstreamFD : c.pointee.upstreamFD

@@ -113,7 +113,7 @@ struct Run: ParsableCommand {
                     reload: { reload(server) },
                     drain: { kill(getpid(), SIGTERM) },
                     version: weirVersion))
-                admin.start()
+                try admin.start()
                 Log.info("admin API on http://\(admin.address)/ (GET / lists its paths)")
             } catch {
                 fputs("weir: admin: \(error)\n", stderr)
