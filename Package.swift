@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "WeirHTTP", swiftSettings: v5),
         .target(name: "WeirHealth", swiftSettings: v5),
         .target(name: "WeirConfig",
-                dependencies: ["WeirCore", "WeirBalance", "WeirHealth", .product(name: "Yams", package: "Yams")],
+                dependencies: ["WeirCore", "WeirBalance", "WeirHealth", "WeirHTTP", .product(name: "Yams", package: "Yams")],
                 swiftSettings: v5),
         .target(name: "WeirProxy",
                 dependencies: ["WeirCore", "WeirRing", "WeirBalance", "WeirConfig", "WeirHealth", "WeirHTTP", "CWeirSys"],

@@ -26,6 +26,14 @@ public enum BalancerKind: String, Sendable, CaseIterable {
 
 public enum HashKey: Sendable, Equatable {
     case sourceIP
+    /// HTTP only: the value of this header (lowercase name); requests without it hash as empty.
+    case header([UInt8])
+    /// HTTP only: the value of this cookie in the Cookie header.
+    case cookie([UInt8])
+    /// HTTP only: the request path, without the query.
+    case path
+
+    public var isHTTP: Bool { self != .sourceIP }
 }
 
 public struct BalancerOptions: Sendable, Equatable {
@@ -129,9 +137,11 @@ extension Compiler {
                 }
             case "hash_key":
                 if v.value == "source_ip" { o.hashKey = .sourceIP }
-                else if v.value == "path" || v.value.hasPrefix("header:") || v.value.hasPrefix("cookie:") {
-                    fail(v.position, "cluster '\(name)': hash_key '\(v.value)' needs an HTTP listener, which this build does not have yet; TCP hashes source_ip")
-                    ok = false
+                else if v.value == "path" { o.hashKey = .path }
+                else if (v.value.hasPrefix("header:") || v.value.hasPrefix("cookie:")), v.value.count > 7,
+                        v.value.utf8.dropFirst(7).allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }) {
+                    let key = Array(v.value.dropFirst(7).utf8)
+                    o.hashKey = v.value.hasPrefix("header:") ? .header(key.map { $0 | ($0 >= 65 && $0 <= 90 ? 0x20 : 0) }) : .cookie(key)
                 } else {
                     fail(v.position, "cluster '\(name)': hash_key must be source_ip (or, for HTTP, header:NAME, cookie:NAME, path), not '\(v.value)'")
                     ok = false

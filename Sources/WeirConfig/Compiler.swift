@@ -59,9 +59,27 @@ public enum Compiler {
             let proto: ListenerProtocol
             switch l.proto?.value ?? "tcp" {
             case "tcp": proto = .tcp
-            case "http": fail(l.proto!.position, "protocol 'http' is not available yet in this build; use 'tcp'"); continue
-            case let other: fail(l.proto!.position, "protocol must be 'tcp', not '\(other)'"); continue
+            case "http": proto = .http
+            case let other: fail(l.proto!.position, "protocol must be 'tcp' or 'http', not '\(other)'"); continue
             }
+            if let b = l.backlog, !(1...65535).contains(b.value) { fail(b.position, "backlog must be 1 to 65535") }
+            if let t = l.idleTimeout, t.value < 1_000_000 { fail(t.position, "idle_timeout must be at least 1ms") }
+            let backlog = Int32(l.backlog?.value ?? 4096)
+            if proto == .http {
+                guard let http = compileHTTPListener(l, name: name.value, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
+                                                     clusters: clusters, fail: fail) else { continue }
+                if http.limits.maxHeaderBytes > limits.bufferBytes - 4096 {
+                    fail(l.httpPosition ?? l.position, "listener '\(name.value)': max_header_bytes (\(http.limits.maxHeaderBytes)) must be at most limits.buffer_bytes - 4KiB (\(limits.bufferBytes - 4096)): a request head is parsed in one receive buffer")
+                    continue
+                }
+                var listener = Listener(name: name.value, address: address, proto: .http, clusterIndex: -1,
+                                        idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultHTTPIdleTimeoutNanoseconds, backlog: backlog)
+                listener.http = http
+                listeners.append(listener)
+                continue
+            }
+            if let h = l.http { _ = h; fail(l.httpPosition ?? l.position, "listener '\(name.value)': 'http' settings need protocol: http"); continue }
+            if !l.routes.isEmpty { fail(l.routesPosition ?? l.position, "listener '\(name.value)': 'routes' need protocol: http (a tcp listener names one 'cluster')"); continue }
             guard let clusterName = l.cluster else { fail(l.position, "listener '\(name.value)' needs a 'cluster'"); continue }
             guard let ci = clusterIndex[clusterName.value] else {
                 if invalidClusters.contains(clusterName.value) { continue }
@@ -69,11 +87,13 @@ public enum Compiler {
                 fail(clusterName.position, "listener '\(name.value)' refers to cluster '\(clusterName.value)', which is not defined (defined: \(known.isEmpty ? "none" : known))")
                 continue
             }
-            if let b = l.backlog, !(1...65535).contains(b.value) { fail(b.position, "backlog must be 1 to 65535") }
-            if let t = l.idleTimeout, t.value < 1_000_000 { fail(t.position, "idle_timeout must be at least 1ms") }
+            if clusters[ci].options.hashKey.isHTTP && clusters[ci].balancer.usesHash {
+                fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' hashes an HTTP hash_key; tcp listeners hash source_ip")
+                continue
+            }
             listeners.append(Listener(name: name.value, address: address, proto: proto, clusterIndex: ci,
                                       idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds,
-                                      backlog: Int32(l.backlog?.value ?? 4096)))
+                                      backlog: backlog))
         }
         if doc.listeners.isEmpty { fail(doc.position, "there are no listeners: add a 'listeners:' list") }
         var watch = false
@@ -148,6 +168,8 @@ public enum Compiler {
         if balancer == nil { ok = false }
         let health = compileHealth(c, name: name, fail: fail)
         if health == nil { ok = false }
+        let pool = compilePool(c, name: name, fail: fail)
+        if pool == nil { ok = false }
         if let t = c.connectTimeout, !(1_000_000...300_000_000_000).contains(t.value) {
             fail(t.position, "cluster '\(name)': connect_timeout must be 1ms to 5m"); ok = false
         }
@@ -173,7 +195,7 @@ public enum Compiler {
                 fail(a.position, "cluster '\(name)': \(error)"); ok = false
             }
         }
-        guard ok, let (kind, options, slowStart) = balancer, let health else { return nil }
+        guard ok, let (kind, options, slowStart) = balancer, let health, let pool else { return nil }
         if kind == .maglev && options.maglevTableSize <= endpoints.count { return nil }
         let unchanged = previous.flatMap { p in
             p.balancer == kind && p.options == options
@@ -181,6 +203,6 @@ public enum Compiler {
         }
         return Cluster(name: name, balancer: kind, options: options, slowStart: slowStart,
                        connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
-                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, table: unchanged)
+                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, pool: pool, table: unchanged)
     }
 }

@@ -44,6 +44,54 @@ public struct ListenerDocument: Sendable {
     public var cluster: Located<String>?
     public var idleTimeout: Located<Int64>?
     public var backlog: Located<Int>?
+    /// `http:` (protocol http only): limits and timeouts as written, checked by the compiler.
+    public var http: [String: Located<String>]? = nil
+    public var httpPosition: SourcePosition?
+    public var routes: [RouteDocument] = []
+    public var routesPosition: SourcePosition?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+/// A header name and value as written (`request_headers_to_add`, `match.headers`).
+public struct HeaderDocument: Sendable {
+    public var position: SourcePosition
+    public var name: Located<String>?
+    /// nil in a match: the header must only be present.
+    public var value: Located<String>?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+public struct WeightedClusterDocument: Sendable {
+    public var position: SourcePosition
+    public var cluster: Located<String>?
+    public var weight: Located<Int>?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+public struct RouteDocument: Sendable {
+    public var position: SourcePosition
+    /// `match:` keys host (list), path_prefix, path_exact, path_regex, methods (list).
+    public var match: [String: Located<String>] = [:]
+    public var matchHeaders: [HeaderDocument] = []
+    public var cluster: Located<String>?
+    public var weightedClusters: [WeightedClusterDocument]? = nil
+    public var weightedClustersPosition: SourcePosition?
+    /// `direct_response:` keys status, body.
+    public var directResponse: [String: Located<String>]? = nil
+    public var directResponsePosition: SourcePosition?
+    /// `redirect:` keys status, scheme, host, path, prefix.
+    public var redirect: [String: Located<String>]? = nil
+    public var redirectPosition: SourcePosition?
+    public var timeout: Located<Int64>?
+    public var idleTimeout: Located<Int64>?
+    /// `retries:` keys attempts, on (list), backoff, non_idempotent.
+    public var retries: [String: Located<String>]? = nil
+    public var prefixRewrite: Located<String>?
+    public var hostRewrite: Located<String>?
+    public var requestHeadersToAdd: [HeaderDocument] = []
+    public var requestHeadersToRemove: [Located<String>] = []
+    public var responseHeadersToAdd: [HeaderDocument] = []
+    public var responseHeadersToRemove: [Located<String>] = []
     public init(position: SourcePosition) { self.position = position }
 }
 
@@ -64,6 +112,9 @@ public struct ClusterDocument: Sendable {
     public var outlierDetection: [String: Located<String>]? = nil
     public var outlierDetectionPosition: SourcePosition?
     public var panicThreshold: Located<String>?
+    /// `pool:` (HTTP upstream connections) keys max_connections, max_idle, idle_timeout,
+    /// max_requests_per_connection.
+    public var pool: [String: Located<String>]? = nil
     public var endpoints: [EndpointDocument] = []
     public init(position: SourcePosition) { self.position = position }
 }

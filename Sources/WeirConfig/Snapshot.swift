@@ -3,8 +3,9 @@
 import WeirBalance
 import WeirCore
 import WeirHealth
+import WeirHTTP
 
-public enum ListenerProtocol: String, Sendable { case tcp }
+public enum ListenerProtocol: String, Sendable { case tcp, http }
 public struct Endpoint: Sendable, Equatable {
     public let address: SocketAddress
     public let weight: Int32
@@ -25,6 +26,8 @@ public final class Cluster: Sendable {
     public let endpoints: [Endpoint]
     public var weights: [Int32] { endpoints.map(\.weight) }
     public let health: HealthPolicy
+    /// HTTP upstream connection pools (per shard, per endpoint).
+    public let pool: PoolSettings
     /// Per endpoint: may new traffic use it (healthy and not ejected)? Published by the health
     /// checker as new snapshot generations.
     public let available: [Bool]
@@ -33,7 +36,8 @@ public final class Cluster: Sendable {
 
     init(name: String, balancer: BalancerKind, options: BalancerOptions, slowStart: SlowStart?,
          connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint], health: HealthPolicy,
-         available: [Bool]? = nil, table: BalancerTable? = nil) {
+         pool: PoolSettings = PoolSettings(), available: [Bool]? = nil, table: BalancerTable? = nil) {
+        self.pool = pool
         self.name = name; self.balancer = balancer; self.options = options; self.slowStart = slowStart
         self.connectTimeoutNanoseconds = connectTimeoutNanoseconds
         self.connectAttempts = connectAttempts; self.endpoints = endpoints
@@ -48,14 +52,14 @@ public final class Cluster: Sendable {
     func with(endpoints: [Endpoint]) -> Cluster {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
-                health: health, available: available, table: table)
+                health: health, pool: pool, available: available, table: table)
     }
 
     /// The same cluster with other availability; the balancer tables are shared, not rebuilt.
     public func with(available: [Bool]) -> Cluster {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
-                health: health, available: available, table: table)
+                health: health, pool: pool, available: available, table: table)
     }
 }
 
@@ -67,6 +71,8 @@ public struct Listener: Sendable {
     public let clusterIndex: Int
     public let idleTimeoutNanoseconds: Int64
     public let backlog: Int32
+    /// Routes, limits and timeouts of a `protocol: http` listener.
+    public var http: HTTPListener? = nil
 }
 
 /// Sizes fixed when the shards start: a reload that changes them is reported and applies on the

@@ -154,14 +154,106 @@ struct Reader {
 
     mutating func listener(_ node: Node) -> ListenerDocument {
         var l = ListenerDocument(position: pos(node))
-        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog"], what: "a listener")
+        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog", "http", "routes"], what: "a listener")
         l.name = string(f["name"], "name")
         l.address = string(f["address"], "address")
         l.proto = string(f["protocol"], "protocol")
         l.cluster = string(f["cluster"], "cluster")
         l.idleTimeout = duration(f["idle_timeout"], "idle_timeout")
         l.backlog = int(f["backlog"], "backlog")
+        if let h = f["http"] {
+            l.httpPosition = pos(h.value)
+            l.http = flatMapping(h.value, allowed: ["request_header_timeout", "max_request_line_bytes", "max_header_bytes",
+                                                   "max_headers", "max_body_bytes", "access_log"], what: "http")
+        }
+        if let r = f["routes"] {
+            l.routesPosition = pos(r.value)
+            for node in list(r, "routes") { l.routes.append(route(node)) }
+        }
         return l
+    }
+
+    mutating func route(_ node: Node) -> RouteDocument {
+        var r = RouteDocument(position: pos(node))
+        let f = fields(node, allowed: ["match", "cluster", "weighted_clusters", "direct_response", "redirect", "timeout", "idle_timeout",
+                                       "retries", "prefix_rewrite", "host_rewrite", "request_headers_to_add", "request_headers_to_remove",
+                                       "response_headers_to_add", "response_headers_to_remove"], what: "a route")
+        if let m = f["match"] {
+            var inner = fields(m.value, allowed: ["host", "path_prefix", "path_exact", "path_regex", "methods", "headers"], what: "match")
+            if let h = inner.removeValue(forKey: "headers") { r.matchHeaders = headerList(h, "headers", valueRequired: false) }
+            for (key, pair) in inner {
+                switch pair.value {
+                case .scalar(let s): r.match[key] = Located(s.string, at: pos(pair.value))
+                case .sequence(let seq):
+                    let items = seq.compactMap { $0.string }
+                    if items.count != seq.count { fail(pair.value, "'\(key)' must be a list of plain values"); continue }
+                    r.match[key] = Located(items.joined(separator: ","), at: pos(pair.value))
+                default: fail(pair.value, "'\(key)' must be a plain value or a list")
+                }
+            }
+        }
+        r.cluster = string(f["cluster"], "cluster")
+        if let w = f["weighted_clusters"] {
+            r.weightedClustersPosition = pos(w.value)
+            r.weightedClusters = list(w, "weighted_clusters").map { n in
+                var d = WeightedClusterDocument(position: pos(n))
+                let wf = fields(n, allowed: ["cluster", "weight"], what: "a weighted cluster")
+                d.cluster = string(wf["cluster"], "cluster")
+                d.weight = int(wf["weight"], "weight")
+                return d
+            }
+        }
+        if let d = f["direct_response"] {
+            r.directResponsePosition = pos(d.value)
+            r.directResponse = flatMapping(d.value, allowed: ["status", "body"], what: "direct_response")
+        }
+        if let d = f["redirect"] {
+            r.redirectPosition = pos(d.value)
+            r.redirect = flatMapping(d.value, allowed: ["status", "scheme", "host", "path", "prefix"], what: "redirect")
+        }
+        r.timeout = duration(f["timeout"], "timeout")
+        r.idleTimeout = duration(f["idle_timeout"], "idle_timeout")
+        if let t = f["retries"] {
+            r.retries = flatMapping(t.value, allowed: ["attempts", "on", "backoff", "non_idempotent"], what: "retries")
+        }
+        r.prefixRewrite = string(f["prefix_rewrite"], "prefix_rewrite")
+        r.hostRewrite = string(f["host_rewrite"], "host_rewrite")
+        if let h = f["request_headers_to_add"] { r.requestHeadersToAdd = headerList(h, "request_headers_to_add", valueRequired: true) }
+        if let h = f["response_headers_to_add"] { r.responseHeadersToAdd = headerList(h, "response_headers_to_add", valueRequired: true) }
+        r.requestHeadersToRemove = list(f["request_headers_to_remove"], "request_headers_to_remove").compactMap { n in
+            if let s = n.string { return Located(s, at: pos(n)) }
+            fail(n, "request_headers_to_remove must list header names"); return nil
+        }
+        r.responseHeadersToRemove = list(f["response_headers_to_remove"], "response_headers_to_remove").compactMap { n in
+            if let s = n.string { return Located(s, at: pos(n)) }
+            fail(n, "response_headers_to_remove must list header names"); return nil
+        }
+        return r
+    }
+
+    /// Headers written as a mapping (`X-A: b`) or a list of `{ name: X-A, value: b }`.
+    mutating func headerList(_ f: (key: Node, value: Node), _ what: String, valueRequired: Bool) -> [HeaderDocument] {
+        var out: [HeaderDocument] = []
+        if let mapping = f.value.mapping {
+            for (k, v) in mapping {
+                var h = HeaderDocument(position: pos(k))
+                guard let name = k.string, case .scalar(let s) = v else { fail(k, "\(what): names and values must be plain text"); continue }
+                h.name = Located(name, at: pos(k))
+                h.value = Located(s.string, at: pos(v))
+                out.append(h)
+            }
+            return out
+        }
+        for n in list(f, what) {
+            var h = HeaderDocument(position: pos(n))
+            let hf = fields(n, allowed: ["name", "value"], what: "a header in \(what)")
+            h.name = string(hf["name"], "name")
+            h.value = string(hf["value"], "value")
+            if h.name == nil { fail(n, "a header in \(what) needs a 'name'") }
+            if valueRequired && h.value == nil { fail(n, "a header in \(what) needs a 'value'") }
+            out.append(h)
+        }
+        return out
     }
 
     /// A mapping of plain values (a list becomes its items joined by commas), keys checked.
@@ -184,7 +276,7 @@ struct Reader {
         var c = ClusterDocument(position: pos(node))
         let f = fields(node, allowed: ["name", "balancer", "balancer_options", "slow_start", "connect_timeout",
                                        "connect_attempts", "health_check", "outlier_detection", "panic_threshold",
-                                       "endpoints"], what: "a cluster")
+                                       "pool", "endpoints"], what: "a cluster")
         c.name = string(f["name"], "name")
         c.balancer = string(f["balancer"], "balancer")
         c.connectTimeout = duration(f["connect_timeout"], "connect_timeout")
@@ -212,6 +304,9 @@ struct Reader {
                                              what: "outlier_detection")
         }
         c.panicThreshold = string(f["panic_threshold"], "panic_threshold")
+        if let p = f["pool"] {
+            c.pool = flatMapping(p.value, allowed: ["max_connections", "max_idle", "idle_timeout", "max_requests_per_connection"], what: "pool")
+        }
         if let ss = f["slow_start"] {
             var d = SlowStartDocument(position: pos(ss.value))
             let sf = fields(ss.value, allowed: ["window", "aggression", "min_weight_percent"], what: "slow_start")

@@ -43,7 +43,7 @@ public struct HTTPLimits: Sendable, Equatable {
     /// The request line (method, target, version), CRLF excluded.
     public var maxRequestLineBytes = 8 * 1024
     /// The whole head: request line and header fields.
-    public var maxHeaderBytes = 64 * 1024
+    public var maxHeaderBytes = 60 * 1024
     public var maxHeaderCount = 100
     public var maxBodyBytes: UInt64 = 1 << 30
     /// A chunk extension or trailer section longer than this is refused.

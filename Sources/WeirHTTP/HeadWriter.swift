@@ -3,7 +3,7 @@
 // prefix and the Host optionally rewritten, fields removed and added per route. No allocation.
 
 /// What to change while forwarding one request.
-public struct ForwardingRules {
+public struct ForwardingRules: Sendable {
     /// Replace this many leading bytes of the target with `prefixReplacement`.
     public var prefixMatchedBytes = 0
     public var prefixReplacement: [UInt8] = []

@@ -151,7 +151,7 @@ clusters:
         #expect(errors(withBalancer("balancer: round_robin\n    balancer_options: { choice_count: 3 }")).first?
             .contains("balancer_options 'choice_count' does not fit balancer round_robin (it applies to least_request); round_robin takes no options") == true)
         #expect(errors(withBalancer("balancer: maglev\n    balancer_options: { table_size: 65536 }")).first?.contains("table_size must be prime") == true)
-        #expect(errors(withBalancer("balancer: ring_hash\n    balancer_options: { hash_key: header:x-user }")).first?.contains("needs an HTTP listener") == true)
+        #expect(errors(withBalancer("balancer: ring_hash\n    balancer_options: { hash_key: header:x-user }")).first?.contains("listener 'pg' is tcp, but cluster 'pg' hashes an HTTP hash_key") == true)
         #expect(errors(withBalancer("balancer: ring_hash\n    balancer_options: { minimum_ring_size: 2048, maximum_ring_size: 1024 }")).first?.contains("must not exceed") == true)
         #expect(errors(withBalancer("balancer: maglev\n    slow_start: { window: 10s }")).first?.contains("slow_start works with round_robin and least_request, not maglev") == true)
         #expect(errors(withBalancer("balancer: least_request\n    balancer_options: { choice_count: 1 }")).first?.contains("choice_count must be a whole number from 2 to 100") == true)

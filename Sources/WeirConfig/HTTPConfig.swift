@@ -1,0 +1,402 @@
+// `protocol: http` listeners: their limits, routes and what each route does, compiled to bytes the
+// shard compares and copies without allocating; and the HTTP upstream pool settings of a cluster.
+import WeirBalance
+import WeirCore
+import WeirHTTP
+
+/// Upstream connection pools, kept per shard and per endpoint.
+public struct PoolSettings: Sendable, Equatable {
+    /// Open connections (busy and idle) to one endpoint from one shard; a request over it gets 503.
+    public var maxConnections = 1024
+    /// Idle keep-alive connections kept per endpoint per shard; more are closed.
+    public var maxIdle = 64
+    public var idleTimeoutNanoseconds: Int64 = 60_000_000_000
+    /// Requests one upstream connection carries before it is closed; 0 means no limit.
+    public var maxRequestsPerConnection = 0
+    public init() {}
+}
+
+public struct RetryPolicy: Sendable, Equatable {
+    /// Extra tries after the first; 0 means none.
+    public var attempts = 0
+    /// Retry when the upstream resets or closes before any response byte.
+    public var onReset = false
+    /// Retry when the upstream answers one of these statuses (502, 503, 504).
+    public var statuses: [Int] = []
+    public var backoffNanoseconds: Int64 = 25_000_000
+    /// Also retry POST, PATCH and other non-idempotent methods.
+    public var nonIdempotent = false
+    public init() {}
+}
+
+public enum RouteTarget: Sendable {
+    case cluster(Int)
+    /// Clusters and their running weight totals: pick r in 0..<total, the first total above r.
+    case weighted(clusters: [Int], cumulative: [UInt32])
+    /// A complete response Weir sends itself: with keep-alive, and with `Connection: close`.
+    case direct(status: Int, keepAlive: [UInt8], close: [UInt8])
+    case redirect(Redirect)
+}
+
+public struct Redirect: Sendable {
+    public var status: Int
+    /// Replaced parts of the location; nil keeps the request's own (the host from Host).
+    public var scheme: [UInt8]?
+    public var host: [UInt8]?
+    public var path: [UInt8]?
+    /// Replaces the matched path_prefix, keeping the rest of the path.
+    public var prefix: [UInt8]?
+}
+
+public struct Route: Sendable {
+    public var target: RouteTarget
+    /// Whole request, from its head to the end of the response; 0 means none.
+    public var timeoutNanoseconds: Int64
+    /// Longest quiet spell while a request is in flight; 0 means none.
+    public var idleTimeoutNanoseconds: Int64
+    public var retry: RetryPolicy
+    /// Header rewrites, the target's prefix replacement (its matched length is `prefixLength`).
+    public var forwarding: ForwardingRules
+    public var prefixLength: Int
+    /// Lowercase names to drop from responses, and complete "Name: value" lines to add.
+    public var responseRemove: [[UInt8]]
+    public var responseAdd: [[UInt8]]
+}
+
+public final class HTTPListener: Sendable {
+    public let routes: RouteTable
+    /// Parallel to `routes.routes`.
+    public let actions: [Route]
+    public let limits: HTTPLimits
+    public let requestHeaderTimeoutNanoseconds: Int64
+    /// A file that gets one JSON line per request, or nil.
+    public let accessLog: String?
+
+    init(routes: RouteTable, actions: [Route], limits: HTTPLimits, requestHeaderTimeoutNanoseconds: Int64, accessLog: String?) {
+        self.routes = routes; self.actions = actions; self.limits = limits
+        self.requestHeaderTimeoutNanoseconds = requestHeaderTimeoutNanoseconds; self.accessLog = accessLog
+    }
+}
+
+extension Compiler {
+    public static let defaultHTTPIdleTimeoutNanoseconds: Int64 = 75_000_000_000
+    public static let defaultRouteTimeoutNanoseconds: Int64 = 15_000_000_000
+    static let redirectStatuses = [301, 302, 303, 307, 308]
+
+    /// The reason phrase Weir writes for a status it makes.
+    public static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: return "OK"
+        case 201: return "Created"
+        case 204: return "No Content"
+        case 301: return "Moved Permanently"
+        case 302: return "Found"
+        case 303: return "See Other"
+        case 307: return "Temporary Redirect"
+        case 308: return "Permanent Redirect"
+        case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
+        case 404: return "Not Found"
+        case 408: return "Request Timeout"
+        case 413: return "Content Too Large"
+        case 429: return "Too Many Requests"
+        case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
+        case 501: return "Not Implemented"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        case 505: return "HTTP Version Not Supported"
+        default: return "Status"
+        }
+    }
+
+    /// A whole response as bytes: status line, Content-Length, Content-Type when there is a body.
+    public static func responseBytes(status: Int, body: [UInt8], close: Bool, extra: String = "") -> [UInt8] {
+        var head = "HTTP/1.1 \(status) \(reason(status))\r\nContent-Length: \(body.count)\r\n"
+        if !body.isEmpty { head += "Content-Type: text/plain; charset=utf-8\r\n" }
+        head += extra
+        head += close ? "Connection: close\r\n\r\n" : "\r\n"
+        return Array(head.utf8) + body
+    }
+
+    static func compileHTTPListener(_ l: ListenerDocument, name: String, clusterIndex: [String: Int], invalidClusters: Set<String>,
+                                    clusters: [Cluster], fail: (SourcePosition, String) -> Void) -> HTTPListener? {
+        var ok = true
+        func bad(_ p: SourcePosition, _ m: String) { fail(p, "listener '\(name)': \(m)"); ok = false }
+        var limits = HTTPLimits()
+        var headerTimeout: Int64 = 10_000_000_000
+        var accessLog: String? = nil
+        for (key, v) in (l.http ?? [:]).sorted(by: { $0.key < $1.key }) {
+            func size(_ range: ClosedRange<Int>) -> Int? {
+                guard let n = parseByteSize(v.value), range.contains(n) else {
+                    bad(v.position, "\(key) must be a size from \(range.lowerBound) to \(range.upperBound) bytes"); return nil
+                }
+                return n
+            }
+            switch key {
+            case "request_header_timeout":
+                if let ns = parseDurationNanoseconds(v.value), (1_000_000...3_600_000_000_000).contains(ns) { headerTimeout = ns }
+                else { bad(v.position, "request_header_timeout must be a duration from 1ms to 1h") }
+            case "max_request_line_bytes": if let n = size(64...(1 << 20)) { limits.maxRequestLineBytes = n }
+            case "max_header_bytes": if let n = size(256...(1 << 20)) { limits.maxHeaderBytes = n }
+            case "max_headers":
+                if let n = Int(v.value), (1...1000).contains(n) { limits.maxHeaderCount = n } else { bad(v.position, "max_headers must be 1 to 1000") }
+            case "max_body_bytes":
+                if let n = parseByteSize(v.value), n >= 0 { limits.maxBodyBytes = UInt64(n) } else { bad(v.position, "max_body_bytes must be a size such as 10MiB") }
+            case "access_log":
+                if v.value.hasPrefix("/") { accessLog = v.value } else { bad(v.position, "access_log must be an absolute file path") }
+            default: break
+            }
+        }
+        if limits.maxRequestLineBytes > limits.maxHeaderBytes {
+            bad(l.httpPosition ?? l.position, "max_request_line_bytes must not exceed max_header_bytes")
+        }
+        var matches: [RouteMatch] = []
+        var actions: [Route] = []
+        var documents = l.routes
+        if let c = l.cluster {
+            if !documents.isEmpty { bad(c.position, "give either 'cluster' or 'routes', not both") }
+            var r = RouteDocument(position: c.position)
+            r.cluster = c
+            documents = [r]
+        }
+        if documents.isEmpty { bad(l.routesPosition ?? l.position, "an http listener needs 'routes' (or a 'cluster' for every request)") }
+        for r in documents {
+            guard let (m, a) = compileRoute(r, listener: name, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
+                                            clusters: clusters, fail: fail) else { ok = false; continue }
+            matches.append(m)
+            actions.append(a)
+        }
+        guard ok else { return nil }
+        return HTTPListener(routes: RouteTable(matches), actions: actions, limits: limits,
+                            requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog)
+    }
+
+    static func isToken(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || "!#$%&'*+-.^_`|~".utf8.contains(c)
+        }
+    }
+    static func isFieldValue(_ s: String) -> Bool { s.utf8.allSatisfy { $0 == 9 || ($0 >= 32 && $0 != 127) } }
+    static func isPathText(_ s: String) -> Bool { s.hasPrefix("/") && s.utf8.allSatisfy { $0 > 32 && $0 < 127 } }
+
+    static func compileRoute(_ r: RouteDocument, listener: String, clusterIndex: [String: Int], invalidClusters: Set<String>,
+                             clusters: [Cluster], fail: (SourcePosition, String) -> Void) -> (RouteMatch, Route)? {
+        var ok = true
+        func bad(_ p: SourcePosition, _ m: String) { fail(p, "listener '\(listener)' route: \(m)"); ok = false }
+        var match = RouteMatch()
+        var prefixLength = 0
+        if let h = r.match["host"] {
+            for host in h.value.split(separator: ",").map(String.init) {
+                let bare = host.hasPrefix("*.") ? String(host.dropFirst(2)) : host
+                if bare.isEmpty || bare.contains("*") || !bare.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }) {
+                    bad(h.position, "host '\(host)' must be a name or '*.' followed by a domain")
+                }
+                match.hosts.append(HostPattern(host))
+            }
+        }
+        let paths = ["path_prefix", "path_exact", "path_regex"].filter { r.match[$0] != nil }
+        if paths.count > 1 { bad(r.match[paths[1]]!.position, "give one of path_prefix, path_exact, path_regex, not several") }
+        if let p = r.match["path_prefix"] {
+            if isPathText(p.value) { match.path = .prefix(Array(p.value.utf8)); prefixLength = p.value.utf8.count }
+            else { bad(p.position, "path_prefix must start with '/' and hold no spaces or control bytes") }
+        }
+        if let p = r.match["path_exact"] {
+            if isPathText(p.value) { match.path = .exact(Array(p.value.utf8)) }
+            else { bad(p.position, "path_exact must start with '/' and hold no spaces or control bytes") }
+        }
+        if let p = r.match["path_regex"] {
+            bad(p.position, "path_regex is not supported in this build (regular expressions would run on the shards per request); use path_prefix or path_exact")
+        }
+        if let m = r.match["methods"] {
+            for name in m.value.split(separator: ",").map(String.init) {
+                switch name {
+                case "GET": match.methods.append(.get)
+                case "HEAD": match.methods.append(.head)
+                case "POST": match.methods.append(.post)
+                case "PUT": match.methods.append(.put)
+                case "DELETE": match.methods.append(.delete)
+                case "OPTIONS": match.methods.append(.options)
+                case "PATCH": match.methods.append(.patch)
+                case "TRACE": match.methods.append(.trace)
+                default: bad(m.position, "methods must be GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH or TRACE, not '\(name)'")
+                }
+            }
+        }
+        for h in r.matchHeaders {
+            guard let n = h.name, isToken(n.value) else { bad(h.position, "a header match needs a valid 'name'"); continue }
+            if let v = h.value, !isFieldValue(v.value) { bad(v.position, "header value holds control bytes") }
+            match.headers.append(HeaderMatch(name: n.value, value: h.value?.value))
+        }
+
+        // What it does: exactly one of cluster, weighted_clusters, direct_response, redirect.
+        let given = [r.cluster != nil, r.weightedClusters != nil, r.directResponse != nil, r.redirect != nil].filter { $0 }.count
+        if given != 1 {
+            bad(r.position, given == 0 ? "a route needs one of cluster, weighted_clusters, direct_response, redirect"
+                : "give only one of cluster, weighted_clusters, direct_response, redirect")
+        }
+        func cluster(_ c: Located<String>) -> Int? {
+            if let i = clusterIndex[c.value] { return i }
+            if invalidClusters.contains(c.value) { ok = false; return nil }
+            let known = (Array(clusterIndex.keys) + invalidClusters).sorted().joined(separator: ", ")
+            bad(c.position, "cluster '\(c.value)' is not defined (defined: \(known.isEmpty ? "none" : known))")
+            return nil
+        }
+        var target = RouteTarget.direct(status: 404, keepAlive: [], close: [])
+        if let c = r.cluster, let i = cluster(c) { target = .cluster(i) }
+        if let w = r.weightedClusters {
+            var ids: [Int] = [], cumulative: [UInt32] = []
+            var total: UInt32 = 0
+            if w.isEmpty { bad(r.weightedClustersPosition ?? r.position, "weighted_clusters must not be empty") }
+            for e in w {
+                guard let c = e.cluster else { bad(e.position, "a weighted cluster needs a 'cluster'"); continue }
+                let weight = e.weight?.value ?? 1
+                if !(0...10_000).contains(weight) { bad(e.weight!.position, "weight must be 0 to 10000") }
+                guard let i = cluster(c) else { continue }
+                total += UInt32(max(0, weight))
+                ids.append(i); cumulative.append(total)
+            }
+            if total == 0 && !w.isEmpty { bad(r.weightedClustersPosition ?? r.position, "weighted_clusters need a weight above 0") }
+            target = .weighted(clusters: ids, cumulative: cumulative)
+        }
+        if let d = r.directResponse {
+            let status = d["status"].map { Int($0.value) } ?? 200
+            if let s = status, (200...599).contains(s) {
+                let body = Array((d["body"]?.value ?? "").utf8)
+                target = .direct(status: s, keepAlive: responseBytes(status: s, body: body, close: false),
+                                 close: responseBytes(status: s, body: body, close: true))
+            } else {
+                bad(d["status"]!.position, "direct_response status must be 200 to 599")
+            }
+        }
+        if let d = r.redirect {
+            var rd = Redirect(status: 301)
+            if let s = d["status"] {
+                if let n = Int(s.value), redirectStatuses.contains(n) { rd.status = n }
+                else { bad(s.position, "redirect status must be one of 301, 302, 303, 307, 308") }
+            }
+            if let s = d["scheme"] {
+                if s.value == "http" || s.value == "https" { rd.scheme = Array(s.value.utf8) } else { bad(s.position, "redirect scheme must be http or https") }
+            }
+            if let h = d["host"] {
+                if !h.value.isEmpty && h.value.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }) { rd.host = Array(h.value.utf8) }
+                else { bad(h.position, "redirect host must be a host name (with an optional port)") }
+            }
+            if let p = d["path"] {
+                if isPathText(p.value) { rd.path = Array(p.value.utf8) } else { bad(p.position, "redirect path must start with '/'") }
+            }
+            if let p = d["prefix"] {
+                if prefixLength == 0 { bad(p.position, "redirect prefix needs a match on path_prefix") }
+                if isPathText(p.value) { rd.prefix = Array(p.value.utf8) } else { bad(p.position, "redirect prefix must start with '/'") }
+            }
+            if rd.path != nil && rd.prefix != nil { bad(r.redirectPosition ?? r.position, "give redirect path or prefix, not both") }
+            target = .redirect(rd)
+        }
+
+        var timeout = defaultRouteTimeoutNanoseconds
+        if let t = r.timeout {
+            if t.value == 0 || (1_000_000...86_400_000_000_000).contains(t.value) { timeout = t.value }
+            else { bad(t.position, "timeout must be 0 (none) or 1ms to 24h") }
+        }
+        var idle: Int64 = 0
+        if let t = r.idleTimeout {
+            if t.value == 0 || (1_000_000...86_400_000_000_000).contains(t.value) { idle = t.value }
+            else { bad(t.position, "idle_timeout must be 0 (none) or 1ms to 24h") }
+        }
+        var retry = RetryPolicy()
+        if let t = r.retries {
+            retry.attempts = 1
+            retry.onReset = true
+            retry.statuses = [502, 503, 504]
+            if let a = t["attempts"] {
+                if let n = Int(a.value), (0...Exclusions.capacity - 1).contains(n) { retry.attempts = n }
+                else { bad(a.position, "retries attempts must be 0 to \(Exclusions.capacity - 1)") }
+            }
+            if let on = t["on"] {
+                retry.onReset = false
+                retry.statuses = []
+                for cond in on.value.split(separator: ",").map(String.init) {
+                    switch cond {
+                    case "reset": retry.onReset = true
+                    case "connect_failure": break  // always retried, up to the cluster's connect_attempts
+                    case "502", "503", "504": retry.statuses.append(Int(cond)!)
+                    case "5xx": retry.statuses = [500, 501, 502, 503, 504, 505]
+                    default: bad(on.position, "retries on must list connect_failure, reset, 502, 503, 504 or 5xx, not '\(cond)'")
+                    }
+                }
+            }
+            if let b = t["backoff"] {
+                if let ns = parseDurationNanoseconds(b.value), (0...10_000_000_000).contains(ns) { retry.backoffNanoseconds = ns }
+                else { bad(b.position, "retries backoff must be a duration from 0 to 10s") }
+            }
+            if let n = t["non_idempotent"] {
+                switch n.value {
+                case "true": retry.nonIdempotent = true
+                case "false": retry.nonIdempotent = false
+                default: bad(n.position, "non_idempotent must be true or false")
+                }
+            }
+        }
+        var rules = ForwardingRules()
+        if let p = r.prefixRewrite {
+            if prefixLength == 0 { bad(p.position, "prefix_rewrite needs a match on path_prefix") }
+            if isPathText(p.value) { rules.prefixReplacement = Array(p.value.utf8) } else { bad(p.position, "prefix_rewrite must start with '/'") }
+        }
+        if let h = r.hostRewrite {
+            if !h.value.isEmpty && isFieldValue(h.value) && !h.value.contains(" ") { rules.hostRewrite = Array(h.value.utf8) }
+            else { bad(h.position, "host_rewrite must be a host name") }
+        }
+        func lines(_ list: [HeaderDocument], _ what: String) -> [[UInt8]] {
+            list.compactMap { h in
+                guard let n = h.name, isToken(n.value) else { bad(h.position, "\(what): a header needs a valid name"); return nil }
+                guard let v = h.value, isFieldValue(v.value) else { bad(h.position, "\(what): header '\(n.value)' needs a value without control bytes"); return nil }
+                let lower = n.value.lowercased()
+                if ["content-length", "transfer-encoding", "connection", "host", "upgrade"].contains(lower) {
+                    bad(n.position, "\(what): '\(n.value)' frames or routes the message and cannot be added")
+                }
+                return Array("\(n.value): \(v.value)".utf8)
+            }
+        }
+        func names(_ list: [Located<String>], _ what: String) -> [[UInt8]] {
+            list.compactMap { n in
+                guard isToken(n.value) else { bad(n.position, "\(what): '\(n.value)' is not a header name"); return nil }
+                if ["content-length", "transfer-encoding", "host"].contains(n.value.lowercased()) {
+                    bad(n.position, "\(what): '\(n.value)' frames or routes the message and cannot be removed")
+                }
+                return Array(n.value.lowercased().utf8)
+            }
+        }
+        rules.addHeaders = lines(r.requestHeadersToAdd, "request_headers_to_add")
+        rules.removeHeaders = names(r.requestHeadersToRemove, "request_headers_to_remove")
+        let responseAdd = lines(r.responseHeadersToAdd, "response_headers_to_add")
+        let responseRemove = names(r.responseHeadersToRemove, "response_headers_to_remove")
+        guard ok else { return nil }
+        return (match, Route(target: target, timeoutNanoseconds: timeout, idleTimeoutNanoseconds: idle, retry: retry,
+                             forwarding: rules, prefixLength: rules.prefixReplacement.isEmpty ? 0 : prefixLength,
+                             responseRemove: responseRemove, responseAdd: responseAdd))
+    }
+
+    static func compilePool(_ c: ClusterDocument, name: String, fail: (SourcePosition, String) -> Void) -> PoolSettings? {
+        var p = PoolSettings()
+        var ok = true
+        for (key, v) in (c.pool ?? [:]).sorted(by: { $0.key < $1.key }) {
+            func count(_ range: ClosedRange<Int>) -> Int? {
+                if let n = Int(v.value), range.contains(n) { return n }
+                fail(v.position, "cluster '\(name)': pool \(key) must be \(range.lowerBound) to \(range.upperBound)"); ok = false
+                return nil
+            }
+            switch key {
+            case "max_connections": if let n = count(1...1_000_000) { p.maxConnections = n }
+            case "max_idle": if let n = count(0...1_000_000) { p.maxIdle = n }
+            case "max_requests_per_connection": if let n = count(0...1_000_000_000) { p.maxRequestsPerConnection = n }
+            case "idle_timeout":
+                if let ns = parseDurationNanoseconds(v.value), (1_000_000...86_400_000_000_000).contains(ns) { p.idleTimeoutNanoseconds = ns }
+                else { fail(v.position, "cluster '\(name)': pool idle_timeout must be a duration from 1ms to 24h"); ok = false }
+            default: break
+            }
+        }
+        return ok ? p : nil
+    }
+}
