@@ -115,7 +115,7 @@ enum AdminRender {
     static func configDump(_ server: Server) -> String {
         let s = server.store.snapshot
         let listeners = s.listeners.map {
-            "{\"name\":\(json($0.name)),\"address\":\(json($0.address.description)),\"protocol\":\(json($0.proto.rawValue)),\"cluster\":\(json(s.clusters[$0.clusterIndex].name)),\"idle_timeout\":\(json(formatDuration(nanoseconds: $0.idleTimeoutNanoseconds)))}"
+            "{\"name\":\(json($0.name)),\"address\":\(json($0.address.description)),\"protocol\":\(json($0.proto.rawValue)),\"cluster\":\($0.http == nil ? json(s.clusters[$0.clusterIndex].name) : "null"),\"routes\":\($0.http?.actions.count ?? 0),\"idle_timeout\":\(json(formatDuration(nanoseconds: $0.idleTimeoutNanoseconds)))}"
         }
         let clusters = s.clusters.map { c in
             "{\"name\":\(json(c.name)),\"balancer\":\(json(c.balancer.rawValue)),\"connect_timeout\":\(json(formatDuration(nanoseconds: c.connectTimeoutNanoseconds))),\"connect_attempts\":\(c.connectAttempts),\"endpoints\":[\(c.endpoints.map { "{\"address\":\(json($0.address.description)),\"weight\":\($0.weight)}" }.joined(separator: ","))]}"

@@ -154,6 +154,10 @@ public enum Compiler {
             if (1...1024).contains(v.value) { limits.maxQueuedBuffersPerDirection = v.value }
             else { fail(v.position, "max_queued_buffers must be 1 to 1024") }
         }
+        if let v = d.headBuffersPerShard {
+            if (4...65536).contains(v.value) { limits.headBuffersPerShard = v.value }
+            else { fail(v.position, "head_buffers_per_shard must be 4 to 65536") }
+        }
         if let v = d.dataPath {
             if let p = Limits.DataPath(rawValue: v.value) { limits.dataPath = p }
             else { fail(v.position, "data_path must be copy or splice, not '\(v.value)'") }

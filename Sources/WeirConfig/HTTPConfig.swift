@@ -55,7 +55,8 @@ public struct Route: Sendable {
     /// Longest quiet spell while a request is in flight; 0 means none.
     public var idleTimeoutNanoseconds: Int64
     public var retry: RetryPolicy
-    /// Header rewrites, the target's prefix replacement (its matched length is `prefixLength`).
+    /// Header rewrites and the target's prefix replacement; `prefixLength` is the length of the
+    /// matched path_prefix (0 without one).
     public var forwarding: ForwardingRules
     public var prefixLength: Int
     /// Lowercase names to drop from responses, and complete "Name: value" lines to add.
@@ -374,7 +375,7 @@ extension Compiler {
         let responseRemove = names(r.responseHeadersToRemove, "response_headers_to_remove")
         guard ok else { return nil }
         return (match, Route(target: target, timeoutNanoseconds: timeout, idleTimeoutNanoseconds: idle, retry: retry,
-                             forwarding: rules, prefixLength: rules.prefixReplacement.isEmpty ? 0 : prefixLength,
+                             forwarding: rules, prefixLength: prefixLength,
                              responseRemove: responseRemove, responseAdd: responseAdd))
     }
 
@@ -398,5 +399,25 @@ extension Compiler {
             }
         }
         return ok ? p : nil
+    }
+}
+
+extension Listener {
+    /// Where the listener sends traffic, for logs and `weir check`: "cluster x", or for HTTP the
+    /// routes and the clusters they reach.
+    public func targetSummary(in snapshot: Snapshot) -> String {
+        guard let http else { return "cluster \(snapshot.clusters[clusterIndex].name)" }
+        var names: [String] = []
+        for a in http.actions {
+            switch a.target {
+            case .cluster(let i): names.append(snapshot.clusters[i].name)
+            case .weighted(let ids, _): names += ids.map { snapshot.clusters[$0].name }
+            case .direct: names.append("direct_response")
+            case .redirect: names.append("redirect")
+            }
+        }
+        var seen = Set<String>()
+        let unique = names.filter { seen.insert($0).inserted }
+        return "\(http.actions.count) route(s) -> \(unique.joined(separator: ", "))"
     }
 }

@@ -85,6 +85,9 @@ public struct Limits: Sendable, Equatable {
     /// How TCP bytes move: `copy` through the buffer ring (default), or `splice` through a pipe
     /// per direction driven by readiness polls (kept to measure against; see Benchmarks/RESULTS.md).
     public var dataPath: DataPath = .copy
+    /// HTTP: buffers (of buffer_bytes) for the heads Weir writes; one is held per request only
+    /// while its head is being sent, so a few hundred serve thousands of connections.
+    public var headBuffersPerShard = 256
 
     public enum DataPath: String, Sendable, CaseIterable { case copy, splice }
 

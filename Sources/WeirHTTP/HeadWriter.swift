@@ -32,17 +32,19 @@ public enum HeadWriter {
     /// Writes the forwarded head for `head` (parsed from `source` with `headers`) into `out`.
     /// Returns the bytes written, or nil when `out` is too small.
     public static func writeRequest(_ head: RequestHead, source: UnsafeRawBufferPointer, headers: HeaderTable,
-                                    rules: ForwardingRules, context: ForwardContext, into out: UnsafeMutableRawBufferPointer) -> Int? {
+                                    rules: ForwardingRules, prefixMatchedBytes: Int? = nil, context: ForwardContext,
+                                    into out: UnsafeMutableRawBufferPointer) -> Int? {
+        let prefixMatched = prefixMatchedBytes ?? rules.prefixMatchedBytes
         var w = Writer(out)
         w.put(source, head.methodRange)
         w.put(SP)
-        if rules.prefixMatchedBytes > 0 {
+        if prefixMatched > 0 && prefixMatched <= head.target.count {
             w.put(rules.prefixReplacement)
-            w.put(source, ByteRange(Int(head.target.start) + rules.prefixMatchedBytes, Int(head.target.end)))
+            w.put(source, ByteRange(Int(head.target.start) + prefixMatched, Int(head.target.end)))
         } else {
             w.put(source, head.target)
         }
-        w.put(" HTTP/1.1\r\n")
+        w.put(head.minorVersion == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
         var forwardedFor: ByteRange? = nil
         var hasRequestID = false
         for i in 0..<headers.count {
@@ -64,7 +66,40 @@ public enum HeadWriter {
         w.put(context.https ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n")
         if !hasRequestID { w.put("X-Request-Id: "); w.put(context.requestID); w.put("\r\n") }
         if context.upgrade { w.put("Connection: upgrade\r\n") }
+        else if head.minorVersion == 0 { w.put("Connection: keep-alive\r\n") }
         for line in rules.addHeaders { w.put(line); w.put("\r\n") }
+        w.put("\r\n")
+        return w.overflow ? nil : w.count
+    }
+
+    /// How a forwarded response head ends the connection.
+    public enum ConnectionHeader { case none, close, keepAlive, upgrade }
+
+    /// Writes the response head forwarded to the client: the status line as the upstream wrote
+    /// it, hop-by-hop fields dropped, `remove` (lowercase names) dropped, `add` lines appended,
+    /// and the Connection header Weir decides on. Returns nil when `out` is too small.
+    public static func writeResponse(_ head: ResponseHead, source: UnsafeRawBufferPointer, headers: HeaderTable,
+                                     remove: [[UInt8]], add: [[UInt8]], connection: ConnectionHeader,
+                                     into out: UnsafeMutableRawBufferPointer) -> Int? {
+        var w = Writer(out)
+        var lineEnd = 0
+        while lineEnd + 1 < head.headLength && source[lineEnd] != CR { lineEnd += 1 }
+        w.put(UnsafeRawBufferPointer(rebasing: source[0..<lineEnd]))
+        w.put("\r\n")
+        let upgrade = connection == .upgrade
+        for i in 0..<headers.count {
+            let name = headers.name(i)
+            if isHopByHop(source, name, headers: headers, upgrade: upgrade) { continue }
+            if !remove.isEmpty && remove.contains(where: { equalsLowercase(source, name, $0) }) { continue }
+            w.put(source, name); w.put(": "); w.put(source, headers.value(i)); w.put("\r\n")
+        }
+        for line in add { w.put(line); w.put("\r\n") }
+        switch connection {
+        case .none: break
+        case .close: w.put("Connection: close\r\n")
+        case .keepAlive: w.put("Connection: keep-alive\r\n")
+        case .upgrade: w.put("Connection: upgrade\r\n")
+        }
         w.put("\r\n")
         return w.overflow ? nil : w.count
     }

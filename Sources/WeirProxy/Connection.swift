@@ -3,6 +3,7 @@
 import CURing
 import WeirBalance
 import WeirConfig
+import WeirHTTP
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,6 +34,82 @@ struct Flow {
     var pipeWrite: Int32 = -1
     var pipeBytes = 0
     var pollArmed = false
+    /// HTTP: a head Weir wrote (or a response it makes) waiting to go out before any body bytes:
+    /// `outLength` bytes at `outPointer`, `outSent` of them sent; `outBuffer` is the shard's head
+    /// buffer holding them.
+    var outPointer: UnsafeMutableRawPointer? = nil
+    var outLength: Int32 = 0
+    var outSent: Int32 = 0
+    var outBuffer: Int32 = -1
+    /// HTTP: how the body in this direction ends, and how much of it is left.
+    var body = BodyState.none
+    var bodyRemaining: UInt64 = 0
+    var scanner = ChunkedScanner()
+    /// HTTP: bytes at the head of the queue (from `sendOffset`) known to be body and not yet sent.
+    var segment: Int32 = 0
+}
+
+enum BodyState: UInt8 {
+    /// No body, or all of it has been framed.
+    case none
+    case contentLength
+    case chunked
+    /// Until the source closes: a response without length, or a tunnel after 101.
+    case untilClose
+}
+
+/// Where an HTTP connection is in its current exchange.
+enum HTTPPhase: UInt8 {
+    /// Waiting for a request (keep-alive).
+    case idle
+    /// Some bytes of a request head are here, not all.
+    case head
+    /// Routed and waiting for an upstream connection.
+    case connecting
+    /// The request is going upstream and the response coming back.
+    case forwarding
+    /// Waiting out the backoff before a retry.
+    case backoff
+    /// Sending a response Weir made.
+    case local
+    /// After a 101: bytes flow both ways until both sides close.
+    case tunnel
+    /// Told the client Connection: close and shut our write side; discarding what it still sends.
+    case lingering
+}
+
+/// One HTTP exchange on a downstream connection (reset for each request).
+struct HTTPExchange {
+    var phase = HTTPPhase.idle
+    /// The upstream connection (Shard.upstreams slot) serving this request, or -1.
+    var upstream: Int32 = -1
+    var route: Int32 = -1
+    var method = Method.other
+    var minorVersion: UInt8 = 1
+    var clientKeepAlive = true
+    var closeAfter = false
+    var upgrade = false
+    var hasBody = false
+    /// Where the request head starts in flow 0's head buffer (kept until a retry is impossible).
+    var headStart: Int32 = 0
+    var requestStart: Int64 = 0
+    /// Request header timeout while `head`, lingering limit while `lingering`.
+    var deadline: Int64 = 0
+    var timeout: Int64 = 0
+    var idleTimeout: Int64 = 0
+    var status: Int32 = 0
+    /// A response head went to the client: a failure now can only cut the connection.
+    var responseStarted = false
+    var responseHeadDone = false
+    var bodySent = false
+    var requestSent = false
+    var upstreamKeepAlive = false
+    var reused = false
+    var freeRetryUsed = false
+    var retries: Int32 = 0
+    var local = false
+    /// The balancer's hash for this request (header, cookie, path or the client's address).
+    var hash: UInt64 = 0
 }
 
 enum ConnectionState: UInt8 { case free, connecting, open, closing }
@@ -60,6 +137,46 @@ struct Connection {
     var lastActivity: Int64 = 0
     var idleTimeout: Int64 = 0
     /// Read by the kernel when the connect is submitted.
+    var address = sockaddr_storage()
+    var addressLength: socklen_t = 0
+    var connectTimeout = __kernel_timespec()
+    /// An HTTP connection (the listener's protocol): `ex` is its current exchange.
+    var isHTTP = false
+    var listenerIndex: Int32 = -1
+    var ex = HTTPExchange()
+    /// Access log: bytes of the kept method and path, and the byte counts at the last line.
+    var logLength: Int16 = 0
+    var logBytesIn: Int64 = 0
+    var logBytesOut: Int64 = 0
+}
+
+enum UpstreamState: UInt8 { case free, connecting, busy, idle, closing }
+
+/// A connection to an upstream endpoint for HTTP, pooled per shard and endpoint: lent to one
+/// downstream connection per request, idle in its endpoint's list between requests.
+struct Upstream {
+    var generation: UInt32 = 0
+    var state = UpstreamState.free
+    var fd: Int32 = -1
+    var inflight: Int32 = 0
+    /// The downstream connection it serves, and that connection's generation.
+    var owner: Int32 = -1
+    var ownerGeneration: UInt32 = 0
+    var recvArmed = false
+    var cancelRequested = false
+    var starved = false
+    /// The upstream closed its side.
+    var ended = false
+    /// Its pool: the endpoint's stats slot (stable across reloads), and links in the idle list.
+    var pool: Int32 = -1
+    var prev: Int32 = -1
+    var next: Int32 = -1
+    var requests: Int32 = 0
+    var maxRequests: Int32 = 0
+    var idleSince: Int64 = 0
+    var idleTimeout: Int64 = 0
+    /// A head buffer a send still reads after its owner let go of the upstream.
+    var pendingOut: Int32 = -1
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0
     var connectTimeout = __kernel_timespec()
@@ -97,6 +214,10 @@ public struct ShardStats: Sendable {
     public var bytesUpstreamToDownstream: Int64 = 0
     public var active = 0
     public var snapshotsAdopted = 0
+    /// HTTP: requests refused with 503 because no head buffer was free, or because an
+    /// endpoint's pool (or the upstream slab) was at its connection limit.
+    public var headBuffersExhausted = 0
+    public var poolOverflows = 0
     public init() {}
 
     /// One line for the log.
@@ -122,6 +243,8 @@ public struct ShardStats: Sendable {
         r.bytesUpstreamToDownstream = a.bytesUpstreamToDownstream + b.bytesUpstreamToDownstream
         r.active = a.active + b.active
         r.snapshotsAdopted = a.snapshotsAdopted + b.snapshotsAdopted
+        r.headBuffersExhausted = a.headBuffersExhausted + b.headBuffersExhausted
+        r.poolOverflows = a.poolOverflows + b.poolOverflows
         return r
     }
 }

@@ -124,7 +124,7 @@ public final class Server: @unchecked Sendable {
         try checker.start()
         health = checker
         for l in store.snapshot.listeners {
-            Log.info("listener \(l.name) on \(boundAddresses[l.address] ?? l.address) (\(l.proto.rawValue)) -> cluster \(store.snapshot.clusters[l.clusterIndex].name)")
+            Log.info("listener \(l.name) on \(boundAddresses[l.address] ?? l.address) (\(l.proto.rawValue)) -> \(l.targetSummary(in: store.snapshot))")
         }
     }
 
@@ -217,6 +217,10 @@ public final class Server: @unchecked Sendable {
             for (name, v) in l {
                 var sum = listeners[name] ?? ListenerCounters()
                 sum.accepted += v.accepted; sum.active += v.active; sum.rejected += v.rejected
+                sum.requests += v.requests; sum.localResponses += v.localResponses; sum.retries += v.retries
+                sum.responses.0 += v.responses.0; sum.responses.1 += v.responses.1; sum.responses.2 += v.responses.2
+                sum.responses.3 += v.responses.3; sum.responses.4 += v.responses.4
+                sum.latency = sum.latency + v.latency
                 listeners[name] = sum
             }
             for (key, v) in e { endpoints[key] = (endpoints[key] ?? EndpointCounters()) + v }

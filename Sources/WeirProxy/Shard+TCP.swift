@@ -12,11 +12,24 @@ import Glibc
 
 extension Shard {
     func openConnection(fd: Int32, listener li: Int) {
+        guard let c = takeSlot(fd: fd, listener: li) else { return }
+        let listener = snapshot.listeners[li]
+        c.pointee.state = .connecting
+        c.pointee.clusterIndex = Int32(listener.clusterIndex)
+        c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
+        Sockets.setNoDelay(fd)
+        if snapshot.clusters[listener.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
+        startConnect(c, slot: slot(of: c))
+    }
+
+    /// A fresh connection slot for an accepted socket, counted against its listener; nil (and
+    /// the socket closed) when the slab is full.
+    func takeSlot(fd: Int32, listener li: Int) -> UnsafeMutablePointer<Connection>? {
         guard freeCount > 0, li >= 0 else {
             control.stats.pointee.rejectedNoSlot += 1
             if li >= 0 { control.named.listeners[Int(listenerSlots[li])].rejected += 1 }
             close(fd)
-            return
+            return nil
         }
         freeCount -= 1
         let slot = Int(freeSlots[freeCount])
@@ -25,21 +38,15 @@ extension Shard {
         control.stats.pointee.accepted += 1
         let c = connections + slot
         let gen = c.pointee.generation
-        let listener = snapshot.listeners[li]
         c.pointee = Connection()
         c.pointee.generation = gen
-        c.pointee.state = .connecting
         c.pointee.downstreamFD = fd
         c.pointee.snapshot = Unmanaged.passRetained(snapshot)
-        c.pointee.clusterIndex = Int32(listener.clusterIndex)
-        c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
         c.pointee.lastActivity = now
         c.pointee.listenerSlot = listenerSlots[li]
         control.named.listeners[Int(listenerSlots[li])].accepted += 1
         control.named.listeners[Int(listenerSlots[li])].active += 1
-        Sockets.setNoDelay(fd)
-        if snapshot.clusters[listener.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
-        startConnect(c, slot: slot)
+        return c
     }
 
     func slot(of c: UnsafeMutablePointer<Connection>) -> Int { c - connections }
@@ -255,6 +262,7 @@ extension Shard {
             if let bid { buffers.recycle(bid) }
             return finishIfIdle(c)
         }
+        if c.pointee.isHTTP { return onHTTPRecv(c, ud, res, bid) }
         if res > 0, let bid {
             enqueue(flow, bid: bid, length: res)
             flow.pointee.bytes += Int64(res)
@@ -332,6 +340,7 @@ extension Shard {
     func onSend(_ ud: UserData, _ res: Int32) {
         let c = connections + ud.slot
         precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
+        if c.pointee.isHTTP { return onHTTPSend(c, res) }
         let f = Int(ud.sub)
         let flow = c.flow(f)
         flow.pointee.sending = false
@@ -382,6 +391,15 @@ extension Shard {
     func rearmStarved() {
         let list = starvedFlows
         starvedFlows.removeAll(keepingCapacity: true)
+        let ups = starvedUpstreams
+        starvedUpstreams.removeAll(keepingCapacity: true)
+        for i in ups {
+            let u = upstreams + Int(i)
+            guard u.pointee.starved else { continue }
+            u.pointee.starved = false
+            if u.pointee.state == .idle { armUpstreamRecv(u) }
+            else if u.pointee.state == .busy, let c = owner(u) { rearmUpstreamIfRoom(c) }
+        }
         for entry in list {
             let c = connections + Int(entry >> 1)
             let f = Int(entry & 1)
@@ -396,6 +414,7 @@ extension Shard {
     /// what is left, and frees the slot when the last completion is in.
     func abort(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.state != .closing && c.pointee.state != .free else { return }
+        if c.pointee.isHTTP { detachUpstream(c, reuse: false); endEndpoint(c) }
         c.pointee.state = .closing
         control.stats.pointee.aborted += 1
         for side in 0..<2 {
@@ -417,6 +436,7 @@ extension Shard {
             if flow.pointee.pipeRead >= 0 { close(flow.pointee.pipeRead); close(flow.pointee.pipeWrite) }
             var b = flow.pointee.head
             while b >= 0 { buffers.recycle(UInt16(b)); b = bufferNext[Int(b)] }
+            clearOut(flow)
             if f == 0 { control.stats.pointee.bytesDownstreamToUpstream += flow.pointee.bytes }
             else { control.stats.pointee.bytesUpstreamToDownstream += flow.pointee.bytes }
         }

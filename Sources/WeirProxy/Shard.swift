@@ -6,6 +6,7 @@ import Synchronization
 import WeirBalance
 import WeirConfig
 import WeirCore
+import WeirHTTP
 import WeirRing
 #if canImport(Glibc)
 import Glibc
@@ -22,6 +23,14 @@ enum Op {
     static let wake: UInt8 = 7
     static let pollIn: UInt8 = 8
     static let pollOut: UInt8 = 9
+    /// HTTP upstream connections (slot is in Shard.upstreams).
+    static let upRecv: UInt8 = 10
+    static let upSend: UInt8 = 11
+    static let upConnect: UInt8 = 12
+    /// HTTP: a retry's backoff ended (slot is a connection).
+    static let retry: UInt8 = 13
+    /// The access log's write finished.
+    static let logWrite: UInt8 = 14
 }
 
 /// Commands the control thread leaves for a shard, then wakes it.
@@ -93,6 +102,38 @@ final class Shard {
     var draining = false
     var cutting = false
 
+    // HTTP state, sized once.
+    /// Where the parser records a head's fields; reused by every message on this shard.
+    let headers = HeaderTable(capacity: 1000)
+    /// Head buffers (see Limits.headBuffersPerShard) and their free stack.
+    let headStorage: UnsafeMutableRawPointer
+    let headFree: UnsafeMutablePointer<Int32>
+    var headFreeCount: Int
+    /// Upstream connections for HTTP and their free stack.
+    let upstreams: UnsafeMutablePointer<Upstream>
+    let upstreamFree: UnsafeMutablePointer<Int32>
+    var upstreamFreeCount: Int
+    var upstreamHighWater = 0
+    /// Per endpoint stats slot: the newest idle upstream (list through Upstream.next), how many
+    /// are idle, and how many are open.
+    var idleHead: [Int32] = []
+    var idleCount: [Int32] = []
+    var openCount: [Int32] = []
+    /// Upstreams whose recv stopped on an empty buffer ring.
+    var starvedUpstreams: [Int32] = []
+    /// Per connection slot: the client's address as text, for X-Forwarded-For.
+    let clientText: UnsafeMutablePointer<UInt8>
+    static let clientTextBytes = 48
+    /// Scratch for a request id.
+    let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: 64)
+    var requestCounter: UInt64 = 0
+    /// Access logs by file, which one each listener of the current snapshot uses (-1: none),
+    /// per-slot room for a request's method and path, and endpoint addresses as text.
+    var logWriters: [AccessLogWriter] = []
+    var listenerLog: [Int] = []
+    var logScratch: UnsafeMutableRawPointer? = nil
+    var endpointText: [[[UInt8]]] = []
+
     init(index: Int, control: ShardControl, snapshot: Snapshot) throws {
         self.index = index
         self.control = control
@@ -119,6 +160,17 @@ final class Shard {
         sendVectors = .allocate(capacity: 2 * n * Shard.maxVectors)
         sendVectors.initialize(repeating: iovec(), count: 2 * n * Shard.maxVectors)
         queueCap = Int32(limits.maxQueuedBuffersPerDirection)
+        headStorage = .allocate(byteCount: limits.headBuffersPerShard * limits.bufferBytes, alignment: 64)
+        headFree = .allocate(capacity: limits.headBuffersPerShard)
+        for i in 0..<limits.headBuffersPerShard { headFree[i] = Int32(limits.headBuffersPerShard - 1 - i) }
+        headFreeCount = limits.headBuffersPerShard
+        upstreams = .allocate(capacity: n)
+        upstreams.initialize(repeating: Upstream(), count: n)
+        upstreamFree = .allocate(capacity: n)
+        for i in 0..<n { upstreamFree[i] = Int32(n - 1 - i) }
+        upstreamFreeCount = n
+        clientText = .allocate(capacity: n * Shard.clientTextBytes)
+        starvedUpstreams.reserveCapacity(n)
         recvLimit = control.recvLimit
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }
@@ -131,6 +183,14 @@ final class Shard {
         bufferLength.deallocate()
         sendMessages.deallocate()
         sendVectors.deallocate()
+        headStorage.deallocate()
+        headFree.deallocate()
+        upstreams.deinitialize(count: limits.maxConnectionsPerShard)
+        upstreams.deallocate()
+        upstreamFree.deallocate()
+        clientText.deallocate()
+        scratch.deallocate()
+        logScratch?.deallocate()
     }
 
     // MARK: The loop
@@ -143,13 +203,18 @@ final class Shard {
         while true {
             checkMailbox()
             if control.store.generation != snapshot.generation { adopt(control.store.snapshot) }
-            if (draining || cutting) && active == 0 && listeners.isEmpty { break }
+            if (draining || cutting) && active == 0 && listeners.isEmpty {
+            closeIdleUpstreams()
+            for w in logWriters { w.flush(ring) }
+            if upstreamsOpen == 0 && logWriters.allSatisfy(\.idle) { break }
+        }
             _ = ring.submitAndWait(timeoutNanoseconds: 1_000_000_000)
             now = monotonicNanoseconds(coarse: true)
             _ = ring.forEachCompletion { userData, result, flags in
                 dispatch(UserData(raw: userData), result, flags)
             }
-            if buffers.commit() > 0 && !starvedFlows.isEmpty { rearmStarved() }
+            if buffers.commit() > 0 && (!starvedFlows.isEmpty || !starvedUpstreams.isEmpty) { rearmStarved() }
+            for w in logWriters { w.flush(ring) }
             publishStats()
         }
         publishStats()
@@ -163,6 +228,11 @@ final class Shard {
         case Op.accept: onAccept(ud, res, flags)
         case Op.connect: onConnect(ud, res)
         case Op.pollIn, Op.pollOut: onPoll(ud, res)
+        case Op.upRecv: onUpstreamRecv(ud, res, flags)
+        case Op.upSend: onUpstreamSend(ud, res)
+        case Op.upConnect: onUpstreamConnect(ud, res)
+        case Op.retry: onRetryTimer(ud)
+        case Op.logWrite: if ud.slot < logWriters.count { logWriters[ud.slot].written(res) }
         case Op.tick: onTick()
         case Op.wake:
             ring.read(fd: control.waker.fd, into: &wakeBuffer, count: 8, userData: UserData(op: Op.wake, slot: 0, generation: 0))
@@ -203,10 +273,12 @@ final class Shard {
         }
         for slot in 0..<highWater {
             let c = connections + slot
+            if c.pointee.isHTTP { if c.pointee.state == .open { httpTick(c) }; continue }
             guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { continue }
             control.stats.pointee.idleTimeouts += 1
             abort(c)
         }
+        upstreamTick()
     }
 
     // MARK: Snapshots and listeners
@@ -242,6 +314,14 @@ final class Shard {
         (listenerSlots, endpointSlots) = control.named.slots(for: next)
         endpointCounters = control.named.endpoints
         endpointBySlot = Array(repeating: -1, count: (endpointSlots.flatMap { $0 }.max().map { Int($0) } ?? -1) + 1)
+        if idleHead.count < endpointBySlot.count {
+            let more = endpointBySlot.count - idleHead.count
+            idleHead += Array(repeating: -1, count: more)
+            idleCount += Array(repeating: 0, count: more)
+            openCount += Array(repeating: 0, count: more)
+        }
+        adoptAccessLog(next)
+        endpointText = logWriters.isEmpty ? [] : next.clusters.map { $0.endpoints.map { Array($0.address.description.utf8) } }
         for (ci, slots) in endpointSlots.enumerated() {
             for (ep, slot) in slots.enumerated() { endpointBySlot[Int(slot)] = Int64(ci) << 32 | Int64(ep) }
         }
@@ -295,7 +375,10 @@ final class Shard {
         }
         if !hasMore(flags: flags) { listeners[slot].acceptArmed = false }
         if res >= 0 {
-            if listeners[slot].closing { close(res) } else { openConnection(fd: res, listener: listeners[slot].listenerIndex) }
+            if listeners[slot].closing { close(res) }
+            else if listeners[slot].listenerIndex >= 0 && snapshot.listeners[listeners[slot].listenerIndex].proto == .http {
+                openHTTP(fd: res, listener: listeners[slot].listenerIndex)
+            } else { openConnection(fd: res, listener: listeners[slot].listenerIndex) }
         } else if res != -ECANCELED {
             // EMFILE, ENFILE, ENOMEM: the kernel stops the multishot; re-arming below tries again
             // on the next completion rather than spinning.

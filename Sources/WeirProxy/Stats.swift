@@ -11,7 +11,68 @@ public struct ListenerCounters: Sendable {
     public var active: Int64 = 0
     /// Refused because the shard's connection slab was full.
     public var rejected: Int64 = 0
+    /// HTTP: requests whose head arrived, responses by status class (1xx to 5xx, index 0 to 4),
+    /// those Weir made itself, retries, and request durations (head to last response byte).
+    public var requests: Int64 = 0
+    public var responses: (Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0)
+    public var localResponses: Int64 = 0
+    public var retries: Int64 = 0
+    public var latency = LatencyHistogram()
     public init() {}
+
+    public func responses(class k: Int) -> Int64 {
+        switch k { case 1: return responses.0; case 2: return responses.1; case 3: return responses.2; case 4: return responses.3; default: return responses.4 }
+    }
+
+    mutating func countResponse(status: Int) {
+        switch status / 100 {
+        case 1: responses.0 += 1
+        case 2: responses.1 += 1
+        case 3: responses.2 += 1
+        case 4: responses.3 += 1
+        default: responses.4 += 1
+        }
+    }
+}
+
+/// Cumulative-on-read histogram of request durations: fixed bounds, one plain counter per bucket.
+public struct LatencyHistogram: Sendable {
+    /// Upper bounds in seconds (Prometheus `le`), the last bucket is +Inf.
+    public static let bounds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+    static let boundsNanoseconds: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) =
+        (500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000,
+         1_000_000_000, 2_500_000_000, 5_000_000_000, 10_000_000_000)
+    var buckets: (Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    public var count: Int64 = 0
+    public var sumNanoseconds: Int64 = 0
+    public init() {}
+
+    mutating func record(_ ns: Int64) {
+        count += 1
+        sumNanoseconds += ns
+        var i = 0
+        withUnsafeBytes(of: LatencyHistogram.boundsNanoseconds) { b in
+            let bounds = b.bindMemory(to: Int64.self)
+            while i < bounds.count && ns > bounds[i] { i += 1 }
+        }
+        withUnsafeMutableBytes(of: &buckets) { $0.bindMemory(to: Int64.self)[i] += 1 }
+    }
+
+    /// Per-bucket counts (not cumulative), bounds.count + 1 of them.
+    public var counts: [Int64] { withUnsafeBytes(of: buckets) { Array($0.bindMemory(to: Int64.self)) } }
+
+    static func + (a: LatencyHistogram, b: LatencyHistogram) -> LatencyHistogram {
+        var r = LatencyHistogram()
+        r.count = a.count + b.count
+        r.sumNanoseconds = a.sumNanoseconds + b.sumNanoseconds
+        let ca = a.counts, cb = b.counts
+        withUnsafeMutableBytes(of: &r.buckets) { p in
+            let m = p.bindMemory(to: Int64.self)
+            for i in 0..<m.count { m[i] = ca[i] + cb[i] }
+        }
+        return r
+    }
 }
 
 public struct EndpointCounters: Sendable {
@@ -22,12 +83,16 @@ public struct EndpointCounters: Sendable {
     /// Bytes sent to the endpoint and received from it.
     public var bytesSent: Int64 = 0
     public var bytesReceived: Int64 = 0
+    /// HTTP: requests sent to the endpoint, and how many went on a pooled (reused) connection.
+    public var requests: Int64 = 0
+    public var poolReuses: Int64 = 0
     public init() {}
 
     static func + (a: EndpointCounters, b: EndpointCounters) -> EndpointCounters {
         var r = a
         r.connections += b.connections; r.active += b.active; r.connectFailures += b.connectFailures
         r.connectTimeouts += b.connectTimeouts; r.bytesSent += b.bytesSent; r.bytesReceived += b.bytesReceived
+        r.requests += b.requests; r.poolReuses += b.poolReuses
         return r
     }
 }

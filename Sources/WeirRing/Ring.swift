@@ -171,6 +171,13 @@ public final class Ring {
         io_uring_sqe_set_data64(s, userData.raw)
     }
 
+    /// Appends `count` bytes to a file opened with O_APPEND (offset -1: the file position).
+    @inlinable public func append(fd: Int32, from buffer: UnsafeRawPointer, count: UInt32, userData: UserData) {
+        let s = sqe()
+        io_uring_prep_write(s, fd, buffer, count, UInt64.max)
+        io_uring_sqe_set_data64(s, userData.raw)
+    }
+
     /// Cancels the operation submitted with `target`.
     @inlinable public func cancel(_ target: UserData, userData: UserData) {
         let s = sqe()

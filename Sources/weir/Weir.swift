@@ -50,7 +50,7 @@ struct Check: ParsableCommand {
         print("limits: \(s.limits.maxConnectionsPerShard) connections/shard, \(s.limits.buffersPerShard) buffers x \(s.limits.bufferBytes) B/shard")
         print("listeners:")
         for l in s.listeners {
-            print("  \(l.name)  \(l.address)  \(l.proto.rawValue) -> \(s.clusters[l.clusterIndex].name)  idle_timeout \(formatDuration(nanoseconds: l.idleTimeoutNanoseconds))")
+            print("  \(l.name)  \(l.address)  \(l.proto.rawValue) -> \(l.targetSummary(in: s))  idle_timeout \(formatDuration(nanoseconds: l.idleTimeoutNanoseconds))")
         }
         print("clusters:")
         for c in s.clusters {

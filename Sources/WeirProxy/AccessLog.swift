@@ -1,0 +1,190 @@
+// The HTTP access log: one JSON line per request, appended to a file through the shard's ring so a
+// slow disk never blocks the loop. Each shard has its own pair of buffers per file: lines go into
+// one while the other is being written; when both are busy and the open one is full, lines are
+// dropped and counted rather than waited for.
+import CURing
+import WeirConfig
+import WeirCore
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class AccessLogWriter {
+    let path: String
+    let fd: Int32
+    let capacity = 256 * 1024
+    let buffers: (UnsafeMutableRawPointer, UnsafeMutableRawPointer)
+    var filling = 0
+    var fill = 0
+    var writing = false
+    var dropped = 0
+    let id: Int
+
+    init?(path: String, id: Int) {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            Log.error("cannot open access log \(path): \(String(cString: strerror(errno)))")
+            return nil
+        }
+        self.path = path
+        self.fd = fd
+        self.id = id
+        buffers = (.allocate(byteCount: capacity, alignment: 64), .allocate(byteCount: capacity, alignment: 64))
+    }
+
+    deinit {
+        close(fd)
+        buffers.0.deallocate()
+        buffers.1.deallocate()
+    }
+
+    var idle: Bool { !writing && fill == 0 }
+
+    /// Room for a line of up to `count` bytes in the open buffer, or nil (the line is dropped).
+    func reserve(_ count: Int) -> UnsafeMutableRawPointer? {
+        guard fill + count <= capacity else { dropped += 1; return nil }
+        return (filling == 0 ? buffers.0 : buffers.1) + fill
+    }
+
+    func commit(_ count: Int) { fill += count }
+
+    /// Starts writing the open buffer if none is being written; called once per loop turn.
+    func flush(_ ring: Ring) {
+        guard !writing, fill > 0 else { return }
+        writing = true
+        ring.append(fd: fd, from: filling == 0 ? buffers.0 : buffers.1, count: UInt32(fill),
+                    userData: UserData(op: Op.logWrite, slot: id, generation: 0))
+        filling ^= 1
+        fill = 0
+    }
+
+    func written(_ res: Int32) {
+        writing = false
+        if res < 0 { Log.warning("access log \(path): write failed: \(String(cString: strerror(-res)))") }
+    }
+}
+
+/// Appends JSON text into a fixed buffer without allocating.
+struct LineWriter {
+    let base: UnsafeMutableRawPointer
+    let capacity: Int
+    var count = 0
+
+    mutating func byte(_ b: UInt8) {
+        guard count < capacity else { return }
+        base.storeBytes(of: b, toByteOffset: count, as: UInt8.self)
+        count += 1
+    }
+    mutating func raw(_ s: StaticString) {
+        for i in 0..<s.utf8CodeUnitCount { byte(s.utf8Start[i]) }
+    }
+    mutating func number(_ v: Int64) {
+        var v = v
+        if v < 0 { byte(UInt8(ascii: "-")); v = -v }
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat { d[n] = UInt8(48 + v % 10); v /= 10; n += 1 } while v > 0 && n < 20
+        }
+        withUnsafeBytes(of: digits) { d in for i in stride(from: n - 1, through: 0, by: -1) { byte(d[i]) } }
+    }
+    mutating func padded(_ v: Int, _ width: Int) {
+        var div = 1
+        for _ in 1..<width { div *= 10 }
+        var v = v
+        while div > 0 { byte(UInt8(48 + (v / div) % 10)); v %= max(div, 1); div /= 10 }
+    }
+    /// A JSON string from raw bytes: quotes, backslashes and control bytes escaped.
+    mutating func string(_ bytes: UnsafeRawBufferPointer) {
+        byte(UInt8(ascii: "\""))
+        for b in bytes {
+            switch b {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"): byte(UInt8(ascii: "\\")); byte(b)
+            case 0..<0x20, 0x7F:
+                raw("\\u00")
+                let hex: StaticString = "0123456789abcdef"
+                byte(hex.utf8Start[Int(b >> 4)]); byte(hex.utf8Start[Int(b & 15)])
+            default: byte(b)
+            }
+        }
+        byte(UInt8(ascii: "\""))
+    }
+    /// The current UTC time as ISO 8601 with milliseconds.
+    mutating func time() {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var t = time_t(ts.tv_sec)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        byte(UInt8(ascii: "\""))
+        padded(Int(parts.tm_year) + 1900, 4); byte(UInt8(ascii: "-")); padded(Int(parts.tm_mon) + 1, 2); byte(UInt8(ascii: "-"))
+        padded(Int(parts.tm_mday), 2); byte(UInt8(ascii: "T")); padded(Int(parts.tm_hour), 2); byte(UInt8(ascii: ":"))
+        padded(Int(parts.tm_min), 2); byte(UInt8(ascii: ":")); padded(Int(parts.tm_sec), 2); byte(UInt8(ascii: "."))
+        padded(Int(ts.tv_nsec / 1_000_000), 3); raw("Z\"")
+    }
+}
+
+extension Shard {
+    static let logScratchBytes = 512
+
+    /// Opens the access logs the snapshot's HTTP listeners name (once per file per shard).
+    func adoptAccessLog(_ next: Snapshot) {
+        listenerLog = next.listeners.map { l in
+            guard let path = l.http?.accessLog else { return -1 }
+            if let w = logWriters.first(where: { $0.path == path }) { return w.id }
+            guard let w = AccessLogWriter(path: path, id: logWriters.count) else { return -1 }
+            logWriters.append(w)
+            if logScratch == nil {
+                logScratch = .allocate(byteCount: limits.maxConnectionsPerShard * Shard.logScratchBytes, alignment: 8)
+            }
+            return w.id
+        }
+    }
+
+    /// Keeps the method and target of a request for its log line (the head buffer may be gone
+    /// by the time the response ends).
+    func keepForLog(_ c: UnsafeMutablePointer<Connection>, _ source: UnsafeRawBufferPointer, method: ByteRangeLike, target: ByteRangeLike) {
+        guard let scratch = logScratch, c.pointee.listenerIndex >= 0, Int(c.pointee.listenerIndex) < listenerLog.count,
+              listenerLog[Int(c.pointee.listenerIndex)] >= 0 else { return }
+        var w = LineWriter(base: scratch + slot(of: c) * Shard.logScratchBytes, capacity: Shard.logScratchBytes - 8)
+        w.raw(",\"method\":")
+        w.string(UnsafeRawBufferPointer(rebasing: source[method.start..<method.end]))
+        w.raw(",\"path\":")
+        w.string(UnsafeRawBufferPointer(rebasing: source[target.start..<min(target.end, target.start + 300)]))
+        c.pointee.logLength = Int16(w.count)
+    }
+
+    func logRequest(_ c: UnsafeMutablePointer<Connection>, status: Int, elapsed: Int64) {
+        guard let scratch = logScratch, c.pointee.listenerIndex >= 0, Int(c.pointee.listenerIndex) < listenerLog.count,
+              snapshotOf(c) === snapshot else { return }
+        let id = listenerLog[Int(c.pointee.listenerIndex)]
+        guard id >= 0, let line = logWriters[id].reserve(1024) else { return }
+        var w = LineWriter(base: line, capacity: 1023)
+        w.raw("{\"time\":"); w.time()
+        w.raw(",\"listener\":"); snapshot.listeners[Int(c.pointee.listenerIndex)].name.utf8.withContiguousStorageIfAvailable { w.string(UnsafeRawBufferPointer($0)) }
+        w.raw(",\"client\":"); w.string(clientAddress(c))
+        let kept = Int(c.pointee.logLength)
+        for i in 0..<kept { w.byte(scratch.load(fromByteOffset: slot(of: c) * Shard.logScratchBytes + i, as: UInt8.self)) }
+        w.raw(",\"status\":"); w.number(Int64(status))
+        w.raw(",\"request_bytes\":"); w.number(c.flow(0).pointee.bytes - c.pointee.logBytesIn)
+        w.raw(",\"response_bytes\":"); w.number(c.flow(1).pointee.bytes - c.pointee.logBytesOut)
+        if c.pointee.endpointSlot >= 0, let (ci, ep) = currentEndpoint(c) {
+            w.raw(",\"cluster\":"); snapshot.clusters[ci].name.utf8.withContiguousStorageIfAvailable { w.string(UnsafeRawBufferPointer($0)) }
+            w.raw(",\"upstream\":"); endpointText[ci][ep].withUnsafeBytes { w.string($0) }
+        }
+        w.raw(",\"retries\":"); w.number(Int64(c.pointee.ex.retries))
+        w.raw(",\"duration_us\":"); w.number(elapsed / 1000)
+        w.raw("}\n")
+        logWriters[id].commit(w.count)
+        c.pointee.logBytesIn = c.flow(0).pointee.bytes
+        c.pointee.logBytesOut = c.flow(1).pointee.bytes
+    }
+}
+
+/// Offsets of a field in a head, as plain Ints.
+struct ByteRangeLike {
+    var start: Int
+    var end: Int
+}
