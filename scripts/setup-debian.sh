@@ -13,6 +13,19 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The integration tests use real HTTP clients and upstreams: curl and Python 3.
+if [ "${1:-}" = "--tests" ]; then
+  tneed=()
+  for p in curl python3; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || tneed+=("$p")
+  done
+  if [ ${#tneed[@]} -gt 0 ]; then
+    echo "setup: installing ${tneed[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${tneed[@]}" >/dev/null
+  fi
+fi
 # The integration tests check /stats/prometheus with a real Prometheus parser (Python's
 # prometheus_client), kept in its own venv under .build/.
 root=$(cd "$(dirname "$0")/.." && pwd)

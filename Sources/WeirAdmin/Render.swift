@@ -52,6 +52,31 @@ enum AdminRender {
                ls.map { ("listener=\"\(label($0.key))\"", $0.value.active) })
         family("weir_downstream_connections_rejected_total", "counter", "Connections refused because a shard's slab was full.",
                ls.map { ("listener=\"\(label($0.key))\"", $0.value.rejected) })
+        var byClass: [(String, Int64)] = []
+        for (name, v) in ls {
+            for k in 1...5 { byClass.append(("listener=\"\(label(name))\",class=\"\(k)xx\"", v.responses(class: k))) }
+        }
+        family("weir_http_requests_total", "counter", "HTTP requests whose head arrived (or was refused), per listener.",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.requests) })
+        family("weir_http_responses_total", "counter", "HTTP responses sent, per listener and status class.", byClass)
+        family("weir_http_local_responses_total", "counter", "HTTP responses Weir made itself (errors, direct_response, redirect).",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.localResponses) })
+        family("weir_http_retries_total", "counter", "HTTP requests sent again to another endpoint (route retries).",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.retries) })
+        out += "# HELP weir_http_request_duration_seconds HTTP request duration, from its first byte to the last response byte.\n"
+        out += "# TYPE weir_http_request_duration_seconds histogram\n"
+        for (name, v) in ls where v.latency.count > 0 || v.requests > 0 {
+            let l = "listener=\"\(label(name))\""
+            var cumulative: Int64 = 0
+            let counts = v.latency.counts
+            for (i, bound) in LatencyHistogram.bounds.enumerated() {
+                cumulative += counts[i]
+                out += "weir_http_request_duration_seconds_bucket{\(l),le=\"\(bound)\"} \(cumulative)\n"
+            }
+            out += "weir_http_request_duration_seconds_bucket{\(l),le=\"+Inf\"} \(v.latency.count)\n"
+            out += "weir_http_request_duration_seconds_sum{\(l)} \(Double(v.latency.sumNanoseconds) / 1e9)\n"
+            out += "weir_http_request_duration_seconds_count{\(l)} \(v.latency.count)\n"
+        }
         let eps = endpoints.sorted { $0.key < $1.key }.flatMap { c, list in
             list.sorted { $0.0.description < $1.0.description }.map { ("cluster=\"\(label(c))\",endpoint=\"\(label($0.0.description))\"", $0.1) }
         }
@@ -59,6 +84,8 @@ enum AdminRender {
         family("weir_upstream_connections_active", "gauge", "Connections open (or connecting) to each endpoint.", eps.map { ($0.0, $0.1.active) })
         family("weir_upstream_connect_failures_total", "counter", "Connects refused or unreachable.", eps.map { ($0.0, $0.1.connectFailures) })
         family("weir_upstream_connect_timeouts_total", "counter", "Connects that hit connect_timeout.", eps.map { ($0.0, $0.1.connectTimeouts) })
+        family("weir_upstream_requests_total", "counter", "HTTP requests sent to each endpoint.", eps.map { ($0.0, $0.1.requests) })
+        family("weir_upstream_pool_reuses_total", "counter", "HTTP requests sent on a pooled (reused) connection.", eps.map { ($0.0, $0.1.poolReuses) })
         family("weir_upstream_bytes_sent_total", "counter", "Bytes delivered to each endpoint.", eps.map { ($0.0, $0.1.bytesSent) })
         family("weir_upstream_bytes_received_total", "counter", "Bytes received from each endpoint and delivered to clients.", eps.map { ($0.0, $0.1.bytesReceived) })
         var health: [(String, Int64)] = []
@@ -74,6 +101,8 @@ enum AdminRender {
         family("weir_health_state_changes_total", "counter", "Endpoint health changes (probes and ejections).", [("", Int64(changes))])
         family("weir_cluster_panics_total", "counter", "Times a cluster entered panic.", [("", Int64(panics))])
         family("weir_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", [("", Int64(totals.idleTimeouts))])
+        family("weir_http_overloads_total", "counter", "HTTP requests answered 503 because a pool hit max_connections or no head buffer was free.",
+               [("reason=\"pool_full\"", Int64(totals.poolOverflows)), ("reason=\"head_buffers\"", Int64(totals.headBuffersExhausted))])
         family("weir_buffer_ring_dry_total", "counter", "Times a receive stopped because a shard's buffer pool was empty.", [("", Int64(totals.bufferRingDry))])
         family("weir_config_generation", "gauge", "The running snapshot's generation.", [("", Int64(snap.generation))])
         family("weir_reloads_total", "counter", "Config reloads by result.",
@@ -92,7 +121,7 @@ enum AdminRender {
             out += "\(c.name) \(c.balancer.rawValue)\(c.eligibility.panic ? " PANIC" : "")\n"
             for (i, e) in c.endpoints.enumerated() {
                 let n = counters[e.address] ?? EndpointCounters()
-                out += "  \(e.address) weight=\(e.weight) \(c.available[i] ? "healthy" : "unavailable") active=\(n.active) connections=\(n.connections) connect_failures=\(n.connectFailures)\n"
+                out += "  \(e.address) weight=\(e.weight) \(c.available[i] ? "healthy" : "unavailable") active=\(n.active) connections=\(n.connections) connect_failures=\(n.connectFailures) requests=\(n.requests) pool_reuses=\(n.poolReuses)\n"
             }
         }
         return out

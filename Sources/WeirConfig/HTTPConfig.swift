@@ -151,6 +151,7 @@ extension Compiler {
             default: break
             }
         }
+        if l.http?["max_request_line_bytes"] == nil { limits.maxRequestLineBytes = min(limits.maxRequestLineBytes, limits.maxHeaderBytes) }
         if limits.maxRequestLineBytes > limits.maxHeaderBytes {
             bad(l.httpPosition ?? l.position, "max_request_line_bytes must not exceed max_header_bytes")
         }
