@@ -61,9 +61,29 @@ func forward(_ text: String, rules: ForwardingRules = ForwardingRules(), client:
         #expect(!plain.contains("Upgrade"))
     }
 
-    @Test func http10RequestsGoUpstreamAs11AndChunkedFramingStays() {
-        #expect(forward("GET / HTTP/1.0\r\n\r\n")!.hasPrefix("GET / HTTP/1.1\r\n"))
+    /// An HTTP/1.0 request goes upstream as 1.0 (asking for keep-alive), so the upstream cannot
+    /// answer with chunked framing the client would not understand.
+    @Test func http10RequestsGoUpstreamAs10AndChunkedFramingStays() {
+        let ten = forward("GET / HTTP/1.0\r\n\r\n")!
+        #expect(ten.hasPrefix("GET / HTTP/1.0\r\n"))
+        #expect(ten.contains("Connection: keep-alive\r\n"))
         #expect(forward("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")!.contains("Transfer-Encoding: chunked\r\n"))
+    }
+
+    @Test func responsesLoseHopByHopFieldsAndGainWhatTheRouteSays() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Internal: yes\r\nServer: s\r\n\r\n"
+        let table = HeaderTable(capacity: 64)
+        let bytes = Array(text.utf8)
+        let out: String? = bytes.withUnsafeBytes { src in
+            guard case .complete(let head) = HTTPParser.parseResponse(src, requestMethod: .get, limits: HTTPLimits(), headers: table) else { return nil }
+            var buf = [UInt8](repeating: 0, count: 1024)
+            let n = buf.withUnsafeMutableBytes {
+                HeadWriter.writeResponse(head, source: src, headers: table, remove: [Array("x-internal".utf8)],
+                                         add: [Array("X-Served-By: weir".utf8)], connection: .close, into: $0)
+            }
+            return n.map { String(decoding: buf[0..<$0], as: UTF8.self) }
+        }
+        #expect(out == "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nServer: s\r\nX-Served-By: weir\r\nConnection: close\r\n\r\n")
     }
 
     @Test func aBufferTooSmallIsReportedNotOverrun() {
