@@ -27,7 +27,6 @@ extension Shard {
         c.pointee.state = .open
         c.pointee.listenerIndex = Int32(li)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
-        Sockets.setNoDelay(fd)
         fillClientAddress(c, fd: fd)
         armRecv(c, 0)
     }
@@ -1081,8 +1080,8 @@ extension Shard {
         endEndpoint(c)
         c.pointee.state = .closing
         control.stats.pointee.completed += 1
-        shutdown(c.pointee.downstreamFD, Int32(SHUT_RDWR))
         if c.pointee.inflight > 0 {
+            shutdown(c.pointee.downstreamFD, Int32(SHUT_RDWR))
             ring.cancelAll(fd: c.pointee.downstreamFD, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
             if c.pointee.ex.phase == .backoff {
                 ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), userData: UserData(op: Op.ignore, slot: 0, generation: 0))

@@ -17,7 +17,6 @@ extension Shard {
         c.pointee.state = .connecting
         c.pointee.clusterIndex = Int32(listener.clusterIndex)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
-        Sockets.setNoDelay(fd)
         if snapshot.clusters[listener.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
         startConnect(c, slot: slot(of: c))
     }

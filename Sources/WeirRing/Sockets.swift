@@ -31,6 +31,9 @@ public enum Sockets {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
         if address.family == .inet6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt here
+        // instead of one per connection.
+        setNoDelay(fd)
         let rc = address.withSockAddr { bind(fd, $0, $1) }
         guard rc == 0 else { let e = errno; close(fd); throw SocketError(errno: e, what: "bind \(address)") }
         guard Glibc.listen(fd, backlog) == 0 else { let e = errno; close(fd); throw SocketError(errno: e, what: "listen \(address)") }
