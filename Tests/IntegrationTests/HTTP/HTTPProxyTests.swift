@@ -1,6 +1,7 @@
 // The HTTP/1.1 reverse proxy through the real binary, with real upstream servers (Python's
 // http.server) and real clients (raw sockets and curl).
 import Foundation
+import Synchronization
 import Testing
 import WeirCore
 import WeirDemo
@@ -309,4 +310,73 @@ func runProcess(_ path: String, _ arguments: [String], seconds: Double = 30) thr
     data.append(pipe.fileHandleForReading.readDataToEndOfFile())
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+@Suite(.serialized) struct HTTPLiveOperationTests {
+    @Test func sigtermLetsASlowRequestFinishWithConnectionClose() throws {
+        let a = try HTTPUpstream(name: "a")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a]))
+        defer { weir.stop() }
+        let idle = try HTTPClient(port: port, timeoutSeconds: 5)
+        #expect(try idle.request("GET /warm HTTP/1.1\r\nHost: h\r\n\r\n").status == 200)
+        let slow = try HTTPClient(port: port, timeoutSeconds: 10)
+        slow.send("GET /slow?ms=1200 HTTP/1.1\r\nHost: h\r\n\r\n")
+        usleep(200_000)
+        weir.signal(SIGTERM)
+        let r = try slow.readResponse()
+        #expect(r.status == 200 && r.text == "slow from a", "the request in flight finishes")
+        #expect(r.header("Connection") == "close", "and the client is told the connection ends")
+        #expect(slow.closedByPeer())
+        #expect(idle.closedByPeer(), "idle keep-alive connections are closed by the drain")
+        #expect(weir.waitForExit(seconds: 10) == 0)
+        #expect(weir.log.contains("every connection ended on its own"), "nothing had to be cut: \(weir.log)")
+    }
+
+    @Test func reloadsUnderLoadLoseNoRequest() throws {
+        let a = try HTTPUpstream(name: "a"), b = try HTTPUpstream(name: "b"), c = try HTTPUpstream(name: "c")
+        let port = try freePort()
+        func yaml(_ step: Int) -> String {
+            let ups = step % 2 == 0 ? [a, b] : [a, b, c]
+            let extraRoute = step % 3 == 0 ? "      - match: { path_prefix: /extra }\n        direct_response: { status: 200, body: extra }\n" : ""
+            return httpConfig(port: port, upstreams: ups, routes: extraRoute + "      - cluster: app\n")
+        }
+        let weir = try WeirProcess(yaml: yaml(0))
+        defer { weir.stop() }
+        let stop = Atomic<Bool>(false)
+        let failures = Mutex<[String]>([])
+        let served = Atomic<Int>(0)
+        var threads: [Thread] = []
+        for t in 0..<4 {
+            let th = Thread {
+                var client: HTTPClient? = nil
+                while !stop.load(ordering: .relaxed) {
+                    do {
+                        if client == nil { client = try HTTPClient(port: port, timeoutSeconds: 5) }
+                        let r = try client!.request("GET /load/\(t) HTTP/1.1\r\nHost: h\r\n\r\n")
+                        if r.status != 200 { failures.withLock { $0.append("status \(r.status): \(r.text)") } }
+                        else { served.add(1, ordering: .relaxed) }
+                        if r.header("Connection") == "close" { client = nil }
+                    } catch {
+                        failures.withLock { $0.append("\(error)") }
+                        client = nil
+                    }
+                }
+            }
+            th.start()
+            threads.append(th)
+        }
+        for step in 1...20 {
+            try weir.rewrite(yaml(step))
+            weir.signal(SIGHUP)
+            #expect(weir.waitForLog("applied by all", count: step, seconds: 10))
+            usleep(100_000)
+        }
+        stop.store(true, ordering: .relaxed)
+        while threads.contains(where: { !$0.isFinished }) { usleep(10_000) }
+        let f = failures.withLock { $0 }
+        #expect(f.isEmpty, "\(f.count) failed requests, first: \(f.first ?? "")")
+        #expect(served.load(ordering: .relaxed) > 200)
+        #expect((try c.counts().requests) > 0, "the endpoint added by reloads got traffic")
+    }
 }
