@@ -262,3 +262,79 @@ extension String {
         return out
     }
 }
+
+let goodHTTP = """
+listeners:
+  - name: web
+    address: 127.0.0.1:8080
+    protocol: http
+    http: { request_header_timeout: 5s, max_header_bytes: 16KiB, max_headers: 50, max_body_bytes: 10MiB }
+    routes:
+      - match: { host: [api.example.com, "*.api.example.com"], path_prefix: /v1, methods: [GET, POST], headers: [{ name: x-env, value: prod }, { name: x-trace }] }
+        cluster: api
+        timeout: 2s
+        retries: { attempts: 2, on: [reset, 503], backoff: 50ms }
+        prefix_rewrite: /
+        request_headers_to_add: { X-From: weir }
+        response_headers_to_remove: [server]
+      - match: { path_prefix: /canary }
+        weighted_clusters: [{ cluster: api, weight: 90 }, { cluster: web, weight: 10 }]
+      - match: { path_exact: /healthz }
+        direct_response: { status: 200, body: ok }
+      - match: { path_prefix: /old }
+        redirect: { scheme: https, prefix: /new }
+      - cluster: web
+clusters:
+  - name: api
+    pool: { max_connections: 100, max_idle: 10, idle_timeout: 30s, max_requests_per_connection: 1000 }
+    endpoints: [{ address: 127.0.0.1:9000 }]
+  - name: web
+    balancer: ring_hash
+    balancer_options: { hash_key: "cookie:session" }
+    endpoints: [{ address: 127.0.0.1:9001 }, { address: 127.0.0.1:9002 }]
+"""
+
+@Suite struct HTTPConfigTests {
+    @Test func anHTTPListenerCompilesWithRoutesAndPools() throws {
+        let s = try Compiler.compile(YAMLLoader.parse(goodHTTP, file: "t.yaml"))
+        let http = try #require(s.listeners[0].http)
+        #expect(s.listeners[0].proto == .http)
+        #expect(http.actions.count == 5)
+        #expect(http.limits.maxHeaderBytes == 16384 && http.limits.maxHeaderCount == 50 && http.limits.maxBodyBytes == 10 << 20)
+        #expect(http.requestHeaderTimeoutNanoseconds == 5_000_000_000)
+        #expect(http.actions[0].retry.attempts == 2 && http.actions[0].retry.onReset && http.actions[0].retry.statuses == [503])
+        #expect(http.actions[0].timeoutNanoseconds == 2_000_000_000)
+        #expect(http.actions[0].prefixLength == 3)
+        #expect(http.routes.routes[0].hosts == [.exact(Array("api.example.com".utf8)), .suffix(Array(".api.example.com".utf8))])
+        guard case .weighted(let ids, let cumulative) = http.actions[1].target else { Issue.record("not weighted"); return }
+        #expect(ids == [0, 1] && cumulative == [90, 100])
+        #expect(s.clusters[0].pool.maxConnections == 100 && s.clusters[0].pool.maxRequestsPerConnection == 1000)
+        #expect(s.clusters[1].options.hashKey == .cookie(Array("session".utf8)))
+        #expect(s.listeners[0].idleTimeoutNanoseconds == Compiler.defaultHTTPIdleTimeoutNanoseconds)
+    }
+
+    @Test func badRoutesAreErrorsWithPositions() {
+        func with(_ from: String, _ to: String) -> String? { errors(goodHTTP.replacingOccurrences(from, to)).first }
+        #expect(with("cluster: web\nclusters", "cluster: nope\nclusters")?.contains("cluster 'nope' is not defined") == true)
+        #expect(with("path_prefix: /v1,", "path_prefix: v1,")?.contains("path_prefix must start with '/'") == true)
+        #expect(with("path_prefix: /v1,", "path_regex: \"^/v[0-9]+\",")?.contains("path_regex is not supported") == true)
+        #expect(with("methods: [GET, POST]", "methods: [GET, FETCH]")?.contains("methods must be GET") == true)
+        #expect(with("on: [reset, 503]", "on: [reset, 418]")?.contains("retries on must list") == true)
+        #expect(with("{ X-From: weir }", "{ Content-Length: 5 }")?.contains("cannot be added") == true)
+        #expect(with("redirect: { scheme: https, prefix: /new }", "redirect: { scheme: ftp }")?.contains("redirect scheme must be http or https") == true)
+        #expect(with("direct_response: { status: 200, body: ok }", "direct_response: { status: 99 }")?.contains("direct_response status must be 200 to 599") == true)
+        #expect(with("      - cluster: web\n", "      - match: { path_exact: /x }\n")?.contains("a route needs one of cluster") == true)
+        #expect(with("max_headers: 50", "max_headers: 5000")?.contains("max_headers must be 1 to 1000") == true)
+        #expect(with("max_header_bytes: 16KiB", "max_header_bytes: 70000")?.contains("must be at most limits.buffer_bytes - 4KiB") == true)
+        #expect(with("max_connections: 100", "max_connections: 0")?.contains("pool max_connections must be 1 to") == true)
+        #expect(with("protocol: http", "protocol: tcp")?.contains("'http' settings need protocol: http") == true)
+        #expect(with("idle_timeout: 30s", "idle_timeout: soon")?.contains("pool idle_timeout must be a duration") == true)
+        let line = errors(goodHTTP.replacingOccurrences("path_prefix: /v1,", "path_prefix: v1,")).first ?? ""
+        #expect(line.hasPrefix("7:"), "the error points at the route's line: \(line)")
+    }
+
+    @Test func aTCPListenerCannotUseAnHTTPHashKey() {
+        let yaml = goodHTTP.replacingOccurrences("listeners:\n", "listeners:\n  - { name: raw, address: 127.0.0.1:7000, cluster: web }\n")
+        #expect(errors(yaml).first?.contains("listener 'raw' is tcp, but cluster 'web' hashes an HTTP hash_key") == true)
+    }
+}
