@@ -34,6 +34,16 @@ public enum HashKey: Sendable, Equatable {
     case path
 
     public var isHTTP: Bool { self != .sourceIP }
+
+    /// As written in the config.
+    public var text: String {
+        switch self {
+        case .sourceIP: return "source_ip"
+        case .header(let n): return "header:" + String(decoding: n, as: UTF8.self)
+        case .cookie(let n): return "cookie:" + String(decoding: n, as: UTF8.self)
+        case .path: return "path"
+        }
+    }
 }
 
 public struct BalancerOptions: Sendable, Equatable {

@@ -422,3 +422,43 @@ extension Listener {
         return "\(http.actions.count) route(s) -> \(unique.joined(separator: ", "))"
     }
 }
+
+extension RouteMatch {
+    /// The conditions, as an operator wrote them.
+    public var summary: String {
+        var parts: [String] = []
+        if !hosts.isEmpty {
+            parts.append("host " + hosts.map { h -> String in
+                switch h {
+                case .exact(let b): return String(decoding: b, as: UTF8.self)
+                case .suffix(let b): return "*" + String(decoding: b, as: UTF8.self)
+                }
+            }.joined(separator: "|"))
+        }
+        switch path {
+        case .any: break
+        case .prefix(let p): parts.append("path_prefix " + String(decoding: p, as: UTF8.self))
+        case .exact(let p): parts.append("path_exact " + String(decoding: p, as: UTF8.self))
+        }
+        if !methods.isEmpty { parts.append("methods \(methods.count)") }
+        for h in headers { parts.append("header " + String(decoding: h.name, as: UTF8.self) + (h.value.map { "=" + String(decoding: $0, as: UTF8.self) } ?? "")) }
+        return parts.isEmpty ? "any request" : parts.joined(separator: ", ")
+    }
+}
+
+extension Route {
+    public func summary(in snapshot: Snapshot) -> String {
+        var s: String
+        switch target {
+        case .cluster(let i): s = "cluster \(snapshot.clusters[i].name)"
+        case .weighted(let ids, let cumulative):
+            var prev: UInt32 = 0
+            s = "weighted " + zip(ids, cumulative).map { id, c in defer { prev = c }; return "\(snapshot.clusters[id].name) \(c - prev)" }.joined(separator: ", ")
+        case .direct(let status, _, _): s = "direct_response \(status)"
+        case .redirect(let r): s = "redirect \(r.status)"
+        }
+        if case .cluster = target { s += ", timeout \(timeoutNanoseconds == 0 ? "none" : formatDuration(nanoseconds: timeoutNanoseconds))" }
+        if retry.attempts > 0 { s += ", \(retry.attempts) retr\(retry.attempts == 1 ? "y" : "ies")" }
+        return s
+    }
+}

@@ -51,6 +51,10 @@ struct Check: ParsableCommand {
         print("listeners:")
         for l in s.listeners {
             print("  \(l.name)  \(l.address)  \(l.proto.rawValue) -> \(l.targetSummary(in: s))  idle_timeout \(formatDuration(nanoseconds: l.idleTimeoutNanoseconds))")
+            if let http = l.http {
+                print("    header timeout \(formatDuration(nanoseconds: http.requestHeaderTimeoutNanoseconds)), max header \(http.limits.maxHeaderBytes) B, max body \(http.limits.maxBodyBytes) B\(http.accessLog.map { ", access log \($0)" } ?? "")")
+                for (i, r) in http.routes.routes.enumerated() { print("    route \(i + 1): \(r.summary) -> \(http.actions[i].summary(in: s))") }
+            }
         }
         print("clusters:")
         for c in s.clusters {
@@ -64,8 +68,8 @@ struct Check: ParsableCommand {
 func balancerSummary(_ c: Cluster) -> String {
     var parts: [String] = []
     switch c.table {
-    case .ring(let t): parts.append("\(t.size) ring points, hash source_ip")
-    case .maglev(let t): parts.append("table \(t.size), hash source_ip")
+    case .ring(let t): parts.append("\(t.size) ring points, hash \(c.options.hashKey.text)")
+    case .maglev(let t): parts.append("table \(t.size), hash \(c.options.hashKey.text)")
     default: break
     }
     if c.balancer == .leastRequest { parts.append("choice_count \(c.options.choiceCount), bias \(c.options.activeRequestBias)") }
