@@ -56,6 +56,8 @@ def wrk(port, seconds, connections, close):
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    if not re.search(r"99%\s+\S+", out):
+        raise SystemExit(f"wrk against port {port} gave no latency distribution:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))

@@ -266,6 +266,7 @@ extension Shard {
         case .contentLength(let n): flow.pointee.body = .contentLength; flow.pointee.bodyRemaining = n
         case .chunked: flow.pointee.body = .chunked; flow.pointee.scanner = ChunkedScanner()
         }
+        guard coalesceBody(c, flow, request: true) else { return }
         connectHTTP(c)
     }
 
@@ -815,6 +816,7 @@ extension Shard {
                 case .chunked: flow.pointee.body = .chunked; flow.pointee.scanner = ChunkedScanner()
                 case .untilClose: flow.pointee.body = .untilClose
                 }
+                if !tunnel && !coalesceBody(c, flow, request: false) { return }
                 if tunnel {
                     c.pointee.ex.phase = .tunnel
                     flow.pointee.body = .untilClose
@@ -827,6 +829,33 @@ extension Shard {
             }
         }
         pumpResponse(c)
+    }
+
+    /// Largest body part copied behind a head so both go out in one send.
+    static let coalesceLimit = 16 * 1024
+
+    /// Appends the body bytes already received (if few) to the head waiting in the out buffer, so
+    /// a small message goes out in one send instead of two. A request's bytes stay in its receive
+    /// buffer (a retry sends them again); a response's are consumed. False when framing the
+    /// body failed (the failure has been answered).
+    func coalesceBody(_ c: UnsafeMutablePointer<Connection>, _ flow: UnsafeMutablePointer<Flow>, request: Bool) -> Bool {
+        guard flow.pointee.outBuffer >= 0, flow.pointee.body == .contentLength || flow.pointee.body == .chunked,
+              flow.pointee.segment == 0, flow.pointee.queued > 0 else { return true }
+        let bid = Int(flow.pointee.head)
+        let avail = Int(bufferLength[bid]) - Int(flow.pointee.sendOffset)
+        guard avail > 0, avail <= Shard.coalesceLimit, avail <= limits.bufferBytes - Int(flow.pointee.outLength) else { return true }
+        guard let (pointer, n) = nextSegment(c, flow, request: request) else { return false }
+        guard n > 0 else { return true }
+        (flow.pointee.outPointer! + Int(flow.pointee.outLength)).copyMemory(from: pointer, byteCount: n)
+        flow.pointee.outLength += Int32(n)
+        if request {
+            flow.pointee.segment = 0
+            flow.pointee.sendOffset += Int32(n)
+            countBytes(c, 0, Int64(n))
+        } else {
+            advance(c, flow, 1, Int32(n))
+        }
+        return true
     }
 
     func setOut(_ flow: UnsafeMutablePointer<Flow>, buffer: Int32, count: Int) {
