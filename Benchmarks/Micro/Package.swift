@@ -27,6 +27,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "WeirConfig", package: "weir"),
+                .product(name: "WeirHTTP", package: "weir"),
             ],
             path: "Benchmarks/ConfigCompile",
             swiftSettings: [.swiftLanguageMode(.v5)],

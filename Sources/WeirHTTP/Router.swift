@@ -39,13 +39,57 @@ public struct RouteMatch: Equatable, Sendable {
 
 public struct RouteTable: Sendable {
     public let routes: [RouteMatch]
-    public init(_ routes: [RouteMatch]) { self.routes = routes }
+    /// Routes by host, so a table of thousands of virtual hosts is not scanned route by route:
+    /// exact hosts and wildcard suffixes each map to the (ascending) routes that name them;
+    /// routes without a host condition are always candidates.
+    let exact: HostIndex
+    let suffixes: HostIndex
+    let anyHost: [Int32]
 
-    /// The index of the first route that matches, or nil (the proxy answers 404).
+    public init(_ routes: [RouteMatch]) {
+        self.routes = routes
+        var exact: [UInt64: [Int32]] = [:], suffixes: [UInt64: [Int32]] = [:]
+        var anyHost: [Int32] = []
+        for (i, r) in routes.enumerated() {
+            if r.hosts.isEmpty { anyHost.append(Int32(i)); continue }
+            for h in r.hosts {
+                switch h {
+                case .exact(let b): b.withUnsafeBytes { exact[HostIndex.hash($0, 0, b.count), default: []].append(Int32(i)) }
+                case .suffix(let b): b.withUnsafeBytes { suffixes[HostIndex.hash($0, 0, b.count), default: []].append(Int32(i)) }
+                }
+            }
+        }
+        self.exact = HostIndex(exact)
+        self.suffixes = HostIndex(suffixes)
+        self.anyHost = anyHost
+    }
+
+    /// The index of the first route that matches, or nil (the proxy answers 404). The first
+    /// match overall is the smallest of each candidate list's first match.
     public func firstMatch(_ head: RequestHead, source: UnsafeRawBufferPointer, headers: HeaderTable) -> Int? {
         let (host, path) = Self.hostAndPath(head, source)
-        for (i, r) in routes.enumerated() where Self.matches(r, head, source, headers, host: host, path: path) { return i }
-        return nil
+        var best = Int32.max
+        func scan(_ list: UnsafeBufferPointer<Int32>) {
+            for i in list {
+                if i >= best { return }
+                if Self.matches(routes[Int(i)], head, source, headers, host: host, path: path) { best = i; return }
+            }
+        }
+        anyHost.withUnsafeBufferPointer { scan($0) }
+        if !exact.isEmpty || !suffixes.isEmpty {
+            let start = Int(host.start), end = Int(host.end)
+            exact.lookup(HostIndex.hash(source, start, end), scan)
+            if !suffixes.isEmpty {
+                // Every ".suffix" of the host: "a.b.example.com" tries ".b.example.com",
+                // ".example.com", ".com".
+                var k = start
+                while k < end {
+                    if source[k] == UInt8(ascii: ".") { suffixes.lookup(HostIndex.hash(source, k, end), scan) }
+                    k += 1
+                }
+            }
+        }
+        return best == Int32.max ? nil : Int(best)
     }
 
     static func matches(_ r: RouteMatch, _ head: RequestHead, _ buf: UnsafeRawBufferPointer, _ headers: HeaderTable,
@@ -114,5 +158,60 @@ public struct RouteTable: Sendable {
         var q = pathStart
         while q < end && buf[q] != UInt8(ascii: "?") { q += 1 }
         return (ByteRange(Int(host.start), h), ByteRange(pathStart, q))
+    }
+}
+
+/// An open-addressing table from a host's hash (case-folded FNV-1a) to a list of route indices.
+/// Lookups hash bytes in place and allocate nothing; a colliding hash only adds candidates, which
+/// the full match then rejects.
+struct HostIndex: Sendable {
+    let keys: [UInt64]
+    let starts: [Int32]
+    let counts: [Int32]
+    let postings: [Int32]
+    let mask: Int
+
+    init(_ map: [UInt64: [Int32]]) {
+        var size = 1
+        while size < map.count * 2 { size <<= 1 }
+        var keys = [UInt64](repeating: 0, count: map.isEmpty ? 0 : size)
+        var starts = [Int32](repeating: -1, count: keys.count), counts = [Int32](repeating: 0, count: keys.count)
+        var postings: [Int32] = []
+        for (hash, list) in map.sorted(by: { $0.key < $1.key }) {
+            var slot = Int(truncatingIfNeeded: hash) & (size - 1)
+            while starts[slot] >= 0 { slot = (slot + 1) & (size - 1) }
+            keys[slot] = hash
+            starts[slot] = Int32(postings.count)
+            counts[slot] = Int32(list.count)
+            postings += list
+        }
+        self.keys = keys; self.starts = starts; self.counts = counts; self.postings = postings
+        self.mask = size - 1
+    }
+
+    var isEmpty: Bool { keys.isEmpty }
+
+    @inlinable static func hash(_ buf: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for i in start..<end {
+            var c = buf[i]
+            if c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z") { c |= 0x20 }
+            h = (h ^ UInt64(c)) &* 0x0000_0100_0000_01B3
+        }
+        return h
+    }
+
+    func lookup(_ hash: UInt64, _ body: (UnsafeBufferPointer<Int32>) -> Void) {
+        guard !keys.isEmpty else { return }
+        var slot = Int(truncatingIfNeeded: hash) & mask
+        while starts[slot] >= 0 {
+            if keys[slot] == hash {
+                postings.withUnsafeBufferPointer { p in
+                    body(UnsafeBufferPointer(rebasing: p[Int(starts[slot])..<Int(starts[slot] + counts[slot])]))
+                }
+                return
+            }
+            slot = (slot + 1) & mask
+        }
     }
 }

@@ -54,3 +54,36 @@ func req(_ method: String = "GET", _ target: String, host: String = "example.com
         #expect(route(RouteTable([r]), req("GET", "/", host: "[::1]")) == 0)
     }
 }
+
+@Suite struct RouteIndexTests {
+    /// The host index must pick exactly what a route-by-route scan picks: random tables of
+    /// exact, wildcard and host-less routes against random requests.
+    @Test func theIndexAgreesWithAScanInOrder() {
+        var rng = SystemRandomNumberGenerator()
+        let hosts = ["a.example.com", "b.example.com", "example.com", "x.y.example.com", "other.net", "A.EXAMPLE.COM"]
+        let patterns = ["a.example.com", "*.example.com", "example.com", "*.y.example.com", "other.net", "*.net"]
+        let paths = ["/", "/api", "/api/v1", "/static"]
+        for _ in 0..<20 {
+            var routes: [RouteMatch] = []
+            for _ in 0..<60 {
+                var r = RouteMatch()
+                let k = Int.random(in: 0...2, using: &rng)
+                for _ in 0..<k { r.hosts.append(HostPattern(patterns.randomElement(using: &rng)!)) }
+                if Bool.random(using: &rng) { r.path = .prefix(Array(paths.randomElement(using: &rng)!.utf8)) }
+                routes.append(r)
+            }
+            let table = RouteTable(routes)
+            for _ in 0..<100 {
+                let text = req("GET", paths.randomElement(using: &rng)! + "/x", host: hosts.randomElement(using: &rng)!)
+                let headers = HeaderTable(capacity: 16)
+                let (indexed, scanned) = Array(text.utf8).withUnsafeBytes { buf -> (Int?, Int?) in
+                    guard case .complete(let head) = HTTPParser.parseRequest(buf, limits: HTTPLimits(), headers: headers) else { return (-1, -2) }
+                    let (host, path) = RouteTable.hostAndPath(head, buf)
+                    let scan = routes.indices.first { RouteTable.matches(routes[$0], head, buf, headers, host: host, path: path) }
+                    return (table.firstMatch(head, source: buf, headers: headers), scan)
+                }
+                #expect(indexed == scanned, "\(text.debugDescription)")
+            }
+        }
+    }
+}
