@@ -10,7 +10,7 @@ Usage: Benchmarks/http_load.py [--rounds 3] [--seconds 5] [--threads 2] [--conne
 --close adds `Connection: close` to every request (a new connection per request).
 Needs wrk, haproxy and nginx-light (Debian packages; installed if missing). Only 127.0.0.1 is used.
 """
-import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile
+import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile, threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tcp_throughput import ROOT, free_port, start, envoy_binary  # noqa: E402
@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--no-envoy", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated subset of targets")
+    ap.add_argument("--reload-every", type=float, default=0,
+                    help="also measure Weir while it reloads its config (SIGHUP) every this many seconds")
     args = ap.parse_args()
     ensure_tools()
     if not os.path.exists(args.weir):
@@ -158,6 +160,8 @@ def main():
                                     "--base-id", str(os.getpid() % 1000 + 1)], eport, log)
             targets["envoy"] = eport
 
+        if args.reload_every > 0:
+            targets["weir+reload"] = targets["weir"]
         names = list(targets)
         if args.only:
             names = [n for n in names if n in args.only.split(",")]
@@ -165,10 +169,17 @@ def main():
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for n in order:
-                proc = procs.get(n)
+                proc = procs.get(n.replace("+reload", ""))
+                stop = threading.Event()
+                if n == "weir+reload":
+                    def reloader(pid=proc.pid):
+                        while not stop.wait(args.reload_every):
+                            os.kill(pid, signal.SIGHUP)
+                    threading.Thread(target=reloader, daemon=True).start()
                 before = tree_cpu(proc.pid) if n != "direct" else 0
                 rps, total, p50, p99, errs, non2xx = wrk(targets[n], args.seconds, args.connections, args.close)
                 after = tree_cpu(proc.pid) if n != "direct" else 0
+                stop.set()
                 cpu_us = (after - before) * 1e6 / max(total, 1) if n != "direct" else 0
                 res[n].append((rps, p50, p99, cpu_us, errs, non2xx))
             print(f"round {r + 1}: " + ", ".join(f"{n} {res[n][-1][0]:.0f}" for n in names) + " req/s", file=sys.stderr)
@@ -185,7 +196,9 @@ def main():
             errs = "; ".join(sorted(set(x[4] for x in res[n] if x[4]))) or "none"
             bad = sum(x[5] for x in res[n])
             print(f"{n:<8} {med(n, 0):>9.0f} {med(n, 1):>7.2f} {med(n, 2):>7.2f} {cpu:>11} {ratio:>11}  {errs}{f', non-2xx {bad}' if bad else ''}")
-        peers = [n for n in names if n not in ("weir", "direct")]
+        peers = [n for n in names if n not in ("weir", "direct", "weir+reload")]
+        if "weir+reload" in res:
+            print(f"\nweir reloading every {args.reload_every}s / weir quiet: {med('weir+reload', 0) / med('weir', 0):.2f}x req/s (target >= 0.95)")
         if "weir" in res and peers:
             best = max(peers, key=lambda n: med(n, 0))
             print(f"\nweir / best peer ({best}) req/s: {med('weir', 0) / med(best, 0):.2f}x (target >= 1.1)")
