@@ -1,4 +1,30 @@
-/* OpenSSL for Weir's TLS (used from the TLS issue on; the shim exists so the build proves the
- * dependency early). */
+/* OpenSSL for Weir's TLS. Macros do not import into Swift: the few Weir uses are wrapped here as
+ * inline functions. */
 #include <openssl/ssl.h>
 #include <openssl/err.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <openssl/pem.h>
+
+static inline long weir_ssl_ctx_set_min_proto(SSL_CTX *ctx, int version) { return SSL_CTX_set_min_proto_version(ctx, version); }
+static inline long weir_ssl_ctx_set_max_proto(SSL_CTX *ctx, int version) { return SSL_CTX_set_max_proto_version(ctx, version); }
+static inline long weir_ssl_ctx_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
+static inline long weir_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*cb)(SSL *, int *, void *), void *arg) {
+    SSL_CTX_set_tlsext_servername_arg(ctx, arg);
+    return SSL_CTX_set_tlsext_servername_callback(ctx, cb);
+}
+static inline long weir_ssl_set_host_name(SSL *ssl, const char *name) { return SSL_set_tlsext_host_name(ssl, name); }
+static inline int weir_tls1_2_version(void) { return TLS1_2_VERSION; }
+static inline int weir_tls1_3_version(void) { return TLS1_3_VERSION; }
+static inline int weir_tls1_1_version(void) { return TLS1_1_VERSION; }
+static inline int weir_tls1_version(void) { return TLS1_VERSION; }
+static inline int weir_nametype_host(void) { return TLSEXT_NAMETYPE_host_name; }
+static inline int weir_tlsext_err_ok(void) { return SSL_TLSEXT_ERR_OK; }
+static inline int weir_tlsext_err_noack(void) { return SSL_TLSEXT_ERR_NOACK; }
+static inline int weir_tlsext_err_alert_fatal(void) { return SSL_TLSEXT_ERR_ALERT_FATAL; }
+static inline long weir_mode_partial_and_moving(void) { return SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS; }
+static inline int weir_verify_peer_required(void) { return SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT; }
+static inline int weir_verify_peer(void) { return SSL_VERIFY_PEER; }
+static inline int weir_verify_none(void) { return SSL_VERIFY_NONE; }
+static inline size_t weir_bio_pending(BIO *b) { return BIO_ctrl_pending(b); }
+static inline int weir_err_reason(unsigned long e) { return ERR_GET_REASON(e); }

@@ -63,6 +63,17 @@ enum AdminRender {
                ls.map { ("listener=\"\(label($0.key))\"", $0.value.localResponses) })
         family("weir_http_retries_total", "counter", "HTTP requests sent again to another endpoint (route retries).",
                ls.map { ("listener=\"\(label($0.key))\"", $0.value.retries) })
+        family("weir_tls_handshakes_total", "counter", "TLS handshakes completed, per listener.",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.tlsHandshakes) })
+        family("weir_tls_resumptions_total", "counter", "TLS handshakes that resumed a session (tickets), per listener.",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.tlsResumptions) })
+        var tlsFailures: [(String, Int64)] = []
+        for (name, v) in ls {
+            tlsFailures.append(("listener=\"\(label(name))\",reason=\"version\"", v.tlsFailedVersion))
+            tlsFailures.append(("listener=\"\(label(name))\",reason=\"certificate\"", v.tlsFailedCertificate))
+            tlsFailures.append(("listener=\"\(label(name))\",reason=\"other\"", v.tlsFailedOther))
+        }
+        family("weir_tls_handshake_failures_total", "counter", "TLS handshakes that failed, per listener and reason.", tlsFailures)
         out += "# HELP weir_http_request_duration_seconds HTTP request duration, from its first byte to the last response byte.\n"
         out += "# TYPE weir_http_request_duration_seconds histogram\n"
         for (name, v) in ls where v.latency.count > 0 || v.requests > 0 {

@@ -65,6 +65,12 @@ public enum Compiler {
             if let b = l.backlog, !(1...65535).contains(b.value) { fail(b.position, "backlog must be 1 to 65535") }
             if let t = l.idleTimeout, t.value < 1_000_000 { fail(t.position, "idle_timeout must be at least 1ms") }
             let backlog = Int32(l.backlog?.value ?? 4096)
+            var tls: TLSContext? = nil
+            if let t = l.tls {
+                if proto != .http { fail(t.position, "listener '\(name.value)': tls termination is available on http listeners in this build"); continue }
+                guard let context = compileTLS(t, listener: name.value, fail: fail) else { continue }
+                tls = context
+            }
             if proto == .http {
                 guard let http = compileHTTPListener(l, name: name.value, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
                                                      clusters: clusters, fail: fail) else { continue }
@@ -75,6 +81,7 @@ public enum Compiler {
                 var listener = Listener(name: name.value, address: address, proto: .http, clusterIndex: -1,
                                         idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultHTTPIdleTimeoutNanoseconds, backlog: backlog)
                 listener.http = http
+                listener.tls = tls
                 listeners.append(listener)
                 continue
             }

@@ -50,6 +50,25 @@ public struct ListenerDocument: Sendable {
     public var httpPosition: SourcePosition?
     public var routes: [RouteDocument] = []
     public var routesPosition: SourcePosition?
+    public var tls: TLSDocument?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+/// `tls:` on a listener, as written.
+public struct TLSDocument: Sendable {
+    public var position: SourcePosition
+    public var certificates: [CertificateDocument] = []
+    public var minVersion: Located<String>?
+    public var alpn: [Located<String>] = []
+    public var clientCA: Located<String>?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+public struct CertificateDocument: Sendable {
+    public var position: SourcePosition
+    public var cert: Located<String>?
+    public var key: Located<String>?
+    public var serverNames: [Located<String>] = []
     public init(position: SourcePosition) { self.position = position }
 }
 

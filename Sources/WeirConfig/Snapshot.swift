@@ -73,6 +73,8 @@ public struct Listener: Sendable {
     public let backlog: Int32
     /// Routes, limits and timeouts of a `protocol: http` listener.
     public var http: HTTPListener? = nil
+    /// TLS termination (`tls:`), or nil.
+    public var tls: TLSContext? = nil
 }
 
 /// Sizes fixed when the shards start: a reload that changes them is reported and applies on the

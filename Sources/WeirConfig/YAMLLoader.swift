@@ -155,7 +155,7 @@ struct Reader {
 
     mutating func listener(_ node: Node) -> ListenerDocument {
         var l = ListenerDocument(position: pos(node))
-        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog", "http", "routes"], what: "a listener")
+        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog", "http", "routes", "tls"], what: "a listener")
         l.name = string(f["name"], "name")
         l.address = string(f["address"], "address")
         l.proto = string(f["protocol"], "protocol")
@@ -166,6 +166,28 @@ struct Reader {
             l.httpPosition = pos(h.value)
             l.http = flatMapping(h.value, allowed: ["request_header_timeout", "max_request_line_bytes", "max_header_bytes",
                                                    "max_headers", "max_body_bytes", "access_log"], what: "http")
+        }
+        if let t = f["tls"] {
+            var d = TLSDocument(position: pos(t.value))
+            let tf = fields(t.value, allowed: ["certificates", "min_version", "alpn", "client_ca"], what: "tls")
+            for n in list(tf["certificates"], "certificates") {
+                var c = CertificateDocument(position: pos(n))
+                let cf = fields(n, allowed: ["cert", "key", "server_names"], what: "a certificate")
+                c.cert = string(cf["cert"], "cert")
+                c.key = string(cf["key"], "key")
+                c.serverNames = list(cf["server_names"], "server_names").compactMap { s in
+                    if let v = s.string { return Located(v, at: pos(s)) }
+                    fail(s, "server_names must list names"); return nil
+                }
+                d.certificates.append(c)
+            }
+            d.minVersion = string(tf["min_version"], "min_version")
+            d.alpn = list(tf["alpn"], "alpn").compactMap { s in
+                if let v = s.string { return Located(v, at: pos(s)) }
+                fail(s, "alpn must list protocol names"); return nil
+            }
+            d.clientCA = string(tf["client_ca"], "client_ca")
+            l.tls = d
         }
         if let r = f["routes"] {
             l.routesPosition = pos(r.value)

@@ -142,6 +142,8 @@ struct Connection {
     var connectTimeout = __kernel_timespec()
     /// An HTTP connection (the listener's protocol): `ex` is its current exchange.
     var isHTTP = false
+    /// TLS terminated here: its state is in Shard.tlsStates at this slot.
+    var isTLS = false
     var listenerIndex: Int32 = -1
     var ex = HTTPExchange()
     /// Access log: bytes of the kept method and path, and the byte counts at the last line.

@@ -221,6 +221,9 @@ public final class Server: @unchecked Sendable {
                 sum.responses.0 += v.responses.0; sum.responses.1 += v.responses.1; sum.responses.2 += v.responses.2
                 sum.responses.3 += v.responses.3; sum.responses.4 += v.responses.4
                 sum.latency = sum.latency + v.latency
+                sum.tlsHandshakes += v.tlsHandshakes; sum.tlsResumptions += v.tlsResumptions
+                sum.tlsFailedVersion += v.tlsFailedVersion; sum.tlsFailedCertificate += v.tlsFailedCertificate
+                sum.tlsFailedOther += v.tlsFailedOther
                 listeners[name] = sum
             }
             for (key, v) in e { endpoints[key] = (endpoints[key] ?? EndpointCounters()) + v }

@@ -28,6 +28,10 @@ extension Shard {
         c.pointee.listenerIndex = Int32(li)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
         fillClientAddress(c, fd: fd)
+        if let tls = listener.tls, !startTLS(c, tls) {
+            Log.warning("shard \(index): cannot start TLS: \(openSSLErrors())")
+            return closeHTTP(c)
+        }
         armRecv(c, 0)
     }
 
@@ -78,6 +82,16 @@ extension Shard {
 
     @inline(__always) func headBuffer(_ b: Int32) -> UnsafeMutableRawPointer { headStorage + Int(b) * limits.bufferBytes }
 
+    /// A queued buffer's memory: ids below the ring's count are ring buffers, the ones above are
+    /// head buffers (TLS plaintext that spilled out of its receive buffer).
+    @inline(__always) func bufferPointer(_ bid: Int) -> UnsafeMutableRawPointer {
+        bid < buffers.count ? buffers.pointer(UInt16(bid)) : headBuffer(Int32(bid - buffers.count))
+    }
+
+    @inline(__always) func releaseBuffer(_ bid: Int) {
+        if bid < buffers.count { buffers.recycle(UInt16(bid)) } else { releaseHeadBuffer(Int32(bid - buffers.count)) }
+    }
+
     func clearOut(_ flow: UnsafeMutablePointer<Flow>) {
         if flow.pointee.outBuffer >= 0 { releaseHeadBuffer(flow.pointee.outBuffer) }
         flow.pointee.outBuffer = -1
@@ -96,7 +110,7 @@ extension Shard {
         if flow.pointee.head < 0 { flow.pointee.tail = -1 }
         flow.pointee.queued -= 1
         flow.pointee.sendOffset = 0
-        buffers.recycle(UInt16(head))
+        releaseBuffer(head)
     }
 
     func dropQueue(_ flow: UnsafeMutablePointer<Flow>) {
@@ -120,14 +134,14 @@ extension Shard {
         guard h >= 0, n >= 0 else { return false }
         let off = Int(flow.pointee.sendOffset)
         var len = Int(bufferLength[h]) - off
-        let base = buffers.pointer(UInt16(h))
+        let base = bufferPointer(Int(h))
         if off > 0 { base.copyMemory(from: base + off, byteCount: len) }
         flow.pointee.sendOffset = 0
         let room = buffers.bufferBytes - len
         let nextLen = Int(bufferLength[n])
         let k = min(room, nextLen)
         guard k > 0 else { bufferLength[h] = Int32(len); return off > 0 }
-        let next = buffers.pointer(UInt16(n))
+        let next = bufferPointer(Int(n))
         (base + len).copyMemory(from: next, byteCount: k)
         len += k
         bufferLength[h] = Int32(len)
@@ -135,7 +149,7 @@ extension Shard {
             bufferNext[h] = bufferNext[n]
             if flow.pointee.tail == Int32(n) { flow.pointee.tail = Int32(h) }
             flow.pointee.queued -= 1
-            buffers.recycle(UInt16(n))
+            releaseBuffer(n)
         } else {
             next.copyMemory(from: next + k, byteCount: nextLen - k)
             bufferLength[n] = Int32(nextLen - k)
@@ -159,7 +173,7 @@ extension Shard {
             let len = Int(bufferLength[bid])
             if off >= len { popHead(flow); continue }
             if c.pointee.ex.phase == .idle { beginExchange(c) }
-            let base = buffers.pointer(UInt16(bid)) + off
+            let base = bufferPointer(Int(bid)) + off
             let http = httpListener(c)
             switch HTTPParser.parseRequest(UnsafeRawBufferPointer(start: base, count: len - off), limits: http.limits, headers: headers) {
             case .incomplete:
@@ -249,7 +263,7 @@ extension Shard {
             return localResponse(c, status: 503, close: true)
         }
         let prefix = !route.forwarding.prefixReplacement.isEmpty && route.prefixLength > 0 && source[Int(head.target.start)] == UInt8(ascii: "/") ? route.prefixLength : 0
-        let context = ForwardContext(clientAddress: clientAddress(c), https: false, requestID: requestID(), upgrade: head.upgrade)
+        let context = ForwardContext(clientAddress: clientAddress(c), https: c.pointee.isTLS, requestID: requestID(), upgrade: head.upgrade)
         guard let n = HeadWriter.writeRequest(head, source: source, headers: headers, rules: route.forwarding, prefixMatchedBytes: prefix,
                                               context: context, into: UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)) else {
             releaseHeadBuffer(out)
@@ -608,7 +622,7 @@ extension Shard {
             }
             if res > 0, let bid {
                 let flow = c.flow(1)
-                enqueue(flow, bid: bid, length: res)
+                enqueue(flow, bid: Int(bid), length: res)
                 flow.pointee.bytes += Int64(res)
                 c.pointee.lastActivity = now
                 if c.pointee.ex.responseHeadDone { pumpResponse(c) } else { processResponse(c) }
@@ -696,7 +710,7 @@ extension Shard {
                 flow.pointee.segment = Int32(n)
             case .chunked:
                 let limits = httpListener(c).limits
-                switch flow.pointee.scanner.scan(UnsafeRawBufferPointer(start: buffers.pointer(UInt16(bid)) + off, count: avail), limits: limits) {
+                switch flow.pointee.scanner.scan(UnsafeRawBufferPointer(start: bufferPointer(Int(bid)) + off, count: avail), limits: limits) {
                 case .needMore: flow.pointee.segment = Int32(avail)
                 case .done(let n): flow.pointee.segment = Int32(n); flow.pointee.body = .none
                 case .failed(let e):
@@ -714,7 +728,7 @@ extension Shard {
                 break
             }
         }
-        return (buffers.pointer(UInt16(flow.pointee.head)) + Int(flow.pointee.sendOffset), Int(flow.pointee.segment))
+        return (bufferPointer(Int(flow.pointee.head)) + Int(flow.pointee.sendOffset), Int(flow.pointee.segment))
     }
 
     func upstreamSend(_ c: UnsafeMutablePointer<Connection>, _ u: UnsafeMutablePointer<Upstream>, _ pointer: UnsafeMutableRawPointer, _ count: Int) {
@@ -765,7 +779,7 @@ extension Shard {
             let off = Int(flow.pointee.sendOffset)
             let len = Int(bufferLength[bid])
             if off >= len { popHead(flow); continue }
-            let base = buffers.pointer(UInt16(bid)) + off
+            let base = bufferPointer(Int(bid)) + off
             let http = httpListener(c)
             switch HTTPParser.parseResponse(UnsafeRawBufferPointer(start: base, count: len - off), requestMethod: c.pointee.ex.method,
                                             limits: http.limits, headers: headers) {
@@ -904,18 +918,30 @@ extension Shard {
     }
 
     func downstreamSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer, _ count: Int) {
+        if c.pointee.isTLS { return tlsSend(c, pointer, count) }
         c.flow(1).pointee.sending = true
         c.pointee.inflight += 1
         ring.send(fd: c.pointee.downstreamFD, buffer: pointer, count: count,
                   userData: UserData(op: Op.send, sub: 1, slot: slot(of: c), generation: c.pointee.generation))
     }
 
-    func onHTTPSend(_ c: UnsafeMutablePointer<Connection>, _ res: Int32) {
+    func onHTTPSend(_ c: UnsafeMutablePointer<Connection>, _ sent: Int32) {
         let flow = c.flow(1)
         flow.pointee.sending = false
         c.pointee.inflight -= 1
         if c.pointee.state != .open { return finishIfIdle(c) }
-        guard res > 0 else { return abortHTTP(c) }
+        guard sent > 0 else { return abortHTTP(c) }
+        var res = sent
+        if c.pointee.isTLS {
+            // Ciphertext went out; what counts below is the plaintext it carried.
+            guard let credit = tlsSent(c, sent) else { return }
+            if credit == 0 {
+                c.pointee.lastActivity = now
+                if c.pointee.ex.phase == .lingering { return }
+                return pumpResponse(c)
+            }
+            res = credit
+        }
         c.pointee.lastActivity = now
         if flow.pointee.outSent < flow.pointee.outLength {
             flow.pointee.outSent += res
@@ -1137,7 +1163,17 @@ extension Shard {
                 if !flow.pointee.recvArmed { armRecv(c, 0) }
                 return
             }
-            enqueue(flow, bid: bid, length: res)
+            var closeNotify = false
+            if c.pointee.isTLS {
+                guard let plain = tlsReceive(c, bid: Int(bid), count: Int(res), closeNotify: &closeNotify) else { return }
+                if plain == 0 && !closeNotify {
+                    c.pointee.lastActivity = now
+                    if !flow.pointee.recvArmed { rearmIfRoom(c, 0) }
+                    return
+                }
+            } else {
+                enqueue(flow, bid: Int(bid), length: res)
+            }
             flow.pointee.bytes += Int64(res)
             c.pointee.lastActivity = now
             switch c.pointee.ex.phase {
@@ -1146,6 +1182,7 @@ extension Shard {
             default: break
             }
             guard c.pointee.state == .open else { return }
+            if closeNotify { return onHTTPRecv(c, ud, 0, nil) }
             if flow.pointee.recvArmed && flow.pointee.queued >= queueCap && !flow.pointee.cancelRequested {
                 flow.pointee.cancelRequested = true
                 ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))

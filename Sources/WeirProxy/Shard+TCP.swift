@@ -263,7 +263,7 @@ extension Shard {
         }
         if c.pointee.isHTTP { return onHTTPRecv(c, ud, res, bid) }
         if res > 0, let bid {
-            enqueue(flow, bid: bid, length: res)
+            enqueue(flow, bid: Int(bid), length: res)
             flow.pointee.bytes += Int64(res)
             c.pointee.lastActivity = now
             if !flow.pointee.sending { sendHead(c, f) }
@@ -295,7 +295,7 @@ extension Shard {
         }
     }
 
-    func enqueue(_ flow: UnsafeMutablePointer<Flow>, bid: UInt16, length: Int32) {
+    func enqueue(_ flow: UnsafeMutablePointer<Flow>, bid: Int, length: Int32) {
         let b = Int32(bid)
         bufferLength[Int(bid)] = length
         bufferNext[Int(bid)] = -1
@@ -315,7 +315,7 @@ extension Shard {
         c.pointee.inflight += 1
         let ud = UserData(op: Op.send, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation)
         if flow.pointee.queued == 1 {
-            ring.send(fd: destinationFD(c, f), buffer: buffers.pointer(UInt16(bid)) + offset,
+            ring.send(fd: destinationFD(c, f), buffer: bufferPointer(Int(bid)) + offset,
                       count: Int(bufferLength[bid]) - offset, userData: ud)
             return
         }
@@ -325,7 +325,7 @@ extension Shard {
         var b = bid
         while b >= 0 && count < Shard.maxVectors {
             let skip = count == 0 ? offset : 0
-            vectors[count] = iovec(iov_base: buffers.pointer(UInt16(b)) + skip, iov_len: Int(bufferLength[b]) - skip)
+            vectors[count] = iovec(iov_base: bufferPointer(Int(b)) + skip, iov_len: Int(bufferLength[b]) - skip)
             count += 1
             b = Int(bufferNext[b])
         }
@@ -362,7 +362,7 @@ extension Shard {
             if flow.pointee.head < 0 { flow.pointee.tail = -1 }
             flow.pointee.queued -= 1
             flow.pointee.sendOffset = 0
-            buffers.recycle(UInt16(head))
+            releaseBuffer(head)
         }
         if flow.pointee.queued > 0 {
             sendHead(c, f)
@@ -434,12 +434,13 @@ extension Shard {
             let flow = c.flow(f)
             if flow.pointee.pipeRead >= 0 { close(flow.pointee.pipeRead); close(flow.pointee.pipeWrite) }
             var b = flow.pointee.head
-            while b >= 0 { buffers.recycle(UInt16(b)); b = bufferNext[Int(b)] }
+            while b >= 0 { releaseBuffer(Int(b)); b = bufferNext[Int(b)] }
             clearOut(flow)
             if f == 0 { control.stats.pointee.bytesDownstreamToUpstream += flow.pointee.bytes }
             else { control.stats.pointee.bytesUpstreamToDownstream += flow.pointee.bytes }
         }
         endActive(c)
+        if c.pointee.isTLS { endTLS(c) }
         if c.pointee.endpointSlot >= 0 { control.named.endpoints[Int(c.pointee.endpointSlot)].active -= 1 }
         if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].active -= 1 }
         c.pointee.snapshot?.release()

@@ -124,6 +124,8 @@ final class Shard {
     /// Per connection slot: the client's address as text, for X-Forwarded-For.
     let clientText: UnsafeMutablePointer<UInt8>
     static let clientTextBytes = 48
+    /// Per connection slot: TLS state (used by connections on `tls:` listeners).
+    let tlsStates: UnsafeMutablePointer<TLSState>
     /// Scratch for a request id.
     let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: 64)
     var requestCounter: UInt64 = 0
@@ -150,10 +152,13 @@ final class Shard {
         freeSlots = .allocate(capacity: n)
         for i in 0..<n { freeSlots[i] = Int32(n - 1 - i) }
         freeCount = n
-        bufferNext = .allocate(capacity: limits.buffersPerShard)
-        bufferNext.initialize(repeating: -1, count: limits.buffersPerShard)
-        bufferLength = .allocate(capacity: limits.buffersPerShard)
-        bufferLength.initialize(repeating: 0, count: limits.buffersPerShard)
+        // Queue links cover the ring's buffers and, after them, the head buffers (which hold
+        // decrypted TLS bytes that did not fit back into their receive buffer).
+        let queueable = limits.buffersPerShard + limits.headBuffersPerShard
+        bufferNext = .allocate(capacity: queueable)
+        bufferNext.initialize(repeating: -1, count: queueable)
+        bufferLength = .allocate(capacity: queueable)
+        bufferLength.initialize(repeating: 0, count: queueable)
         starvedFlows.reserveCapacity(2 * n)
         sendMessages = .allocate(capacity: 2 * n)
         sendMessages.initialize(repeating: msghdr(), count: 2 * n)
@@ -170,6 +175,8 @@ final class Shard {
         for i in 0..<n { upstreamFree[i] = Int32(n - 1 - i) }
         upstreamFreeCount = n
         clientText = .allocate(capacity: n * Shard.clientTextBytes)
+        tlsStates = .allocate(capacity: n)
+        tlsStates.initialize(repeating: TLSState(), count: n)
         starvedUpstreams.reserveCapacity(n)
         recvLimit = control.recvLimit
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
@@ -189,6 +196,8 @@ final class Shard {
         upstreams.deallocate()
         upstreamFree.deallocate()
         clientText.deallocate()
+        tlsStates.deinitialize(count: limits.maxConnectionsPerShard)
+        tlsStates.deallocate()
         scratch.deallocate()
         logScratch?.deallocate()
     }

@@ -18,6 +18,12 @@ public struct ListenerCounters: Sendable {
     public var localResponses: Int64 = 0
     public var retries: Int64 = 0
     public var latency = LatencyHistogram()
+    /// TLS: completed handshakes, those that resumed a session, and failures by reason.
+    public var tlsHandshakes: Int64 = 0
+    public var tlsResumptions: Int64 = 0
+    public var tlsFailedVersion: Int64 = 0
+    public var tlsFailedCertificate: Int64 = 0
+    public var tlsFailedOther: Int64 = 0
     public init() {}
 
     public func responses(class k: Int) -> Int64 {

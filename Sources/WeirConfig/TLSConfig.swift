@@ -1,0 +1,166 @@
+// `tls:` on a listener: certificates loaded and checked when the snapshot compiles (a bad file, a
+// key that does not match, an expired certificate are config errors with file:line), one OpenSSL
+// context per certificate, SNI choosing among them (exact name, then wildcard, then default),
+// ALPN, a minimum version and optional client certificates. Shards only create SSL objects from
+// these contexts; a reload builds new contexts for new connections while open ones keep theirs.
+import COpenSSL
+import WeirCore
+
+public final class TLSContext: @unchecked Sendable {
+    /// SSL_CTX per certificate, in the order written.
+    public let contexts: [OpaquePointer]
+    /// Lowercase server name -> certificate; wildcard suffix (".example.com") -> certificate.
+    let exact: [String: Int]
+    let wildcard: [String: Int]
+    public let defaultIndex: Int
+    /// ALPN protocols in wire format (length-prefixed), server preference first.
+    let alpnWire: UnsafeMutableBufferPointer<UInt8>
+    public let alpn: [String]
+    public let minVersion: String
+    public let clientCA: String?
+    public let summaries: [String]
+
+    init(contexts: [OpaquePointer], exact: [String: Int], wildcard: [String: Int], defaultIndex: Int, alpn: [String],
+         minVersion: String, clientCA: String?, summaries: [String]) {
+        self.contexts = contexts; self.exact = exact; self.wildcard = wildcard; self.defaultIndex = defaultIndex
+        self.alpn = alpn; self.minVersion = minVersion; self.clientCA = clientCA; self.summaries = summaries
+        var wire: [UInt8] = []
+        for p in alpn { wire.append(UInt8(p.utf8.count)); wire += Array(p.utf8) }
+        alpnWire = .allocate(capacity: max(1, wire.count))
+        _ = alpnWire.initialize(from: wire)
+        let arg = Unmanaged.passUnretained(self).toOpaque()
+        for ctx in contexts {
+            weir_ssl_ctx_set_servername_callback(ctx, tlsServerNameCallback, arg)
+            if !alpn.isEmpty { SSL_CTX_set_alpn_select_cb(ctx, tlsALPNCallback, arg) }
+        }
+    }
+
+    deinit {
+        for c in contexts { SSL_CTX_free(c) }
+        alpnWire.deallocate()
+    }
+
+    /// The context new connections start with (SNI may move them to another).
+    public var primary: OpaquePointer { contexts[defaultIndex] }
+
+    /// The certificate for a (lowercase) server name: exact, then the closest wildcard, then default.
+    public func select(_ name: String) -> Int {
+        if let i = exact[name] { return i }
+        var rest = Substring(name)
+        while let dot = rest.firstIndex(of: ".") {
+            rest = rest[dot...]
+            if let i = wildcard[String(rest)] { return i }
+            rest = rest.dropFirst()
+        }
+        return defaultIndex
+    }
+}
+
+/// SNI: switch the connection to the certificate its server name asks for.
+let tlsServerNameCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int32>?, UnsafeMutableRawPointer?) -> Int32 = { ssl, _, arg in
+    guard let ssl, let arg else { return weir_tlsext_err_noack() }
+    let tls = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+    guard let name = SSL_get_servername(ssl, weir_nametype_host()) else { return weir_tlsext_err_ok() }
+    let i = tls.select(String(cString: name).lowercased())
+    if SSL_get_SSL_CTX(ssl) != tls.contexts[i] { SSL_set_SSL_CTX(ssl, tls.contexts[i]) }
+    return weir_tlsext_err_ok()
+}
+
+/// ALPN: the first of our protocols the client offers; none in common means no ALPN.
+let tlsALPNCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<UnsafePointer<UInt8>?>?, UnsafeMutablePointer<UInt8>?,
+                                     UnsafePointer<UInt8>?, UInt32, UnsafeMutableRawPointer?) -> Int32 = { _, out, outLength, input, inputLength, arg in
+    guard let arg, let out, let outLength, let input else { return weir_tlsext_err_noack() }
+    let tls = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+    var chosen: UnsafeMutablePointer<UInt8>? = nil
+    var length: UInt8 = 0
+    let rc = SSL_select_next_proto(&chosen, &length, tls.alpnWire.baseAddress, UInt32(tls.alpnWire.count), input, inputLength)
+    guard rc == OPENSSL_NPN_NEGOTIATED, let chosen else { return weir_tlsext_err_noack() }
+    out.pointee = UnsafePointer(chosen)
+    outLength.pointee = length
+    return weir_tlsext_err_ok()
+}
+
+/// The text of OpenSSL's error queue (and clears it).
+public func openSSLErrors() -> String {
+    var parts: [String] = []
+    while true {
+        let e = ERR_get_error()
+        if e == 0 { break }
+        var buf = [CChar](repeating: 0, count: 256)
+        ERR_error_string_n(e, &buf, buf.count)
+        parts.append(String(cString: buf))
+    }
+    return parts.isEmpty ? "unknown OpenSSL error" : parts.joined(separator: "; ")
+}
+
+extension Compiler {
+    static let tlsVersions = ["1.2", "1.3"]
+
+    static func compileTLS(_ d: TLSDocument, listener: String, fail: (SourcePosition, String) -> Void) -> TLSContext? {
+        var ok = true
+        func bad(_ p: SourcePosition, _ m: String) { fail(p, "listener '\(listener)' tls: \(m)"); ok = false }
+        let minVersion = d.minVersion?.value ?? "1.2"
+        if !tlsVersions.contains(minVersion) { bad(d.minVersion!.position, "min_version must be \"1.2\" or \"1.3\", not '\(minVersion)'") }
+        for p in d.alpn where p.value.isEmpty || p.value.utf8.count > 255 { bad(p.position, "an alpn protocol must be 1 to 255 bytes") }
+        if d.certificates.isEmpty { bad(d.position, "needs at least one entry under 'certificates'") }
+        var contexts: [OpaquePointer] = []
+        var exact: [String: Int] = [:], wildcard: [String: Int] = [:]
+        var defaultIndex: Int? = nil
+        var summaries: [String] = []
+        defer { if !ok { for c in contexts { SSL_CTX_free(c) } } }
+        for c in d.certificates {
+            guard let cert = c.cert, let key = c.key else { bad(c.position, "a certificate needs 'cert' and 'key' (PEM file paths)"); continue }
+            guard let ctx = SSL_CTX_new(TLS_server_method()) else { bad(c.position, "cannot create a TLS context: \(openSSLErrors())"); continue }
+            var usable = true
+            ERR_clear_error()
+            if SSL_CTX_use_certificate_chain_file(ctx, cert.value) != 1 {
+                bad(cert.position, "cannot load certificate \(cert.value): \(openSSLErrors())"); usable = false
+            } else if SSL_CTX_use_PrivateKey_file(ctx, key.value, SSL_FILETYPE_PEM) != 1 {
+                let why = openSSLErrors()
+                if why.contains("mismatch") { bad(key.position, "key \(key.value) does not match certificate \(cert.value)") }
+                else { bad(key.position, "cannot load key \(key.value): \(why)") }
+                usable = false
+            } else if SSL_CTX_check_private_key(ctx) != 1 {
+                bad(key.position, "key \(key.value) does not match certificate \(cert.value)"); usable = false
+            } else if let x = SSL_CTX_get0_certificate(ctx) {
+                if X509_cmp_current_time(X509_get0_notAfter(x)) < 0 { bad(cert.position, "certificate \(cert.value) has expired"); usable = false }
+                else if X509_cmp_current_time(X509_get0_notBefore(x)) > 0 { bad(cert.position, "certificate \(cert.value) is not valid yet"); usable = false }
+            }
+            _ = weir_ssl_ctx_set_min_proto(ctx, minVersion == "1.3" ? weir_tls1_3_version() : weir_tls1_2_version())
+            _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
+            if let ca = d.clientCA {
+                if SSL_CTX_load_verify_locations(ctx, ca.value, nil) != 1 {
+                    bad(ca.position, "cannot load client_ca \(ca.value): \(openSSLErrors())"); usable = false
+                } else {
+                    if let names = SSL_load_client_CA_file(ca.value) { SSL_CTX_set_client_CA_list(ctx, names) }
+                    SSL_CTX_set_verify(ctx, weir_verify_peer_required(), nil)
+                    // Sessions resumed across certificates must share an id context.
+                    _ = SSL_CTX_set_session_id_context(ctx, "weir", 4)
+                }
+            }
+            if !usable { SSL_CTX_free(ctx); continue }
+            let index = contexts.count
+            contexts.append(ctx)
+            if c.serverNames.isEmpty {
+                if defaultIndex != nil { bad(c.position, "only one certificate may leave out server_names (the default)") }
+                defaultIndex = index
+            }
+            for n in c.serverNames {
+                let name = n.value.lowercased()
+                let bare = name.hasPrefix("*.") ? String(name.dropFirst(2)) : name
+                if bare.isEmpty || bare.contains("*") || bare.contains(" ") { bad(n.position, "server name '\(n.value)' must be a name or '*.' and a domain"); continue }
+                if name.hasPrefix("*.") {
+                    if wildcard[String(name.dropFirst())] != nil { bad(n.position, "server name '\(n.value)' is listed twice") }
+                    wildcard[String(name.dropFirst())] = index
+                } else {
+                    if exact[name] != nil { bad(n.position, "server name '\(n.value)' is listed twice") }
+                    exact[name] = index
+                }
+            }
+            summaries.append("\(cert.value)" + (c.serverNames.isEmpty ? " (default)" : " for " + c.serverNames.map(\.value).joined(separator: ", ")))
+        }
+        guard ok, !contexts.isEmpty else { return nil }
+        return TLSContext(contexts: contexts, exact: exact, wildcard: wildcard, defaultIndex: defaultIndex ?? 0,
+                          alpn: d.alpn.map(\.value), minVersion: minVersion, clientCA: d.clientCA?.value, summaries: summaries)
+    }
+}

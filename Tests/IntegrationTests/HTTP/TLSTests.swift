@@ -1,0 +1,183 @@
+// TLS termination through the real binary: certificates made at test time with the openssl CLI,
+// real clients (curl and openssl s_client), real upstreams.
+import Foundation
+import Testing
+import WeirCore
+import WeirDemo
+
+/// A directory of test certificates (see make_certs.sh), removed when this goes.
+final class TestCertificates {
+    let dir: String
+    init() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-certs-\(UUID().uuidString)").path
+        let (status, _) = try runProcess("/bin/bash", [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/make_certs.sh").path, dir])
+        guard status == 0 else { throw LoopbackError(message: "make_certs.sh failed") }
+    }
+    func path(_ name: String) -> String { "\(dir)/\(name)" }
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
+}
+
+/// Runs curl against https://NAME:port/path resolved to 127.0.0.1; (exit status, body + "\n" + code).
+func curlTLS(_ port: UInt16, name: String, path: String = "/", certs: TestCertificates, extra: [String] = []) throws -> (Int32, String) {
+    try runProcess("/usr/bin/curl", ["-sS", "-m", "10", "--cacert", certs.path("ca.pem"), "--resolve", "\(name):\(port):127.0.0.1",
+                                     "-w", "\n%{http_code}"] + extra + ["https://\(name):\(port)\(path)"])
+}
+
+/// openssl s_client's report of a handshake (stdin closed at once).
+/// With `request`, it is sent and s_client waits for the server to close (so session tickets,
+/// which TLS 1.3 sends after the handshake, arrive).
+func sClient(_ port: UInt16, _ arguments: [String], request: String? = nil) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+    p.arguments = ["s_client", "-connect", "127.0.0.1:\(port)"] + arguments + (request == nil ? [] : ["-ign_eof"])
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    let input = Pipe()
+    p.standardInput = request == nil ? FileHandle.nullDevice : input
+    try p.run()
+    if let request {
+        input.fileHandleForWriting.write(Data(request.utf8))
+        try? input.fileHandleForWriting.close()
+    }
+    let deadline = Date().addingTimeInterval(10)
+    var data = Data()
+    while p.isRunning && Date() < deadline { data.append(out.fileHandleForReading.availableData) }
+    if p.isRunning { p.terminate() }
+    data.append(out.fileHandleForReading.readDataToEndOfFile())
+    p.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
+}
+
+@Suite(.serialized) struct TLSTests {
+    func config(port: UInt16, upstream: HTTPUpstream, certs: TestCertificates, tlsExtra: String = "", defaultCert: String = "default",
+                top: String = "") -> String {
+        """
+        shards: 2
+        \(top)
+        listeners:
+          - name: secure
+            address: 127.0.0.1:\(port)
+            protocol: http
+            tls:
+              certificates:
+                - { cert: \(certs.path("a.pem")), key: \(certs.path("a.key")), server_names: [a.example.com, "*.a.example.com"] }
+                - { cert: \(certs.path("\(defaultCert).pem")), key: \(certs.path("\(defaultCert).key")) }
+        \(tlsExtra)
+            routes:
+              - cluster: app
+        clusters:
+          - name: app
+            endpoints: [{ address: "127.0.0.1:\(upstream.port)" }]
+        """
+    }
+
+    @Test func sniPicksTheCertificateAndRequestsFlow() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: config(port: port, upstream: up, certs: certs, tlsExtra: "      alpn: [http/1.1]",
+                                                top: "admin: { address: 127.0.0.1:\(adminPort) }"))
+        defer { weir.stop() }
+        // curl verifies the chain and the name: each name gets a certificate that covers it.
+        let (s1, o1) = try curlTLS(port, name: "a.example.com", path: "/one", certs: certs)
+        #expect(s1 == 0 && o1.hasSuffix("\n200"), "\(o1)")
+        #expect(o1.contains("up /one") && o1.contains("X-Forwarded-Proto: https"))
+        let (s2, o2) = try curlTLS(port, name: "deep.a.example.com", path: "/two", certs: certs)
+        #expect(s2 == 0 && o2.contains("up /two"), "\(o2)")
+        let (s3, o3) = try curlTLS(port, name: "default.example.com", path: "/three", certs: certs)
+        #expect(s3 == 0 && o3.contains("up /three"), "an unknown name gets the default certificate: \(o3)")
+        // Without SNI: the default certificate; with one: ALPN picks http/1.1.
+        let noSNI = try sClient(port, ["-noservername", "-alpn", "http/1.1"])
+        #expect(noSNI.contains("CN = default.example.com") || noSNI.contains("CN=default.example.com"), "\(noSNI)")
+        #expect(noSNI.contains("ALPN protocol: http/1.1"))
+        let sni = try sClient(port, ["-servername", "x.a.example.com"])
+        #expect(sni.contains("CN = a.example.com") || sni.contains("CN=a.example.com"))
+        // A 3 MB body both ways over TLS.
+        let body = certs.path("body.bin")
+        let payload = pseudoRandomBytes(3_000_000, seed: 9)
+        FileManager.default.createFile(atPath: body, contents: Data(payload))
+        let echoed = certs.path("echoed.bin")
+        let (s4, _) = try curlTLS(port, name: "a.example.com", path: "/echo", certs: certs, extra: ["--data-binary", "@\(body)", "-o", echoed])
+        #expect(s4 == 0)
+        #expect(FileManager.default.contents(atPath: echoed) == Data(payload), "a large body crosses TLS intact")
+        let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
+        #expect((stats["weir_tls_handshakes_total{listener=\"secure\"}"] ?? 0) >= 6)
+    }
+
+    @Test func sessionsResume() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: config(port: port, upstream: up, certs: certs, top: "admin: { address: 127.0.0.1:\(adminPort) }"))
+        defer { weir.stop() }
+        let session = certs.path("session.pem")
+        let request = "GET /r HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n"
+        let first = try sClient(port, ["-servername", "a.example.com", "-sess_out", session], request: request)
+        #expect(first.contains("New, TLSv1.3"), "\(first)")
+        let second = try sClient(port, ["-servername", "a.example.com", "-sess_in", session], request: request)
+        #expect(second.contains("Reused, TLSv1.3"), "the ticket from the first handshake resumes: \(second)")
+        let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
+        #expect((stats["weir_tls_resumptions_total{listener=\"secure\"}"] ?? 0) >= 1)
+    }
+
+    @Test func minimumVersionIsEnforced() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: config(port: port, upstream: up, certs: certs, tlsExtra: "      min_version: \"1.3\"",
+                                                top: "admin: { address: 127.0.0.1:\(adminPort) }"))
+        defer { weir.stop() }
+        let (s1, _) = try curlTLS(port, name: "a.example.com", certs: certs, extra: ["--tls-max", "1.2"])
+        #expect(s1 != 0, "a client limited to TLS 1.2 is refused when min_version is 1.3")
+        let (s2, o2) = try curlTLS(port, name: "a.example.com", path: "/ok", certs: certs)
+        #expect(s2 == 0 && o2.contains("up /ok"))
+        let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
+        #expect((stats["weir_tls_handshake_failures_total{listener=\"secure\",reason=\"version\"}"] ?? 0) >= 1)
+    }
+
+    @Test func clientCertificatesAreRequiredAndVerified() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: config(port: port, upstream: up, certs: certs, tlsExtra: "      client_ca: \(certs.path("ca.pem"))"))
+        defer { weir.stop() }
+        let (s1, _) = try curlTLS(port, name: "a.example.com", certs: certs)
+        #expect(s1 != 0, "no client certificate: refused")
+        let (s2, _) = try curlTLS(port, name: "a.example.com", certs: certs, extra: ["--cert", certs.path("rogue.pem"), "--key", certs.path("rogue.key")])
+        #expect(s2 != 0, "a certificate from an untrusted issuer: refused")
+        let (s3, o3) = try curlTLS(port, name: "a.example.com", path: "/mtls", certs: certs,
+                                   extra: ["--cert", certs.path("client.pem"), "--key", certs.path("client.key")])
+        #expect(s3 == 0 && o3.contains("up /mtls"), "\(o3)")
+    }
+
+    @Test func badCertificatesAreConfigErrorsAndReloadsSwapCertificates() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort()
+        let good = config(port: port, upstream: up, certs: certs)
+        let mismatch = good.replacingOccurrences(of: certs.path("default.key"), with: certs.path("a.key"))
+        let expired = config(port: port, upstream: up, certs: certs, defaultCert: "expired")
+        let missing = good.replacingOccurrences(of: certs.path("default.pem"), with: certs.path("nope.pem"))
+        for (yaml, message) in [(mismatch, "does not match certificate"), (expired, "has expired"), (missing, "cannot load certificate")] {
+            let file = certs.path("bad.yaml")
+            try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+            let (status, output) = try runWeir(["check", "--config", file])
+            #expect(status == 1)
+            #expect(output.contains(message), "\(output)")
+            #expect(output.contains("bad.yaml:10:") || output.contains("bad.yaml:9:"), "the error points at the line: \(output)")
+        }
+        let weir = try WeirProcess(yaml: good)
+        defer { weir.stop() }
+        #expect(try sClient(port, ["-noservername"]).contains("default.example.com"))
+        try weir.rewrite(config(port: port, upstream: up, certs: certs, defaultCert: "other"))
+        weir.signal(SIGHUP)
+        #expect(weir.waitForLog("generation 2 applied by all"))
+        #expect(try sClient(port, ["-noservername"]).contains("other.example.com"), "new connections get the reloaded certificate")
+        // A reload with a broken certificate changes nothing.
+        try weir.rewrite(expired)
+        weir.signal(SIGHUP)
+        #expect(weir.waitForLog("still serving generation 2"))
+        #expect(try sClient(port, ["-noservername"]).contains("other.example.com"))
+    }
+}
