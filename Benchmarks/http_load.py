@@ -51,8 +51,8 @@ def parse_ms(text):
     return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
 
 
-def wrk(port, seconds, connections, close):
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+def wrk(port, seconds, connections, close, tls=False):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"{'https' if tls else 'http'}://127.0.0.1:{port}/"]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -77,6 +77,7 @@ def main():
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--no-envoy", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated subset of targets")
+    ap.add_argument("--tls", action="store_true", help="clients speak HTTPS to the proxies (TLS terminated there)")
     ap.add_argument("--reload-every", type=float, default=0,
                     help="also measure Weir while it reloads its config (SIGHUP) every this many seconds")
     args = ap.parse_args()
@@ -98,10 +99,17 @@ def main():
                     f"  server {{ listen 127.0.0.1:{up} reuseport; location / {{ return 200 'hello from the upstream\\n'; }} }} }}\n")
         procs["upstream"] = start(["nginx", "-c", f.name, "-p", work], up, log)
         targets["direct"] = up
+        cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+        if args.tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+                            "-subj", "/CN=bench.local"], check=True, capture_output=True)
+            with open(os.path.join(work, "combined.pem"), "w") as f:
+                f.write(open(cert).read() + open(key).read())
 
         wport = free_port()
         with open(os.path.join(work, "weir.yaml"), "w") as f:
-            f.write(f"shards: {args.threads}\nlisteners:\n  - {{ name: bench, address: \"127.0.0.1:{wport}\", protocol: http, cluster: up }}\n"
+            tls = f"    tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }}\n" if args.tls else ""
+            f.write(f"shards: {args.threads}\nlisteners:\n  - name: bench\n    address: \"127.0.0.1:{wport}\"\n    protocol: http\n    cluster: up\n{tls}"
                     f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{up}\" }}\n")
         procs["weir"] = start([args.weir, "run", "--config", f.name, "--log-level", "warning"], wport, log)
         targets["weir"] = wport
@@ -110,7 +118,8 @@ def main():
         with open(os.path.join(work, "haproxy.cfg"), "w") as f:
             f.write(f"global\n  nbthread {args.threads}\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 1s\n"
                     f"  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\n"
-                    f"listen bench\n  bind 127.0.0.1:{hport}\n  server up 127.0.0.1:{up}\n")
+                    f"listen bench\n  bind 127.0.0.1:{hport}{' ssl crt ' + os.path.join(work, 'combined.pem') if args.tls else ''}\n"
+                    f"  server up 127.0.0.1:{up}\n")
         procs["haproxy"] = start(["haproxy", "-f", f.name], hport, log)
         targets["haproxy"] = hport
 
@@ -120,13 +129,21 @@ def main():
                     f"events {{ worker_connections 4096; }}\n"
                     f"http {{ access_log off; keepalive_requests 1000000;\n"
                     f"  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}\n"
-                    f"  server {{ listen 127.0.0.1:{nport}; location / {{ proxy_pass http://up; proxy_http_version 1.1;"
+                    f"  server {{ listen 127.0.0.1:{nport}{' ssl' if args.tls else ''};"
+                    + (f" ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;" if args.tls else "") +
+                    f" location / {{ proxy_pass http://up; proxy_http_version 1.1;"
                     f" proxy_set_header Connection \"\"; }} }} }}\n")
         procs["nginx"] = start(["nginx", "-c", f.name, "-p", work], nport, log)
         targets["nginx"] = nport
 
         if envoy:
             eport = free_port()
+            envoy_tls = "" if not args.tls else f"""      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]"""
             with open(os.path.join(work, "envoy.yaml"), "w") as f:
                 f.write(f"""static_resources:
   listeners:
@@ -146,6 +163,7 @@ def main():
             - name: all
               domains: ["*"]
               routes: [{{match: {{prefix: "/"}}, route: {{cluster: up}}}}]
+{envoy_tls}
   clusters:
   - name: up
     connect_timeout: 1s
@@ -177,7 +195,7 @@ def main():
                             os.kill(pid, signal.SIGHUP)
                     threading.Thread(target=reloader, daemon=True).start()
                 before = tree_cpu(proc.pid) if n != "direct" else 0
-                rps, total, p50, p99, errs, non2xx = wrk(targets[n], args.seconds, args.connections, args.close)
+                rps, total, p50, p99, errs, non2xx = wrk(targets[n], args.seconds, args.connections, args.close, args.tls and n != "direct")
                 after = tree_cpu(proc.pid) if n != "direct" else 0
                 stop.set()
                 cpu_us = (after - before) * 1e6 / max(total, 1) if n != "direct" else 0
@@ -186,7 +204,7 @@ def main():
 
         def med(n, i):
             return statistics.median(x[i] for x in res[n])
-        mode = "Connection: close" if args.close else "keep-alive"
+        mode = ("HTTPS, " if args.tls else "") + ("Connection: close" if args.close else "keep-alive")
         print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s ({mode}), {args.rounds} interleaved rounds, "
               f"{args.threads} threads per proxy, medians")
         print(f"{'target':<8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>11} {'weir vs it':>11}  errors")

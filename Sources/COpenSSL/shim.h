@@ -22,7 +22,8 @@ static inline int weir_nametype_host(void) { return TLSEXT_NAMETYPE_host_name; }
 static inline int weir_tlsext_err_ok(void) { return SSL_TLSEXT_ERR_OK; }
 static inline int weir_tlsext_err_noack(void) { return SSL_TLSEXT_ERR_NOACK; }
 static inline int weir_tlsext_err_alert_fatal(void) { return SSL_TLSEXT_ERR_ALERT_FATAL; }
-static inline long weir_mode_partial_and_moving(void) { return SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS; }
+static inline long weir_mode_partial_and_moving(void) { return SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER; }
+static inline long weir_ssl_ctx_session_cache_off(SSL_CTX *ctx) { return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); }
 static inline int weir_verify_peer_required(void) { return SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT; }
 static inline int weir_verify_peer(void) { return SSL_VERIFY_PEER; }
 static inline int weir_verify_none(void) { return SSL_VERIFY_NONE; }

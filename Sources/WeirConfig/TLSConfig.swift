@@ -128,6 +128,11 @@ extension Compiler {
             }
             _ = weir_ssl_ctx_set_min_proto(ctx, minVersion == "1.3" ? weir_tls1_3_version() : weir_tls1_2_version())
             _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
+            // Resumption is by stateless tickets (keys per context, so a reload rotates them):
+            // OpenSSL's own session cache would only add a locked table walked every 255
+            // handshakes. One ticket per handshake is enough for a client to resume.
+            _ = weir_ssl_ctx_session_cache_off(ctx)
+            _ = SSL_CTX_set_num_tickets(ctx, 1)
             if let ca = d.clientCA {
                 if SSL_CTX_load_verify_locations(ctx, ca.value, nil) != 1 {
                     bad(ca.position, "cannot load client_ca \(ca.value): \(openSSLErrors())"); usable = false
