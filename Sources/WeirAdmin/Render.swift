@@ -114,6 +114,8 @@ enum AdminRender {
         family("weir_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", [("", Int64(totals.idleTimeouts))])
         family("weir_http_overloads_total", "counter", "HTTP requests answered 503 because a pool hit max_connections or no head buffer was free.",
                [("reason=\"pool_full\"", Int64(totals.poolOverflows)), ("reason=\"head_buffers\"", Int64(totals.headBuffersExhausted))])
+        family("weir_sni_unrouted_total", "counter", "TLS passthrough connections closed: no route for their server name (or a ClientHello timeout).",
+               [("reason=\"no_route\"", Int64(totals.sniUnrouted)), ("reason=\"timeout\"", Int64(totals.sniTimeouts))])
         family("weir_buffer_ring_dry_total", "counter", "Times a receive stopped because a shard's buffer pool was empty.", [("", Int64(totals.bufferRingDry))])
         family("weir_config_generation", "gauge", "The running snapshot's generation.", [("", Int64(snap.generation))])
         family("weir_reloads_total", "counter", "Config reloads by result.",
@@ -155,7 +157,7 @@ enum AdminRender {
     static func configDump(_ server: Server) -> String {
         let s = server.store.snapshot
         let listeners = s.listeners.map {
-            "{\"name\":\(json($0.name)),\"address\":\(json($0.address.description)),\"protocol\":\(json($0.proto.rawValue)),\"cluster\":\($0.http == nil ? json(s.clusters[$0.clusterIndex].name) : "null"),\"routes\":\($0.http?.actions.count ?? 0),\"idle_timeout\":\(json(formatDuration(nanoseconds: $0.idleTimeoutNanoseconds)))}"
+            "{\"name\":\(json($0.name)),\"address\":\(json($0.address.description)),\"protocol\":\(json($0.proto.rawValue)),\"cluster\":\($0.http == nil && $0.clusterIndex >= 0 ? json(s.clusters[$0.clusterIndex].name) : "null"),\"routes\":\($0.http?.actions.count ?? $0.sniRoutes.count),\"tls\":\($0.tls != nil),\"idle_timeout\":\(json(formatDuration(nanoseconds: $0.idleTimeoutNanoseconds)))}"
         }
         let clusters = s.clusters.map { c in
             "{\"name\":\(json(c.name)),\"balancer\":\(json(c.balancer.rawValue)),\"connect_timeout\":\(json(formatDuration(nanoseconds: c.connectTimeoutNanoseconds))),\"connect_attempts\":\(c.connectAttempts),\"endpoints\":[\(c.endpoints.map { "{\"address\":\(json($0.address.description)),\"weight\":\($0.weight)}" }.joined(separator: ","))]}"

@@ -86,8 +86,22 @@ public enum Compiler {
                 continue
             }
             if let h = l.http { _ = h; fail(l.httpPosition ?? l.position, "listener '\(name.value)': 'http' settings need protocol: http"); continue }
-            if !l.routes.isEmpty { fail(l.routesPosition ?? l.position, "listener '\(name.value)': 'routes' need protocol: http (a tcp listener names one 'cluster')"); continue }
-            guard let clusterName = l.cluster else { fail(l.position, "listener '\(name.value)' needs a 'cluster'"); continue }
+            if !l.routes.isEmpty {
+                guard l.cluster == nil else { fail(l.cluster!.position, "listener '\(name.value)': give either 'cluster' or 'routes', not both"); continue }
+                guard let routes = compileSNIRoutes(l, name: name.value, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
+                                                    clusters: clusters, fail: fail) else { continue }
+                var listener = Listener(name: name.value, address: address, proto: .tcp,
+                                        clusterIndex: routes.first { $0.names.isEmpty }?.clusterIndex ?? -1,
+                                        idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds, backlog: backlog)
+                listener.sniRoutes = routes
+                if let t = l.clientHelloTimeout {
+                    if (1_000_000...300_000_000_000).contains(t.value) { listener.clientHelloTimeoutNanoseconds = t.value }
+                    else { fail(t.position, "listener '\(name.value)': client_hello_timeout must be 1ms to 5m"); continue }
+                }
+                listeners.append(listener)
+                continue
+            }
+            guard let clusterName = l.cluster else { fail(l.position, "listener '\(name.value)' needs a 'cluster' (or 'routes' by server name)"); continue }
             guard let ci = clusterIndex[clusterName.value] else {
                 if invalidClusters.contains(clusterName.value) { continue }
                 let known = (Array(clusterIndex.keys) + invalidClusters).sorted().joined(separator: ", ")

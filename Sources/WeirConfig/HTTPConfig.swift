@@ -403,10 +403,61 @@ extension Compiler {
     }
 }
 
+extension Compiler {
+    /// `routes:` on a tcp listener: `- { match: { sni: [names] }, cluster: x }`, first match wins,
+    /// a route without match takes everything else.
+    static func compileSNIRoutes(_ l: ListenerDocument, name: String, clusterIndex: [String: Int], invalidClusters: Set<String>,
+                                 clusters: [Cluster], fail: (SourcePosition, String) -> Void) -> [SNIRoute]? {
+        var ok = true
+        var out: [SNIRoute] = []
+        for r in l.routes {
+            func bad(_ p: SourcePosition, _ m: String) { fail(p, "listener '\(name)' route: \(m)"); ok = false }
+            if let other = r.match.keys.sorted().first(where: { $0 != "sni" }) ?? (r.matchHeaders.isEmpty ? nil : "headers") {
+                bad(r.match[other]?.position ?? r.position, "a tcp route matches on sni only, not '\(other)' (http routes need protocol: http)")
+            }
+            if r.weightedClusters != nil || r.directResponse != nil || r.redirect != nil || r.timeout != nil || r.retries != nil
+                || r.prefixRewrite != nil || r.hostRewrite != nil || !r.requestHeadersToAdd.isEmpty || !r.responseHeadersToAdd.isEmpty {
+                bad(r.position, "a tcp route takes match.sni and cluster only")
+            }
+            var names: [HostPattern] = []
+            if let sni = r.match["sni"] {
+                for n in sni.value.split(separator: ",").map(String.init) {
+                    let bare = n.hasPrefix("*.") ? String(n.dropFirst(2)) : n
+                    if bare.isEmpty || bare.contains("*") || !bare.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }) {
+                        bad(sni.position, "sni '\(n)' must be a name or '*.' followed by a domain")
+                    }
+                    names.append(HostPattern(n))
+                }
+            }
+            guard let c = r.cluster else { bad(r.position, "a tcp route needs a 'cluster'"); continue }
+            guard let ci = clusterIndex[c.value] else {
+                if invalidClusters.contains(c.value) { ok = false; continue }
+                bad(c.position, "cluster '\(c.value)' is not defined")
+                continue
+            }
+            if clusters[ci].options.hashKey.isHTTP && clusters[ci].balancer.usesHash {
+                bad(c.position, "cluster '\(c.value)' hashes an HTTP hash_key; tcp listeners hash source_ip")
+            }
+            out.append(SNIRoute(names: names, clusterIndex: ci))
+        }
+        return ok ? out : nil
+    }
+}
+
 extension Listener {
     /// Where the listener sends traffic, for logs and `weir check`: "cluster x", or for HTTP the
     /// routes and the clusters they reach.
     public func targetSummary(in snapshot: Snapshot) -> String {
+        if !sniRoutes.isEmpty {
+            return "by server name: " + sniRoutes.map { r in
+                (r.names.isEmpty ? "any" : r.names.map { n -> String in
+                    switch n {
+                    case .exact(let b): return String(decoding: b, as: UTF8.self)
+                    case .suffix(let b): return "*" + String(decoding: b, as: UTF8.self)
+                    }
+                }.joined(separator: "|")) + " -> " + snapshot.clusters[r.clusterIndex].name
+            }.joined(separator: ", ")
+        }
         guard let http else { return "cluster \(snapshot.clusters[clusterIndex].name)" }
         var names: [String] = []
         for a in http.actions {

@@ -51,6 +51,7 @@ public struct ListenerDocument: Sendable {
     public var routes: [RouteDocument] = []
     public var routesPosition: SourcePosition?
     public var tls: TLSDocument?
+    public var clientHelloTimeout: Located<Int64>?
     public init(position: SourcePosition) { self.position = position }
 }
 

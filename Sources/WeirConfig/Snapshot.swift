@@ -75,6 +75,16 @@ public struct Listener: Sendable {
     public var http: HTTPListener? = nil
     /// TLS termination (`tls:`), or nil.
     public var tls: TLSContext? = nil
+    /// tcp listeners routing TLS they pass through by the ClientHello's server name; empty
+    /// means every connection goes to `clusterIndex`.
+    public var sniRoutes: [SNIRoute] = []
+    public var clientHelloTimeoutNanoseconds: Int64 = 5_000_000_000
+}
+
+public struct SNIRoute: Sendable {
+    /// Empty: any connection (also those without SNI, or not TLS at all).
+    public var names: [HostPattern]
+    public var clusterIndex: Int
 }
 
 /// Sizes fixed when the shards start: a reload that changes them is reported and applies on the

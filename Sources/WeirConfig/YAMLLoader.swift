@@ -155,13 +155,14 @@ struct Reader {
 
     mutating func listener(_ node: Node) -> ListenerDocument {
         var l = ListenerDocument(position: pos(node))
-        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog", "http", "routes", "tls"], what: "a listener")
+        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog", "http", "routes", "tls", "client_hello_timeout"], what: "a listener")
         l.name = string(f["name"], "name")
         l.address = string(f["address"], "address")
         l.proto = string(f["protocol"], "protocol")
         l.cluster = string(f["cluster"], "cluster")
         l.idleTimeout = duration(f["idle_timeout"], "idle_timeout")
         l.backlog = int(f["backlog"], "backlog")
+        l.clientHelloTimeout = duration(f["client_hello_timeout"], "client_hello_timeout")
         if let h = f["http"] {
             l.httpPosition = pos(h.value)
             l.http = flatMapping(h.value, allowed: ["request_header_timeout", "max_request_line_bytes", "max_header_bytes",
@@ -202,7 +203,7 @@ struct Reader {
                                        "retries", "prefix_rewrite", "host_rewrite", "request_headers_to_add", "request_headers_to_remove",
                                        "response_headers_to_add", "response_headers_to_remove"], what: "a route")
         if let m = f["match"] {
-            var inner = fields(m.value, allowed: ["host", "path_prefix", "path_exact", "path_regex", "methods", "headers"], what: "match")
+            var inner = fields(m.value, allowed: ["host", "path_prefix", "path_exact", "path_regex", "methods", "headers", "sni"], what: "match")
             if let h = inner.removeValue(forKey: "headers") { r.matchHeaders = headerList(h, "headers", valueRequired: false) }
             for (key, pair) in inner {
                 switch pair.value {

@@ -14,6 +14,13 @@ public enum HostPattern: Equatable, Sendable {
     }
 }
 
+extension HostPattern {
+    /// Whether buf[range] (a host or server name, any case, no port) fits this pattern.
+    public func matches(_ buf: UnsafeRawBufferPointer, _ range: ByteRange) -> Bool {
+        RouteTable.hostMatches(self, buf, range)
+    }
+}
+
 public enum PathPattern: Equatable, Sendable {
     case any
     case prefix([UInt8])

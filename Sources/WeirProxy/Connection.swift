@@ -140,6 +140,9 @@ struct Connection {
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0
     var connectTimeout = __kernel_timespec()
+    /// tcp listener with SNI routes: reading the ClientHello until `helloDeadline`.
+    var awaitingHello = false
+    var helloDeadline: Int64 = 0
     /// An HTTP connection (the listener's protocol): `ex` is its current exchange.
     var isHTTP = false
     /// TLS terminated here: its state is in Shard.tlsStates at this slot.
@@ -220,6 +223,10 @@ public struct ShardStats: Sendable {
     /// endpoint's pool (or the upstream slab) was at its connection limit.
     public var headBuffersExhausted = 0
     public var poolOverflows = 0
+    /// tcp listeners with SNI routes: connections closed because no route fit their server
+    /// name, and because the ClientHello did not arrive within client_hello_timeout.
+    public var sniUnrouted = 0
+    public var sniTimeouts = 0
     public init() {}
 
     /// One line for the log.
@@ -247,6 +254,8 @@ public struct ShardStats: Sendable {
         r.snapshotsAdopted = a.snapshotsAdopted + b.snapshotsAdopted
         r.headBuffersExhausted = a.headBuffersExhausted + b.headBuffersExhausted
         r.poolOverflows = a.poolOverflows + b.poolOverflows
+        r.sniUnrouted = a.sniUnrouted + b.sniUnrouted
+        r.sniTimeouts = a.sniTimeouts + b.sniTimeouts
         return r
     }
 }

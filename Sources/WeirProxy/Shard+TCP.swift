@@ -5,6 +5,7 @@ import CURing
 import WeirBalance
 import WeirConfig
 import WeirCore
+import WeirHTTP
 import WeirRing
 #if canImport(Glibc)
 import Glibc
@@ -15,10 +16,48 @@ extension Shard {
         guard let c = takeSlot(fd: fd, listener: li) else { return }
         let listener = snapshot.listeners[li]
         c.pointee.state = .connecting
-        c.pointee.clusterIndex = Int32(listener.clusterIndex)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
+        if !listener.sniRoutes.isEmpty {
+            // Route by the ClientHello's server name: read it first, connect after.
+            c.pointee.awaitingHello = true
+            c.pointee.listenerIndex = Int32(li)
+            c.pointee.helloDeadline = now + listener.clientHelloTimeoutNanoseconds
+            armRecv(c, 0)
+            return
+        }
+        c.pointee.clusterIndex = Int32(listener.clusterIndex)
         if snapshot.clusters[listener.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
         startConnect(c, slot: slot(of: c))
+    }
+
+    /// Reads the server name from the ClientHello queued on flow 0 (without consuming it: the
+    /// bytes go upstream untouched) and connects to the cluster of the first route that fits.
+    func helloArrived(_ c: UnsafeMutablePointer<Connection>) {
+        let flow = c.flow(0)
+        while true {
+            let bid = Int(flow.pointee.head)
+            let off = Int(flow.pointee.sendOffset)
+            let len = Int(bufferLength[bid])
+            let buf = UnsafeRawBufferPointer(start: bufferPointer(bid) + off, count: len - off)
+            var name: ByteRange? = nil
+            switch ClientHello.parse(buf, limit: buffers.bufferBytes) {
+            case .incomplete:
+                if flow.pointee.queued > 1 && compact(flow) { continue }
+                if len - off < buffers.bufferBytes && !flow.pointee.sourceEnded { return }
+            case .notTLS: break
+            case .hello(let n): name = n
+            }
+            let snap = c.pointee.snapshot!.takeUnretainedValue()
+            let routes = snap.listeners[Int(c.pointee.listenerIndex)].sniRoutes
+            guard let route = routes.first(where: { r in r.names.isEmpty || (name.map { n in r.names.contains { $0.matches(buf, n) } } ?? false) }) else {
+                control.stats.pointee.sniUnrouted += 1
+                return abort(c)
+            }
+            c.pointee.awaitingHello = false
+            c.pointee.clusterIndex = Int32(route.clusterIndex)
+            if snap.clusters[route.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(c.pointee.downstreamFD) }
+            return startConnect(c, slot: slot(of: c))
+        }
     }
 
     /// A fresh connection slot for an accepted socket, counted against its listener; nil (and
@@ -139,9 +178,12 @@ extension Shard {
             c.pointee.lastActivity = now
             control.stats.pointee.upstreamConnected += 1
             noteConnect(c, failed: false)
-            if limits.dataPath == .splice { return startSplice(c) }
-            armRecv(c, 0)
+            let f0 = c.flow(0)
+            let early = f0.pointee.queued > 0 || f0.pointee.recvArmed || f0.pointee.sourceEnded
+            if limits.dataPath == .splice && !early { return startSplice(c) }
+            if !f0.pointee.recvArmed && !f0.pointee.sourceEnded && !f0.pointee.starved { armRecv(c, 0) }
             armRecv(c, 1)
+            if f0.pointee.queued > 0 { sendHead(c, 0) } else if f0.pointee.sourceEnded { shutDestination(c, 0) }
             return
         }
         // Refused, unreachable, or timed out (the linked timeout cancels the connect): try another.
@@ -256,6 +298,34 @@ extension Shard {
             flow.pointee.recvArmed = false
             flow.pointee.cancelRequested = false
             c.pointee.inflight -= 1
+        }
+        if c.pointee.state == .connecting && f == 0 {
+            // Client bytes before the upstream is there (a ClientHello being routed by name):
+            // kept queued, sent once connected.
+            if res > 0, let bid {
+                enqueue(flow, bid: Int(bid), length: res)
+                flow.pointee.bytes += Int64(res)
+                c.pointee.lastActivity = now
+                if c.pointee.awaitingHello { helloArrived(c) }
+                if c.pointee.state == .connecting && flow.pointee.recvArmed && flow.pointee.queued >= queueCap && !flow.pointee.cancelRequested {
+                    flow.pointee.cancelRequested = true
+                    ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                }
+                return
+            }
+            if let bid { buffers.recycle(bid) }
+            switch res {
+            case 0:
+                flow.pointee.sourceEnded = true
+                if c.pointee.awaitingHello { helloArrived(c) }
+            case -ENOBUFS:
+                flow.pointee.starved = true
+                control.stats.pointee.bufferRingDry += 1
+                starvedFlows.append(Int32(ud.slot << 1))
+            case -ECANCELED: break
+            default: abort(c)
+            }
+            return
         }
         if c.pointee.state != .open {
             if let bid { buffers.recycle(bid) }

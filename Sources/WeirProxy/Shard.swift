@@ -283,6 +283,10 @@ final class Shard {
         for slot in 0..<highWater {
             let c = connections + slot
             if c.pointee.isHTTP { if c.pointee.state == .open { httpTick(c) }; continue }
+            if c.pointee.awaitingHello {
+                if now > c.pointee.helloDeadline { control.stats.pointee.sniTimeouts += 1; abort(c) }
+                continue
+            }
             guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { continue }
             control.stats.pointee.idleTimeouts += 1
             abort(c)

@@ -181,3 +181,89 @@ func sClient(_ port: UInt16, _ arguments: [String], request: String? = nil) thro
         #expect(try sClient(port, ["-noservername"]).contains("other.example.com"))
     }
 }
+
+/// A TLS echo server (tls_peers.py server) in its own process.
+final class TLSUpstream {
+    let port: UInt16
+    private let process = Process()
+    private let input = Pipe()
+    init(name: String, cert: String, key: String) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/tls_peers.py").path, "server", name, cert, key]
+        let output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        let deadline = Date().addingTimeInterval(10)
+        while !line.contains(10) && Date() < deadline {
+            let d = output.fileHandleForReading.availableData
+            if d.isEmpty { usleep(10_000) }
+            line.append(d)
+        }
+        guard let p = UInt16(String(decoding: line, as: UTF8.self).split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") else {
+            process.terminate()
+            throw LoopbackError(message: "the TLS upstream \(name) did not start")
+        }
+        port = p
+    }
+    deinit {
+        try? input.fileHandleForWriting.close()
+        if process.isRunning { process.terminate(); process.waitUntilExit() }
+    }
+}
+
+/// Runs tls_peers.py client through `port` with server name `sni` ("-": none).
+func tlsClient(_ port: UInt16, sni: String, certs: TestCertificates, bytes: Int = 100_000) throws -> String {
+    try runProcess("/usr/bin/python3", [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/tls_peers.py").path,
+                                        "client", "\(port)", sni, certs.path("ca.pem"), "\(bytes)"]).1
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+@Suite(.serialized) struct SNIPassthroughTests {
+    @Test func tlsIsRoutedByServerNameWithBytesUntouched() throws {
+        let certs = try TestCertificates()
+        let a = try TLSUpstream(name: "a", cert: certs.path("a.pem"), key: certs.path("a.key"))
+        let d = try TLSUpstream(name: "default", cert: certs.path("default.pem"), key: certs.path("default.key"))
+        let port = try freePort()
+        func yaml(withDefault: Bool) -> String {
+            """
+            shards: 2
+            listeners:
+              - name: passthrough
+                address: 127.0.0.1:\(port)
+                protocol: tcp
+                client_hello_timeout: 500ms
+                routes:
+                  - { match: { sni: [a.example.com, "*.a.example.com"] }, cluster: a }
+                  - { match: { sni: [default.example.com] }, cluster: d }
+            \(withDefault ? "      - { cluster: d }" : "")
+            clusters:
+              - { name: a, endpoints: [{ address: "127.0.0.1:\(a.port)" }] }
+              - { name: d, endpoints: [{ address: "127.0.0.1:\(d.port)" }] }
+            """
+        }
+        let weir = try WeirProcess(yaml: yaml(withDefault: false))
+        defer { weir.stop() }
+        // The client verifies the upstream's own certificate through Weir: the bytes are untouched.
+        #expect(try tlsClient(port, sni: "a.example.com", certs: certs, bytes: 1_000_000) == "a ok")
+        #expect(try tlsClient(port, sni: "x.a.example.com", certs: certs) == "a ok")
+        #expect(try tlsClient(port, sni: "default.example.com", certs: certs) == "default ok")
+        // No route for this name, or no name at all, and no default route: closed.
+        #expect(try tlsClient(port, sni: "other.example.com", certs: certs).hasPrefix("failed"))
+        #expect(try tlsClient(port, sni: "-", certs: certs).hasPrefix("failed"))
+        // A client that never sends its ClientHello is closed after client_hello_timeout.
+        let silent = try TestClient(loopback(port), timeoutSeconds: 5)
+        let started = Date()
+        #expect(silent.readToEnd().eof)
+        #expect(Date().timeIntervalSince(started) < 3)
+        // With a route without match, the rest goes there.
+        try weir.rewrite(yaml(withDefault: true))
+        weir.signal(SIGHUP)
+        #expect(weir.waitForLog("generation 2 applied by all"))
+        #expect(try tlsClient(port, sni: "other.example.com", certs: certs).hasPrefix("failed"),
+                "reaches the default upstream, whose certificate does not cover other.example.com")
+        #expect(try tlsClient(port, sni: "-", certs: certs) == "default ok")
+    }
+}
