@@ -67,7 +67,9 @@ public enum Compiler {
             let backlog = Int32(l.backlog?.value ?? 4096)
             var tls: TLSContext? = nil
             if let t = l.tls {
-                if proto != .http { fail(t.position, "listener '\(name.value)': tls termination is available on http listeners in this build"); continue }
+                if !l.routes.isEmpty && proto == .tcp {
+                    fail(t.position, "listener '\(name.value)': routes by sni pass TLS through untouched; remove 'tls' (or the routes) to terminate it here"); continue
+                }
                 guard let context = compileTLS(t, listener: name.value, fail: fail) else { continue }
                 tls = context
             }
@@ -112,9 +114,10 @@ public enum Compiler {
                 fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' hashes an HTTP hash_key; tcp listeners hash source_ip")
                 continue
             }
-            listeners.append(Listener(name: name.value, address: address, proto: proto, clusterIndex: ci,
-                                      idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds,
-                                      backlog: backlog))
+            var listener = Listener(name: name.value, address: address, proto: proto, clusterIndex: ci,
+                                    idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds, backlog: backlog)
+            listener.tls = tls
+            listeners.append(listener)
         }
         if doc.listeners.isEmpty { fail(doc.position, "there are no listeners: add a 'listeners:' list") }
         var watch = false

@@ -17,6 +17,11 @@ extension Shard {
         let listener = snapshot.listeners[li]
         c.pointee.state = .connecting
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
+        if let tls = listener.tls {
+            // Terminated TLS: the handshake runs while the upstream connects.
+            guard startTLS(c, tls) else { return abort(c) }
+            armRecv(c, 0)
+        }
         if !listener.sniRoutes.isEmpty {
             // Route by the ClientHello's server name: read it first, connect after.
             c.pointee.awaitingHello = true
@@ -179,11 +184,12 @@ extension Shard {
             control.stats.pointee.upstreamConnected += 1
             noteConnect(c, failed: false)
             let f0 = c.flow(0)
-            let early = f0.pointee.queued > 0 || f0.pointee.recvArmed || f0.pointee.sourceEnded
+            let early = f0.pointee.queued > 0 || f0.pointee.recvArmed || f0.pointee.sourceEnded || c.pointee.isTLS
             if limits.dataPath == .splice && !early { return startSplice(c) }
             if !f0.pointee.recvArmed && !f0.pointee.sourceEnded && !f0.pointee.starved { armRecv(c, 0) }
             armRecv(c, 1)
             if f0.pointee.queued > 0 { sendHead(c, 0) } else if f0.pointee.sourceEnded { shutDestination(c, 0) }
+            if c.pointee.isTLS { tlsFlush(c) }
             return
         }
         // Refused, unreachable, or timed out (the linked timeout cancels the connect): try another.
@@ -303,7 +309,13 @@ extension Shard {
             // Client bytes before the upstream is there (a ClientHello being routed by name):
             // kept queued, sent once connected.
             if res > 0, let bid {
-                enqueue(flow, bid: Int(bid), length: res)
+                if c.pointee.isTLS {
+                    var closeNotify = false
+                    guard tlsReceive(c, bid: Int(bid), count: Int(res), closeNotify: &closeNotify) != nil else { return }
+                    if closeNotify { flow.pointee.sourceEnded = true }
+                } else {
+                    enqueue(flow, bid: Int(bid), length: res)
+                }
                 flow.pointee.bytes += Int64(res)
                 c.pointee.lastActivity = now
                 if c.pointee.awaitingHello { helloArrived(c) }
@@ -333,6 +345,20 @@ extension Shard {
         }
         if c.pointee.isHTTP { return onHTTPRecv(c, ud, res, bid) }
         if res > 0, let bid {
+            var closeNotify = false
+            if f == 0 && c.pointee.isTLS {
+                guard let plain = tlsReceive(c, bid: Int(bid), count: Int(res), closeNotify: &closeNotify) else { return }
+                flow.pointee.bytes += Int64(res)
+                c.pointee.lastActivity = now
+                if plain > 0 && !flow.pointee.sending { sendHead(c, f) }
+                if closeNotify {
+                    flow.pointee.sourceEnded = true
+                    if !flow.pointee.sending && flow.pointee.queued == 0 { shutDestination(c, f) }
+                    return
+                }
+                if !flow.pointee.recvArmed { rearmIfRoom(c, f) }
+                return
+            }
             enqueue(flow, bid: Int(bid), length: res)
             flow.pointee.bytes += Int64(res)
             c.pointee.lastActivity = now
@@ -361,6 +387,7 @@ extension Shard {
         default:
             // The upstream resetting a session counts against it for outlier detection.
             if f == 1 && res == -ECONNRESET { noteConnect(c, failed: true) }
+            Log.debug("shard \(index): receive on \(f == 0 ? "client" : "upstream") side failed: \(String(cString: strerror(-res)))")
             abort(c)
         }
     }
@@ -381,6 +408,10 @@ extension Shard {
         let flow = c.flow(f)
         let bid = Int(flow.pointee.head)
         let offset = Int(flow.pointee.sendOffset)
+        if f == 1 && c.pointee.isTLS {
+            // Encrypt the head buffer's unsent bytes; tlsSent credits them when the ciphertext is out.
+            return tlsSend(c, bufferPointer(bid) + offset, Int(bufferLength[bid]) - offset)
+        }
         flow.pointee.sending = true
         c.pointee.inflight += 1
         let ud = UserData(op: Op.send, sub: UInt8(f), slot: slot(of: c), generation: c.pointee.generation)
@@ -406,18 +437,30 @@ extension Shard {
         ring.sendmsg(fd: destinationFD(c, f), message: message, userData: ud)
     }
 
-    func onSend(_ ud: UserData, _ res: Int32) {
+    func onSend(_ ud: UserData, _ sent: Int32) {
         let c = connections + ud.slot
         precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
-        if c.pointee.isHTTP { return onHTTPSend(c, res) }
+        if c.pointee.isHTTP { return onHTTPSend(c, sent) }
         let f = Int(ud.sub)
         let flow = c.flow(f)
         flow.pointee.sending = false
         c.pointee.inflight -= 1
-        if c.pointee.state != .open { return finishIfIdle(c) }
-        guard res > 0 else {
-            if f == 0 && (res == -ECONNRESET || res == -EPIPE) { noteConnect(c, failed: true) }
+        if c.pointee.state != .open && !(c.pointee.state == .connecting && c.pointee.isTLS) { return finishIfIdle(c) }
+        guard sent > 0 else {
+            if f == 0 && (sent == -ECONNRESET || sent == -EPIPE) { noteConnect(c, failed: true) }
+            Log.debug("shard \(index): send to \(f == 0 ? "upstream" : "client") failed: \(sent == 0 ? "nothing sent" : String(cString: strerror(-sent)))")
             return abort(c)
+        }
+        var res = sent
+        if f == 1 && c.pointee.isTLS {
+            guard let credit = tlsSent(c, sent) else { return }
+            if credit == 0 {
+                // Handshake records or tickets went out: data may wait behind them.
+                if c.pointee.state == .open && flow.pointee.queued > 0 && !flow.pointee.sending { sendHead(c, f) }
+                else if c.pointee.state == .open && flow.pointee.sourceEnded && flow.pointee.queued == 0 { shutDestination(c, f) }
+                return
+            }
+            res = credit
         }
         c.pointee.lastActivity = now
         // Retire every buffer the send finished; a short send leaves an offset into the next.
@@ -447,6 +490,7 @@ extension Shard {
     func shutDestination(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
         let flow = c.flow(f)
         guard !flow.pointee.destinationShut else { return }
+        if f == 1 && c.pointee.isTLS && tlsCloseNotify(c) { return }
         flow.pointee.destinationShut = true
         shutdown(destinationFD(c, f), Int32(SHUT_WR))
         if c.flow(0).pointee.destinationShut && c.flow(1).pointee.destinationShut {

@@ -23,6 +23,8 @@ struct TLSState {
     var sendLength: Int32 = 0
     var sendSent: Int32 = 0
     var credit: Int32 = 0
+    /// close_notify was written (tcp: the upstream closed, so the client is told before FIN).
+    var closeNotifySent = false
 }
 
 extension Shard {
@@ -111,6 +113,9 @@ extension Shard {
         }
         if offset > 0 { enqueue(flow, bid: current, length: Int32(offset)) } else { releaseBuffer(current) }
         tlsFlush(c)
+        // tcp: what the upstream said before the handshake ended can go now.
+        let back = c.flow(1)
+        if !c.pointee.isHTTP && c.pointee.state == .open && back.pointee.queued > 0 && !back.pointee.sending { sendHead(c, 1) }
         return total
     }
 
@@ -126,6 +131,7 @@ extension Shard {
         Log.debug("shard \(index): TLS handshake failed: \(reason)")
         // Send the alert OpenSSL wrote, if the send path is free, then close.
         tlsFlush(c)
+        guard c.pointee.isHTTP else { return abort(c) }
         c.pointee.ex.closeAfter = true
         if c.flow(1).pointee.sending { lingerClose(c) } else { closeHTTP(c) }
     }
@@ -134,7 +140,7 @@ extension Shard {
     /// nothing else is being sent.
     func tlsFlush(_ c: UnsafeMutablePointer<Connection>) {
         let t = tlsState(c)
-        guard c.pointee.state == .open, !c.flow(1).pointee.sending, t.pointee.sendBuffer < 0,
+        guard c.pointee.state == .open || c.pointee.state == .connecting, !c.flow(1).pointee.sending, t.pointee.sendBuffer < 0,
               let w = t.pointee.writeBIO, weir_bio_pending(w) > 0 else { return }
         tlsSendPending(c, credit: 0)
     }
@@ -144,11 +150,15 @@ extension Shard {
     func tlsSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer, _ count: Int) {
         let t = tlsState(c)
         guard let ssl = t.pointee.ssl, let w = t.pointee.writeBIO else { return abortHTTP(c) }
+        // Bytes from the upstream before the client finished its handshake (a server that
+        // speaks first) wait until it has: tlsReceive sends them then.
+        guard t.pointee.handshakeDone else { return }
         // Keep the ciphertext (records add ~22 bytes per 16 KiB, plus anything already pending)
         // within one head buffer.
         let room = limits.bufferBytes - 2048 - Int(weir_bio_pending(w))
         let take = min(count, max(1024, room))
         let n = SSL_write(ssl, pointer, Int32(take))
+        if n <= 0 && SSL_get_error(ssl, n) == SSL_ERROR_WANT_READ { return tlsFlush(c) }
         guard n > 0 else {
             Log.debug("shard \(index): TLS write failed: \(openSSLErrors())")
             return abortHTTP(c)
@@ -199,5 +209,18 @@ extension Shard {
             if credit == 0 { return nil }
         }
         return credit
+    }
+}
+
+extension Shard {
+    /// tcp over TLS: before passing the upstream's FIN to the client, send close_notify. True
+    /// when it is on its way (shut the socket once that send completes).
+    func tlsCloseNotify(_ c: UnsafeMutablePointer<Connection>) -> Bool {
+        let t = tlsState(c)
+        guard let ssl = t.pointee.ssl, !t.pointee.closeNotifySent else { return false }
+        t.pointee.closeNotifySent = true
+        _ = SSL_shutdown(ssl)
+        tlsFlush(c)
+        return c.flow(1).pointee.sending
     }
 }

@@ -267,3 +267,32 @@ func tlsClient(_ port: UInt16, sni: String, certs: TestCertificates, bytes: Int 
         #expect(try tlsClient(port, sni: "-", certs: certs) == "default ok")
     }
 }
+
+@Suite(.serialized) struct TCPTLSTests {
+    @Test func tcpListenersTerminateTLS() throws {
+        let certs = try TestCertificates()
+        let echo = try EchoServer(name: "plain", greeting: "plain\n")
+        defer { echo.stop() }
+        let port = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            admin: { address: 127.0.0.1:\(adminPort) }
+            listeners:
+              - name: tcps
+                address: 127.0.0.1:\(port)
+                protocol: tcp
+                cluster: plain
+                tls:
+                  certificates:
+                    - { cert: \(certs.path("a.pem")), key: \(certs.path("a.key")) }
+            clusters:
+              - { name: plain, endpoints: [{ address: "\(echo.address)" }] }
+            """)
+        defer { weir.stop() }
+        // The client speaks TLS to Weir; the echo upstream sees plain bytes and answers them.
+        #expect(try tlsClient(port, sni: "a.example.com", certs: certs, bytes: 2_000_000) == "plain ok")
+        #expect(try tlsClient(port, sni: "x.a.example.com", certs: certs) == "plain ok")
+        let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
+        #expect((stats["weir_tls_handshakes_total{listener=\"tcps\"}"] ?? 0) >= 2)
+    }
+}

@@ -54,13 +54,20 @@ else:
                         raise OSError("closed before the name line")
                     line += d
                 payload = os.urandom(count)
-                threading.Thread(target=s.sendall, args=(payload,), daemon=True).start()
+                # One thread per SSL socket (OpenSSL objects are not safe to read and write from
+                # two threads): send in pieces, keeping at most 256 KiB unanswered.
                 got = b""
-                while len(got) < count:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    got += d
-                print(f"{line.decode().strip()} {'ok' if got == payload else 'mismatch'}")
+                sent = 0
+                while sent < count or len(got) < count:
+                    if sent < count:
+                        s.sendall(payload[sent:sent + 65536])
+                        sent = min(count, sent + 65536)
+                    while len(got) < (count if sent == count else sent - 262144):
+                        d = s.recv(65536)
+                        if not d:
+                            raise OSError(f"closed after {len(got)} of {count} bytes came back")
+                        got += d
+                first = next((i for i in range(min(len(got), len(payload))) if got[i] != payload[i]), None)
+                print(f"{line.decode().strip()} {'ok' if got == payload else f'mismatch: got {len(got)} of {len(payload)}, first difference at {first}'}")
     except Exception as e:
         print(f"failed: {type(e).__name__}: {e}")
