@@ -58,34 +58,64 @@ extension Shard {
     /// failed (and was closed). Sets `closeNotify` when the client ended the TLS session.
     func tlsReceive(_ c: UnsafeMutablePointer<Connection>, bid: Int, count: Int, closeNotify: inout Bool) -> Int? {
         let t = tlsState(c)
-        guard let ssl = t.pointee.ssl else { releaseBuffer(bid); abortHTTP(c); return nil }
+        switch tlsIngest(t, bid: bid, count: count, into: c.flow(0)) {
+        case .failed(let handshake):
+            if handshake { tlsHandshakeFailed(c) } else { abortHTTP(c) }
+            return nil
+        case .handshaking:
+            tlsFlush(c)
+            return 0
+        case .data(let plain, let notify, let justDone):
+            if justDone, c.pointee.listenerSlot >= 0, let ssl = t.pointee.ssl {
+                let l = Int(c.pointee.listenerSlot)
+                control.named.listeners[l].tlsHandshakes += 1
+                if SSL_session_reused(ssl) == 1 { control.named.listeners[l].tlsResumptions += 1 }
+            }
+            closeNotify = notify
+            tlsFlush(c)
+            // tcp: what the upstream said before the handshake ended can go now.
+            let back = c.flow(1)
+            if !c.pointee.isHTTP && c.pointee.state == .open && back.pointee.queued > 0 && !back.pointee.sending { sendHead(c, 1) }
+            return plain
+        }
+    }
+
+    enum TLSIngest {
+        /// `handshake`: it failed during the handshake (count it so; an alert may be waiting).
+        case failed(handshake: Bool)
+        case handshaking
+        /// Plaintext bytes queued; the peer sent close_notify; the handshake completed just now.
+        case data(Int, closeNotify: Bool, handshakeDone: Bool)
+    }
+
+    /// The shared core of both sides: feeds `count` bytes of ciphertext from `bid` to OpenSSL,
+    /// advances the handshake, and decrypts into the same buffer (spilling into head buffers),
+    /// queueing plaintext on `flow`. `bid` is always consumed.
+    func tlsIngest(_ t: UnsafeMutablePointer<TLSState>, bid: Int, count: Int, into flow: UnsafeMutablePointer<Flow>) -> TLSIngest {
+        guard let ssl = t.pointee.ssl else { releaseBuffer(bid); return .failed(handshake: false) }
         let source = bufferPointer(bid)
         var written = 0
         while written < count {
             let w = BIO_write(t.pointee.readBIO, source + written, Int32(count - written))
-            if w <= 0 { releaseBuffer(bid); abortHTTP(c); return nil }
+            if w <= 0 { releaseBuffer(bid); return .failed(handshake: false) }
             written += Int(w)
         }
+        var justDone = false
         if !t.pointee.handshakeDone {
             ERR_clear_error()
             let r = SSL_do_handshake(ssl)
             if r != 1 {
                 let e = SSL_get_error(ssl, r)
                 releaseBuffer(bid)
-                if e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE { tlsFlush(c); return 0 }
-                tlsHandshakeFailed(c)
-                return nil
+                if e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE { return .handshaking }
+                return .failed(handshake: true)
             }
             t.pointee.handshakeDone = true
-            if c.pointee.listenerSlot >= 0 {
-                let l = Int(c.pointee.listenerSlot)
-                control.named.listeners[l].tlsHandshakes += 1
-                if SSL_session_reused(ssl) == 1 { control.named.listeners[l].tlsResumptions += 1 }
-            }
+            justDone = true
         }
-        let flow = c.flow(0)
         let capacity = limits.bufferBytes
         var current = bid, offset = 0, total = 0
+        var closeNotify = false
         while true {
             let r = SSL_read(ssl, bufferPointer(current) + offset, Int32(capacity - offset))
             if r > 0 {
@@ -95,8 +125,7 @@ extension Shard {
                     enqueue(flow, bid: current, length: Int32(offset))
                     guard let spill = takeHeadBuffer() else {
                         control.stats.pointee.headBuffersExhausted += 1
-                        abortHTTP(c)
-                        return nil
+                        return .failed(handshake: false)
                     }
                     current = buffers.count + Int(spill)
                     offset = 0
@@ -108,15 +137,44 @@ extension Shard {
             if e == SSL_ERROR_ZERO_RETURN { closeNotify = true; break }
             if offset > 0 { enqueue(flow, bid: current, length: Int32(offset)) } else { releaseBuffer(current) }
             Log.debug("shard \(index): TLS read failed: \(openSSLErrors())")
-            abortHTTP(c)
-            return nil
+            return .failed(handshake: false)
         }
         if offset > 0 { enqueue(flow, bid: current, length: Int32(offset)) } else { releaseBuffer(current) }
-        tlsFlush(c)
-        // tcp: what the upstream said before the handshake ended can go now.
-        let back = c.flow(1)
-        if !c.pointee.isHTTP && c.pointee.state == .open && back.pointee.queued > 0 && !back.pointee.sending { sendHead(c, 1) }
-        return total
+        return .data(total, closeNotify: closeNotify, handshakeDone: justDone)
+    }
+
+    /// Encrypts up to `count` bytes (nil pointer: only what OpenSSL has pending) into a head
+    /// buffer: (buffer, ciphertext length, plaintext taken). nil when nothing is to be sent now;
+    /// `failed` is set when the connection cannot continue.
+    func tlsSeal(_ t: UnsafeMutablePointer<TLSState>, _ pointer: UnsafeMutableRawPointer?, _ count: Int, failed: inout Bool) -> (Int32, Int32, Int32)? {
+        guard let ssl = t.pointee.ssl, let w = t.pointee.writeBIO else { failed = true; return nil }
+        var taken: Int32 = 0
+        if let pointer, count > 0 {
+            // Bytes before the handshake ended (a server that speaks first) wait for it.
+            guard t.pointee.handshakeDone else { return nil }
+            // Keep the ciphertext (records add ~22 bytes per 16 KiB, plus anything pending)
+            // within one head buffer.
+            let room = limits.bufferBytes - 2048 - Int(weir_bio_pending(w))
+            let n = SSL_write(ssl, pointer, Int32(min(count, max(1024, room))))
+            if n <= 0 {
+                if SSL_get_error(ssl, n) != SSL_ERROR_WANT_READ {
+                    Log.debug("shard \(index): TLS write failed: \(openSSLErrors())")
+                    failed = true
+                    return nil
+                }
+            } else {
+                taken = n
+            }
+        }
+        guard weir_bio_pending(w) > 0 else { return nil }
+        guard let out = takeHeadBuffer() else {
+            control.stats.pointee.headBuffersExhausted += 1
+            failed = true
+            return nil
+        }
+        let n = BIO_read(w, headBuffer(out), Int32(limits.bufferBytes))
+        guard n > 0 else { releaseHeadBuffer(out); return nil }
+        return (out, n, taken)
     }
 
     func tlsHandshakeFailed(_ c: UnsafeMutablePointer<Connection>) {
@@ -142,42 +200,26 @@ extension Shard {
         let t = tlsState(c)
         guard c.pointee.state == .open || c.pointee.state == .connecting, !c.flow(1).pointee.sending, t.pointee.sendBuffer < 0,
               let w = t.pointee.writeBIO, weir_bio_pending(w) > 0 else { return }
-        tlsSendPending(c, credit: 0)
+        tlsStartSend(c, nil, 0)
     }
 
     /// Encrypts up to `count` plaintext bytes and starts sending the ciphertext. The plaintext is
     /// credited when all the ciphertext is out (see tlsSent).
     func tlsSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer, _ count: Int) {
-        let t = tlsState(c)
-        guard let ssl = t.pointee.ssl, let w = t.pointee.writeBIO else { return abortHTTP(c) }
-        // Bytes from the upstream before the client finished its handshake (a server that
-        // speaks first) wait until it has: tlsReceive sends them then.
-        guard t.pointee.handshakeDone else { return }
-        // Keep the ciphertext (records add ~22 bytes per 16 KiB, plus anything already pending)
-        // within one head buffer.
-        let room = limits.bufferBytes - 2048 - Int(weir_bio_pending(w))
-        let take = min(count, max(1024, room))
-        let n = SSL_write(ssl, pointer, Int32(take))
-        if n <= 0 && SSL_get_error(ssl, n) == SSL_ERROR_WANT_READ { return tlsFlush(c) }
-        guard n > 0 else {
-            Log.debug("shard \(index): TLS write failed: \(openSSLErrors())")
-            return abortHTTP(c)
-        }
-        tlsSendPending(c, credit: Int32(n))
+        tlsStartSend(c, pointer, count)
     }
 
-    func tlsSendPending(_ c: UnsafeMutablePointer<Connection>, credit: Int32) {
+    func tlsStartSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer?, _ count: Int) {
         let t = tlsState(c)
-        guard let out = takeHeadBuffer() else {
-            control.stats.pointee.headBuffersExhausted += 1
-            return abortHTTP(c)
+        var failed = false
+        guard let (out, length, taken) = tlsSeal(t, pointer, count, failed: &failed) else {
+            if failed { abortHTTP(c) }
+            return
         }
-        let n = BIO_read(t.pointee.writeBIO, headBuffer(out), Int32(limits.bufferBytes))
-        guard n > 0 else { releaseHeadBuffer(out); return }
         t.pointee.sendBuffer = out
-        t.pointee.sendLength = n
+        t.pointee.sendLength = length
         t.pointee.sendSent = 0
-        t.pointee.credit = credit
+        t.pointee.credit = taken
         sendCiphertext(c)
     }
 
@@ -205,7 +247,7 @@ extension Shard {
         t.pointee.credit = 0
         if let w = t.pointee.writeBIO, weir_bio_pending(w) > 0 {
             // More ciphertext than one buffer held: send it before anything else.
-            tlsSendPending(c, credit: 0)
+            tlsStartSend(c, nil, 0)
             if credit == 0 { return nil }
         }
         return credit
