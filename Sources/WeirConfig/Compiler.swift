@@ -114,6 +114,10 @@ public enum Compiler {
                 fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' hashes an HTTP hash_key; tcp listeners hash source_ip")
                 continue
             }
+            if clusters[ci].tls != nil {
+                fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' speaks TLS to its endpoints, which this build does for http listeners only")
+                continue
+            }
             var listener = Listener(name: name.value, address: address, proto: proto, clusterIndex: ci,
                                     idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds, backlog: backlog)
             listener.tls = tls
@@ -198,6 +202,11 @@ public enum Compiler {
         if health == nil { ok = false }
         let pool = compilePool(c, name: name, fail: fail)
         if pool == nil { ok = false }
+        var upstreamTLS: UpstreamTLS? = nil
+        if let t = c.tls {
+            upstreamTLS = compileUpstreamTLS(t, position: c.tlsPosition ?? c.position, cluster: name, fail: fail)
+            if upstreamTLS == nil { ok = false }
+        }
         if let t = c.connectTimeout, !(1_000_000...300_000_000_000).contains(t.value) {
             fail(t.position, "cluster '\(name)': connect_timeout must be 1ms to 5m"); ok = false
         }
@@ -231,6 +240,6 @@ public enum Compiler {
         }
         return Cluster(name: name, balancer: kind, options: options, slowStart: slowStart,
                        connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
-                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, pool: pool, table: unchanged)
+                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, pool: pool, tls: upstreamTLS, table: unchanged)
     }
 }

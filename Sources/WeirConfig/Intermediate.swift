@@ -136,6 +136,9 @@ public struct ClusterDocument: Sendable {
     /// `pool:` (HTTP upstream connections) keys max_connections, max_idle, idle_timeout,
     /// max_requests_per_connection.
     public var pool: [String: Located<String>]? = nil
+    /// `tls:` (TLS to the endpoints) keys sni, ca, verify, cert, key.
+    public var tls: [String: Located<String>]? = nil
+    public var tlsPosition: SourcePosition?
     public var endpoints: [EndpointDocument] = []
     public init(position: SourcePosition) { self.position = position }
 }

@@ -28,6 +28,8 @@ public final class Cluster: Sendable {
     public let health: HealthPolicy
     /// HTTP upstream connection pools (per shard, per endpoint).
     public let pool: PoolSettings
+    /// TLS to the endpoints (http listeners), or nil.
+    public let tls: UpstreamTLS?
     /// Per endpoint: may new traffic use it (healthy and not ejected)? Published by the health
     /// checker as new snapshot generations.
     public let available: [Bool]
@@ -36,8 +38,9 @@ public final class Cluster: Sendable {
 
     init(name: String, balancer: BalancerKind, options: BalancerOptions, slowStart: SlowStart?,
          connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint], health: HealthPolicy,
-         pool: PoolSettings = PoolSettings(), available: [Bool]? = nil, table: BalancerTable? = nil) {
+         pool: PoolSettings = PoolSettings(), tls: UpstreamTLS? = nil, available: [Bool]? = nil, table: BalancerTable? = nil) {
         self.pool = pool
+        self.tls = tls
         self.name = name; self.balancer = balancer; self.options = options; self.slowStart = slowStart
         self.connectTimeoutNanoseconds = connectTimeoutNanoseconds
         self.connectAttempts = connectAttempts; self.endpoints = endpoints
@@ -52,14 +55,14 @@ public final class Cluster: Sendable {
     func with(endpoints: [Endpoint]) -> Cluster {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
-                health: health, pool: pool, available: available, table: table)
+                health: health, pool: pool, tls: tls, available: available, table: table)
     }
 
     /// The same cluster with other availability; the balancer tables are shared, not rebuilt.
     public func with(available: [Bool]) -> Cluster {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
-                health: health, pool: pool, available: available, table: table)
+                health: health, pool: pool, tls: tls, available: available, table: table)
     }
 }
 

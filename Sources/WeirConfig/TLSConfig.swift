@@ -169,3 +169,57 @@ extension Compiler {
                           alpn: d.alpn.map(\.value), minVersion: minVersion, clientCA: d.clientCA?.value, summaries: summaries)
     }
 }
+
+/// TLS from Weir to a cluster's endpoints: a client context (verification, optional client
+/// certificate) and the server name to send and check.
+public final class UpstreamTLS: @unchecked Sendable {
+    public let context: OpaquePointer
+    public let serverName: String?
+    public let verify: Bool
+    init(context: OpaquePointer, serverName: String?, verify: Bool) {
+        self.context = context; self.serverName = serverName; self.verify = verify
+    }
+    deinit { SSL_CTX_free(context) }
+}
+
+extension Compiler {
+    static func compileUpstreamTLS(_ t: [String: Located<String>], position: SourcePosition, cluster: String,
+                                   fail: (SourcePosition, String) -> Void) -> UpstreamTLS? {
+        var ok = true
+        func bad(_ p: SourcePosition, _ m: String) { fail(p, "cluster '\(cluster)' tls: \(m)"); ok = false }
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { bad(position, "cannot create a TLS context: \(openSSLErrors())"); return nil }
+        _ = weir_ssl_ctx_set_min_proto(ctx, weir_tls1_2_version())
+        _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
+        var verify = true
+        if let v = t["verify"] {
+            switch v.value {
+            case "true": verify = true
+            case "false": verify = false
+            default: bad(v.position, "verify must be true or false")
+            }
+        }
+        ERR_clear_error()
+        if let ca = t["ca"] {
+            if SSL_CTX_load_verify_locations(ctx, ca.value, nil) != 1 { bad(ca.position, "cannot load ca \(ca.value): \(openSSLErrors())") }
+        } else if verify {
+            _ = SSL_CTX_set_default_verify_paths(ctx)
+        }
+        SSL_CTX_set_verify(ctx, verify ? weir_verify_peer() : weir_verify_none(), nil)
+        switch (t["cert"], t["key"]) {
+        case (let cert?, let key?):
+            if SSL_CTX_use_certificate_chain_file(ctx, cert.value) != 1 {
+                bad(cert.position, "cannot load certificate \(cert.value): \(openSSLErrors())")
+            } else if SSL_CTX_use_PrivateKey_file(ctx, key.value, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1 {
+                bad(key.position, "key \(key.value) cannot be loaded or does not match certificate \(cert.value)")
+            } else if let x = SSL_CTX_get0_certificate(ctx), X509_cmp_current_time(X509_get0_notAfter(x)) < 0 {
+                bad(cert.position, "certificate \(cert.value) has expired")
+            }
+        case (let cert?, nil): bad(cert.position, "a client certificate needs its 'key'")
+        case (nil, let key?): bad(key.position, "a client key needs its 'cert'")
+        default: break
+        }
+        if let n = t["sni"], n.value.isEmpty || n.value.contains(" ") { bad(n.position, "sni must be a host name") }
+        guard ok else { SSL_CTX_free(ctx); return nil }
+        return UpstreamTLS(context: ctx, serverName: t["sni"]?.value, verify: verify)
+    }
+}

@@ -300,7 +300,7 @@ struct Reader {
         var c = ClusterDocument(position: pos(node))
         let f = fields(node, allowed: ["name", "balancer", "balancer_options", "slow_start", "connect_timeout",
                                        "connect_attempts", "health_check", "outlier_detection", "panic_threshold",
-                                       "pool", "endpoints"], what: "a cluster")
+                                       "pool", "tls", "endpoints"], what: "a cluster")
         c.name = string(f["name"], "name")
         c.balancer = string(f["balancer"], "balancer")
         c.connectTimeout = duration(f["connect_timeout"], "connect_timeout")
@@ -328,6 +328,10 @@ struct Reader {
                                              what: "outlier_detection")
         }
         c.panicThreshold = string(f["panic_threshold"], "panic_threshold")
+        if let t = f["tls"] {
+            c.tlsPosition = pos(t.value)
+            c.tls = flatMapping(t.value, allowed: ["sni", "ca", "verify", "cert", "key"], what: "tls")
+        }
         if let p = f["pool"] {
             c.pool = flatMapping(p.value, allowed: ["max_connections", "max_idle", "idle_timeout", "max_requests_per_connection"], what: "pool")
         }

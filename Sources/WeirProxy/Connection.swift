@@ -155,7 +155,7 @@ struct Connection {
     var logBytesOut: Int64 = 0
 }
 
-enum UpstreamState: UInt8 { case free, connecting, busy, idle, closing }
+enum UpstreamState: UInt8 { case free, connecting, handshaking, busy, idle, closing }
 
 /// A connection to an upstream endpoint for HTTP, pooled per shard and endpoint: lent to one
 /// downstream connection per request, idle in its endpoint's list between requests.
@@ -182,6 +182,8 @@ struct Upstream {
     var idleTimeout: Int64 = 0
     /// A head buffer a send still reads after its owner let go of the upstream.
     var pendingOut: Int32 = -1
+    /// TLS to the endpoint: its state is in Shard.upstreamTLS at this slot.
+    var isTLS = false
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0
     var connectTimeout = __kernel_timespec()

@@ -5,6 +5,7 @@
 // while they are sent; bodies are forwarded buffer by buffer, framed by Content-Length or the
 // chunked scanner, never held whole. One exchange at a time per connection: pipelined requests
 // wait in the queue and are answered in order.
+import COpenSSL
 import CURing
 import WeirBalance
 import WeirConfig
@@ -522,6 +523,12 @@ extension Shard {
     func finishUpstream(_ u: UnsafeMutablePointer<Upstream>) {
         guard u.pointee.state == .closing, u.pointee.inflight == 0 else { return }
         close(u.pointee.fd)
+        if u.pointee.isTLS {
+            let t = upstreamTLS + (u - upstreams)
+            if let ssl = t.pointee.ssl { SSL_free(ssl) }
+            if t.pointee.sendBuffer >= 0 { releaseHeadBuffer(t.pointee.sendBuffer) }
+            t.pointee = TLSState()
+        }
         if u.pointee.pendingOut >= 0 { releaseHeadBuffer(u.pointee.pendingOut) }
         let gen = (u.pointee.generation &+ 1) & UserData.generationMask
         u.pointee = Upstream()
@@ -551,20 +558,37 @@ extension Shard {
         guard let c = owner(u) else { return closeUpstream(u) }
         let e = Int(c.pointee.endpointSlot)
         if res == 0 {
-            u.pointee.state = .busy
             control.stats.pointee.upstreamConnected += 1
             if e >= 0 { control.named.endpoints[e].connections += 1 }
+            if let tls = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)].tls {
+                // TCP is up; the TLS handshake comes next (the request waits in its head buffer).
+                guard startUpstreamTLS(u, tls) else { return upstreamConnectFailed(c, u, timedOut: false) }
+                u.pointee.state = .handshaking
+                armUpstreamRecv(u)
+                return upstreamTLSSend(c, u, nil, 0)
+            }
+            u.pointee.state = .busy
             noteConnect(c, failed: false)
             armUpstreamRecv(u)
             c.pointee.ex.phase = .forwarding
             return pumpRequest(c)
         }
+        upstreamConnectFailed(c, u, timedOut: res == -ECANCELED)
+    }
+
+    /// The connect (or the TLS handshake after it) failed: count it, and try the next endpoint
+    /// while the cluster's connect_attempts allow, else 503.
+    func upstreamConnectFailed(_ c: UnsafeMutablePointer<Connection>, _ u: UnsafeMutablePointer<Upstream>, timedOut: Bool) {
+        let e = Int(c.pointee.endpointSlot)
+        let res: Int32 = timedOut ? -ECANCELED : -ECONNREFUSED
         if res == -ECANCELED { control.stats.pointee.connectTimeouts += 1 } else { control.stats.pointee.connectFailures += 1 }
         if e >= 0 {
             if res == -ECANCELED { control.named.endpoints[e].connectTimeouts += 1 } else { control.named.endpoints[e].connectFailures += 1 }
         }
         noteConnect(c, failed: true)
         c.pointee.ex.upstream = -1
+        // A handshake record still in flight reads the upstream's own buffer, not the request's.
+        c.flow(0).pointee.sending = false
         closeUpstream(u)
         endEndpoint(c)
         c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
@@ -609,7 +633,40 @@ extension Shard {
             u.pointee.inflight -= 1
         }
         switch u.pointee.state {
+        case .handshaking:
+            guard let c = owner(u) else {
+                if let bid { buffers.recycle(bid) }
+                return closeUpstream(u)
+            }
+            guard res > 0, let bid else {
+                if let bid { buffers.recycle(bid) }
+                if res == -ENOBUFS { u.pointee.starved = true; starvedUpstreams.append(Int32(ud.slot)); return }
+                if res == -ECANCELED { if !u.pointee.recvArmed { armUpstreamRecv(u) }; return }
+                return upstreamConnectFailed(c, u, timedOut: false)
+            }
+            switch tlsIngest(upstreamTLS + ud.slot, bid: Int(bid), count: Int(res), into: c.flow(1)) {
+            case .failed:
+                Log.warning("shard \(index): TLS to upstream \(snapshotOf(c).clusters[Int(c.pointee.clusterIndex)].endpoints[Int(c.pointee.endpointIndex)].address) failed: \(openSSLErrors())")
+                return upstreamConnectFailed(c, u, timedOut: false)
+            case .handshaking:
+                return upstreamTLSSend(c, u, nil, 0)
+            case .data:
+                u.pointee.state = .busy
+                noteConnect(c, failed: false)
+                c.pointee.ex.phase = .forwarding
+                if !u.pointee.recvArmed { armUpstreamRecv(u) }
+                return pumpRequest(c)
+            }
         case .idle:
+            if let bid, res > 0, u.pointee.isTLS {
+                // Session tickets and other TLS records may arrive on an idle connection; data may not.
+                if case .data(0, false, _) = tlsIngest(upstreamTLS + ud.slot, bid: Int(bid), count: Int(res), into: discardFlow) {
+                    if !u.pointee.recvArmed { armUpstreamRecv(u) }
+                    return
+                }
+                dropQueue(discardFlow)
+                return closeUpstream(u)
+            }
             if let bid { buffers.recycle(bid) }
             if res == -ENOBUFS { u.pointee.starved = true; starvedUpstreams.append(Int32(ud.slot)); return }
             if res == -ECANCELED { if !u.pointee.recvArmed { armUpstreamRecv(u) }; return }
@@ -622,7 +679,22 @@ extension Shard {
             }
             if res > 0, let bid {
                 let flow = c.flow(1)
-                enqueue(flow, bid: Int(bid), length: res)
+                if u.pointee.isTLS {
+                    switch tlsIngest(upstreamTLS + ud.slot, bid: Int(bid), count: Int(res), into: flow) {
+                    case .failed, .handshaking:
+                        u.pointee.ended = true
+                        return upstreamFailed(c, .reset)
+                    case .data(let plain, let closeNotify, _):
+                        if closeNotify { u.pointee.ended = true }
+                        if plain == 0 {
+                            if closeNotify { return upstreamEnded(c) }
+                            if !u.pointee.recvArmed { rearmUpstreamIfRoom(c) }
+                            return
+                        }
+                    }
+                } else {
+                    enqueue(flow, bid: Int(bid), length: res)
+                }
                 flow.pointee.bytes += Int64(res)
                 c.pointee.lastActivity = now
                 if c.pointee.ex.responseHeadDone { pumpResponse(c) } else { processResponse(c) }
@@ -732,24 +804,37 @@ extension Shard {
     }
 
     func upstreamSend(_ c: UnsafeMutablePointer<Connection>, _ u: UnsafeMutablePointer<Upstream>, _ pointer: UnsafeMutableRawPointer, _ count: Int) {
+        if u.pointee.isTLS { return upstreamTLSSend(c, u, pointer, count) }
         c.flow(0).pointee.sending = true
         u.pointee.inflight += 1
         ring.send(fd: u.pointee.fd, buffer: pointer, count: count,
                   userData: UserData(op: Op.upSend, slot: u - upstreams, generation: u.pointee.generation))
     }
 
-    func onUpstreamSend(_ ud: UserData, _ res: Int32) {
+    func onUpstreamSend(_ ud: UserData, _ sent: Int32) {
         let u = upstreams + ud.slot
         precondition(u.pointee.generation == ud.generation, "an upstream slot is reused only after its last completion")
         u.pointee.inflight -= 1
         if u.pointee.pendingOut >= 0 { releaseHeadBuffer(u.pointee.pendingOut); u.pointee.pendingOut = -1 }
-        guard u.pointee.state == .busy, let c = owner(u) else {
+        guard u.pointee.state == .busy || u.pointee.state == .handshaking, let c = owner(u) else {
             if u.pointee.state == .closing { finishUpstream(u) }
             return
         }
         let flow = c.flow(0)
         flow.pointee.sending = false
-        guard res > 0 else { return upstreamFailed(c, .reset) }
+        guard sent > 0 else {
+            if u.pointee.state == .handshaking { return upstreamConnectFailed(c, u, timedOut: false) }
+            return upstreamFailed(c, .reset)
+        }
+        var res = sent
+        if u.pointee.isTLS {
+            guard let credit = upstreamTLSSent(c, u, sent) else { return }
+            if credit == 0 {
+                if u.pointee.state == .busy { pumpRequest(c) }
+                return
+            }
+            res = credit
+        }
         c.pointee.lastActivity = now
         if flow.pointee.outSent < flow.pointee.outLength {
             flow.pointee.outSent += res

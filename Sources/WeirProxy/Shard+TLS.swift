@@ -266,3 +266,73 @@ extension Shard {
         return c.flow(1).pointee.sending
     }
 }
+
+// MARK: TLS to upstreams
+
+extension Shard {
+    func startUpstreamTLS(_ u: UnsafeMutablePointer<Upstream>, _ tls: UpstreamTLS) -> Bool {
+        let t = upstreamTLS + (u - upstreams)
+        t.pointee = TLSState()
+        guard let ssl = SSL_new(tls.context) else { return false }
+        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { SSL_free(ssl); return false }
+        SSL_set_bio(ssl, r, w)
+        SSL_set_connect_state(ssl)
+        if let name = tls.serverName {
+            _ = weir_ssl_set_host_name(ssl, name)
+            if tls.verify { _ = SSL_set1_host(ssl, name) }
+        }
+        t.pointee.ssl = ssl
+        t.pointee.readBIO = r
+        t.pointee.writeBIO = w
+        u.pointee.isTLS = true
+        // The first flight (ClientHello) is written now and sent by the caller.
+        ERR_clear_error()
+        _ = SSL_do_handshake(ssl)
+        return true
+    }
+
+    /// Encrypts request bytes (or, with a nil pointer, sends what the handshake wrote) to the
+    /// upstream; the owner's flow 0 is busy until the ciphertext is out.
+    func upstreamTLSSend(_ c: UnsafeMutablePointer<Connection>, _ u: UnsafeMutablePointer<Upstream>, _ pointer: UnsafeMutableRawPointer?, _ count: Int) {
+        let t = upstreamTLS + (u - upstreams)
+        guard t.pointee.sendBuffer < 0 else { return }
+        var failed = false
+        guard let (out, length, taken) = tlsSeal(t, pointer, count, failed: &failed) else {
+            if failed { upstreamFailed(c, .reset) }
+            return
+        }
+        t.pointee.sendBuffer = out
+        t.pointee.sendLength = length
+        t.pointee.sendSent = 0
+        t.pointee.credit = taken
+        upstreamCiphertextSend(c, u)
+    }
+
+    func upstreamCiphertextSend(_ c: UnsafeMutablePointer<Connection>, _ u: UnsafeMutablePointer<Upstream>) {
+        let t = upstreamTLS + (u - upstreams)
+        c.flow(0).pointee.sending = true
+        u.pointee.inflight += 1
+        ring.send(fd: u.pointee.fd, buffer: headBuffer(t.pointee.sendBuffer) + Int(t.pointee.sendSent),
+                  count: Int(t.pointee.sendLength - t.pointee.sendSent),
+                  userData: UserData(op: Op.upSend, slot: u - upstreams, generation: u.pointee.generation))
+    }
+
+    /// As tlsSent, for the upstream side.
+    func upstreamTLSSent(_ c: UnsafeMutablePointer<Connection>, _ u: UnsafeMutablePointer<Upstream>, _ res: Int32) -> Int32? {
+        let t = upstreamTLS + (u - upstreams)
+        t.pointee.sendSent += res
+        if t.pointee.sendSent < t.pointee.sendLength {
+            upstreamCiphertextSend(c, u)
+            return nil
+        }
+        releaseHeadBuffer(t.pointee.sendBuffer)
+        t.pointee.sendBuffer = -1
+        let credit = t.pointee.credit
+        t.pointee.credit = 0
+        if let w = t.pointee.writeBIO, weir_bio_pending(w) > 0 {
+            upstreamTLSSend(c, u, nil, 0)
+            if credit == 0 { return nil }
+        }
+        return credit
+    }
+}

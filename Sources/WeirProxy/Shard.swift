@@ -126,6 +126,10 @@ final class Shard {
     static let clientTextBytes = 48
     /// Per connection slot: TLS state (used by connections on `tls:` listeners).
     let tlsStates: UnsafeMutablePointer<TLSState>
+    /// Per upstream slot: TLS state of connections to clusters with `tls:`.
+    let upstreamTLS: UnsafeMutablePointer<TLSState>
+    /// Where plaintext an idle TLS upstream produces lands (it should produce none).
+    let discardFlow = UnsafeMutablePointer<Flow>.allocate(capacity: 1)
     /// Scratch for a request id.
     let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: 64)
     var requestCounter: UInt64 = 0
@@ -177,6 +181,9 @@ final class Shard {
         clientText = .allocate(capacity: n * Shard.clientTextBytes)
         tlsStates = .allocate(capacity: n)
         tlsStates.initialize(repeating: TLSState(), count: n)
+        upstreamTLS = .allocate(capacity: n)
+        upstreamTLS.initialize(repeating: TLSState(), count: n)
+        discardFlow.initialize(to: Flow())
         starvedUpstreams.reserveCapacity(n)
         recvLimit = control.recvLimit
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
@@ -198,6 +205,9 @@ final class Shard {
         clientText.deallocate()
         tlsStates.deinitialize(count: limits.maxConnectionsPerShard)
         tlsStates.deallocate()
+        upstreamTLS.deinitialize(count: limits.maxConnectionsPerShard)
+        upstreamTLS.deallocate()
+        discardFlow.deallocate()
         scratch.deallocate()
         logScratch?.deallocate()
     }

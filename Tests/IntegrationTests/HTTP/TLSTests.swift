@@ -296,3 +296,70 @@ func tlsClient(_ port: UInt16, sni: String, certs: TestCertificates, bytes: Int 
         #expect((stats["weir_tls_handshakes_total{listener=\"tcps\"}"] ?? 0) >= 2)
     }
 }
+
+@Suite(.serialized) struct UpstreamTLSTests {
+    func config(port: UInt16, upstream: HTTPUpstream, tls: String) -> String {
+        """
+        shards: 2
+        listeners:
+          - { name: web, address: "127.0.0.1:\(port)", protocol: http, cluster: secure }
+        clusters:
+          - name: secure
+            connect_timeout: 1s
+            tls: \(tls)
+            endpoints: [{ address: "127.0.0.1:\(upstream.port)" }]
+        """
+    }
+
+    @Test func requestsGoOverVerifiedPooledTLS() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "tls-up", tls: [certs.path("a.pem"), certs.path("a.key")])
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: config(port: port, upstream: up, tls: "{ sni: a.example.com, ca: \(certs.path("ca.pem")) }"))
+        defer { weir.stop() }
+        let c = try HTTPClient(port: port)
+        for i in 0..<20 {
+            let r = try c.request("GET /t/\(i) HTTP/1.1\r\nHost: h\r\n\r\n")
+            #expect(r.status == 200 && r.text.hasPrefix("tls-up /t/\(i)"), "\(r.status) \(r.text)")
+        }
+        let payload = pseudoRandomBytes(1_500_000, seed: 3)
+        let r = try c.request("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: \(payload.count)\r\n\r\n", body: payload)
+        #expect(r.body == payload, "a large body crosses upstream TLS intact")
+        let (conns, reqs) = try up.counts()
+        #expect(reqs == 21)
+        #expect(conns <= 2, "TLS connections are pooled and reused: \(conns) for 21 requests")
+    }
+
+    @Test func aWrongCAOrNameIsRefused() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "tls-up", tls: [certs.path("a.pem"), certs.path("a.key")])
+        let port = try freePort()
+        // The upstream's certificate is not signed by this "CA" (a self-signed stranger).
+        let weir = try WeirProcess(yaml: config(port: port, upstream: up, tls: "{ sni: a.example.com, ca: \(certs.path("rogue.pem")) }"))
+        defer { weir.stop() }
+        #expect(try HTTPClient(port: port).request("GET / HTTP/1.1\r\nHost: h\r\n\r\n").status == 503)
+        #expect(weir.waitForLog("certificate verify failed"), "the log says why")
+        // The right CA but a name the certificate does not cover.
+        try weir.rewrite(config(port: port, upstream: up, tls: "{ sni: wrong.example.com, ca: \(certs.path("ca.pem")) }"))
+        weir.signal(SIGHUP)
+        #expect(weir.waitForLog("generation 2 applied by all"))
+        #expect(try HTTPClient(port: port).request("GET / HTTP/1.1\r\nHost: h\r\n\r\n").status == 503)
+        #expect(try up.counts().requests == 0)
+    }
+
+    @Test func clientCertificatesForMutualTLS() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "mtls-up", tls: [certs.path("a.pem"), certs.path("a.key"), certs.path("ca.pem")])
+        let port = try freePort()
+        let without = config(port: port, upstream: up, tls: "{ sni: a.example.com, ca: \(certs.path("ca.pem")) }")
+        let weir = try WeirProcess(yaml: without)
+        defer { weir.stop() }
+        #expect(try HTTPClient(port: port).request("GET / HTTP/1.1\r\nHost: h\r\n\r\n").status != 200, "no client certificate: refused")
+        try weir.rewrite(config(port: port, upstream: up,
+                                tls: "{ sni: a.example.com, ca: \(certs.path("ca.pem")), cert: \(certs.path("client.pem")), key: \(certs.path("client.key")) }"))
+        weir.signal(SIGHUP)
+        #expect(weir.waitForLog("generation 2 applied by all"))
+        let r = try HTTPClient(port: port).request("GET /m HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(r.status == 200 && r.text.hasPrefix("mtls-up /m"), "\(r.status) \(r.text)")
+    }
+}

@@ -9,13 +9,16 @@ import WeirDemo
 final class HTTPUpstream {
     let name: String
     let port: UInt16
+    let tls: Bool
     private let process = Process()
     private let input = Pipe()
 
-    init(name: String) throws {
+    /// `tls`: certificate, key and (optionally) a CA whose client certificates it requires.
+    init(name: String, tls: [String] = []) throws {
         self.name = name
+        self.tls = !tls.isEmpty
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/http_upstream.py").path, name]
+        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/http_upstream.py").path, name] + tls
         let output = Pipe()
         process.standardInput = input
         process.standardOutput = output
@@ -40,10 +43,14 @@ final class HTTPUpstream {
 
     /// (connections accepted, requests served) as the upstream counted them.
     func counts() throws -> (connections: Int, requests: Int) {
-        let c = try HTTPClient(port: port)
-        let r = try c.request("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        let text: String
+        if tls {
+            text = try runProcess("/usr/bin/curl", ["-sk", "-m", "5", "https://127.0.0.1:\(port)/stats"]).1
+        } else {
+            text = try HTTPClient(port: port).request("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n").text
+        }
         var conns = 0, reqs = 0
-        for part in r.text.split(separator: " ") {
+        for part in text.split(separator: " ") {
             let kv = part.split(separator: "=")
             if kv.count == 2, let v = Int(kv[1]) { if kv[0] == "connections" { conns = v } else { reqs = v } }
         }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """An HTTP/1.1 upstream for Weir's integration tests. Binds 127.0.0.1:0, prints "port N" once
 listening, and serves until its stdin closes (so it never outlives the test that started it).
+`http_upstream.py NAME [CERT KEY [CLIENT_CA]]`: with a certificate it serves HTTPS.
 
 Paths:
   /stats              connections=N requests=M (counted by this server)
@@ -135,6 +136,15 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 server = Server(("127.0.0.1", 0), Handler)
+if len(sys.argv) >= 4:
+    # HTTPS: http_upstream.py NAME CERT KEY [CLIENT_CA] (with CLIENT_CA, client certificates are required).
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    if len(sys.argv) >= 5:
+        ctx.load_verify_locations(sys.argv[4])
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print(f"port {server.server_address[1]}", flush=True)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 sys.stdin.read()
