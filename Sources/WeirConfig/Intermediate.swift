@@ -62,6 +62,7 @@ public struct TLSDocument: Sendable {
     public var minVersion: Located<String>?
     public var alpn: [Located<String>] = []
     public var clientCA: Located<String>?
+    public var ticketKeyRotation: Located<Int64>?
     public init(position: SourcePosition) { self.position = position }
 }
 

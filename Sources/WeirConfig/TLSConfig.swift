@@ -4,6 +4,7 @@
 // ALPN, a minimum version and optional client certificates. Shards only create SSL objects from
 // these contexts; a reload builds new contexts for new connections while open ones keep theirs.
 import COpenSSL
+import CWeirTLS
 import WeirCore
 
 public final class TLSContext: @unchecked Sendable {
@@ -19,11 +20,17 @@ public final class TLSContext: @unchecked Sendable {
     public let minVersion: String
     public let clientCA: String?
     public let summaries: [String]
+    /// Session ticket keys shared by every certificate's context, rotated on a timer.
+    let ticketKeys: OpaquePointer?
+    public let ticketKeyRotationSeconds: Int
 
     init(contexts: [OpaquePointer], exact: [String: Int], wildcard: [String: Int], defaultIndex: Int, alpn: [String],
-         minVersion: String, clientCA: String?, summaries: [String]) {
+         minVersion: String, clientCA: String?, summaries: [String], ticketKeyRotationSeconds: Int) {
         self.contexts = contexts; self.exact = exact; self.wildcard = wildcard; self.defaultIndex = defaultIndex
         self.alpn = alpn; self.minVersion = minVersion; self.clientCA = clientCA; self.summaries = summaries
+        self.ticketKeyRotationSeconds = ticketKeyRotationSeconds
+        ticketKeys = weir_ticket_keys_new(ticketKeyRotationSeconds)
+        for ctx in contexts where ticketKeys != nil { _ = weir_ticket_keys_install(ctx, ticketKeys) }
         var wire: [UInt8] = []
         for p in alpn { wire.append(UInt8(p.utf8.count)); wire += Array(p.utf8) }
         alpnWire = .allocate(capacity: max(1, wire.count))
@@ -37,8 +44,12 @@ public final class TLSContext: @unchecked Sendable {
 
     deinit {
         for c in contexts { SSL_CTX_free(c) }
+        weir_ticket_keys_free(ticketKeys)
         alpnWire.deallocate()
     }
+
+    /// Ticket key rotations so far.
+    public var ticketKeyRotations: Int { ticketKeys.map { weir_ticket_keys_rotations($0) } ?? 0 }
 
     /// The context new connections start with (SNI may move them to another).
     public var primary: OpaquePointer { contexts[defaultIndex] }
@@ -165,8 +176,15 @@ extension Compiler {
             summaries.append("\(cert.value)" + (c.serverNames.isEmpty ? " (default)" : " for " + c.serverNames.map(\.value).joined(separator: ", ")))
         }
         guard ok, !contexts.isEmpty else { return nil }
+        var rotation = 43_200
+        if let r = d.ticketKeyRotation {
+            if (1_000_000_000...604_800_000_000_000).contains(r.value) { rotation = Int(r.value / 1_000_000_000) }
+            else { bad(r.position, "ticket_key_rotation must be 1s to 7d") }
+        }
+        guard ok else { return nil }
         return TLSContext(contexts: contexts, exact: exact, wildcard: wildcard, defaultIndex: defaultIndex ?? 0,
-                          alpn: d.alpn.map(\.value), minVersion: minVersion, clientCA: d.clientCA?.value, summaries: summaries)
+                          alpn: d.alpn.map(\.value), minVersion: minVersion, clientCA: d.clientCA?.value, summaries: summaries,
+                          ticketKeyRotationSeconds: rotation)
     }
 }
 

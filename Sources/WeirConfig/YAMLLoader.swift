@@ -170,7 +170,7 @@ struct Reader {
         }
         if let t = f["tls"] {
             var d = TLSDocument(position: pos(t.value))
-            let tf = fields(t.value, allowed: ["certificates", "min_version", "alpn", "client_ca"], what: "tls")
+            let tf = fields(t.value, allowed: ["certificates", "min_version", "alpn", "client_ca", "ticket_key_rotation"], what: "tls")
             for n in list(tf["certificates"], "certificates") {
                 var c = CertificateDocument(position: pos(n))
                 let cf = fields(n, allowed: ["cert", "key", "server_names"], what: "a certificate")
@@ -188,6 +188,7 @@ struct Reader {
                 fail(s, "alpn must list protocol names"); return nil
             }
             d.clientCA = string(tf["client_ca"], "client_ca")
+            d.ticketKeyRotation = duration(tf["ticket_key_rotation"], "ticket_key_rotation")
             l.tls = d
         }
         if let r = f["routes"] {

@@ -121,6 +121,25 @@ func sClient(_ port: UInt16, _ arguments: [String], request: String? = nil) thro
         #expect((stats["weir_tls_resumptions_total{listener=\"secure\"}"] ?? 0) >= 1)
     }
 
+    @Test func ticketKeysRotate() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: config(port: port, upstream: up, certs: certs, tlsExtra: "      ticket_key_rotation: 1s"))
+        defer { weir.stop() }
+        let session = certs.path("session.pem")
+        let request = "GET /r HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n"
+        _ = try sClient(port, ["-servername", "a.example.com", "-sess_out", session], request: request)
+        #expect(try sClient(port, ["-servername", "a.example.com", "-sess_in", session], request: request).contains("Reused, TLSv1.3"))
+        // Two rotations later the key that sealed the ticket is gone: a full handshake.
+        _ = try sClient(port, ["-servername", "a.example.com", "-sess_out", session], request: request)
+        Thread.sleep(forTimeInterval: 2.5)
+        _ = try sClient(port, ["-servername", "a.example.com"], request: request)  // rotates once
+        Thread.sleep(forTimeInterval: 1.2)
+        let late = try sClient(port, ["-servername", "a.example.com", "-sess_in", session], request: request)
+        #expect(late.contains("New, TLSv1.3"), "a ticket older than two rotations does not resume: \(late)")
+    }
+
     @Test func minimumVersionIsEnforced() throws {
         let certs = try TestCertificates()
         let up = try HTTPUpstream(name: "up")

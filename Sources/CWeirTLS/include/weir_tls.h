@@ -1,0 +1,18 @@
+#ifndef WEIR_TLS_H
+#define WEIR_TLS_H
+#include <openssl/ssl.h>
+
+/* Session ticket keys for a group of server contexts (one listener's certificates): a current
+ * and a previous key, rotated every `rotate_seconds` by the first handshake that notices. Tickets
+ * are sealed with the current key and opened with either (one opened with the previous key is
+ * renewed), so a ticket lives between one and two rotations. Thread-safe: shards share them. */
+typedef struct weir_ticket_keys weir_ticket_keys;
+
+weir_ticket_keys *weir_ticket_keys_new(long rotate_seconds);
+/* Makes `ctx` use `keys` (several contexts may share one set). */
+int weir_ticket_keys_install(SSL_CTX *ctx, weir_ticket_keys *keys);
+void weir_ticket_keys_free(weir_ticket_keys *keys);
+/* Rotations so far (for tests and stats). */
+long weir_ticket_keys_rotations(weir_ticket_keys *keys);
+
+#endif
