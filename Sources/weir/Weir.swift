@@ -51,6 +51,10 @@ struct Check: ParsableCommand {
         print("listeners:")
         for l in s.listeners {
             print("  \(l.name)  \(l.address)  \(l.proto.rawValue) -> \(l.targetSummary(in: s))  idle_timeout \(formatDuration(nanoseconds: l.idleTimeoutNanoseconds))")
+            if let tls = l.tls {
+                print("    tls \(tls.minVersion)+\(tls.alpn.isEmpty ? "" : ", alpn \(tls.alpn.joined(separator: ","))")\(tls.clientCA.map { ", client certificates from \($0)" } ?? ""), tickets rotate every \(formatDuration(nanoseconds: Int64(tls.ticketKeyRotationSeconds) * 1_000_000_000))")
+                for c in tls.summaries { print("      certificate \(c)") }
+            }
             if let http = l.http {
                 print("    header timeout \(formatDuration(nanoseconds: http.requestHeaderTimeoutNanoseconds)), max header \(http.limits.maxHeaderBytes) B, max body \(http.limits.maxBodyBytes) B\(http.accessLog.map { ", access log \($0)" } ?? "")")
                 for (i, r) in http.routes.routes.enumerated() { print("    route \(i + 1): \(r.summary) -> \(http.actions[i].summary(in: s))") }
@@ -59,6 +63,7 @@ struct Check: ParsableCommand {
         print("clusters:")
         for c in s.clusters {
             print("  \(c.name)  \(balancerSummary(c))  connect_timeout \(formatDuration(nanoseconds: c.connectTimeoutNanoseconds))  connect_attempts \(c.connectAttempts)")
+            if let t = c.tls { print("    tls to endpoints\(t.serverName.map { ", sni \($0)" } ?? "")\(t.verify ? ", verified" : ", NOT verified")") }
             for e in c.endpoints { print("    \(e.address)  weight \(e.weight)") }
         }
     }
