@@ -48,7 +48,8 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     }
 
     @Test func theDemoBalancesByWeightAndReportsNoErrors() throws {
-        let (status, output) = try runWeir(["demo", "--connections", "120", "--clients", "6", "--bulk-bytes", "4194304", "--shards", "1"], seconds: 60)
+        let (status, output) = try runWeir(["demo", "--connections", "120", "--clients", "6", "--bulk-bytes", "4194304", "--requests", "600",
+                                            "--shards", "1"], seconds: 60)
         #expect(status == 0, "\(output)")
         // With one shard, weights 3:2:1 over 120 + 6 (bulk) connections are exact.
         #expect(output.contains("upstream-1"))
@@ -57,5 +58,10 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         #expect(output.contains("21  16.67%    16.67%"))
         #expect(output.contains("burst: 120/120 connections echoed"))
         #expect(output.contains("0 failed"))
+        // HTTP: 600 keep-alive requests split 300:200:100 by the same weights.
+        #expect(output.contains("300  50.00%    50.00%"))
+        #expect(output.contains("200  33.33%    33.33%"))
+        #expect(output.contains("100  16.67%    16.67%"))
+        #expect(output.contains("http:  600/600 requests answered 200"))
     }
 }
