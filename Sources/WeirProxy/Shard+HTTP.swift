@@ -1053,6 +1053,9 @@ extension Shard {
     /// take the next request (or close, if this one said so).
     func responseComplete(_ c: UnsafeMutablePointer<Connection>) {
         finishExchangeStats(c)
+        // Passive outlier detection: a 5xx from the endpoint extends its failure streak, any
+        // other answer ends it.
+        if !c.pointee.ex.local && c.pointee.endpointSlot >= 0 { noteConnect(c, failed: c.pointee.ex.status >= 500) }
         let f0 = c.flow(0), f1 = c.flow(1)
         if c.pointee.ex.upstream >= 0 {
             let u = upstreams + Int(c.pointee.ex.upstream)

@@ -380,3 +380,22 @@ func runProcess(_ path: String, _ arguments: [String], seconds: Double = 30) thr
         #expect((try c.counts().requests) > 0, "the endpoint added by reloads got traffic")
     }
 }
+
+@Suite(.serialized) struct HTTPOutlierTests {
+    @Test func consecutive5xxEjectTheEndpoint() throws {
+        let a = try HTTPUpstream(name: "a"), b = try HTTPUpstream(name: "b")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a, b], routes: "      - cluster: app\n",
+                                                    clusterExtra: "    outlier_detection: { consecutive_failures: 3, base_ejection_time: 30s }"),
+                                   arguments: ["--shards", "1"])
+        defer { weir.stop() }
+        let c = try HTTPClient(port: port)
+        var statuses: [Int] = []
+        for _ in 0..<40 { statuses.append(try c.request("GET /fail-on/a HTTP/1.1\r\nHost: h\r\n\r\n").status) }
+        // a answers 503 three times in a row and is ejected (the health checker publishes that
+        // a moment later, so a request or two more may still reach it); then b takes everything.
+        #expect((3...6).contains(statuses.filter { $0 == 503 }.count), "\(statuses)")
+        #expect(statuses.suffix(20).allSatisfy { $0 == 200 })
+        #expect(weir.waitForLog("ejected"))
+    }
+}
