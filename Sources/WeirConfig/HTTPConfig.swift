@@ -9,7 +9,7 @@ public struct PoolSettings: Sendable, Equatable {
     /// Open connections (busy and idle) to one endpoint from one shard; a request over it gets 503.
     public var maxConnections = 1024
     /// Idle keep-alive connections kept per endpoint per shard; more are closed.
-    public var maxIdle = 64
+    public var maxIdle = 1024
     public var idleTimeoutNanoseconds: Int64 = 60_000_000_000
     /// Requests one upstream connection carries before it is closed; 0 means no limit.
     public var maxRequestsPerConnection = 0

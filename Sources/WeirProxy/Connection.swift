@@ -110,6 +110,10 @@ struct HTTPExchange {
     var local = false
     /// The balancer's hash for this request (header, cookie, path or the client's address).
     var hash: UInt64 = 0
+    /// The forwarded request head is written (body bytes may follow it upstream).
+    var headWritten = false
+    /// Waiting for a free head buffer: 1 for the request head, 2 for the response head.
+    var waitingForBuffer: UInt8 = 0
 }
 
 enum ConnectionState: UInt8 { case free, connecting, open, closing }

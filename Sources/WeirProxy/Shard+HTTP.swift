@@ -258,31 +258,81 @@ extension Shard {
         c.pointee.clusterIndex = Int32(ci)
         let cluster = snapshotOf(c).clusters[ci]
         if cluster.balancer.usesHash { c.pointee.ex.hash = requestHash(cluster.options.hashKey, c, head, source) }
-        // Write the forwarded head now, while the parsed fields are at hand.
-        guard let out = takeHeadBuffer() else {
-            control.stats.pointee.headBuffersExhausted += 1
-            return localResponse(c, status: 503, close: true)
-        }
-        let prefix = !route.forwarding.prefixReplacement.isEmpty && route.prefixLength > 0 && source[Int(head.target.start)] == UInt8(ascii: "/") ? route.prefixLength : 0
-        let context = ForwardContext(clientAddress: clientAddress(c), https: c.pointee.isTLS, requestID: requestID(), upgrade: head.upgrade)
-        guard let n = HeadWriter.writeRequest(head, source: source, headers: headers, rules: route.forwarding, prefixMatchedBytes: prefix,
-                                              context: context, into: UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)) else {
-            releaseHeadBuffer(out)
-            return localResponse(c, status: 431, close: true)
-        }
         let flow = c.flow(0)
-        flow.pointee.outBuffer = out
-        flow.pointee.outPointer = headBuffer(out)
-        flow.pointee.outLength = Int32(n)
-        flow.pointee.outSent = 0
         flow.pointee.segment = 0
         switch head.framing {
         case .none, .untilClose: flow.pointee.body = .none
         case .contentLength(let n): flow.pointee.body = .contentLength; flow.pointee.bodyRemaining = n
         case .chunked: flow.pointee.body = .chunked; flow.pointee.scanner = ChunkedScanner()
         }
+        // The forwarded head is written when an upstream connection is ready (at once if the
+        // pool has one), so no head buffer is held while a connect is in flight.
+        connectHTTP(c, parsed: head)
+    }
+
+    /// Writes the forwarded request head into a head buffer (with a small body behind it) and
+    /// starts sending it: called once the request's upstream connection is ready. `parsed` is the
+    /// head when the shard's header table still describes it (the same turn as its parse);
+    /// otherwise the head is parsed again where it still lies, at headStart in flow 0's buffer.
+    func sendRequestHead(_ c: UnsafeMutablePointer<Connection>, parsed: RequestHead?) {
+        guard c.pointee.state == .open, !c.pointee.ex.headWritten else { return }
+        let flow = c.flow(0)
+        guard let out = takeHeadBuffer() else {
+            // Every head buffer is being sent: wait for one (served at the end of the loop turn).
+            control.stats.pointee.headBuffersExhausted += 1
+            return waitForHeadBuffer(c, kind: 0)
+        }
+        let bid = Int(flow.pointee.head)
+        let start = Int(c.pointee.ex.headStart)
+        let source = UnsafeRawBufferPointer(start: bufferPointer(bid) + start, count: Int(bufferLength[bid]) - start)
+        let head: RequestHead
+        if let parsed {
+            head = parsed
+        } else {
+            guard case .complete(let h) = HTTPParser.parseRequest(source, limits: httpListener(c).limits, headers: headers) else {
+                releaseHeadBuffer(out)
+                return abortHTTP(c)
+            }
+            head = h
+        }
+        let route = httpListener(c).actions[Int(c.pointee.ex.route)]
+        let prefix = !route.forwarding.prefixReplacement.isEmpty && route.prefixLength > 0 && source[Int(head.target.start)] == UInt8(ascii: "/") ? route.prefixLength : 0
+        let context = ForwardContext(clientAddress: clientAddress(c), https: c.pointee.isTLS, requestID: requestID(), upgrade: head.upgrade)
+        guard let n = HeadWriter.writeRequest(head, source: UnsafeRawBufferPointer(rebasing: source[0..<head.headLength]), headers: headers,
+                                              rules: route.forwarding, prefixMatchedBytes: prefix, context: context,
+                                              into: UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)) else {
+            releaseHeadBuffer(out)
+            return localResponse(c, status: 431, close: true)
+        }
+        flow.pointee.outBuffer = out
+        flow.pointee.outPointer = headBuffer(out)
+        flow.pointee.outLength = Int32(n)
+        flow.pointee.outSent = 0
+        c.pointee.ex.headWritten = true
         guard coalesceBody(c, flow, request: true) else { return }
-        connectHTTP(c)
+        pumpRequest(c)
+    }
+
+    /// Parks a connection until a head buffer is free: kind 0 to write its request head, 1 to
+    /// write its response head.
+    func waitForHeadBuffer(_ c: UnsafeMutablePointer<Connection>, kind: UInt8) {
+        c.pointee.ex.waitingForBuffer = kind + 1
+        headWaiters.append(HeadWaiter(slot: Int32(slot(of: c)), generation: c.pointee.generation))
+    }
+
+    /// Gives freed head buffers to the connections waiting for them, oldest first.
+    func serveHeadWaiters() {
+        var served = 0
+        while headFreeCount > 0 && served < headWaiters.count {
+            let w = headWaiters[served]
+            served += 1
+            let c = connections + Int(w.slot)
+            guard c.pointee.generation == w.generation, c.pointee.state == .open, c.pointee.ex.waitingForBuffer > 0 else { continue }
+            let kind = c.pointee.ex.waitingForBuffer - 1
+            c.pointee.ex.waitingForBuffer = 0
+            if kind == 0 { sendRequestHead(c, parsed: nil) } else { processResponse(c) }
+        }
+        headWaiters.removeFirst(served)
     }
 
     /// 16 hex digits, unique enough to follow one request through logs.
@@ -359,7 +409,7 @@ extension Shard {
     // MARK: Upstream connections
 
     /// Picks an endpoint and lends the request an idle pooled connection to it, or opens one.
-    func connectHTTP(_ c: UnsafeMutablePointer<Connection>) {
+    func connectHTTP(_ c: UnsafeMutablePointer<Connection>, parsed: RequestHead? = nil) {
         let snap = snapshotOf(c)
         let ci = Int(c.pointee.clusterIndex)
         let cluster = snap.clusters[ci]
@@ -380,7 +430,7 @@ extension Shard {
             c.pointee.ex.reused = true
             control.named.endpoints[Int(pool)].poolReuses += 1
             c.pointee.ex.phase = .forwarding
-            return pumpRequest(c)
+            return sendRequestHead(c, parsed: parsed)
         }
         c.pointee.ex.reused = false
         if pool >= 0 && Int(openCount[Int(pool)]) >= cluster.pool.maxConnections {
@@ -571,7 +621,7 @@ extension Shard {
             noteConnect(c, failed: false)
             armUpstreamRecv(u)
             c.pointee.ex.phase = .forwarding
-            return pumpRequest(c)
+            return sendRequestHead(c, parsed: nil)
         }
         upstreamConnectFailed(c, u, timedOut: res == -ECANCELED)
     }
@@ -655,7 +705,7 @@ extension Shard {
                 noteConnect(c, failed: false)
                 c.pointee.ex.phase = .forwarding
                 if !u.pointee.recvArmed { armUpstreamRecv(u) }
-                return pumpRequest(c)
+                return sendRequestHead(c, parsed: nil)
             }
         case .idle:
             if let bid, res > 0, u.pointee.isTLS {
@@ -742,7 +792,9 @@ extension Shard {
 
     func pumpRequest(_ c: UnsafeMutablePointer<Connection>) {
         let flow = c.flow(0)
-        guard c.pointee.state == .open, !flow.pointee.sending, c.pointee.ex.upstream >= 0 else { return }
+        // Nothing goes upstream before the request head (tunnels have sent theirs long ago).
+        guard c.pointee.state == .open, !flow.pointee.sending, c.pointee.ex.upstream >= 0,
+              c.pointee.ex.headWritten || c.pointee.ex.phase == .tunnel else { return }
         let u = upstreams + Int(c.pointee.ex.upstream)
         guard u.pointee.state == .busy else { return }
         if flow.pointee.outSent < flow.pointee.outLength {
@@ -899,7 +951,10 @@ extension Shard {
                 if rh.framing == .untilClose || draining { c.pointee.ex.closeAfter = true }
                 let connection: HeadWriter.ConnectionHeader = tunnel ? .upgrade
                     : c.pointee.ex.closeAfter ? .close : (c.pointee.ex.minorVersion == 0 ? .keepAlive : .none)
-                guard let out = takeHeadBuffer() else { control.stats.pointee.headBuffersExhausted += 1; return abortHTTP(c) }
+                guard let out = takeHeadBuffer() else {
+                    control.stats.pointee.headBuffersExhausted += 1
+                    return waitForHeadBuffer(c, kind: 1)
+                }
                 guard let n = HeadWriter.writeResponse(rh, source: source, headers: headers, remove: route.responseRemove, add: route.responseAdd,
                                                        connection: connection,
                                                        into: UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)) else {
@@ -1124,6 +1179,7 @@ extension Shard {
         clearOut(f1)
         f1.pointee.body = .none
         c.pointee.ex.responseHeadDone = false
+        c.pointee.ex.headWritten = false
         c.pointee.ex.requestSent = false
         c.pointee.ex.upstreamKeepAlive = false
         c.pointee.ex.status = 0

@@ -121,6 +121,8 @@ final class Shard {
     var openCount: [Int32] = []
     /// Upstreams whose recv stopped on an empty buffer ring.
     var starvedUpstreams: [Int32] = []
+    /// Connections waiting for a head buffer, oldest first.
+    var headWaiters: [HeadWaiter] = []
     /// Per connection slot: the client's address as text, for X-Forwarded-For.
     let clientText: UnsafeMutablePointer<UInt8>
     static let clientTextBytes = 48
@@ -185,6 +187,7 @@ final class Shard {
         upstreamTLS.initialize(repeating: TLSState(), count: n)
         discardFlow.initialize(to: Flow())
         starvedUpstreams.reserveCapacity(n)
+        headWaiters.reserveCapacity(n)
         recvLimit = control.recvLimit
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }
@@ -223,10 +226,10 @@ final class Shard {
             checkMailbox()
             if control.store.generation != snapshot.generation { adopt(control.store.snapshot) }
             if (draining || cutting) && active == 0 && listeners.isEmpty {
-            closeIdleUpstreams()
-            for w in logWriters { w.flush(ring) }
-            if upstreamsOpen == 0 && logWriters.allSatisfy(\.idle) { break }
-        }
+                closeIdleUpstreams()
+                for w in logWriters { w.flush(ring) }
+                if upstreamsOpen == 0 && logWriters.allSatisfy(\.idle) { break }
+            }
             _ = ring.submitAndWait(timeoutNanoseconds: 1_000_000_000)
             now = monotonicNanoseconds(coarse: true)
             _ = ring.forEachCompletion { userData, result, flags in
@@ -234,6 +237,7 @@ final class Shard {
             }
             if buffers.commit() > 0 && (!starvedFlows.isEmpty || !starvedUpstreams.isEmpty) { rearmStarved() }
             for w in logWriters { w.flush(ring) }
+            if !headWaiters.isEmpty && headFreeCount > 0 { serveHeadWaiters() }
             publishStats()
         }
         publishStats()
@@ -412,6 +416,11 @@ final class Shard {
             else if res != -EMFILE && res != -ENFILE { armAccept(slot) }
         }
     }
+}
+
+struct HeadWaiter {
+    var slot: Int32
+    var generation: UInt32
 }
 
 extension Int {
