@@ -56,12 +56,13 @@ def wrk(port, seconds, connections, close, tls=False):
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
-    if not re.search(r"99%\s+\S+", out):
+    if not re.search(r"^\s+99%\s+\S+", out, re.M):
         raise SystemExit(f"wrk against port {port} gave no latency distribution:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # Anchored: a thread-stats column such as "67.50%" must not be read as the 50th percentile.
+    p50 = parse_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = parse_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rps, total, p50, p99, (errors.group(1) if errors else ""), int(non2xx.group(1)) if non2xx else 0
