@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Weir builds against (Debian 12, as root). Idempotent: installs
 # only what is missing, so it is cheap to run before every build. With --tests it also sets up
-# what the test suite needs beyond the build (Python's prometheus_client, from PyPI).
+# what the test suite needs beyond the build (Python's prometheus_client, grpcio and xds-protos,
+# from PyPI).
 set -euo pipefail
 need=()
 for p in liburing-dev libssl-dev pkg-config; do
@@ -29,12 +30,12 @@ fi
 # The integration tests check /stats/prometheus with a real Prometheus parser (Python's
 # prometheus_client), kept in its own venv under .build/.
 root=$(cd "$(dirname "$0")/.." && pwd)
-if [ "${1:-}" = "--tests" ] && ! "$root/.build/venv-test/bin/python3" -c "import prometheus_client" 2>/dev/null; then
+if [ "${1:-}" = "--tests" ] && ! "$root/.build/venv-test/bin/python3" -c "import prometheus_client, grpc, envoy.config.cluster.v3.cluster_pb2" 2>/dev/null; then
   if ! python3 -m venv --help >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
   fi
-  echo "setup: creating .build/venv-test with prometheus_client"
+  echo "setup: creating .build/venv-test with prometheus_client, grpcio and xds-protos (an xDS control plane for the tests)"
   python3 -m venv "$root/.build/venv-test"
-  "$root/.build/venv-test/bin/pip" install -q prometheus_client
+  "$root/.build/venv-test/bin/pip" install -q prometheus_client grpcio "xds-protos==1.85.0"
 fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH; install Swift 6.3 (https://www.swift.org/install/)" >&2; exit 1; }

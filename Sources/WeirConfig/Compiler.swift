@@ -123,7 +123,29 @@ public enum Compiler {
             listener.tls = tls
             listeners.append(listener)
         }
-        if doc.listeners.isEmpty { fail(doc.position, "there are no listeners: add a 'listeners:' list") }
+        var xds: XDSSettings? = nil
+        if let x = doc.xds {
+            let pos = doc.xdsPosition ?? doc.position
+            if let a = x["address"] {
+                do {
+                    let address = try SocketAddress.parse(a.value)
+                    var timeout: Int64 = 15_000_000_000
+                    if let t = x["initial_fetch_timeout"] {
+                        if let ns = parseDurationNanoseconds(t.value), (0...600_000_000_000).contains(ns) { timeout = ns }
+                        else { fail(t.position, "xds initial_fetch_timeout must be a duration up to 10m") }
+                    }
+                    let id = doc.node["id"]?.value ?? ""
+                    if id.isEmpty { fail(doc.node["id"]?.position ?? pos, "xds needs node.id (how the control plane knows this weir; Istio expects router~IP~ID~DOMAIN)") }
+                    xds = XDSSettings(address: address, initialFetchTimeoutNanoseconds: timeout, nodeID: id,
+                                      nodeCluster: doc.node["cluster"]?.value ?? "", nodeMetadata: doc.nodeMetadata)
+                } catch {
+                    fail(a.position, "xds address: \(error) (an IP:PORT, such as 127.0.0.1:18000)")
+                }
+            } else {
+                fail(pos, "xds needs an 'address' (the control plane's IP:PORT)")
+            }
+        }
+        if doc.listeners.isEmpty && doc.xds == nil { fail(doc.position, "there are no listeners: add a 'listeners:' list (or 'xds:' to get them from a control plane)") }
         var watch = false
         if let w = doc.watchConfig {
             switch w.value {
@@ -160,7 +182,8 @@ public enum Compiler {
         }
         return Snapshot(generation: generation, source: doc.source, shards: doc.shards?.value,
                         drainTimeoutNanoseconds: doc.drainTimeout?.value ?? defaultDrainTimeoutNanoseconds,
-                        logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watch)
+                        logLevel: doc.logLevel?.value ?? "info", limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watch,
+                        xds: xds)
     }
 
     static func compileLimits(_ d: LimitsDocument, fail: (SourcePosition, String) -> Void) -> Limits {

@@ -21,6 +21,11 @@ public struct ConfigDocument: Sendable {
     public var adminPosition: SourcePosition?
     public var listeners: [ListenerDocument] = []
     public var clusters: [ClusterDocument] = []
+    /// `xds:` keys address, initial_fetch_timeout; `node:` keys id, cluster, metadata.
+    public var xds: [String: Located<String>]? = nil
+    public var xdsPosition: SourcePosition?
+    public var node: [String: Located<String>] = [:]
+    public var nodeMetadata: [String: String] = [:]
     public var position: SourcePosition
     /// Problems the reader found in the shape of the source (unknown keys, wrong types).
     public var shapeErrors: [ConfigError] = []

@@ -110,6 +110,15 @@ public struct Limits: Sendable, Equatable {
                                         buffersPerShard: 1024, maxQueuedBuffersPerDirection: 16)
 }
 
+/// The xDS control plane and how Weir introduces itself to it.
+public struct XDSSettings: Sendable, Equatable {
+    public var address: SocketAddress
+    public var initialFetchTimeoutNanoseconds: Int64
+    public var nodeID: String
+    public var nodeCluster: String
+    public var nodeMetadata: [String: String]
+}
+
 /// The admin API's listener. Bound once at start; a reload that changes it applies at restart.
 public struct AdminSettings: Sendable, Equatable {
     public var address: SocketAddress
@@ -131,9 +140,14 @@ public final class Snapshot: Sendable {
     public let admin: AdminSettings?
     /// Reload when the file changes (checked twice a second).
     public let watchConfig: Bool
+    /// Listeners and clusters also come from this control plane (xDS), or nil.
+    public var xds: XDSSettings? { xdsBox }
+    let xdsBox: XDSSettings?
 
     init(generation: UInt64, source: String, shards: Int?, drainTimeoutNanoseconds: Int64, logLevel: String,
-         limits: Limits, listeners: [Listener], clusters: [Cluster], admin: AdminSettings? = nil, watchConfig: Bool = false) {
+         limits: Limits, listeners: [Listener], clusters: [Cluster], admin: AdminSettings? = nil, watchConfig: Bool = false,
+         xds: XDSSettings? = nil) {
+        self.xdsBox = xds
         self.admin = admin
         self.watchConfig = watchConfig
         self.generation = generation; self.source = source; self.shards = shards
@@ -159,20 +173,20 @@ public final class Snapshot: Sendable {
             return c.with(endpoints: endpoints).with(available: available)
         }
         return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig)
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig, xds: xds)
     }
 
     /// This snapshot with some clusters replaced (by index); every other cluster object is shared.
     public func replacing(clusters changed: [Int: Cluster]) -> Snapshot {
         let clusters = self.clusters.enumerated().map { changed[$0.offset] ?? $0.element }
         return Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig)
+                        logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig, xds: xds)
     }
 
     /// The same configuration under another generation number (the store numbers snapshots).
     func numbered(_ generation: UInt64) -> Snapshot {
         Snapshot(generation: generation, source: source, shards: shards, drainTimeoutNanoseconds: drainTimeoutNanoseconds,
-                 logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig)
+                 logLevel: logLevel, limits: limits, listeners: listeners, clusters: clusters, admin: admin, watchConfig: watchConfig, xds: xds)
     }
 }
 

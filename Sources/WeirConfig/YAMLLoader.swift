@@ -124,8 +124,23 @@ struct Reader {
     mutating func document(_ root: Node?) -> ConfigDocument {
         var doc = ConfigDocument(source: file, position: pos(root))
         guard let root else { fail(nil, "the file is empty; it needs at least 'listeners' and 'clusters'"); return doc }
-        let f = fields(root, allowed: ["shards", "drain_timeout", "log_level", "watch_config", "limits", "admin", "listeners", "clusters"],
-                       what: "the top level")
+        let f = fields(root, allowed: ["shards", "drain_timeout", "log_level", "watch_config", "limits", "admin", "listeners", "clusters",
+                                       "xds", "node"], what: "the top level")
+        if let x = f["xds"] {
+            doc.xdsPosition = pos(x.value)
+            doc.xds = flatMapping(x.value, allowed: ["address", "initial_fetch_timeout"], what: "xds")
+        }
+        if let n = f["node"] {
+            var nf = fields(n.value, allowed: ["id", "cluster", "metadata"], what: "node")
+            if let m = nf.removeValue(forKey: "metadata") {
+                if let mapping = m.value.mapping {
+                    for (k, v) in mapping {
+                        if let key = k.string, case .scalar(let sv) = v { doc.nodeMetadata[key] = sv.string } else { fail(k, "node metadata must map names to plain values") }
+                    }
+                } else { fail(m.value, "node metadata must be a mapping") }
+            }
+            for (k, v) in nf { if let s = string(v, k) { doc.node[k] = s } }
+        }
         if let s = f["shards"] {
             if s.value.string == "auto" { doc.shards = nil } else { doc.shards = int(s, "shards (a number or auto)") }
         }

@@ -95,6 +95,13 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The address without its port (and without brackets for IPv6).
+    public var hostText: String {
+        let d = description
+        let host = d[..<d.lastIndex(of: ":")!]
+        return family == .inet6 ? String(host.dropFirst().dropLast()) : String(host)
+    }
+
     /// Calls `body` with a sockaddr for this address.
     public func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
         var storage = sockaddr_storage()

@@ -1,11 +1,13 @@
 // The weir command: run, check, demo, version.
 import ArgumentParser
+import Synchronization
 import WeirAdmin
 import WeirConfig
 import WeirCore
 import WeirDemo
 import WeirHealth
 import WeirProxy
+import WeirXDS
 import WeirRing
 #if canImport(Glibc)
 import Glibc
@@ -31,7 +33,9 @@ struct ConfigOption: ParsableArguments {
 /// Loads and compiles a config file, or prints every error and exits 1.
 func loadSnapshot(_ path: String) throws -> Snapshot {
     do {
-        return try Compiler.compile(try YAMLLoader.load(path: path))
+        let doc = try YAMLLoader.load(path: path)
+        XDSState.staticDocument.withLock { $0 = doc }
+        return try Compiler.compile(doc)
     } catch let e as ConfigErrors {
         for err in e.errors { fputs("\(err)\n", stderr) }
         fputs("\(path): \(e.errors.count) error(s); nothing was applied\n", stderr)
@@ -116,6 +120,25 @@ struct Run: ParsableCommand {
             fputs("weir: \(error)\n", stderr)
             throw ExitCode(1)
         }
+        if let xds = snapshot.xds {
+            // Listeners and clusters also come from a control plane: each update is compiled with
+            // the file's static part and published whole, or NACKed.
+            let client = ADSClient(settings: xds) { listeners, clusters in
+                server.reloadLock.withLock { _ -> String? in
+                    do {
+                        try publishMerged(server, dynamic: (listeners, clusters), reason: "xds")
+                        return nil
+                    } catch let e as ConfigErrors {
+                        return e.errors.map(\.description).joined(separator: "; ")
+                    } catch {
+                        return "\(error)"
+                    }
+                }
+            }
+            XDSState.client.withLock { $0 = client }
+            client.start()
+            Log.info("xds: control plane \(xds.address), node \(xds.nodeID)")
+        }
         if let settings = server.store.snapshot.admin {
             do {
                 let admin = try AdminServer(server: server, settings: settings, hooks: AdminServer.Hooks(
@@ -187,7 +210,13 @@ struct Run: ParsableCommand {
         server.reloadLock.withLock { _ in
             let current = server.store.snapshot.generation
             do {
-                let next = try Compiler.compile(try YAMLLoader.load(path: options.config), previous: server.store.snapshot)
+                let doc = try YAMLLoader.load(path: options.config)
+                XDSState.staticDocument.withLock { $0 = doc }
+                let dynamic = XDSState.dynamic.withLock { $0 }
+                var merged = doc
+                merged.listeners += dynamic.0
+                merged.clusters += dynamic.1
+                let next = try Compiler.compile(merged, previous: server.store.snapshot)
                 if next.admin != server.store.snapshot.admin {
                     Log.warning("reload: the admin address is fixed at start; the new one applies after a restart")
                 }
@@ -288,4 +317,24 @@ struct SignalSet {
         while sigwait(&set, &sig) != 0 {}
         return sig
     }
+}
+
+/// What xDS has contributed, and the file's own document, so a reload of either keeps the other.
+enum XDSState {
+    static let staticDocument = Mutex<ConfigDocument?>(nil)
+    static let dynamic = Mutex<([ListenerDocument], [ClusterDocument])>(([], []))
+    static let client = Mutex<ADSClient?>(nil)
+}
+
+/// Compiles the file's document with `dynamic` and publishes it (the caller holds the reload lock).
+func publishMerged(_ server: Server, dynamic: ([ListenerDocument], [ClusterDocument]), reason: String) throws {
+    guard let doc = XDSState.staticDocument.withLock({ $0 }) else { throw ConfigErrors([]) }
+    var merged = doc
+    merged.listeners += dynamic.0
+    merged.clusters += dynamic.1
+    let next = try Compiler.compile(merged, previous: server.store.snapshot)
+    let published = try server.reload(next)
+    XDSState.dynamic.withLock { $0 = dynamic }
+    server.reloadsSucceeded.add(1, ordering: .relaxed)
+    Log.info("\(reason): generation \(published.generation) published (\(dynamic.0.count) listener(s), \(dynamic.1.count) cluster(s) from xds)")
 }

@@ -1,0 +1,450 @@
+// xDS resources to Weir's intermediate form: the same ListenerDocument and ClusterDocument a YAML
+// file produces, so an update compiles into the same immutable snapshot (and is refused whole
+// with the same errors). Fields whose meaning Weir does not implement are refused by name, never
+// ignored: each message is copied, the fields Weir reads are cleared, and anything left over is
+// reported.
+import SwiftProtobuf
+import WeirConfig
+import WeirCore
+import WeirXDSProtos
+
+public enum XDSType: String, CaseIterable, Sendable {
+    case listener = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    case cluster = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    case endpoint = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    case route = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+    public var short: String {
+        switch self {
+        case .listener: return "LDS"
+        case .cluster: return "CDS"
+        case .endpoint: return "EDS"
+        case .route: return "RDS"
+        }
+    }
+}
+
+/// Why a resource was refused: names the resource and the field, for the NACK's error_detail.
+public struct XDSError: Error, CustomStringConvertible, Sendable {
+    public var resource: String
+    public var message: String
+    public var description: String { "\(resource): \(message)" }
+}
+
+public typealias EnvoyListener = Envoy_Config_Listener_V3_Listener
+public typealias EnvoyCluster = Envoy_Config_Cluster_V3_Cluster
+public typealias EnvoyLoadAssignment = Envoy_Config_Endpoint_V3_ClusterLoadAssignment
+public typealias EnvoyRouteConfiguration = Envoy_Config_Route_V3_RouteConfiguration
+typealias HCM = Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpConnectionManager
+typealias TCPProxy = Envoy_Extensions_Filters_Network_TcpProxy_V3_TcpProxy
+
+/// What the control plane sent, by resource name.
+public struct XDSResources: Sendable {
+    public var listeners: [String: EnvoyListener] = [:]
+    public var clusters: [String: EnvoyCluster] = [:]
+    public var loadAssignments: [String: EnvoyLoadAssignment] = [:]
+    public var routes: [String: EnvoyRouteConfiguration] = [:]
+    public init() {}
+
+    /// EDS names the clusters need (their service name, or their own name).
+    public var edsNames: [String] {
+        clusters.values.filter { $0.type == .eds }.map { edsName($0) }.sorted()
+    }
+
+    /// RDS names the listeners need.
+    public var rdsNames: [String] {
+        var names = Set<String>()
+        for l in listeners.values {
+            for chain in l.filterChains {
+                for f in chain.filters where f.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") {
+                    if let hcm = try? HCM(unpackingAny: f.typedConfig), case .rds(let rds)? = hcm.routeSpecifier { names.insert(rds.routeConfigName) }
+                }
+            }
+        }
+        return names.sorted()
+    }
+}
+
+func edsName(_ c: EnvoyCluster) -> String { c.edsClusterConfig.serviceName.isEmpty ? c.name : c.edsClusterConfig.serviceName }
+
+func position(_ kind: String, _ name: String) -> SourcePosition { SourcePosition(file: "xds:\(kind)/\(name)", line: 1, column: 1) }
+func located<T>(_ v: T, _ p: SourcePosition) -> Located<T> { Located(v, at: p) }
+
+/// The fields of `message` left after the ones Weir reads were cleared, as JSON; nil when none.
+func leftover<M: SwiftProtobuf.Message>(_ message: M) -> String? {
+    if message.isEqualTo(message: M()) { return nil }
+    return (try? message.jsonString()) ?? "\(message)"
+}
+
+func seconds(_ d: Google_Protobuf_Duration) -> Int64 { d.seconds * 1_000_000_000 + Int64(d.nanos) }
+
+/// Translates the resources that are complete (warm) into listener and cluster documents.
+/// Clusters still waiting for their ClusterLoadAssignment, and listeners waiting for their routes
+/// or for such clusters, are left out (warming) unless `includeWarming`.
+public func translate(_ r: XDSResources, includeWarming: Bool) throws -> (listeners: [ListenerDocument], clusters: [ClusterDocument], warming: [String]) {
+    var clusters: [ClusterDocument] = []
+    var warming: [String] = []
+    var active = Set<String>()
+    for name in r.clusters.keys.sorted() {
+        let c = r.clusters[name]!
+        if c.type == .eds && r.loadAssignments[edsName(c)] == nil && !includeWarming { warming.append("cluster \(name)"); continue }
+        clusters.append(try translateCluster(c, r.loadAssignments[edsName(c)]))
+        active.insert(name)
+    }
+    var listeners: [ListenerDocument] = []
+    for name in r.listeners.keys.sorted() {
+        let l = r.listeners[name]!
+        switch try translateListener(l, routes: r.routes, knownClusters: Set(r.clusters.keys)) {
+        case .ready(let doc, let uses):
+            if !includeWarming, let missing = uses.first(where: { !active.contains($0) }) {
+                warming.append("listener \(name) (cluster \(missing) warming)")
+                continue
+            }
+            listeners.append(doc)
+        case .waitingForRoutes(let routeName):
+            warming.append("listener \(name) (routes \(routeName))")
+        }
+    }
+    return (listeners, clusters, warming)
+}
+
+enum ListenerTranslation {
+    case ready(ListenerDocument, uses: [String])
+    case waitingForRoutes(String)
+}
+
+func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>) throws -> ListenerTranslation {
+    let what = "listener '\(l.name)'"
+    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m) }
+    let p = position("listener", l.name)
+    var doc = ListenerDocument(position: p)
+    doc.name = located(l.name, p)
+    guard l.hasAddress, case .socketAddress(let sa)? = l.address.address else { throw fail("address: only socket_address is supported") }
+    var saRest = sa
+    saRest.address = ""
+    saRest.portSpecifier = nil
+    if let extra = leftover(saRest) { throw fail("address.socket_address: unsupported field(s) \(extra)") }
+    guard case .portValue(let port)? = sa.portSpecifier, port > 0 else { throw fail("address.socket_address.port_value is required") }
+    let host = sa.address.contains(":") ? "[\(sa.address)]" : sa.address
+    doc.address = located("\(host):\(port)", p)
+    guard l.filterChains.count == 1 else { throw fail("filter_chains: exactly one filter chain is supported, not \(l.filterChains.count)") }
+    let chain = l.filterChains[0]
+    var chainRest = chain
+    chainRest.filters = []
+    if let extra = leftover(chainRest) { throw fail("filter_chains[0]: unsupported field(s) \(extra)") }
+    guard chain.filters.count == 1 else { throw fail("filter_chains[0].filters: exactly one network filter (http_connection_manager or tcp_proxy) is supported") }
+    var rest = l
+    rest.name = ""
+    rest.clearAddress()
+    rest.filterChains = []
+    rest.statPrefix = ""
+    if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
+    let filter = chain.filters[0]
+    if filter.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy") {
+        let tcp: TCPProxy
+        do { tcp = try TCPProxy(unpackingAny: filter.typedConfig) } catch { throw fail("tcp_proxy: cannot decode: \(error)") }
+        var tcpRest = tcp
+        tcpRest.statPrefix = ""
+        tcpRest.clusterSpecifier = nil
+        tcpRest.clearIdleTimeout()
+        if let extra = leftover(tcpRest) { throw fail("tcp_proxy: unsupported field(s) \(extra)") }
+        guard case .cluster(let cluster)? = tcp.clusterSpecifier else { throw fail("tcp_proxy: only 'cluster' is supported (weighted_clusters is not)") }
+        guard knownClusters.contains(cluster) else { throw fail("tcp_proxy.cluster '\(cluster)' is not a known cluster") }
+        doc.proto = located("tcp", p)
+        doc.cluster = located(cluster, p)
+        if tcp.hasIdleTimeout { doc.idleTimeout = located(seconds(tcp.idleTimeout), p) }
+        return .ready(doc, uses: [cluster])
+    }
+    guard filter.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager") else {
+        throw fail("filter '\(filter.name)' (\(filter.typedConfig.typeURL)) is not supported; use http_connection_manager or tcp_proxy")
+    }
+    let hcm: HCM
+    do { hcm = try HCM(unpackingAny: filter.typedConfig) } catch { throw fail("http_connection_manager: cannot decode: \(error)") }
+    for f in hcm.httpFilters where !f.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.http.router.v3.Router") && f.name != "envoy.filters.http.router" {
+        throw fail("http_connection_manager.http_filters: '\(f.name)' is not supported (only the router)")
+    }
+    var hcmRest = hcm
+    hcmRest.statPrefix = ""
+    hcmRest.codecType = .auto
+    hcmRest.httpFilters = []
+    hcmRest.routeSpecifier = nil
+    if let extra = leftover(hcmRest) { throw fail("http_connection_manager: unsupported field(s) \(extra)") }
+    doc.proto = located("http", p)
+    let config: EnvoyRouteConfiguration
+    switch hcm.routeSpecifier {
+    case .rds(let rds)?:
+        guard let c = routes[rds.routeConfigName] else { return .waitingForRoutes(rds.routeConfigName) }
+        config = c
+    case .routeConfig(let inline)?:
+        config = inline
+    default:
+        throw fail("http_connection_manager: needs rds or route_config")
+    }
+    let (routeDocs, uses) = try translateRoutes(config, listener: l.name, knownClusters: knownClusters)
+    doc.routes = routeDocs
+    doc.routesPosition = p
+    return .ready(doc, uses: uses)
+}
+
+func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownClusters: Set<String>) throws -> ([RouteDocument], [String]) {
+    let what = "route_configuration '\(config.name)'"
+    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m) }
+    var configRest = config
+    configRest.name = ""
+    configRest.virtualHosts = []
+    if let extra = leftover(configRest) { throw fail("unsupported field(s) \(extra)") }
+    let p = position("route", config.name)
+    var out: [RouteDocument] = []
+    var uses: [String] = []
+    for vh in config.virtualHosts {
+        var vhRest = vh
+        vhRest.name = ""
+        vhRest.domains = []
+        vhRest.routes = []
+        if let extra = leftover(vhRest) { throw fail("virtual_host '\(vh.name)': unsupported field(s) \(extra)") }
+        let hosts = vh.domains.contains("*") ? [] : vh.domains
+        for (i, route) in vh.routes.enumerated() {
+            let at = "virtual_host '\(vh.name)' route \(i)"
+            var d = RouteDocument(position: p)
+            if !hosts.isEmpty { d.match["host"] = located(hosts.joined(separator: ","), p) }
+            let m = route.match
+            switch m.pathSpecifier {
+            case .prefix(let prefix)?: if prefix != "/" && !prefix.isEmpty { d.match["path_prefix"] = located(prefix, p) }
+            case .path(let path)?: d.match["path_exact"] = located(path, p)
+            case nil: break
+            default: throw fail("\(at): match supports prefix and path (safe_regex and others are not supported)")
+            }
+            for h in m.headers {
+                var hd = HeaderDocument(position: p)
+                hd.name = located(h.name, p)
+                switch h.headerMatchSpecifier {
+                case .exactMatch(let v)?: hd.value = located(v, p)
+                case .presentMatch(true)?: break
+                case .stringMatch(let sm)?:
+                    guard case .exact(let v)? = sm.matchPattern, !sm.ignoreCase else { throw fail("\(at): header '\(h.name)': only exact string_match is supported") }
+                    hd.value = located(v, p)
+                default: throw fail("\(at): header '\(h.name)': only exact_match, present_match or an exact string_match is supported")
+                }
+                if h.invertMatch { throw fail("\(at): header '\(h.name)': invert_match is not supported") }
+                d.matchHeaders.append(hd)
+            }
+            var mRest = m
+            mRest.pathSpecifier = nil
+            mRest.headers = []
+            if let extra = leftover(mRest) { throw fail("\(at): match: unsupported field(s) \(extra)") }
+            switch route.action {
+            case .route(let a)?:
+                switch a.clusterSpecifier {
+                case .cluster(let c)?:
+                    guard knownClusters.contains(c) else { throw fail("\(at): cluster '\(c)' is not a known cluster") }
+                    d.cluster = located(c, p)
+                    uses.append(c)
+                case .weightedClusters(let w)?:
+                    d.weightedClustersPosition = p
+                    d.weightedClusters = try w.clusters.map { cw in
+                        guard knownClusters.contains(cw.name) else { throw fail("\(at): weighted cluster '\(cw.name)' is not a known cluster") }
+                        uses.append(cw.name)
+                        var wd = WeightedClusterDocument(position: p)
+                        wd.cluster = located(cw.name, p)
+                        wd.weight = located(Int(cw.weight.value), p)
+                        return wd
+                    }
+                default: throw fail("\(at): route action needs cluster or weighted_clusters")
+                }
+                if a.hasTimeout { d.timeout = located(seconds(a.timeout), p) }
+                if a.hasIdleTimeout { d.idleTimeout = located(seconds(a.idleTimeout), p) }
+                if !a.prefixRewrite.isEmpty { d.prefixRewrite = located(a.prefixRewrite, p) }
+                if case .hostRewriteLiteral(let h)? = a.hostRewriteSpecifier { d.hostRewrite = located(h, p) }
+                if a.hasRetryPolicy {
+                    let rp = a.retryPolicy
+                    var on: [String] = []
+                    for cond in rp.retryOn.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+                        switch cond {
+                        case "connect-failure": on.append("connect_failure")
+                        case "reset": on.append("reset")
+                        case "5xx", "gateway-error": on.append(cond == "5xx" ? "5xx" : "502,503,504")
+                        case "retriable-status-codes": on += rp.retriableStatusCodes.map { String($0) }
+                        default: throw fail("\(at): retry_on '\(cond)' is not supported")
+                        }
+                    }
+                    d.retries = ["on": located(on.joined(separator: ","), p),
+                                 "attempts": located(String(rp.hasNumRetries ? Int(rp.numRetries.value) : 1), p)]
+                }
+                var aRest = a
+                aRest.clusterSpecifier = nil
+                aRest.clearTimeout()
+                aRest.clearIdleTimeout()
+                aRest.prefixRewrite = ""
+                aRest.hostRewriteSpecifier = nil
+                aRest.clearRetryPolicy()
+                if let extra = leftover(aRest) { throw fail("\(at): route: unsupported field(s) \(extra)") }
+            case .directResponse(let dr)?:
+                var map = ["status": located(String(dr.status), p)]
+                if dr.hasBody {
+                    guard case .inlineString(let body)? = dr.body.specifier else { throw fail("\(at): direct_response body must be inline_string") }
+                    map["body"] = located(body, p)
+                }
+                d.directResponse = map
+                d.directResponsePosition = p
+            case .redirect(let r)?:
+                var map: [String: Located<String>] = [:]
+                switch r.schemeRewriteSpecifier {
+                case .httpsRedirect(true)?: map["scheme"] = located("https", p)
+                case .schemeRedirect(let s)?: map["scheme"] = located(s, p)
+                default: break
+                }
+                if !r.hostRedirect.isEmpty { map["host"] = located(r.hostRedirect, p) }
+                switch r.pathRewriteSpecifier {
+                case .pathRedirect(let path)?: map["path"] = located(path, p)
+                case .prefixRewrite(let prefix)?: map["prefix"] = located(prefix, p)
+                default: break
+                }
+                switch r.responseCode {
+                case .movedPermanently: map["status"] = located("301", p)
+                case .found: map["status"] = located("302", p)
+                case .seeOther: map["status"] = located("303", p)
+                case .temporaryRedirect: map["status"] = located("307", p)
+                case .permanentRedirect: map["status"] = located("308", p)
+                default: break
+                }
+                d.redirect = map
+                d.redirectPosition = p
+            default:
+                throw fail("\(at): needs route, direct_response or redirect")
+            }
+            func headerList(_ list: [Envoy_Config_Core_V3_HeaderValueOption]) -> [HeaderDocument] {
+                list.map { o in
+                    var h = HeaderDocument(position: p)
+                    h.name = located(o.header.key, p)
+                    h.value = located(o.header.value, p)
+                    return h
+                }
+            }
+            d.requestHeadersToAdd = headerList(route.requestHeadersToAdd)
+            d.responseHeadersToAdd = headerList(route.responseHeadersToAdd)
+            d.requestHeadersToRemove = route.requestHeadersToRemove.map { located($0, p) }
+            d.responseHeadersToRemove = route.responseHeadersToRemove.map { located($0, p) }
+            var routeRest = route
+            routeRest.name = ""
+            routeRest.clearMatch()
+            routeRest.action = nil
+            routeRest.requestHeadersToAdd = []
+            routeRest.responseHeadersToAdd = []
+            routeRest.requestHeadersToRemove = []
+            routeRest.responseHeadersToRemove = []
+            if let extra = leftover(routeRest) { throw fail("\(at): unsupported field(s) \(extra)") }
+            out.append(d)
+        }
+    }
+    return (out, uses)
+}
+
+func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> ClusterDocument {
+    let what = "cluster '\(c.name)'"
+    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m) }
+    let p = position("cluster", c.name)
+    var d = ClusterDocument(position: p)
+    d.name = located(c.name, p)
+    switch c.lbPolicy {
+    case .roundRobin: d.balancer = located("round_robin", p)
+    case .leastRequest: d.balancer = located("least_request", p)
+    case .ringHash: d.balancer = located("ring_hash", p)
+    case .maglev: d.balancer = located("maglev", p)
+    case .random: d.balancer = located("random", p)
+    default: throw fail("lb_policy \(c.lbPolicy) is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH, MAGLEV, RANDOM are)")
+    }
+    if c.hasConnectTimeout { d.connectTimeout = located(seconds(c.connectTimeout), p) }
+    if c.hasCommonLbConfig {
+        if c.commonLbConfig.hasHealthyPanicThreshold { d.panicThreshold = located(String(Int(c.commonLbConfig.healthyPanicThreshold.value)), p) }
+        var rest = c.commonLbConfig
+        rest.clearHealthyPanicThreshold()
+        if let extra = leftover(rest) { throw fail("common_lb_config: unsupported field(s) \(extra)") }
+    }
+    if c.hasOutlierDetection {
+        let o = c.outlierDetection
+        var map: [String: Located<String>] = [:]
+        if o.hasConsecutive5Xx { map["consecutive_failures"] = located(String(o.consecutive5Xx.value), p) }
+        if o.hasBaseEjectionTime { map["base_ejection_time"] = located("\(seconds(o.baseEjectionTime) / 1_000_000)ms", p) }
+        if o.hasMaxEjectionPercent { map["max_ejection_percent"] = located(String(o.maxEjectionPercent.value), p) }
+        d.outlierDetection = map
+        d.outlierDetectionPosition = p
+        var rest = o
+        rest.clearConsecutive5Xx(); rest.clearBaseEjectionTime(); rest.clearMaxEjectionPercent()
+        if let extra = leftover(rest) { throw fail("outlier_detection: unsupported field(s) \(extra)") }
+    }
+    if c.hasCircuitBreakers {
+        for t in c.circuitBreakers.thresholds where t.hasMaxConnections {
+            d.pool = ["max_connections": located(String(t.maxConnections.value), p)]
+        }
+    }
+    if let hc = c.healthChecks.first {
+        guard c.healthChecks.count == 1 else { throw fail("health_checks: one health check is supported") }
+        var map: [String: Located<String>] = [:]
+        if hc.hasInterval { map["interval"] = located("\(seconds(hc.interval) / 1_000_000)ms", p) }
+        if hc.hasTimeout { map["timeout"] = located("\(seconds(hc.timeout) / 1_000_000)ms", p) }
+        if hc.hasUnhealthyThreshold { map["unhealthy_threshold"] = located(String(hc.unhealthyThreshold.value), p) }
+        if hc.hasHealthyThreshold { map["healthy_threshold"] = located(String(hc.healthyThreshold.value), p) }
+        switch hc.healthChecker {
+        case .httpHealthCheck(let h)?:
+            map["type"] = located("http", p)
+            if !h.path.isEmpty { map["path"] = located(h.path, p) }
+            if !h.host.isEmpty { map["host"] = located(h.host, p) }
+        case .tcpHealthCheck?:
+            map["type"] = located("tcp", p)
+        default:
+            throw fail("health_checks: only http_health_check and tcp_health_check are supported")
+        }
+        d.healthCheck = map
+        d.healthCheckPosition = p
+    }
+    var rest = c
+    rest.name = ""
+    rest.clusterDiscoveryType = nil
+    rest.clearEdsClusterConfig()
+    rest.lbPolicy = .roundRobin
+    rest.clearConnectTimeout()
+    rest.clearLoadAssignment()
+    rest.clearCommonLbConfig()
+    rest.clearOutlierDetection()
+    rest.clearCircuitBreakers()
+    rest.healthChecks = []
+    if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
+    let assignment: EnvoyLoadAssignment
+    switch c.type {
+    case .static: assignment = c.loadAssignment
+    case .eds:
+        guard let cla else { return d }  // warming, and kept only when the caller asked for it
+        assignment = cla
+    default: throw fail("type \(c.type) is not supported (STATIC and EDS are)")
+    }
+    d.endpoints = try translateEndpoints(assignment, cluster: c.name, p)
+    return d
+}
+
+/// Healthy and unknown endpoints of the highest priority that has any (UNHEALTHY, DRAINING and
+/// TIMEOUT ones are left out).
+func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: SourcePosition) throws -> [EndpointDocument] {
+    func fail(_ m: String) -> XDSError { XDSError(resource: "cluster_load_assignment '\(cla.clusterName.isEmpty ? cluster : cla.clusterName)'", message: m) }
+    var byPriority: [UInt32: [EndpointDocument]] = [:]
+    for locality in cla.endpoints {
+        for lb in locality.lbEndpoints {
+            guard case .endpoint(let e)? = lb.hostIdentifier, case .socketAddress(let sa)? = e.address.address,
+                  case .portValue(let port)? = sa.portSpecifier else { throw fail("an lb_endpoint needs endpoint.address.socket_address with port_value") }
+            switch lb.healthStatus {
+            case .unhealthy, .draining, .timeout: continue
+            default: break
+            }
+            var ep = EndpointDocument(position: p)
+            let host = sa.address.contains(":") ? "[\(sa.address)]" : sa.address
+            ep.address = located("\(host):\(port)", p)
+            if lb.hasLoadBalancingWeight { ep.weight = located(Int(lb.loadBalancingWeight.value), p) }
+            byPriority[locality.priority, default: []].append(ep)
+        }
+    }
+    var rest = cla
+    rest.clusterName = ""
+    rest.endpoints = []
+    rest.clearPolicy()
+    if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
+    return byPriority.keys.sorted().first.map { byPriority[$0]! } ?? []
+}

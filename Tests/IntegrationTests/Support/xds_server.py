@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""A small xDS management server (ADS, state of the world) for Weir's tests, on Envoy's real
+protos (PyPI xds-protos + grpcio). Prints "port N" when listening. Reads commands from stdin, one
+JSON object per line: {"type": "CDS"|"LDS"|"EDS"|"RDS", "version": "v1", "resources": [...]},
+resources in proto3 JSON. Each command replaces that type's resources and is pushed to the
+connected stream. Every request Weir sends is printed as one line:
+  REQ <type> version=<v> nonce=<n> names=<a,b> node=<id> error=<error_detail message>
+Exits when stdin closes.
+"""
+import json, queue, sys, threading
+from concurrent import futures
+import grpc
+from google.protobuf import any_pb2, json_format
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401 (Any types)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+
+TYPES = {
+    "CDS": ("type.googleapis.com/envoy.config.cluster.v3.Cluster", cluster_pb2.Cluster),
+    "LDS": ("type.googleapis.com/envoy.config.listener.v3.Listener", listener_pb2.Listener),
+    "EDS": ("type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", endpoint_pb2.ClusterLoadAssignment),
+    "RDS": ("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", route_pb2.RouteConfiguration),
+}
+SHORT = {url: short for short, (url, _) in TYPES.items()}
+state = {}          # short -> (version, [Any])
+streams = []        # queues of responses for connected streams
+lock = threading.Lock()
+nonce = [0]
+
+
+def response(short):
+    version, resources = state[short]
+    nonce[0] += 1
+    return discovery_pb2.DiscoveryResponse(version_info=version, resources=resources, type_url=TYPES[short][0], nonce=str(nonce[0]))
+
+
+class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def StreamAggregatedResources(self, request_iterator, context):
+        q = queue.Queue()
+        with lock:
+            streams.append(q)
+
+        def read():
+            try:
+                for r in request_iterator:
+                    short = SHORT.get(r.type_url, r.type_url)
+                    print(f"REQ {short} version={r.version_info} nonce={r.response_nonce} names={','.join(r.resource_names)} "
+                          f"node={r.node.id} error={r.error_detail.message}", flush=True)
+                    # A first request for a type gets what we hold of it.
+                    if not r.response_nonce and short in state:
+                        q.put(short)
+            finally:
+                q.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            while True:
+                short = q.get()
+                if short is None:
+                    return
+                with lock:
+                    yield response(short)
+        finally:
+            with lock:
+                streams.remove(q)
+
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ADS(), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(f"port {port}", flush=True)
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    cmd = json.loads(line)
+    short = cmd["type"]
+    url, cls = TYPES[short]
+    packed = []
+    for r in cmd["resources"]:
+        m = json_format.ParseDict(r, cls())
+        a = any_pb2.Any()
+        a.Pack(m)
+        packed.append(a)
+    with lock:
+        state[short] = (cmd["version"], packed)
+        for q in streams:
+            q.put(short)
+    print(f"SET {short} {cmd['version']}", flush=True)
+server.stop(0)
