@@ -20,13 +20,14 @@ final class XDSControlPlane {
     private let output = Pipe()
     private let lines = LineLog()
 
-    init() throws {
+    /// `port`: listen there (a restarted control plane), else on a free port.
+    init(port wanted: UInt16 = 0) throws {
         let python = repositoryRoot.appendingPathComponent(".build/venv-test/bin/python3").path
         guard FileManager.default.fileExists(atPath: python) else {
             throw LoopbackError(message: "no \(python): run scripts/setup-debian.sh --tests (it installs grpcio and xds-protos)")
         }
         process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/xds_server.py").path]
+        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/xds_server.py").path, "\(wanted)"]
         process.standardInput = input
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
@@ -75,10 +76,12 @@ final class XDSControlPlane {
         return nil
     }
 
-    deinit {
+    func stop() {
         try? input.fileHandleForWriting.close()
         if process.isRunning { process.terminate(); process.waitUntilExit() }
     }
+
+    deinit { stop() }
 }
 
 func xdsCluster(_ name: String, eds: Bool = true, lb: String = "ROUND_ROBIN") -> String {
@@ -129,6 +132,8 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
         cp.push("EDS", version: "e1", "[\(xdsEndpoints("app", [a.port]))]")
         cp.push("LDS", version: "l1", "[\(xdsListener("web", port: port, routeConfig: "routes"))]")
         #expect(cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("names=routes") } != nil, "RDS asks for the listener's routes")
+        #expect(weir.waitForLog("warming listener web"))
+        #expect((try? TestClient(loopback(port), timeoutSeconds: 1)) == nil, "warming: no listener until its routes arrive")
         cp.push("RDS", version: "r1", "[\(xdsRoutes("routes", cluster: "app"))]")
         #expect(cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("version=r1") && $0.contains("error=") && $0.hasSuffix("error=") } != nil,
                 "RDS r1 is ACKed")
@@ -164,6 +169,12 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
         let nack = cp.waitForRequest { $0.hasPrefix("REQ CDS") && $0.contains("error=") && !$0.hasSuffix("error=") }
         #expect(nack?.contains("lb_policy") == true, "\(nack ?? "no NACK")")
         #expect(nack?.contains("version=c1") == true, "a NACK carries the last good version")
+        cp.push("CDS", version: "c3", "[\(xdsCluster("app").replacingOccurrences(of: "\"connect_timeout\": \"1s\"", with: "\"connect_timeout\": \"1s\", \"per_connection_buffer_limit_bytes\": 1024"))]")
+        let unsupported = cp.waitForRequest { $0.hasPrefix("REQ CDS") && $0.contains("perConnectionBufferLimitBytes") }
+        #expect(unsupported?.contains("unsupported field") == true, "\(unsupported ?? "no NACK")")
+        cp.push("LDS", version: "l-bad", "[\(xdsListener("web", port: port, routeConfig: "routes").replacingOccurrences(of: "\"address\": \"127.0.0.1\"", with: "\"address\": \"not-an-ip\""))]")
+        let badAddress = cp.waitForRequest { $0.hasPrefix("REQ LDS") && $0.contains("not-an-ip") }
+        #expect(badAddress?.contains("version=l1") == true, "\(badAddress ?? "no NACK")")
         cp.push("RDS", version: "r2", "[\(xdsRoutes("routes", cluster: "nowhere"))]")
         let dangling = cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("nowhere") }
         #expect(dangling?.contains("version=r1") == true, "\(dangling ?? "no NACK")")
@@ -181,5 +192,39 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
             if !closed { usleep(50_000) }
         }
         #expect(closed, "the listener's port is closed")
+    }
+
+    @Test func aControlPlaneRestartCostsNoTrafficAndTheStreamResumesWithVersions() throws {
+        var cp = try XDSControlPlane()
+        let cpPort = cp.port
+        let a = try HTTPUpstream(name: "a")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            node: { id: weir-restart }
+            xds: { address: "127.0.0.1:\(cpPort)" }
+            """)
+        defer { weir.stop() }
+        func serve(_ cp: XDSControlPlane, _ v: String) {
+            cp.push("CDS", version: "c\(v)", "[\(xdsCluster("app"))]")
+            cp.push("EDS", version: "e\(v)", "[\(xdsEndpoints("app", [a.port]))]")
+            cp.push("LDS", version: "l\(v)", "[\(xdsListener("web", port: port, routeConfig: "routes"))]")
+            cp.push("RDS", version: "r\(v)", "[\(xdsRoutes("routes", cluster: "app"))]")
+        }
+        serve(cp, "1")
+        #expect(weir.waitForLog("xds: ACK RDS version r1"))
+        #expect(try HTTPClient(port: port).request("GET /1 HTTP/1.1\r\nHost: h\r\n\r\n").status == 200)
+        // The control plane goes away: traffic goes on from what Weir holds.
+        cp.stop()
+        #expect(weir.waitForLog("xds: stream to"))
+        for i in 0..<5 { #expect(try HTTPClient(port: port).request("GET /down/\(i) HTTP/1.1\r\nHost: h\r\n\r\n").status == 200) }
+        // It comes back on the same port: Weir reconnects and says which versions it holds.
+        cp = try XDSControlPlane(port: cpPort)
+        let resumed = cp.waitForRequest(seconds: 40) { $0.hasPrefix("REQ CDS") && $0.contains("version=c1") }
+        #expect(resumed != nil, "the new stream carries the version Weir holds")
+        #expect(resumed?.contains("node=weir-restart") == true)
+        serve(cp, "1")
+        #expect(weir.waitForLog("xds: ACK RDS version r1", count: 2, seconds: 20))
+        #expect(try HTTPClient(port: port).request("GET /2 HTTP/1.1\r\nHost: h\r\n\r\n").status == 200)
     }
 }
