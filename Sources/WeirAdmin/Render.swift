@@ -122,6 +122,7 @@ enum AdminRender {
                [("result=\"success\"", Int64(server.reloadsSucceeded.load(ordering: .relaxed))),
                 ("result=\"failure\"", Int64(server.reloadsFailed.load(ordering: .relaxed)))])
         family("weir_shards", "gauge", "Shard threads.", [("", Int64(server.shardCount))])
+        if let extra = server.extraPrometheus { out += extra() }
         return out
     }
 
@@ -163,7 +164,7 @@ enum AdminRender {
             "{\"name\":\(json(c.name)),\"balancer\":\(json(c.balancer.rawValue)),\"connect_timeout\":\(json(formatDuration(nanoseconds: c.connectTimeoutNanoseconds))),\"connect_attempts\":\(c.connectAttempts),\"endpoints\":[\(c.endpoints.map { "{\"address\":\(json($0.address.description)),\"weight\":\($0.weight)}" }.joined(separator: ","))]}"
         }
         let age = Double(monotonicNanoseconds() - server.startedAt) / 1e9
-        return "{\"generation\":\(s.generation),\"source\":\(json(s.source)),\"uptime_seconds\":\(Int(age)),\"shards\":\(server.shardCount),\"listeners\":[\(listeners.joined(separator: ","))],\"clusters\":[\(clusters.joined(separator: ","))]}\n"
+        return "{\"generation\":\(s.generation),\"source\":\(json(s.source)),\"uptime_seconds\":\(Int(age)),\"shards\":\(server.shardCount),\"listeners\":[\(listeners.joined(separator: ","))],\"clusters\":[\(clusters.joined(separator: ","))]\(server.extraConfigDump.map { ",\"xds\":" + $0() } ?? "")}\n"
     }
 
     static func serverInfo(_ server: Server, version: String, failing: Bool) -> String {

@@ -205,6 +205,10 @@ public final class Server: @unchecked Sendable {
     /// Serializes reloads from SIGHUP and from the admin API.
     public let reloadLock = Mutex<Void>(())
     public let startedAt = monotonicNanoseconds()
+    /// Extra text for /stats/prometheus and an extra JSON member for /config_dump (the xDS
+    /// client's state). Set once before the admin API starts.
+    public var extraPrometheus: (@Sendable () -> String)? = nil
+    public var extraConfigDump: (@Sendable () -> String)? = nil
     /// Set by drain(): /ready answers 503 from then on.
     public let draining = Atomic<Bool>(false)
 

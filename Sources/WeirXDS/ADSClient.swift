@@ -198,3 +198,37 @@ public final class ADSClient: @unchecked Sendable {
         return out
     }
 }
+
+extension ADSClient {
+    /// The stream's state and updates by type, in Prometheus text format.
+    public func prometheus() -> String {
+        let s = stats
+        var out = "# HELP weir_xds_connected 1 while the ADS stream to the control plane is up.\n# TYPE weir_xds_connected gauge\n"
+        out += "weir_xds_connected \(s.connected ? 1 : 0)\n"
+        out += "# HELP weir_xds_streams_total ADS streams opened (reconnects included).\n# TYPE weir_xds_streams_total counter\n"
+        out += "weir_xds_streams_total \(s.streams)\n"
+        out += "# HELP weir_xds_updates_total xDS responses by type and result.\n# TYPE weir_xds_updates_total counter\n"
+        for type in XDSType.allCases.map(\.short) {
+            out += "weir_xds_updates_total{type=\"\(type)\",result=\"accepted\"} \(s.accepted[type] ?? 0)\n"
+            out += "weir_xds_updates_total{type=\"\(type)\",result=\"rejected\"} \(s.rejected[type] ?? 0)\n"
+        }
+        return out
+    }
+
+    /// The control plane, the versions accepted per type and the last refusal, as JSON.
+    public func configDumpJSON() -> String {
+        let s = stats
+        func q(_ t: String) -> String {
+            "\"" + t.unicodeScalars.map { c -> String in
+                switch c {
+                case "\"": return "\\\""
+                case "\\": return "\\\\"
+                default: return c.value < 0x20 ? String(format: "\\u%04x", c.value) : String(c)
+                }
+            }.joined() + "\""
+        }
+        let versions = XDSType.allCases.map { "\(q($0.short)):\(q(s.versions[$0.short] ?? ""))" }.joined(separator: ",")
+        return "{\"control_plane\":\(q(settings.address.description)),\"node\":\(q(settings.nodeID)),\"connected\":\(s.connected),"
+            + "\"versions\":{\(versions)},\"last_error\":\(q(s.lastError))}"
+    }
+}

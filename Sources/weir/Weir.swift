@@ -136,6 +136,8 @@ struct Run: ParsableCommand {
                 }
             }
             XDSState.client.withLock { $0 = client }
+            server.extraPrometheus = { client.prometheus() }
+            server.extraConfigDump = { client.configDumpJSON() }
             client.start()
             Log.info("xds: control plane \(xds.address), node \(xds.nodeID)")
         }

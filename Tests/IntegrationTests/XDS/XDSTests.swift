@@ -118,9 +118,10 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
     @Test func trafficFollowsTheControlPlaneAndBadUpdatesAreNACKed() throws {
         let cp = try XDSControlPlane()
         let a = try HTTPUpstream(name: "a"), b = try HTTPUpstream(name: "b")
-        let port = try freePort()
+        let port = try freePort(), adminPort = try freePort()
         let weir = try WeirProcess(yaml: """
             shards: 2
+            admin: { address: 127.0.0.1:\(adminPort) }
             node: { id: "router~127.0.0.1~weir-test~local", cluster: test }
             xds: { address: "127.0.0.1:\(cp.port)", initial_fetch_timeout: 5s }
             """)
@@ -180,6 +181,13 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
         #expect(dangling?.contains("version=r1") == true, "\(dangling ?? "no NACK")")
         r = try HTTPClient(port: port).request("GET /z HTTP/1.1\r\nHost: h\r\n\r\n")
         #expect(r.text.hasPrefix("b /z"), "still serving the last good config")
+        // The stream and its verdicts are visible on the admin API.
+        let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
+        #expect(stats["weir_xds_connected{}"] == 1)
+        #expect((stats["weir_xds_updates_total{result=\"rejected\",type=\"CDS\"}"] ?? 0) >= 2)
+        #expect((stats["weir_xds_updates_total{result=\"accepted\",type=\"EDS\"}"] ?? 0) >= 2)
+        let dump = admin(adminPort, "GET", "/config_dump").1
+        #expect(dump.contains("\"versions\":{\"LDS\":\"l1\",\"CDS\":\"c1\",\"EDS\":\"e2\",\"RDS\":\"r1\"}"), "\(dump)")
 
         // A listener the control plane removes goes away.
         cp.push("LDS", version: "l2", "[]")
