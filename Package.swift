@@ -68,6 +68,7 @@ let package = Package(
         .testTarget(name: "WeirBalanceTests", dependencies: ["WeirBalance"], swiftSettings: v5),
         .testTarget(name: "WeirHealthTests", dependencies: ["WeirHealth"], swiftSettings: v5),
         .testTarget(name: "WeirHTTPTests", dependencies: ["WeirHTTP"], swiftSettings: v5),
+        .testTarget(name: "WeirXDSTests", dependencies: ["WeirXDS", "WeirXDSProtos", "WeirConfig", "WeirBalance"], swiftSettings: v5),
         .testTarget(name: "WeirRingTests", dependencies: ["WeirRing", "CURing"], swiftSettings: v5),
         .testTarget(name: "IntegrationTests", dependencies: ["weir", "WeirDemo"],
                     exclude: ["Support/http_upstream.py", "Support/tls_peers.py", "Support/make_certs.sh", "Support/xds_server.py"], swiftSettings: v5),

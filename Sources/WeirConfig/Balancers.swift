@@ -35,6 +35,19 @@ public enum HashKey: Sendable, Equatable {
 
     public var isHTTP: Bool { self != .sourceIP }
 
+    /// What `hash_key:` accepts, for errors.
+    static let forms = "source_ip (or, for HTTP, header:NAME, cookie:NAME, path)"
+
+    /// `source_ip`, `path`, `header:NAME` or `cookie:NAME`; nil for anything else.
+    init?(parsing text: String) {
+        if text == "source_ip" { self = .sourceIP; return }
+        if text == "path" { self = .path; return }
+        guard text.hasPrefix("header:") || text.hasPrefix("cookie:"), text.count > 7,
+              text.utf8.dropFirst(7).allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }) else { return nil }
+        let key = Array(text.dropFirst(7).utf8)
+        self = text.hasPrefix("header:") ? .header(key.map { $0 | ($0 >= 65 && $0 <= 90 ? 0x20 : 0) }) : .cookie(key)
+    }
+
     /// As written in the config.
     public var text: String {
         switch self {
@@ -64,6 +77,7 @@ public enum BalancerTable: Sendable {
     case maglev(MaglevTable)
 
     init(_ kind: BalancerKind, options: BalancerOptions, endpoints: [Endpoint]) {
+        if endpoints.isEmpty { self = .none; return }
         let keys = endpoints.map { $0.address.bytes + [UInt8(truncatingIfNeeded: $0.address.port >> 8), UInt8(truncatingIfNeeded: $0.address.port)] }
         let weights = endpoints.map(\.weight)
         switch kind {
@@ -80,8 +94,22 @@ public enum BalancerTable: Sendable {
 extension Cluster {
     /// The balancer shard `shard` of `shards` uses for this cluster, fresh state over the shared table.
     public func makeBalancer(shard: Int, of shards: Int, now: Int64) -> any Balancer {
+        if endpoints.isEmpty { return NoEndpoints() }
+        let e = eligibility
+        guard hasLevels else { return makeBalancer(eligible: e.eligible, shard: shard, of: shards, now: now) }
+        let levelOf = endpoints.map(\.priority)
+        var levels: [(any Balancer)?] = []
+        for l in e.cumulativeLoad.indices {
+            let share = e.cumulativeLoad[l] - (l == 0 ? 0 : e.cumulativeLoad[l - 1])
+            let mask = e.eligible.indices.map { e.eligible[$0] && Int(levelOf[$0]) == l }
+            levels.append(share > 0 && mask.contains(true) ? makeBalancer(eligible: mask, shard: shard, of: shards, now: now) : nil)
+        }
+        return Priorities(levelOf: levelOf, cumulative: e.cumulativeLoad, levels: levels, byHash: balancer.usesHash)
+    }
+
+    /// The cluster's balancer over the endpoints `eligible` marks (at least one).
+    func makeBalancer(eligible: [Bool], shard: Int, of shards: Int, now: Int64) -> any Balancer {
         let ages = endpoints.map(\.addedAt)
-        let eligible = eligibility.eligible
         let allEligible = !eligible.contains(false)
         switch table {
         case .ring(let t): return RingHash(table: t, eligible: allEligible ? nil : eligible)
@@ -146,14 +174,8 @@ extension Compiler {
                     }
                 }
             case "hash_key":
-                if v.value == "source_ip" { o.hashKey = .sourceIP }
-                else if v.value == "path" { o.hashKey = .path }
-                else if (v.value.hasPrefix("header:") || v.value.hasPrefix("cookie:")), v.value.count > 7,
-                        v.value.utf8.dropFirst(7).allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }) {
-                    let key = Array(v.value.dropFirst(7).utf8)
-                    o.hashKey = v.value.hasPrefix("header:") ? .header(key.map { $0 | ($0 >= 65 && $0 <= 90 ? 0x20 : 0) }) : .cookie(key)
-                } else {
-                    fail(v.position, "cluster '\(name)': hash_key must be source_ip (or, for HTTP, header:NAME, cookie:NAME, path), not '\(v.value)'")
+                if let k = HashKey(parsing: v.value) { o.hashKey = k } else {
+                    fail(v.position, "cluster '\(name)': hash_key must be \(HashKey.forms), not '\(v.value)'")
                     ok = false
                 }
             default: break

@@ -236,7 +236,13 @@ public enum Compiler {
         if let a = c.connectAttempts, !connectAttemptsRange.contains(a.value) {
             fail(a.position, "cluster '\(name)': connect_attempts must be \(connectAttemptsRange.lowerBound) to \(connectAttemptsRange.upperBound)"); ok = false
         }
-        if c.endpoints.isEmpty { fail(c.position, "cluster '\(name)' has no endpoints"); ok = false }
+        if c.endpoints.isEmpty && !c.mayBeEmpty { fail(c.position, "cluster '\(name)' has no endpoints"); ok = false }
+        var overprovisioning = 140
+        if let o = c.overprovisioningFactor {
+            if (100...1000).contains(o.value) { overprovisioning = o.value }
+            else { fail(o.position, "cluster '\(name)': overprovisioning_factor must be 100 to 1000 (percent), not \(o.value)"); ok = false }
+        }
+        var priorities: [Int] = []
         var endpoints: [Endpoint] = []
         var seen = Set<SocketAddress>()
         for e in c.endpoints {
@@ -250,12 +256,21 @@ public enum Compiler {
                     fail(e.weight!.position, "cluster '\(name)': weight must be \(weightRange.lowerBound) to \(weightRange.upperBound), not \(w)")
                     ok = false; continue
                 }
+                let priority = e.priority?.value ?? 0
+                if !(0...127).contains(priority) {
+                    fail(e.priority!.position, "cluster '\(name)': priority must be 0 (the highest) to 127, not \(priority)")
+                    ok = false; continue
+                }
+                priorities.append(priority)
                 endpoints.append(Endpoint(address: address, weight: Int32(w)))
             } catch {
                 fail(a.position, "cluster '\(name)': \(error)"); ok = false
             }
         }
         guard ok, let (kind, options, slowStart) = balancer, let health, let pool else { return nil }
+        // Levels are numbered densely: priorities 0 and 5 become levels 0 and 1.
+        let ranks = Dictionary(uniqueKeysWithValues: Set(priorities).sorted().enumerated().map { ($1, UInt8($0)) })
+        for i in endpoints.indices { endpoints[i].priority = ranks[priorities[i]]! }
         if kind == .maglev && options.maglevTableSize <= endpoints.count { return nil }
         let unchanged = previous.flatMap { p in
             p.balancer == kind && p.options == options
@@ -263,6 +278,7 @@ public enum Compiler {
         }
         return Cluster(name: name, balancer: kind, options: options, slowStart: slowStart,
                        connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
-                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, pool: pool, tls: upstreamTLS, table: unchanged)
+                       connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, pool: pool, tls: upstreamTLS, table: unchanged,
+                       overprovisioningPercent: overprovisioning)
     }
 }

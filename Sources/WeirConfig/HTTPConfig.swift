@@ -50,6 +50,8 @@ public struct Redirect: Sendable {
 
 public struct Route: Sendable {
     public var target: RouteTarget
+    /// Overrides the cluster's hash_key for ring_hash and maglev (Envoy's route hash_policy).
+    public var hashKey: HashKey?
     /// Whole request, from its head to the end of the response; 0 means none.
     public var timeoutNanoseconds: Int64
     /// Longest quiet spell while a request is in flight; 0 means none.
@@ -164,7 +166,7 @@ extension Compiler {
             r.cluster = c
             documents = [r]
         }
-        if documents.isEmpty { bad(l.routesPosition ?? l.position, "an http listener needs 'routes' (or a 'cluster' for every request)") }
+        if documents.isEmpty && !l.mayHaveNoRoutes { bad(l.routesPosition ?? l.position, "an http listener needs 'routes' (or a 'cluster' for every request)") }
         for r in documents {
             guard let (m, a) = compileRoute(r, listener: name, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
                                             clusters: clusters, fail: fail) else { ok = false; continue }
@@ -374,8 +376,12 @@ extension Compiler {
         rules.removeHeaders = names(r.requestHeadersToRemove, "request_headers_to_remove")
         let responseAdd = lines(r.responseHeadersToAdd, "response_headers_to_add")
         let responseRemove = names(r.responseHeadersToRemove, "response_headers_to_remove")
+        var hashKey: HashKey? = nil
+        if let h = r.hashKey {
+            if let k = HashKey(parsing: h.value) { hashKey = k } else { bad(h.position, "hash_key must be \(HashKey.forms), not '\(h.value)'") }
+        }
         guard ok else { return nil }
-        return (match, Route(target: target, timeoutNanoseconds: timeout, idleTimeoutNanoseconds: idle, retry: retry,
+        return (match, Route(target: target, hashKey: hashKey, timeoutNanoseconds: timeout, idleTimeoutNanoseconds: idle, retry: retry,
                              forwarding: rules, prefixLength: prefixLength,
                              responseRemove: responseRemove, responseAdd: responseAdd))
     }
@@ -415,7 +421,7 @@ extension Compiler {
             if let other = r.match.keys.sorted().first(where: { $0 != "sni" }) ?? (r.matchHeaders.isEmpty ? nil : "headers") {
                 bad(r.match[other]?.position ?? r.position, "a tcp route matches on sni only, not '\(other)' (http routes need protocol: http)")
             }
-            if r.weightedClusters != nil || r.directResponse != nil || r.redirect != nil || r.timeout != nil || r.retries != nil
+            if r.weightedClusters != nil || r.directResponse != nil || r.redirect != nil || r.timeout != nil || r.retries != nil || r.hashKey != nil
                 || r.prefixRewrite != nil || r.hostRewrite != nil || !r.requestHeadersToAdd.isEmpty || !r.responseHeadersToAdd.isEmpty {
                 bad(r.position, "a tcp route takes match.sni and cluster only")
             }

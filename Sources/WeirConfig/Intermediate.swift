@@ -57,6 +57,9 @@ public struct ListenerDocument: Sendable {
     public var routesPosition: SourcePosition?
     public var tls: TLSDocument?
     public var clientHelloTimeout: Located<Int64>?
+    /// From xDS, a listener activated by initial_fetch_timeout before its routes arrived: it
+    /// answers 404 until they do.
+    public var mayHaveNoRoutes = false
     public init(position: SourcePosition) { self.position = position }
 }
 
@@ -119,6 +122,8 @@ public struct RouteDocument: Sendable {
     public var requestHeadersToRemove: [Located<String>] = []
     public var responseHeadersToAdd: [HeaderDocument] = []
     public var responseHeadersToRemove: [Located<String>] = []
+    /// `hash_key:` for ring_hash and maglev clusters this route reaches (overrides the cluster's).
+    public var hashKey: Located<String>?
     public init(position: SourcePosition) { self.position = position }
 }
 
@@ -146,6 +151,12 @@ public struct ClusterDocument: Sendable {
     public var tls: [String: Located<String>]? = nil
     public var tlsPosition: SourcePosition?
     public var endpoints: [EndpointDocument] = []
+    /// `overprovisioning_factor:` (percent, default 140): how much a priority level's healthy
+    /// share is stretched before traffic spills to the next level.
+    public var overprovisioningFactor: Located<Int>?
+    /// A cluster without endpoints is an error in a file, but normal from xDS (an EDS cluster
+    /// scaled to zero, or activated by initial_fetch_timeout before its endpoints arrived).
+    public var mayBeEmpty = false
     public init(position: SourcePosition) { self.position = position }
 }
 
@@ -153,6 +164,9 @@ public struct EndpointDocument: Sendable {
     public var position: SourcePosition
     public var address: Located<String>?
     public var weight: Located<Int>?
+    /// 0 is the highest priority; lower ones take traffic only when higher ones lack healthy
+    /// endpoints.
+    public var priority: Located<Int>?
     public init(position: SourcePosition) { self.position = position }
 }
 

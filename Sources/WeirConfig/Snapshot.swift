@@ -9,6 +9,8 @@ public enum ListenerProtocol: String, Sendable { case tcp, http }
 public struct Endpoint: Sendable, Equatable {
     public let address: SocketAddress
     public let weight: Int32
+    /// Its priority level: 0 is the highest (levels are numbered densely at compile).
+    public var priority: UInt8 = 0
     /// When a reload added it (monotonic ns), for slow start; nil for endpoints present at start.
     public var addedAt: Int64? = nil
 }
@@ -35,10 +37,16 @@ public final class Cluster: Sendable {
     public let available: [Bool]
     /// What the balancer picks from: the available endpoints, or all of them in panic.
     public let eligibility: Eligibility
+    /// Priority levels: percent a level's healthy share is stretched before traffic spills.
+    public let overprovisioningPercent: Int
+    /// More than one priority level.
+    public var hasLevels: Bool { !eligibility.cumulativeLoad.isEmpty }
 
     init(name: String, balancer: BalancerKind, options: BalancerOptions, slowStart: SlowStart?,
          connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint], health: HealthPolicy,
-         pool: PoolSettings = PoolSettings(), tls: UpstreamTLS? = nil, available: [Bool]? = nil, table: BalancerTable? = nil) {
+         pool: PoolSettings = PoolSettings(), tls: UpstreamTLS? = nil, available: [Bool]? = nil, table: BalancerTable? = nil,
+         overprovisioningPercent: Int = 140) {
+        self.overprovisioningPercent = overprovisioningPercent
         self.pool = pool
         self.tls = tls
         self.name = name; self.balancer = balancer; self.options = options; self.slowStart = slowStart
@@ -47,7 +55,9 @@ public final class Cluster: Sendable {
         self.health = health
         let available = available ?? Array(repeating: health.startHealthy || health.probe == nil, count: endpoints.count)
         self.available = available
-        self.eligibility = Eligibility(available: available, panicThresholdPercent: health.panicThresholdPercent)
+        let levelOf = endpoints.contains { $0.priority != 0 } ? endpoints.map(\.priority) : []
+        self.eligibility = Eligibility(available: available, panicThresholdPercent: health.panicThresholdPercent,
+                                       levelOf: levelOf, overprovisioningPercent: overprovisioningPercent)
         self.table = table ?? BalancerTable(balancer, options: options, endpoints: endpoints)
     }
 
@@ -55,14 +65,16 @@ public final class Cluster: Sendable {
     func with(endpoints: [Endpoint]) -> Cluster {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
-                health: health, pool: pool, tls: tls, available: available, table: table)
+                health: health, pool: pool, tls: tls, available: available, table: table,
+                overprovisioningPercent: overprovisioningPercent)
     }
 
     /// The same cluster with other availability; the balancer tables are shared, not rebuilt.
     public func with(available: [Bool]) -> Cluster {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
-                health: health, pool: pool, tls: tls, available: available, table: table)
+                health: health, pool: pool, tls: tls, available: available, table: table,
+                overprovisioningPercent: overprovisioningPercent)
     }
 }
 

@@ -217,7 +217,7 @@ struct Reader {
         var r = RouteDocument(position: pos(node))
         let f = fields(node, allowed: ["match", "cluster", "weighted_clusters", "direct_response", "redirect", "timeout", "idle_timeout",
                                        "retries", "prefix_rewrite", "host_rewrite", "request_headers_to_add", "request_headers_to_remove",
-                                       "response_headers_to_add", "response_headers_to_remove"], what: "a route")
+                                       "response_headers_to_add", "response_headers_to_remove", "hash_key"], what: "a route")
         if let m = f["match"] {
             var inner = fields(m.value, allowed: ["host", "path_prefix", "path_exact", "path_regex", "methods", "headers", "sni"], what: "match")
             if let h = inner.removeValue(forKey: "headers") { r.matchHeaders = headerList(h, "headers", valueRequired: false) }
@@ -257,6 +257,7 @@ struct Reader {
             r.retries = flatMapping(t.value, allowed: ["attempts", "on", "backoff", "non_idempotent"], what: "retries")
         }
         r.prefixRewrite = string(f["prefix_rewrite"], "prefix_rewrite")
+        r.hashKey = string(f["hash_key"], "hash_key")
         r.hostRewrite = string(f["host_rewrite"], "host_rewrite")
         if let h = f["request_headers_to_add"] { r.requestHeadersToAdd = headerList(h, "request_headers_to_add", valueRequired: true) }
         if let h = f["response_headers_to_add"] { r.responseHeadersToAdd = headerList(h, "response_headers_to_add", valueRequired: true) }
@@ -316,11 +317,12 @@ struct Reader {
         var c = ClusterDocument(position: pos(node))
         let f = fields(node, allowed: ["name", "balancer", "balancer_options", "slow_start", "connect_timeout",
                                        "connect_attempts", "health_check", "outlier_detection", "panic_threshold",
-                                       "pool", "tls", "endpoints"], what: "a cluster")
+                                       "pool", "tls", "endpoints", "overprovisioning_factor"], what: "a cluster")
         c.name = string(f["name"], "name")
         c.balancer = string(f["balancer"], "balancer")
         c.connectTimeout = duration(f["connect_timeout"], "connect_timeout")
         c.connectAttempts = int(f["connect_attempts"], "connect_attempts")
+        c.overprovisioningFactor = int(f["overprovisioning_factor"], "overprovisioning_factor")
         if let o = f["balancer_options"] {
             c.balancerOptionsPosition = pos(o.value)
             if let mapping = o.value.mapping {
@@ -361,9 +363,10 @@ struct Reader {
         }
         for e in list(f["endpoints"], "endpoints") {
             var ep = EndpointDocument(position: pos(e))
-            let ef = fields(e, allowed: ["address", "weight"], what: "an endpoint")
+            let ef = fields(e, allowed: ["address", "weight", "priority"], what: "an endpoint")
             ep.address = string(ef["address"], "address")
             ep.weight = int(ef["weight"], "weight")
+            ep.priority = int(ef["priority"], "priority")
             c.endpoints.append(ep)
         }
         return c

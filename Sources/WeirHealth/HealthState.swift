@@ -82,21 +82,65 @@ public struct EndpointHealth: Sendable, Equatable {
     }
 }
 
-/// Which endpoints of a cluster new traffic may use, and whether the cluster is in panic.
+/// Which endpoints of a cluster new traffic may use, and whether the cluster is in panic. With
+/// priority levels, also how traffic splits across them.
 public struct Eligibility: Sendable, Equatable {
     public let eligible: [Bool]
     public let panic: Bool
+    /// Per priority level, the cumulative share of new traffic in 1/10000: level l takes
+    /// `cumulativeLoad[l] - cumulativeLoad[l-1]`. Empty for a cluster with one level.
+    public let cumulativeLoad: [UInt32]
 
     /// Available endpoints, unless fewer than `panicThresholdPercent` of them are: then all.
-    public init(available: [Bool], panicThresholdPercent: Int) {
+    ///
+    /// With more than one level (`levelOf` gives each endpoint's level, 0 the highest), Envoy's
+    /// rule: a level's health is its available share stretched by `overprovisioningPercent`
+    /// (140: a level with 5 of 7 endpoints up still takes everything), capped at 100%; level 0
+    /// takes its health, each next level what the ones above left, up to its own health, and
+    /// when the levels together are short of 100% the shares are scaled up to fill it. Below the
+    /// panic threshold (of that total) every endpoint is eligible and the levels share traffic
+    /// by their available endpoints.
+    public init(available: [Bool], panicThresholdPercent: Int, levelOf: [UInt8] = [], overprovisioningPercent: Int = 140) {
+        let levelCount = (levelOf.max().map { Int($0) + 1 }) ?? 1
         let up = available.filter { $0 }.count
-        if available.isEmpty || up * 100 < panicThresholdPercent * available.count || up == 0 {
-            eligible = Array(repeating: true, count: available.count)
-            panic = !available.isEmpty
-        } else {
-            eligible = available
-            panic = false
+        guard levelCount > 1 && levelOf.count == available.count else {
+            cumulativeLoad = []
+            if available.isEmpty || up * 100 < panicThresholdPercent * available.count || up == 0 {
+                eligible = Array(repeating: true, count: available.count)
+                panic = !available.isEmpty
+            } else {
+                eligible = available
+                panic = false
+            }
+            return
         }
+        var total = [Int](repeating: 0, count: levelCount), upIn = total
+        for (i, l) in levelOf.enumerated() {
+            total[Int(l)] += 1
+            if available[i] { upIn[Int(l)] += 1 }
+        }
+        let health = (0..<levelCount).map { l in total[l] == 0 ? 0 : min(10000, upIn[l] * overprovisioningPercent * 100 / total[l]) }
+        let sum = min(10000, health.reduce(0, +))
+        var load = [Int](repeating: 0, count: levelCount)
+        if up == 0 || sum < panicThresholdPercent * 100 {
+            panic = true
+            eligible = Array(repeating: true, count: available.count)
+            if up == 0 { load[0] = 10000 } else { for l in 0..<levelCount { load[l] = upIn[l] * 10000 / up } }
+        } else {
+            panic = false
+            var left = 10000
+            for l in 0..<levelCount { load[l] = min(health[l], left); left -= load[l] }
+            if sum < 10000 { for l in 0..<levelCount { load[l] = load[l] * 10000 / sum } }
+            eligible = available.indices.map { available[$0] && load[Int(levelOf[$0])] > 0 }
+        }
+        var cumulative: [UInt32] = []
+        var running = 0
+        for l in 0..<levelCount { running += load[l]; cumulative.append(UInt32(min(running, 10000))) }
+        // Rounding: the last level taking traffic ends at 10000.
+        if let last = (0..<levelCount).last(where: { load[$0] > 0 }) {
+            for l in last..<levelCount { cumulative[l] = 10000 }
+        }
+        cumulativeLoad = cumulative
     }
 
     /// May one more endpoint be ejected, given how many already are?

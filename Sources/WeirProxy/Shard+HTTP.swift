@@ -257,7 +257,7 @@ extension Shard {
         }
         c.pointee.clusterIndex = Int32(ci)
         let cluster = snapshotOf(c).clusters[ci]
-        if cluster.balancer.usesHash { c.pointee.ex.hash = requestHash(cluster.options.hashKey, c, head, source) }
+        if cluster.balancer.usesHash { c.pointee.ex.hash = requestHash(route.hashKey ?? cluster.options.hashKey, c, head, source) }
         let flow = c.flow(0)
         flow.pointee.segment = 0
         switch head.framing {

@@ -25,6 +25,17 @@ public struct XDSStats: Sendable {
     public var rejected: [String: Int] = [:]
     public var versions: [String: String] = [:]
     public var lastError = ""
+    /// Every resource held: its type, name, the version of the response that last changed it,
+    /// when, and whether it is active, warming or activated by initial_fetch_timeout.
+    public var resources: [ResourceState] = []
+}
+
+public struct ResourceState: Sendable {
+    public var type: String
+    public var name: String
+    public var version: String
+    public var updated: Date
+    public var state: String
 }
 
 public final class ADSClient: @unchecked Sendable {
@@ -35,12 +46,18 @@ public final class ADSClient: @unchecked Sendable {
     private let statsBox = Mutex(XDSStats())
     public var stats: XDSStats { statsBox.withLock { $0 } }
 
-    // Owned by the stream task.
+    // Owned by whoever holds `lock`: the stream task handling a response, or the warming timer.
+    private let lock = NSLock()
     private var resources = XDSResources()
+    /// Per type and name: the version of the response that last changed the resource, and when.
+    private var changed: [XDSType: [String: (version: String, at: Date)]] = [:]
+    /// Warming resources ("cluster NAME", "listener NAME"): since when (monotonic ns), and those
+    /// activated because initial_fetch_timeout passed.
+    private var warmingSince: [String: Int64] = [:]
+    private var activated = Set<String>()
     private var versions: [XDSType: String] = [:]
     private var nonces: [XDSType: String] = [:]
     private var subscribed: [XDSType: [String]] = [:]
-    private let started = monotonicNanoseconds()
     private let stopped = Atomic<Bool>(false)
 
     public init(settings: XDSSettings, apply: @escaping @Sendable ([ListenerDocument], [ClusterDocument]) -> String?) {
@@ -50,6 +67,84 @@ public final class ADSClient: @unchecked Sendable {
 
     public func start() {
         Task.detached { [self] in await self.run() }
+        Task.detached { [self] in await self.warmingTimer() }
+    }
+
+    /// Activates resources still warming after initial_fetch_timeout: a cluster without its
+    /// endpoints (it answers 503 until they come), a listener without its routes (404). The
+    /// timeout counts from when each resource started warming.
+    func warmingTimer() async {
+        while !stopped.load(ordering: .relaxed) {
+            try? await Task.sleep(nanoseconds: 100_000_000)
+            lock.withLock { activateDue() }
+        }
+    }
+
+    /// With `lock` held.
+    func activateDue() {
+        let now = monotonicNanoseconds()
+        let due = warmingSince.filter { !activated.contains($0.key) && now - $0.value >= settings.initialFetchTimeoutNanoseconds }.keys.sorted()
+        guard !due.isEmpty else { return }
+        Log.warning("xds: initial_fetch_timeout passed, activating \(due.joined(separator: ", ")) while still warming")
+        activated.formUnion(due)
+        do {
+            let t = try translate(resources, activate: activated)
+            if let why = apply(t.listeners, t.clusters) { Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(why)") }
+            noteWarming(t)
+        } catch {
+            Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(error)")
+        }
+    }
+
+    /// Tracks which resources are warming since when; those complete leave both sets.
+    func noteWarming(_ t: Translation) {
+        let now = monotonicNanoseconds()
+        let warming = Set(t.warming.map(\.key))
+        warmingSince = warmingSince.filter { warming.contains($0.key) || activated.contains($0.key) }
+        for key in warming where warmingSince[key] == nil { warmingSince[key] = now }
+        // Activated resources stay activated until they are complete or gone.
+        let complete = Set(resources.clusters.keys.filter { name in
+            let c = resources.clusters[name]!
+            return c.type != .eds || resources.loadAssignments[edsName(c)] != nil
+        }.map { "cluster \($0)" } + resources.listeners.keys.filter { name in
+            !resources.rdsNames(of: resources.listeners[name]!).contains { resources.routes[$0] == nil }
+        }.map { "listener \($0)" })
+        let present = Set(resources.clusters.keys.map { "cluster \($0)" } + resources.listeners.keys.map { "listener \($0)" })
+        activated = activated.filter { present.contains($0) && !complete.contains($0) }
+        warmingSince = warmingSince.filter { present.contains($0.key) && !complete.contains($0.key) }
+        publishResourceStates(warming: warming)
+    }
+
+    func publishResourceStates(warming: Set<String>) {
+        var list: [ResourceState] = []
+        for type in XDSType.allCases {
+            for (name, c) in (changed[type] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                var state = "active"
+                let key = type == .cluster ? "cluster \(name)" : type == .listener ? "listener \(name)" : ""
+                if activated.contains(key) { state = "activated_by_initial_fetch_timeout" } else if warming.contains(key) { state = "warming" }
+                list.append(ResourceState(type: type.short, name: name, version: c.version, updated: c.at, state: state))
+            }
+        }
+        statsBox.withLock { $0.resources = list }
+    }
+
+    /// Records, for the type a response carried, the resources it changed (and drops those gone
+    /// from any type).
+    func noteChanges(_ type: XDSType, version: String, old: XDSResources, new: XDSResources) {
+        let now = Date()
+        func track<M: SwiftProtobuf.Message>(_ t: XDSType, _ o: [String: M], _ n: [String: M]) {
+            var m = (changed[t] ?? [:]).filter { n[$0.key] != nil }
+            if t == type {
+                for (name, msg) in n where o[name].map({ !$0.isEqualTo(message: msg) }) ?? true || m[name] == nil {
+                    m[name] = (version, now)
+                }
+            }
+            changed[t] = m
+        }
+        track(.listener, old.listeners, new.listeners)
+        track(.cluster, old.clusters, new.clusters)
+        track(.endpoint, old.loadAssignments, new.loadAssignments)
+        track(.route, old.routes, new.routes)
     }
 
     public func stop() { stopped.store(true, ordering: .relaxed) }
@@ -73,7 +168,7 @@ public final class ADSClient: @unchecked Sendable {
 
     func stream() async throws {
         let host = settings.address.hostText, port = Int(settings.address.port)
-        let target: any ResolvableTarget = settings.address.family == .inet ? .ipv4(host: host, port: port) : .ipv6(host: host, port: port)
+        let target: any ResolvableTarget = settings.address.family == .inet ? .ipv4(address: host, port: port) : .ipv6(address: host, port: port)
         let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext,
                                                        config: .defaults { $0.http2.maxFrameSize = 1 << 20 })
         try await withGRPCClient(transport: transport) { grpc in
@@ -130,6 +225,8 @@ public final class ADSClient: @unchecked Sendable {
     }
 
     func handle(_ response: DiscoveryResponse, _ out: AsyncStream<DiscoveryRequest>.Continuation) {
+        lock.lock()
+        defer { lock.unlock() }
         guard let type = XDSType(rawValue: response.typeURL) else {
             Log.warning("xds: ignoring a response of unknown type \(response.typeURL)")
             return
@@ -155,12 +252,13 @@ public final class ADSClient: @unchecked Sendable {
             decodeError = "\(error)"
         }
         var verdict = decodeError
+        var translation: Translation? = nil
         if verdict == nil {
-            let timedOut = monotonicNanoseconds() - started > settings.initialFetchTimeoutNanoseconds
             do {
-                let (listeners, clusters, warming) = try translate(candidate, includeWarming: false)
-                if !warming.isEmpty { Log.info("xds: warming \(warming.joined(separator: ", "))\(timedOut ? " (past initial_fetch_timeout)" : "")") }
-                verdict = apply(listeners, clusters)
+                let t = try translate(candidate, activate: activated)
+                if !t.warming.isEmpty { Log.info("xds: warming \(t.warming.map { "\($0.key) (\($0.why))" }.joined(separator: ", "))") }
+                verdict = apply(t.listeners, t.clusters)
+                translation = t
             } catch {
                 verdict = "\(error)"
             }
@@ -173,7 +271,9 @@ public final class ADSClient: @unchecked Sendable {
             nonces[type] = response.nonce
             return
         }
+        noteChanges(type, version: response.versionInfo, old: resources, new: candidate)
         resources = candidate
+        if let translation { noteWarming(translation) }
         versions[type] = response.versionInfo
         nonces[type] = response.nonce
         statsBox.withLock { $0.accepted[short, default: 0] += 1; $0.versions[short] = response.versionInfo }
@@ -228,7 +328,11 @@ extension ADSClient {
             }.joined() + "\""
         }
         let versions = XDSType.allCases.map { "\(q($0.short)):\(q(s.versions[$0.short] ?? ""))" }.joined(separator: ",")
+        let iso = ISO8601DateFormatter()
+        let resources = s.resources.map {
+            "{\"type\":\(q($0.type)),\"name\":\(q($0.name)),\"version\":\(q($0.version)),\"last_updated\":\(q(iso.string(from: $0.updated))),\"state\":\(q($0.state))}"
+        }.joined(separator: ",")
         return "{\"control_plane\":\(q(settings.address.description)),\"node\":\(q(settings.nodeID)),\"connected\":\(s.connected),"
-            + "\"versions\":{\(versions)},\"last_error\":\(q(s.lastError))}"
+            + "\"versions\":{\(versions)},\"resources\":[\(resources)],\"last_error\":\(q(s.lastError))}"
     }
 }

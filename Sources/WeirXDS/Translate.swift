@@ -52,16 +52,17 @@ public struct XDSResources: Sendable {
     }
 
     /// RDS names the listeners need.
-    public var rdsNames: [String] {
-        var names = Set<String>()
-        for l in listeners.values {
-            for chain in l.filterChains {
-                for f in chain.filters where f.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") {
-                    if let hcm = try? HCM(unpackingAny: f.typedConfig), case .rds(let rds)? = hcm.routeSpecifier { names.insert(rds.routeConfigName) }
-                }
+    public var rdsNames: [String] { Set(listeners.values.flatMap { rdsNames(of: $0) }).sorted() }
+
+    /// RDS names one listener needs.
+    func rdsNames(of l: EnvoyListener) -> [String] {
+        var names: [String] = []
+        for chain in l.filterChains {
+            for f in chain.filters where f.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") {
+                if let hcm = try? HCM(unpackingAny: f.typedConfig), case .rds(let rds)? = hcm.routeSpecifier { names.append(rds.routeConfigName) }
             }
         }
-        return names.sorted()
+        return names
     }
 }
 
@@ -78,39 +79,57 @@ func leftover<M: SwiftProtobuf.Message>(_ message: M) -> String? {
 
 func seconds(_ d: Google_Protobuf_Duration) -> Int64 { d.seconds * 1_000_000_000 + Int64(d.nanos) }
 
+/// What `translate` produced: the documents to compile, and the resources left warming (keys
+/// "cluster NAME" and "listener NAME", with why).
+public struct Translation {
+    public var listeners: [ListenerDocument] = []
+    public var clusters: [ClusterDocument] = []
+    public var warming: [(key: String, why: String)] = []
+}
+
 /// Translates the resources that are complete (warm) into listener and cluster documents.
 /// Clusters still waiting for their ClusterLoadAssignment, and listeners waiting for their routes
-/// or for such clusters, are left out (warming) unless `includeWarming`.
-public func translate(_ r: XDSResources, includeWarming: Bool) throws -> (listeners: [ListenerDocument], clusters: [ClusterDocument], warming: [String]) {
-    var clusters: [ClusterDocument] = []
-    var warming: [String] = []
+/// or for such clusters, are left out (warming) unless their key is in `activate` (warming past
+/// initial_fetch_timeout): such a cluster has no endpoints yet (503) and such a listener no routes
+/// yet (404), as in Envoy.
+public func translate(_ r: XDSResources, activate: Set<String> = []) throws -> Translation {
+    var out = Translation()
     var active = Set<String>()
     for name in r.clusters.keys.sorted() {
         let c = r.clusters[name]!
-        if c.type == .eds && r.loadAssignments[edsName(c)] == nil && !includeWarming { warming.append("cluster \(name)"); continue }
-        clusters.append(try translateCluster(c, r.loadAssignments[edsName(c)]))
+        if c.type == .eds && r.loadAssignments[edsName(c)] == nil && !activate.contains("cluster \(name)") {
+            out.warming.append(("cluster \(name)", "endpoints \(edsName(c))"))
+            continue
+        }
+        out.clusters.append(try translateCluster(c, r.loadAssignments[edsName(c)]))
         active.insert(name)
     }
-    var listeners: [ListenerDocument] = []
     for name in r.listeners.keys.sorted() {
         let l = r.listeners[name]!
+        let key = "listener \(name)"
         switch try translateListener(l, routes: r.routes, knownClusters: Set(r.clusters.keys)) {
         case .ready(let doc, let uses):
-            if !includeWarming, let missing = uses.first(where: { !active.contains($0) }) {
-                warming.append("listener \(name) (cluster \(missing) warming)")
+            if !activate.contains(key), let missing = uses.first(where: { !active.contains($0) }) {
+                out.warming.append((key, "cluster \(missing) warming"))
                 continue
             }
-            listeners.append(doc)
-        case .waitingForRoutes(let routeName):
-            warming.append("listener \(name) (routes \(routeName))")
+            out.listeners.append(doc)
+        case .waitingForRoutes(let routeName, var doc):
+            if activate.contains(key) {
+                doc.mayHaveNoRoutes = true
+                out.listeners.append(doc)
+            } else {
+                out.warming.append((key, "routes \(routeName)"))
+            }
         }
     }
-    return (listeners, clusters, warming)
+    return out
 }
 
 enum ListenerTranslation {
     case ready(ListenerDocument, uses: [String])
-    case waitingForRoutes(String)
+    /// The listener as it would be without routes, for activation after initial_fetch_timeout.
+    case waitingForRoutes(String, ListenerDocument)
 }
 
 func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>) throws -> ListenerTranslation {
@@ -173,7 +192,10 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     let config: EnvoyRouteConfiguration
     switch hcm.routeSpecifier {
     case .rds(let rds)?:
-        guard let c = routes[rds.routeConfigName] else { return .waitingForRoutes(rds.routeConfigName) }
+        guard let c = routes[rds.routeConfigName] else {
+            doc.routesPosition = p
+            return .waitingForRoutes(rds.routeConfigName, doc)
+        }
         config = c
     case .routeConfig(let inline)?:
         config = inline
@@ -255,6 +277,23 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
                 if a.hasIdleTimeout { d.idleTimeout = located(seconds(a.idleTimeout), p) }
                 if !a.prefixRewrite.isEmpty { d.prefixRewrite = located(a.prefixRewrite, p) }
                 if case .hostRewriteLiteral(let h)? = a.hostRewriteSpecifier { d.hostRewrite = located(h, p) }
+                if let h = a.hashPolicy.first {
+                    guard a.hashPolicy.count == 1 else { throw fail("\(at): hash_policy: one policy is supported, not \(a.hashPolicy.count)") }
+                    switch h.policySpecifier {
+                    case .header(let hh)?:
+                        guard !hh.hasRegexRewrite else { throw fail("\(at): hash_policy.header.regex_rewrite is not supported") }
+                        d.hashKey = located("header:\(hh.headerName)", p)
+                    case .cookie(let ck)?:
+                        guard !ck.hasTtl && ck.attributes.isEmpty && ck.path.isEmpty else {
+                            throw fail("\(at): hash_policy.cookie: only name is supported (Weir does not generate cookies: ttl, path, attributes)")
+                        }
+                        d.hashKey = located("cookie:\(ck.name)", p)
+                    case .connectionProperties(let cp)? where cp.sourceIp:
+                        d.hashKey = located("source_ip", p)
+                    default:
+                        throw fail("\(at): hash_policy: header, cookie (name only) or connection_properties.source_ip are supported")
+                    }
+                }
                 if a.hasRetryPolicy {
                     let rp = a.retryPolicy
                     var on: [String] = []
@@ -277,6 +316,7 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
                 aRest.prefixRewrite = ""
                 aRest.hostRewriteSpecifier = nil
                 aRest.clearRetryPolicy()
+                aRest.hashPolicy = []
                 if let extra = leftover(aRest) { throw fail("\(at): route: unsupported field(s) \(extra)") }
             case .directResponse(let dr)?:
                 var map = ["status": located(String(dr.status), p)]
@@ -353,6 +393,7 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     case .random: d.balancer = located("random", p)
     default: throw fail("lb_policy \(c.lbPolicy) is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH, MAGLEV, RANDOM are)")
     }
+    try translateLbConfig(c, into: &d, p, fail)
     if c.hasConnectTimeout { d.connectTimeout = located(seconds(c.connectTimeout), p) }
     if c.hasCommonLbConfig {
         if c.commonLbConfig.hasHealthyPanicThreshold { d.panicThreshold = located(String(Int(c.commonLbConfig.healthyPanicThreshold.value)), p) }
@@ -402,6 +443,7 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     rest.clusterDiscoveryType = nil
     rest.clearEdsClusterConfig()
     rest.lbPolicy = .roundRobin
+    rest.lbConfig = nil
     rest.clearConnectTimeout()
     rest.clearLoadAssignment()
     rest.clearCommonLbConfig()
@@ -413,19 +455,79 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     switch c.type {
     case .static: assignment = c.loadAssignment
     case .eds:
+        d.mayBeEmpty = true
         guard let cla else { return d }  // warming, and kept only when the caller asked for it
         assignment = cla
     default: throw fail("type \(c.type) is not supported (STATIC and EDS are)")
+    }
+    if assignment.policy.hasOverprovisioningFactor {
+        d.overprovisioningFactor = located(Int(assignment.policy.overprovisioningFactor.value), p)
     }
     d.endpoints = try translateEndpoints(assignment, cluster: c.name, p)
     return d
 }
 
-/// Healthy and unknown endpoints of the highest priority that has any (UNHEALTHY, DRAINING and
-/// TIMEOUT ones are left out).
+/// lb_policy and its config (ring_hash_lb_config, maglev_lb_config, least_request_lb_config,
+/// round_robin_lb_config) as `balancer:`, `balancer_options:` and `slow_start:`.
+func translateLbConfig(_ c: EnvoyCluster, into d: inout ClusterDocument, _ p: SourcePosition, _ fail: (String) -> XDSError) throws {
+    func option(_ key: String, _ value: String) { d.balancerOptions[key] = located(value, p); d.balancerOptionsPosition = p }
+    func slowStart(_ s: EnvoyCluster.SlowStartConfig, _ at: String) throws {
+        var doc = SlowStartDocument(position: p)
+        guard s.hasSlowStartWindow else { throw fail("\(at).slow_start_config: slow_start_window is required") }
+        doc.window = located(seconds(s.slowStartWindow), p)
+        if s.hasAggression { doc.aggression = located(String(s.aggression.defaultValue), p) }
+        if s.hasMinWeightPercent { doc.minWeightPercent = located(String(s.minWeightPercent.value), p) }
+        var rest = s
+        rest.clearSlowStartWindow(); rest.clearMinWeightPercent()
+        if s.hasAggression {
+            var a = s.aggression
+            a.defaultValue = 0; a.runtimeKey = ""
+            if let extra = leftover(a) { throw fail("\(at).slow_start_config.aggression: unsupported field(s) \(extra)") }
+            rest.clearAggression()
+        }
+        if let extra = leftover(rest) { throw fail("\(at).slow_start_config: unsupported field(s) \(extra)") }
+        d.slowStart = doc
+    }
+    switch c.lbConfig {
+    case nil: break
+    case .ringHashLbConfig(let r)?:
+        guard c.lbPolicy == .ringHash else { throw fail("ring_hash_lb_config needs lb_policy RING_HASH, not \(c.lbPolicy)") }
+        // Weir's ring hashes with xxHash (Envoy's default); MURMUR_HASH_2 would place keys elsewhere.
+        guard r.hashFunction == .xxHash else { throw fail("ring_hash_lb_config.hash_function: only XX_HASH is supported") }
+        if r.hasMinimumRingSize { option("minimum_ring_size", String(r.minimumRingSize.value)) }
+        if r.hasMaximumRingSize { option("maximum_ring_size", String(r.maximumRingSize.value)) }
+    case .maglevLbConfig(let m)?:
+        guard c.lbPolicy == .maglev else { throw fail("maglev_lb_config needs lb_policy MAGLEV, not \(c.lbPolicy)") }
+        if m.hasTableSize { option("table_size", String(m.tableSize.value)) }
+    case .leastRequestLbConfig(let l)?:
+        guard c.lbPolicy == .leastRequest else { throw fail("least_request_lb_config needs lb_policy LEAST_REQUEST, not \(c.lbPolicy)") }
+        if l.hasChoiceCount { option("choice_count", String(l.choiceCount.value)) }
+        if l.hasActiveRequestBias {
+            var a = l.activeRequestBias
+            option("active_request_bias", String(a.defaultValue))
+            a.defaultValue = 0; a.runtimeKey = ""
+            if let extra = leftover(a) { throw fail("least_request_lb_config.active_request_bias: unsupported field(s) \(extra)") }
+        }
+        if l.hasSlowStartConfig { try slowStart(l.slowStartConfig, "least_request_lb_config") }
+        var rest = l
+        rest.clearChoiceCount(); rest.clearActiveRequestBias(); rest.clearSlowStartConfig()
+        if let extra = leftover(rest) { throw fail("least_request_lb_config: unsupported field(s) \(extra)") }
+    case .roundRobinLbConfig(let r)?:
+        guard c.lbPolicy == .roundRobin else { throw fail("round_robin_lb_config needs lb_policy ROUND_ROBIN, not \(c.lbPolicy)") }
+        if r.hasSlowStartConfig { try slowStart(r.slowStartConfig, "round_robin_lb_config") }
+        var rest = r
+        rest.clearSlowStartConfig()
+        if let extra = leftover(rest) { throw fail("round_robin_lb_config: unsupported field(s) \(extra)") }
+    case .originalDstLbConfig?:
+        throw fail("original_dst_lb_config is not supported")
+    }
+}
+
+/// Healthy and unknown endpoints with their priorities (UNHEALTHY, DRAINING and TIMEOUT ones are
+/// left out); the compiled cluster spills from a priority to the next as Envoy does.
 func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: SourcePosition) throws -> [EndpointDocument] {
     func fail(_ m: String) -> XDSError { XDSError(resource: "cluster_load_assignment '\(cla.clusterName.isEmpty ? cluster : cla.clusterName)'", message: m) }
-    var byPriority: [UInt32: [EndpointDocument]] = [:]
+    var out: [EndpointDocument] = []
     for locality in cla.endpoints {
         for lb in locality.lbEndpoints {
             guard case .endpoint(let e)? = lb.hostIdentifier, case .socketAddress(let sa)? = e.address.address,
@@ -438,7 +540,8 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
             let host = sa.address.contains(":") ? "[\(sa.address)]" : sa.address
             ep.address = located("\(host):\(port)", p)
             if lb.hasLoadBalancingWeight { ep.weight = located(Int(lb.loadBalancingWeight.value), p) }
-            byPriority[locality.priority, default: []].append(ep)
+            if locality.priority != 0 { ep.priority = located(Int(locality.priority), p) }
+            out.append(ep)
         }
     }
     var rest = cla
@@ -446,5 +549,8 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
     rest.endpoints = []
     rest.clearPolicy()
     if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
-    return byPriority.keys.sorted().first.map { byPriority[$0]! } ?? []
+    var policy = cla.policy
+    policy.clearOverprovisioningFactor()
+    if let extra = leftover(policy) { throw fail("policy: unsupported field(s) \(extra) (overprovisioning_factor is supported)") }
+    return out
 }

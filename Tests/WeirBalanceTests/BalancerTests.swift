@@ -284,3 +284,44 @@ func disruption<B: Balancer>(_ make: ([[UInt8]]) -> B) -> (Double, Bool) {
         }
     }
 }
+
+@Suite struct PrioritiesTests {
+    /// Level 0 holds endpoints 0 and 1, level 1 endpoints 2 and 3; shares 70% / 30%.
+    func make(byHash: Bool = false) -> Priorities {
+        let levelOf: [UInt8] = [0, 0, 1, 1]
+        let rr0 = Subset(eligible: [true, true, false, false]) { m in RoundRobin(weights: m.map { _ in 1 }) }
+        let rr1 = Subset(eligible: [false, false, true, true]) { m in RoundRobin(weights: m.map { _ in 1 }) }
+        return Priorities(levelOf: levelOf, cumulative: [7000, 10000], levels: [rr0, rr1], byHash: byHash)
+    }
+
+    @Test func levelsTakeTheirShare() {
+        var b = make()
+        let c = counts(picks(&b, 10000), 4)
+        #expect(abs(c[0] + c[1] - 7000) < 250, "\(c)")
+        #expect(abs(c[0] - c[1]) <= 1 && abs(c[2] - c[3]) <= 1, "round robin inside each level: \(c)")
+    }
+
+    @Test func aLevelWithoutTrafficIsNeverPicked() {
+        let levelOf: [UInt8] = [0, 0, 1, 1]
+        let rr0 = Subset(eligible: [true, true, false, false]) { m in RoundRobin(weights: m.map { _ in 1 }) }
+        var b = Priorities(levelOf: levelOf, cumulative: [10000, 10000], levels: [rr0, nil], byHash: false)
+        #expect(Set(picks(&b, 1000)) == [0, 1])
+    }
+
+    @Test func exhaustedLevelsFallToTheNext() {
+        var b = make()
+        var ex = Exclusions(); ex.insert(0); ex.insert(1)
+        #expect(Set(picks(&b, 200, excluding: ex)) == [2, 3], "level 0's endpoints failed for this request")
+        ex.insert(2); ex.insert(3)
+        var context = PickContext(random: SplitMix64(seed: 1))
+        #expect(b.pick(&context, excluding: ex) == nil)
+    }
+
+    @Test func aHashKeepsItsLevel() {
+        var b = make(byHash: true)
+        for h: UInt64 in [1, 99, 12345, 0xDEAD_BEEF_0000] {
+            let level = Set(picks(&b, 20, hash: h).map { $0 < 2 ? 0 : 1 })
+            #expect(level.count == 1, "hash \(h) stays on one level")
+        }
+    }
+}

@@ -46,6 +46,26 @@ clusters:
         #expect(s.limits == .defaults)
     }
 
+    @Test func endpointPrioritiesBecomeDenseLevels() throws {
+        let yaml = good.replacingOccurrences("""
+              - { address: 127.0.0.1:5432, weight: 1 }
+              - { address: "[::1]:5433", weight: 3 }
+        """, """
+              - { address: 127.0.0.1:5432, priority: 0 }
+              - { address: 127.0.0.1:5433, priority: 2 }
+              - { address: 127.0.0.1:5434, priority: 2 }
+        """).replacingOccurrences("    connect_timeout: 1s", "    connect_timeout: 1s\n    overprovisioning_factor: 150")
+        let c = try Compiler.compile(YAMLLoader.parse(yaml, file: "t.yaml")).clusters[0]
+        #expect(c.endpoints.map(\.priority) == [0, 1, 1])
+        #expect(c.overprovisioningPercent == 150 && c.hasLevels)
+        #expect(c.eligibility.cumulativeLoad == [10000, 10000], "all healthy: level 0 takes everything")
+        #expect(errors(yaml.replacingOccurrences("priority: 2 }", "priority: 200 }")).first?.contains("priority must be 0 (the highest) to 127") == true)
+        #expect(errors(yaml.replacingOccurrences("overprovisioning_factor: 150", "overprovisioning_factor: 50")).first?
+            .contains("overprovisioning_factor must be 100 to 1000") == true)
+        let one = try Compiler.compile(YAMLLoader.parse(good, file: "t.yaml")).clusters[0]
+        #expect(!one.hasLevels, "no priorities: no levels")
+    }
+
     @Test func shardsAutoMeansNil() throws {
         let s = try Compiler.compile(YAMLLoader.parse(good.replacingOccurrences("shards: 2", "shards: auto"), file: "t"))
         #expect(s.shards == nil)

@@ -68,4 +68,35 @@ import Testing
         let exactlyHalf = Eligibility(available: [true, false], panicThresholdPercent: 50)
         #expect(!exactlyHalf.panic)
     }
+
+    @Test func priorityLevelsSpillOnlyWhatTheHigherLevelCannotCarry() {
+        // Two levels of five: all up, level 0 takes everything and level 1 is not eligible.
+        let levels: [UInt8] = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+        let all = Eligibility(available: Array(repeating: true, count: 10), panicThresholdPercent: 50, levelOf: levels)
+        #expect(all.cumulativeLoad == [10000, 10000] && !all.panic)
+        #expect(all.eligible == levels.map { $0 == 0 })
+        // 4 of 5 up: 80% x 1.4 is still over 100%, so nothing spills (the overprovisioning factor).
+        var up = Array(repeating: true, count: 10); up[0] = false
+        let most = Eligibility(available: up, panicThresholdPercent: 50, levelOf: levels)
+        #expect(most.cumulativeLoad == [10000, 10000])
+        // 2 of 5 up: level 0 carries 40% x 1.4 = 56%, level 1 the other 44%.
+        up = [true, true, false, false, false, true, true, true, true, true]
+        let half = Eligibility(available: up, panicThresholdPercent: 50, levelOf: levels)
+        #expect(half.cumulativeLoad == [5600, 10000])
+        #expect(half.eligible == up, "both levels take traffic, each on its available endpoints")
+        // Level 0 entirely down: everything goes to level 1.
+        up = [false, false, false, false, false, true, true, true, true, true]
+        #expect(Eligibility(available: up, panicThresholdPercent: 50, levelOf: levels).cumulativeLoad == [0, 10000])
+        // Both levels short: 1 of 5 and 2 of 5 up is 28% + 56% = 84%, scaled up to fill 100%.
+        up = [true, false, false, false, false, true, true, false, false, false]
+        let short = Eligibility(available: up, panicThresholdPercent: 50, levelOf: levels)
+        #expect(short.cumulativeLoad == [3333, 10000] && !short.panic)
+        // Below the panic threshold in total: every endpoint, levels by their available counts.
+        up = [true, false, false, false, false, false, false, false, false, false]
+        let panic = Eligibility(available: up, panicThresholdPercent: 50, levelOf: levels)
+        #expect(panic.panic && panic.eligible == Array(repeating: true, count: 10) && panic.cumulativeLoad == [10000, 10000])
+        // A higher overprovisioning factor keeps more on level 0: 2 of 5 x 2.0 = 80%.
+        up = [true, true, false, false, false, true, true, true, true, true]
+        #expect(Eligibility(available: up, panicThresholdPercent: 50, levelOf: levels, overprovisioningPercent: 200).cumulativeLoad == [8000, 10000])
+    }
 }

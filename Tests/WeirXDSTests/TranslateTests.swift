@@ -1,0 +1,144 @@
+// xDS resources to Weir's documents, compiled: lb configs, route hash policies, priorities and
+// the load assignment's policy, warming and its activation. Resources are written in proto3 JSON
+// as a control plane would send them.
+import Testing
+import WeirBalance
+import WeirConfig
+@testable import WeirXDS
+import WeirXDSProtos
+
+func cluster(_ json: String) throws -> EnvoyCluster { try EnvoyCluster(jsonString: json) }
+func assignment(_ json: String) throws -> EnvoyLoadAssignment { try EnvoyLoadAssignment(jsonString: json) }
+
+/// Compiles xDS documents the way `weir` does (a file with nothing but what xDS sent).
+func compile(_ t: Translation) throws -> Snapshot {
+    var doc = try YAMLLoader.parse("shards: 1\nnode: { id: t }\nxds: { address: 127.0.0.1:1 }\n", file: "t.yaml")
+    doc.listeners = t.listeners
+    doc.clusters = t.clusters
+    return try Compiler.compile(doc)
+}
+
+/// The error a translation throws, as text ("" when it does not throw).
+func refusal(_ body: () throws -> Void) -> String {
+    do { try body(); return "" } catch { return "\(error)" }
+}
+
+let endpointsJSON = """
+{"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+  {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9001}}}},
+  {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9002}}}}]}]}
+"""
+
+@Suite struct TranslateTests {
+    @Test func lbConfigsBecomeBalancerOptions() throws {
+        var r = XDSResources()
+        r.clusters["ring"] = try cluster("""
+            {"name": "ring", "type": "EDS", "lb_policy": "RING_HASH",
+             "ring_hash_lb_config": {"minimum_ring_size": "2048", "maximum_ring_size": "4096"}}
+            """)
+        r.clusters["mag"] = try cluster("""
+            {"name": "mag", "type": "EDS", "lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": "131"}}
+            """)
+        r.clusters["lr"] = try cluster("""
+            {"name": "lr", "type": "EDS", "lb_policy": "LEAST_REQUEST",
+             "least_request_lb_config": {"choice_count": 3, "active_request_bias": {"default_value": 0.5, "runtime_key": "k"},
+               "slow_start_config": {"slow_start_window": "10s", "aggression": {"default_value": 2, "runtime_key": "a"}, "min_weight_percent": {"value": 20}}}}
+            """)
+        for name in ["ring", "mag", "lr"] {
+            var la = try assignment(endpointsJSON)
+            la.clusterName = name
+            r.loadAssignments[name] = la
+        }
+        let snap = try compile(try translate(r))
+        let byName = Dictionary(uniqueKeysWithValues: snap.clusters.map { ($0.name, $0) })
+        #expect(byName["ring"]?.balancer == .ringHash)
+        #expect(byName["ring"]?.options.minimumRingSize == 2048 && byName["ring"]?.options.maximumRingSize == 4096)
+        #expect(byName["mag"]?.balancer == .maglev && byName["mag"]?.options.maglevTableSize == 131)
+        #expect(byName["lr"]?.options.choiceCount == 3 && byName["lr"]?.options.activeRequestBias == 0.5)
+        #expect(byName["lr"]?.slowStart?.windowNanoseconds == 10_000_000_000)
+        #expect(byName["lr"]?.slowStart?.aggression == 2)
+        #expect(byName["lr"]?.slowStart?.minimumWeightFraction == 0.2)
+    }
+
+    @Test func lbConfigsWeirCannotHonourAreRefusedByName() throws {
+        let murmur = try cluster("""
+            {"name": "m", "type": "STATIC", "lb_policy": "RING_HASH", "ring_hash_lb_config": {"hash_function": "MURMUR_HASH_2"}}
+            """)
+        #expect(refusal { _ = try translateCluster(murmur, nil) }.contains("hash_function"))
+        let mismatched = try cluster("""
+            {"name": "m", "type": "STATIC", "lb_policy": "ROUND_ROBIN", "maglev_lb_config": {"table_size": "131"}}
+            """)
+        #expect(refusal { _ = try translateCluster(mismatched, nil) }.contains("maglev_lb_config needs lb_policy MAGLEV"))
+        // A prime table size is Weir's rule too: the compile refuses 100 with the reason.
+        var r = XDSResources()
+        r.clusters["m"] = try cluster("""
+            {"name": "m", "type": "EDS", "lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": "100"}}
+            """)
+        var la = try assignment(endpointsJSON); la.clusterName = "m"
+        r.loadAssignments["m"] = la
+        #expect(refusal { _ = try compile(try translate(r)) }.contains("table_size must be a whole number from 101"))
+    }
+
+    @Test func prioritiesAndTheOverprovisioningFactorCarryThrough() throws {
+        let la = try assignment("""
+            {"cluster_name": "app", "policy": {"overprovisioning_factor": 200}, "endpoints": [
+              {"priority": 0, "lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9001}}}}]},
+              {"priority": 3, "lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9002}}}},
+                                               {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9003}}}, "health_status": "DRAINING"}]}]}
+            """)
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
+        r.loadAssignments["app"] = la
+        let snap = try compile(try translate(r))
+        let c = try #require(snap.clusters.first)
+        #expect(c.endpoints.map(\.address.port) == [9001, 9002], "the DRAINING endpoint is left out")
+        #expect(c.endpoints.map(\.priority) == [0, 1], "priorities 0 and 3 become levels 0 and 1")
+        #expect(c.overprovisioningPercent == 200)
+        #expect(c.hasLevels)
+        let drops = try assignment("""
+            {"cluster_name": "app", "policy": {"drop_overloads": [{"category": "x", "drop_percentage": {"numerator": 5}}]}}
+            """)
+        #expect(refusal { _ = try translateEndpoints(drops, cluster: "app", position("cluster", "app")) }.contains("dropOverloads"))
+    }
+
+    @Test func anEDSClusterWithNoEndpointsCompiles() throws {
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
+        r.loadAssignments["app"] = try assignment(#"{"cluster_name": "app"}"#)
+        let snap = try compile(try translate(r))
+        #expect(snap.clusters.first?.endpoints.isEmpty == true)
+        var b = snap.clusters[0].makeBalancer(shard: 0, of: 1, now: 0)
+        var context = PickContext(random: SplitMix64(seed: 1))
+        #expect(b.pick(&context, excluding: Exclusions()) == nil, "nothing to pick: the request gets 503")
+    }
+
+    @Test func routeHashPoliciesSetTheRoutesHashKey() throws {
+        func routes(_ hashPolicy: String) throws -> EnvoyRouteConfiguration {
+            try EnvoyRouteConfiguration(jsonString: """
+                {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                  {"match": {"prefix": "/"}, "route": {"cluster": "app", "hash_policy": \(hashPolicy)}}]}]}
+                """)
+        }
+        let (docs, _) = try translateRoutes(try routes(#"[{"header": {"header_name": "X-User"}}]"#), listener: "l", knownClusters: ["app"])
+        #expect(docs.first?.hashKey?.value == "header:X-User")
+        let (cookie, _) = try translateRoutes(try routes(#"[{"cookie": {"name": "session"}}]"#), listener: "l", knownClusters: ["app"])
+        #expect(cookie.first?.hashKey?.value == "cookie:session")
+        let (ip, _) = try translateRoutes(try routes(#"[{"connection_properties": {"source_ip": true}}]"#), listener: "l", knownClusters: ["app"])
+        #expect(ip.first?.hashKey?.value == "source_ip")
+        #expect(refusal { _ = try translateRoutes(try routes(#"[{"cookie": {"name": "s", "ttl": "10s"}}]"#), listener: "l", knownClusters: ["app"]) }
+            .contains("does not generate cookies"))
+        #expect(refusal { _ = try translateRoutes(try routes(#"[{"query_parameter": {"name": "u"}}]"#), listener: "l", knownClusters: ["app"]) }
+            .contains("hash_policy"))
+    }
+
+    @Test func warmingResourcesWaitUnlessActivated() throws {
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
+        let plain = try translate(r)
+        #expect(plain.clusters.isEmpty && plain.warming.map(\.key) == ["cluster app"])
+        let activated = try translate(r, activate: ["cluster app"])
+        #expect(activated.clusters.count == 1 && activated.warming.isEmpty)
+        let snap = try compile(activated)
+        #expect(snap.clusters.first?.endpoints.isEmpty == true, "activated by initial_fetch_timeout: no endpoints yet")
+    }
+}
