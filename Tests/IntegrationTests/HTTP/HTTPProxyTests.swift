@@ -85,6 +85,38 @@ import WeirDemo
         #expect(ca >= 1 && cb >= 1)
     }
 
+    @Test func aLowerPriorityTakesOverWhenTheHigherOneIsDown() throws {
+        var a: HTTPUpstream? = try HTTPUpstream(name: "a")
+        let b = try HTTPUpstream(name: "b")
+        let aPort = a!.port
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            listeners:
+              - { name: web, address: 127.0.0.1:\(port), protocol: http, cluster: app }
+            clusters:
+              - name: app
+                health_check: { type: http, path: /healthz, interval: 100ms, timeout: 80ms, jitter: 0%, unhealthy_threshold: 1, healthy_threshold: 1 }
+                endpoints:
+                  - { address: 127.0.0.1:\(aPort), priority: 0 }
+                  - { address: 127.0.0.1:\(b.port), priority: 1 }
+            """)
+        defer { weir.stop() }
+        func split(_ n: Int) throws -> [String: Int] {
+            var seen: [String: Int] = [:]
+            let c = try HTTPClient(port: port)
+            for i in 0..<n {
+                let r = try c.request("GET /p/\(i) HTTP/1.1\r\nHost: h\r\n\r\n")
+                seen[r.status == 200 ? (r.header("X-Upstream") ?? "?") : "status \(r.status)", default: 0] += 1
+            }
+            return seen
+        }
+        #expect(try split(40) == ["a": 40], "priority 1 takes nothing while priority 0 is healthy")
+        a = nil  // the only priority 0 endpoint goes away
+        #expect(weir.waitForLog("health: cluster app endpoint 127.0.0.1:\(aPort) healthy -> unhealthy", seconds: 10))
+        #expect(try split(40) == ["b": 40], "everything spills to priority 1")
+    }
+
     @Test func bodiesStreamIntactBothWays() throws {
         let a = try HTTPUpstream(name: "a")
         let port = try freePort()

@@ -199,6 +199,49 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
         #expect(closed, "the listener's port is closed")
     }
 
+    @Test func initialFetchTimeoutActivatesWhatIsStillWarming() throws {
+        let cp = try XDSControlPlane()
+        let a = try HTTPUpstream(name: "a")
+        let port = try freePort(), inlinePort = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            admin: { address: 127.0.0.1:\(adminPort) }
+            node: { id: weir-warming }
+            xds: { address: "127.0.0.1:\(cp.port)", initial_fetch_timeout: 1s }
+            """)
+        defer { weir.stop() }
+        // A listener whose routes never come, and one (inline routes) to a cluster whose endpoints
+        // never come.
+        let inline = xdsListener("inline", port: inlinePort, routeConfig: "unused").replacingOccurrences(
+            of: #""rds": {"route_config_name": "unused", "config_source": {"ads": {}}}"#,
+            with: #""route_config": {"name": "inline", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]}"#)
+        cp.push("CDS", version: "c1", "[\(xdsCluster("app"))]")
+        cp.push("LDS", version: "l1", "[\(xdsListener("web", port: port, routeConfig: "routes")), \(inline)]")
+        #expect(weir.waitForLog("xds: ACK LDS version l1"))
+        #expect(weir.waitForLog("initial_fetch_timeout passed", seconds: 10))
+        #expect(weir.waitForLog("generation", count: 2, seconds: 10))
+        var r = try HTTPClient(port: port).request("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(r.status == 404, "a listener activated without its routes answers 404: \(r.status)")
+        r = try HTTPClient(port: inlinePort).request("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(r.status == 503, "a cluster activated without its endpoints answers 503: \(r.status)")
+        var dump = admin(adminPort, "GET", "/config_dump").1
+        #expect(dump.contains(#"{"type":"CDS","name":"app","version":"c1","#), "\(dump)")
+        #expect(dump.contains(#""name":"web","version":"l1","#) && dump.contains(#""state":"activated_by_initial_fetch_timeout""#), "\(dump)")
+        // What they waited for arrives: they become complete and serve.
+        cp.push("EDS", version: "e1", "[\(xdsEndpoints("app", [a.port]))]")
+        cp.push("RDS", version: "r1", "[\(xdsRoutes("routes", cluster: "app"))]")
+        #expect(weir.waitForLog("xds: ACK RDS version r1"))
+        #expect(weir.waitForLog("xds: ACK EDS version e1"))
+        r = try HTTPClient(port: port).request("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(r.status == 200 && r.text.hasPrefix("a /x"), "\(r.status) \(r.text)")
+        r = try HTTPClient(port: inlinePort).request("GET /y HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(r.status == 200 && r.text.hasPrefix("a /y"), "\(r.status) \(r.text)")
+        dump = admin(adminPort, "GET", "/config_dump").1
+        #expect(!dump.contains("activated_by_initial_fetch_timeout"), "\(dump)")
+        #expect(dump.contains(#"{"type":"EDS","name":"app","version":"e1","#) && dump.contains(#"{"type":"RDS","name":"routes","version":"r1","#), "\(dump)")
+        #expect(dump.contains(#"{"type":"CDS","name":"app","version":"c1","#), "the cluster itself did not change: still c1")
+    }
+
     @Test func aControlPlaneRestartCostsNoTrafficAndTheStreamResumesWithVersions() throws {
         var cp = try XDSControlPlane()
         let cpPort = cp.port
