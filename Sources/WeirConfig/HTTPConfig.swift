@@ -131,6 +131,7 @@ extension Compiler {
         var limits = HTTPLimits()
         var headerTimeout: Int64 = 10_000_000_000
         var accessLog: String? = nil
+        var stripPort = true
         for (key, v) in (l.http ?? [:]).sorted(by: { $0.key < $1.key }) {
             func size(_ range: ClosedRange<Int>) -> Int? {
                 guard let n = parseByteSize(v.value), range.contains(n) else {
@@ -139,6 +140,12 @@ extension Compiler {
                 return n
             }
             switch key {
+            case "strip_host_port":
+                switch v.value {
+                case "true": stripPort = true
+                case "false": stripPort = false
+                default: bad(v.position, "strip_host_port must be true or false")
+                }
             case "request_header_timeout":
                 if let ns = parseDurationNanoseconds(v.value), (1_000_000...3_600_000_000_000).contains(ns) { headerTimeout = ns }
                 else { bad(v.position, "request_header_timeout must be a duration from 1ms to 1h") }
@@ -174,7 +181,7 @@ extension Compiler {
             actions.append(a)
         }
         guard ok else { return nil }
-        return HTTPListener(routes: RouteTable(matches), actions: actions, limits: limits,
+        return HTTPListener(routes: RouteTable(matches, stripsPort: stripPort), actions: actions, limits: limits,
                             requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog)
     }
 

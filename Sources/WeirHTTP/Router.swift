@@ -52,9 +52,13 @@ public struct RouteTable: Sendable {
     let exact: HostIndex
     let suffixes: HostIndex
     let anyHost: [Int32]
+    /// Match hosts without their port (Weir's default, and Envoy's strip_any_host_port), or with
+    /// it, as Envoy does by default: there "example.com:8080" does not match "example.com".
+    public let stripsPort: Bool
 
-    public init(_ routes: [RouteMatch]) {
+    public init(_ routes: [RouteMatch], stripsPort: Bool = true) {
         self.routes = routes
+        self.stripsPort = stripsPort
         var exact: [UInt64: [Int32]] = [:], suffixes: [UInt64: [Int32]] = [:]
         var anyHost: [Int32] = []
         for (i, r) in routes.enumerated() {
@@ -74,7 +78,7 @@ public struct RouteTable: Sendable {
     /// The index of the first route that matches, or nil (the proxy answers 404). The first
     /// match overall is the smallest of each candidate list's first match.
     public func firstMatch(_ head: RequestHead, source: UnsafeRawBufferPointer, headers: HeaderTable) -> Int? {
-        let (host, path) = Self.hostAndPath(head, source)
+        let (host, path) = Self.hostAndPath(head, source, stripPort: stripsPort)
         var best = Int32.max
         func scan(_ list: UnsafeBufferPointer<Int32>) {
             for i in list {
@@ -143,7 +147,7 @@ public struct RouteTable: Sendable {
 
     /// The host (Host field, or the authority of an absolute-form target), without port, and
     /// the path without the query.
-    static func hostAndPath(_ head: RequestHead, _ buf: UnsafeRawBufferPointer) -> (ByteRange, ByteRange) {
+    static func hostAndPath(_ head: RequestHead, _ buf: UnsafeRawBufferPointer, stripPort: Bool = true) -> (ByteRange, ByteRange) {
         var host = head.host ?? ByteRange.empty
         var pathStart = Int(head.target.start)
         let end = Int(head.target.end)
@@ -161,7 +165,7 @@ public struct RouteTable: Sendable {
         var h = Int(host.end)
         var k = h - 1
         while k >= Int(host.start) && buf[k] >= UInt8(ascii: "0") && buf[k] <= UInt8(ascii: "9") { k -= 1 }
-        if k >= Int(host.start) && buf[k] == UInt8(ascii: ":") && k < h - 1 { h = k }
+        if stripPort && k >= Int(host.start) && buf[k] == UInt8(ascii: ":") && k < h - 1 { h = k }
         var q = pathStart
         while q < end && buf[q] != UInt8(ascii: "?") { q += 1 }
         return (ByteRange(Int(host.start), h), ByteRange(pathStart, q))

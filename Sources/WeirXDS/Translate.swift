@@ -187,8 +187,12 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     hcmRest.codecType = .auto
     hcmRest.httpFilters = []
     hcmRest.routeSpecifier = nil
+    if case .stripAnyHostPort? = hcm.stripPortMode { hcmRest.stripPortMode = nil }
     if let extra = leftover(hcmRest) { throw fail("http_connection_manager: unsupported field(s) \(extra)") }
     doc.proto = located("http", p)
+    // Envoy matches virtual host domains against the Host with its port unless told to strip it.
+    doc.http = ["strip_host_port": located(hcm.stripAnyHostPort ? "true" : "false", p)]
+    doc.httpPosition = p
     let config: EnvoyRouteConfiguration
     switch hcm.routeSpecifier {
     case .rds(let rds)?:

@@ -87,6 +87,7 @@ final class HTTPClient {
     private var pending: [UInt8] = []
 
     init(port: UInt16, timeoutSeconds: Int = 10) throws { client = try TestClient(loopback(port), timeoutSeconds: timeoutSeconds) }
+    init(address: SocketAddress, timeoutSeconds: Int = 10) throws { client = try TestClient(address, timeoutSeconds: timeoutSeconds) }
 
     func send(_ text: String) { _ = client.write(Array(text.utf8)) }
     func send(_ bytes: [UInt8]) { _ = client.write(bytes) }

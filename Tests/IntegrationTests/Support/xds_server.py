@@ -4,8 +4,11 @@ protos (PyPI xds-protos + grpcio). `xds_server.py [PORT]` prints "port N" when l
 JSON object per line: {"type": "CDS"|"LDS"|"EDS"|"RDS", "version": "v1", "resources": [...]},
 resources in proto3 JSON. Each command replaces that type's resources and is pushed to the
 connected stream. Every request Weir sends is printed as one line:
-  REQ <type> version=<v> nonce=<n> names=<a,b> node=<id> error=<error_detail message>
+  REQ <type> version=<v> nonce=<n> names=<a,b> node=<id> error=<error_detail message, lines joined by " | ">
 Exits when stdin closes.
+
+A client whose node id starts with "envoy" (a real Envoy serving as the oracle beside Weir) gets
+listeners bound to 127.0.0.2 instead of 127.0.0.1, so both can hold the same resources at once.
 """
 import json, queue, sys, threading
 from concurrent import futures
@@ -33,8 +36,25 @@ lock = threading.Lock()
 nonce = [0]
 
 
-def response(short):
+def for_envoy(short, resources):
+    if short != "LDS":
+        return resources
+    out = []
+    for a in resources:
+        m = listener_pb2.Listener()
+        a.Unpack(m)
+        if m.address.socket_address.address == "127.0.0.1":
+            m.address.socket_address.address = "127.0.0.2"
+        b = any_pb2.Any()
+        b.Pack(m)
+        out.append(b)
+    return out
+
+
+def response(short, envoy=False):
     version, resources = state[short]
+    if envoy:
+        resources = for_envoy(short, resources)
     nonce[0] += 1
     return discovery_pb2.DiscoveryResponse(version_info=version, resources=resources, type_url=TYPES[short][0], nonce=str(nonce[0]))
 
@@ -42,15 +62,18 @@ def response(short):
 class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def StreamAggregatedResources(self, request_iterator, context):
         q = queue.Queue()
+        envoy = [False]
         with lock:
             streams.append(q)
 
         def read():
             try:
                 for r in request_iterator:
+                    if r.node.id:
+                        envoy[0] = r.node.id.startswith("envoy")
                     short = SHORT.get(r.type_url, r.type_url)
                     print(f"REQ {short} version={r.version_info} nonce={r.response_nonce} names={','.join(r.resource_names)} "
-                          f"node={r.node.id} error={r.error_detail.message}", flush=True)
+                          f"node={r.node.id} error={' | '.join(r.error_detail.message.splitlines())}", flush=True)
                     # A first request for a type gets what we hold of it.
                     if not r.response_nonce and short in state:
                         q.put(short)
@@ -64,7 +87,7 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if short is None:
                     return
                 with lock:
-                    yield response(short)
+                    yield response(short, envoy[0])
         finally:
             with lock:
                 streams.remove(q)

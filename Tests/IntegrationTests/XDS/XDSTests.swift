@@ -173,6 +173,9 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
         cp.push("CDS", version: "c3", "[\(xdsCluster("app").replacingOccurrences(of: "\"connect_timeout\": \"1s\"", with: "\"connect_timeout\": \"1s\", \"per_connection_buffer_limit_bytes\": 1024"))]")
         let unsupported = cp.waitForRequest { $0.hasPrefix("REQ CDS") && $0.contains("perConnectionBufferLimitBytes") }
         #expect(unsupported?.contains("unsupported field") == true, "\(unsupported ?? "no NACK")")
+        cp.push("LDS", version: "l-bad", "[\(xdsListener("web", port: port, routeConfig: "routes").replacingOccurrences(of: "\"address\": \"127.0.0.1\"", with: "\"address\": \"not-an-ip\""))]")
+        let badAddress = cp.waitForRequest { $0.hasPrefix("REQ LDS") && $0.contains("not-an-ip") }
+        #expect(badAddress?.contains("version=l1") == true, "\(badAddress ?? "no NACK")")
         cp.push("RDS", version: "r2", "[\(xdsRoutes("routes", cluster: "nowhere"))]")
         let dangling = cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("nowhere") }
         #expect(dangling?.contains("version=r1") == true, "\(dangling ?? "no NACK")")
@@ -219,7 +222,7 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
         cp.push("LDS", version: "l1", "[\(xdsListener("web", port: port, routeConfig: "routes")), \(inline)]")
         #expect(weir.waitForLog("xds: ACK LDS version l1"))
         #expect(weir.waitForLog("initial_fetch_timeout passed", seconds: 10))
-        #expect(weir.waitForLog("generation", count: 2, seconds: 10))
+        #expect(weir.waitForLog("published (2 listener(s), 1 cluster(s) from xds)", seconds: 10), "both listeners and the cluster activated")
         var r = try HTTPClient(port: port).request("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
         #expect(r.status == 404, "a listener activated without its routes answers 404: \(r.status)")
         r = try HTTPClient(port: inlinePort).request("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")

