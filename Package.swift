@@ -18,6 +18,13 @@ let package = Package(
         // For Fuzz/, which runs the HTTP parser under libFuzzer.
         .library(name: "WeirHTTP", targets: ["WeirHTTP"]),
     ],
+    // xDS pulls in gRPC, SwiftNIO and BoringSSL, which are most of a clean build. It is on by
+    // default; `--disable-default-traits` builds a weir without it (the README's demo does,
+    // to stay within a few minutes), which refuses `xds:` in a config with a clear error.
+    traits: [
+        .trait(name: "XDS", description: "Listeners and clusters from an xDS control plane (Envoy's v3 ADS over gRPC)."),
+        .default(enabledTraits: ["XDS"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
@@ -61,7 +68,8 @@ let package = Package(
         .target(name: "WeirAdmin", dependencies: ["WeirProxy", "WeirConfig", "WeirHTTP", "WeirRing", "WeirCore"], swiftSettings: v5),
         .target(name: "WeirDemo", dependencies: ["WeirCore"], swiftSettings: v5),
         .executableTarget(name: "weir",
-                          dependencies: ["WeirCore", "WeirConfig", "WeirProxy", "WeirRing", "WeirDemo", "WeirAdmin", "WeirHealth", "WeirXDS",
+                          dependencies: ["WeirCore", "WeirConfig", "WeirProxy", "WeirRing", "WeirDemo", "WeirAdmin", "WeirHealth",
+                                         .target(name: "WeirXDS", condition: .when(traits: ["XDS"])),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: v5),
         .testTarget(name: "WeirConfigTests", dependencies: ["WeirConfig", "WeirBalance"], swiftSettings: v5),

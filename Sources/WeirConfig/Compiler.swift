@@ -73,6 +73,11 @@ public enum Compiler {
                 guard let context = compileTLS(t, listener: name.value, fail: fail) else { continue }
                 tls = context
             }
+            if let w = l.weightedClusters, proto == .http || !l.routes.isEmpty {
+                _ = w
+                fail(l.weightedClustersPosition ?? l.position, "listener '\(name.value)': weighted_clusters on a listener is for tcp listeners without routes; \(proto == .http ? "http listeners split by weight in a route" : "give either 'weighted_clusters' or 'routes'")")
+                continue
+            }
             if proto == .http {
                 guard let http = compileHTTPListener(l, name: name.value, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
                                                      clusters: clusters, fail: fail) else { continue }
@@ -103,24 +108,54 @@ public enum Compiler {
                 listeners.append(listener)
                 continue
             }
-            guard let clusterName = l.cluster else { fail(l.position, "listener '\(name.value)' needs a 'cluster' (or 'routes' by server name)"); continue }
-            guard let ci = clusterIndex[clusterName.value] else {
-                if invalidClusters.contains(clusterName.value) { continue }
-                let known = (Array(clusterIndex.keys) + invalidClusters).sorted().joined(separator: ", ")
-                fail(clusterName.position, "listener '\(name.value)' refers to cluster '\(clusterName.value)', which is not defined (defined: \(known.isEmpty ? "none" : known))")
-                continue
+            /// The cluster a tcp listener sends to, checked; nil (and an error) when it cannot.
+            func tcpCluster(_ clusterName: Located<String>) -> Int? {
+                guard let ci = clusterIndex[clusterName.value] else {
+                    if invalidClusters.contains(clusterName.value) { return nil }
+                    let known = (Array(clusterIndex.keys) + invalidClusters).sorted().joined(separator: ", ")
+                    fail(clusterName.position, "listener '\(name.value)' refers to cluster '\(clusterName.value)', which is not defined (defined: \(known.isEmpty ? "none" : known))")
+                    return nil
+                }
+                if clusters[ci].options.hashKey.isHTTP && clusters[ci].balancer.usesHash {
+                    fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' hashes an HTTP hash_key; tcp listeners hash source_ip")
+                    return nil
+                }
+                if clusters[ci].tls != nil {
+                    fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' speaks TLS to its endpoints, which this build does for http listeners only")
+                    return nil
+                }
+                return ci
             }
-            if clusters[ci].options.hashKey.isHTTP && clusters[ci].balancer.usesHash {
-                fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' hashes an HTTP hash_key; tcp listeners hash source_ip")
-                continue
+            var weights: ClusterWeights? = nil
+            if let w = l.weightedClusters {
+                let at = l.weightedClustersPosition ?? l.position
+                if let c = l.cluster { fail(c.position, "listener '\(name.value)': give either 'cluster' or 'weighted_clusters', not both"); continue }
+                if w.isEmpty { fail(at, "listener '\(name.value)': weighted_clusters must not be empty"); continue }
+                var ids: [Int] = [], cumulative: [UInt32] = [], total: UInt32 = 0, ok = true
+                for e in w {
+                    guard let c = e.cluster else { fail(e.position, "listener '\(name.value)': a weighted cluster needs a 'cluster'"); ok = false; continue }
+                    let weight = e.weight?.value ?? 1
+                    if !(0...10_000).contains(weight) { fail(e.weight!.position, "listener '\(name.value)': weight must be 0 to 10000"); ok = false; continue }
+                    guard let i = tcpCluster(c) else { ok = false; continue }
+                    total += UInt32(weight)
+                    ids.append(i); cumulative.append(total)
+                }
+                if ok && total == 0 { fail(at, "listener '\(name.value)': weighted_clusters need a weight above 0"); ok = false }
+                guard ok else { continue }
+                weights = ClusterWeights(clusters: ids, cumulative: cumulative)
             }
-            if clusters[ci].tls != nil {
-                fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' speaks TLS to its endpoints, which this build does for http listeners only")
-                continue
+            var ci = weights?.clusters[0] ?? -1
+            if weights == nil {
+                guard let clusterName = l.cluster else {
+                    fail(l.position, "listener '\(name.value)' needs a 'cluster' (or 'weighted_clusters', or 'routes' by server name)"); continue
+                }
+                guard let i = tcpCluster(clusterName) else { continue }
+                ci = i
             }
             var listener = Listener(name: name.value, address: address, proto: proto, clusterIndex: ci,
                                     idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds, backlog: backlog)
             listener.tls = tls
+            listener.clusterWeights = weights
             listeners.append(listener)
         }
         var xds: XDSSettings? = nil

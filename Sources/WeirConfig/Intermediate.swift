@@ -60,6 +60,9 @@ public struct ListenerDocument: Sendable {
     /// From xDS, a listener activated by initial_fetch_timeout before its routes arrived: it
     /// answers 404 until they do.
     public var mayHaveNoRoutes = false
+    /// tcp listeners: `weighted_clusters:` instead of `cluster:`.
+    public var weightedClusters: [WeightedClusterDocument]? = nil
+    public var weightedClustersPosition: SourcePosition?
     public init(position: SourcePosition) { self.position = position }
 }
 

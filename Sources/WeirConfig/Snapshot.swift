@@ -94,6 +94,24 @@ public struct Listener: Sendable {
     /// means every connection goes to `clusterIndex`.
     public var sniRoutes: [SNIRoute] = []
     public var clientHelloTimeoutNanoseconds: Int64 = 5_000_000_000
+    /// tcp listeners splitting connections across clusters by weight (`weighted_clusters`), or
+    /// nil for one cluster (`clusterIndex`).
+    public var clusterWeights: ClusterWeights? = nil
+}
+
+public struct ClusterWeights: Sendable {
+    public var clusters: [Int]
+    /// Running totals of the weights: a draw below cumulative[i] (and not below the one before)
+    /// picks clusters[i].
+    public var cumulative: [UInt32]
+
+    /// The cluster for a uniform random draw.
+    @inlinable public func pick(_ random: UInt64) -> Int {
+        let r = UInt32(truncatingIfNeeded: random % UInt64(cumulative[cumulative.count - 1]))
+        var i = 0
+        while cumulative[i] <= r { i += 1 }
+        return clusters[i]
+    }
 }
 
 public struct SNIRoute: Sendable {

@@ -170,11 +170,15 @@ struct Reader {
 
     mutating func listener(_ node: Node) -> ListenerDocument {
         var l = ListenerDocument(position: pos(node))
-        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "idle_timeout", "backlog", "http", "routes", "tls", "client_hello_timeout"], what: "a listener")
+        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "weighted_clusters", "idle_timeout", "backlog", "http", "routes", "tls", "client_hello_timeout"], what: "a listener")
         l.name = string(f["name"], "name")
         l.address = string(f["address"], "address")
         l.proto = string(f["protocol"], "protocol")
         l.cluster = string(f["cluster"], "cluster")
+        if let w = f["weighted_clusters"] {
+            l.weightedClustersPosition = pos(w.value)
+            l.weightedClusters = weightedClusters(w)
+        }
         l.idleTimeout = duration(f["idle_timeout"], "idle_timeout")
         l.backlog = int(f["backlog"], "backlog")
         l.clientHelloTimeout = duration(f["client_hello_timeout"], "client_hello_timeout")
@@ -213,6 +217,17 @@ struct Reader {
         return l
     }
 
+    /// `weighted_clusters: [{ cluster: a, weight: 90 }, ...]` on a route or a tcp listener.
+    mutating func weightedClusters(_ w: (key: Node, value: Node)) -> [WeightedClusterDocument] {
+        list(w, "weighted_clusters").map { n in
+            var d = WeightedClusterDocument(position: pos(n))
+            let wf = fields(n, allowed: ["cluster", "weight"], what: "a weighted cluster")
+            d.cluster = string(wf["cluster"], "cluster")
+            d.weight = int(wf["weight"], "weight")
+            return d
+        }
+    }
+
     mutating func route(_ node: Node) -> RouteDocument {
         var r = RouteDocument(position: pos(node))
         let f = fields(node, allowed: ["match", "cluster", "weighted_clusters", "direct_response", "redirect", "timeout", "idle_timeout",
@@ -235,13 +250,7 @@ struct Reader {
         r.cluster = string(f["cluster"], "cluster")
         if let w = f["weighted_clusters"] {
             r.weightedClustersPosition = pos(w.value)
-            r.weightedClusters = list(w, "weighted_clusters").map { n in
-                var d = WeightedClusterDocument(position: pos(n))
-                let wf = fields(n, allowed: ["cluster", "weight"], what: "a weighted cluster")
-                d.cluster = string(wf["cluster"], "cluster")
-                d.weight = int(wf["weight"], "weight")
-                return d
-            }
+            r.weightedClusters = weightedClusters(w)
         }
         if let d = f["direct_response"] {
             r.directResponsePosition = pos(d.value)

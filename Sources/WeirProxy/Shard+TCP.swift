@@ -30,8 +30,9 @@ extension Shard {
             armRecv(c, 0)
             return
         }
-        c.pointee.clusterIndex = Int32(listener.clusterIndex)
-        if snapshot.clusters[listener.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
+        let ci = listener.clusterWeights.map { $0.pick(random.next()) } ?? listener.clusterIndex
+        c.pointee.clusterIndex = Int32(ci)
+        if snapshot.clusters[ci].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
         startConnect(c, slot: slot(of: c))
     }
 

@@ -167,12 +167,29 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
         tcpRest.clusterSpecifier = nil
         tcpRest.clearIdleTimeout()
         if let extra = leftover(tcpRest) { throw fail("tcp_proxy: unsupported field(s) \(extra)") }
-        guard case .cluster(let cluster)? = tcp.clusterSpecifier else { throw fail("tcp_proxy: only 'cluster' is supported (weighted_clusters is not)") }
-        guard knownClusters.contains(cluster) else { throw fail("tcp_proxy.cluster '\(cluster)' is not a known cluster") }
         doc.proto = located("tcp", p)
-        doc.cluster = located(cluster, p)
         if tcp.hasIdleTimeout { doc.idleTimeout = located(seconds(tcp.idleTimeout), p) }
-        return .ready(doc, uses: [cluster])
+        switch tcp.clusterSpecifier {
+        case .cluster(let cluster)?:
+            guard knownClusters.contains(cluster) else { throw fail("tcp_proxy.cluster '\(cluster)' is not a known cluster") }
+            doc.cluster = located(cluster, p)
+            return .ready(doc, uses: [cluster])
+        case .weightedClusters(let w)?:
+            var uses: [String] = []
+            doc.weightedClustersPosition = p
+            doc.weightedClusters = try w.clusters.map { cw in
+                guard knownClusters.contains(cw.name) else { throw fail("tcp_proxy.weighted_clusters: '\(cw.name)' is not a known cluster") }
+                guard !cw.hasMetadataMatch else { throw fail("tcp_proxy.weighted_clusters: metadata_match is not supported") }
+                uses.append(cw.name)
+                var wd = WeightedClusterDocument(position: p)
+                wd.cluster = located(cw.name, p)
+                wd.weight = located(Int(cw.weight), p)
+                return wd
+            }
+            return .ready(doc, uses: uses)
+        default:
+            throw fail("tcp_proxy: needs cluster or weighted_clusters")
+        }
     }
     guard filter.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager") else {
         throw fail("filter '\(filter.name)' (\(filter.typedConfig.typeURL)) is not supported; use http_connection_manager or tcp_proxy")

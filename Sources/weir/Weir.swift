@@ -7,7 +7,9 @@ import WeirCore
 import WeirDemo
 import WeirHealth
 import WeirProxy
+#if XDS
 import WeirXDS
+#endif
 import WeirRing
 #if canImport(Glibc)
 import Glibc
@@ -114,12 +116,19 @@ struct Run: ParsableCommand {
         let snapshot = try loadSnapshot(options.config)
         Log.bootstrap()
         Log.level = LogLevel(name: logLevel ?? snapshot.logLevel) ?? .info
+        #if !XDS
+        if let xds = snapshot.xds {
+            fputs("weir: this build has no xDS (it was built with --disable-default-traits); build with the default traits to use 'xds:' (\(xds.address))\n", stderr)
+            throw ExitCode(1)
+        }
+        #endif
         let signals = SignalSet.blockForProcess()
         let server = try Server(snapshot: snapshot, shards: shards)
         do { try server.start() } catch {
             fputs("weir: \(error)\n", stderr)
             throw ExitCode(1)
         }
+        #if XDS
         if let xds = snapshot.xds {
             // Listeners and clusters also come from a control plane: each update is compiled with
             // the file's static part and published whole, or NACKed.
@@ -141,6 +150,7 @@ struct Run: ParsableCommand {
             client.start()
             Log.info("xds: control plane \(xds.address), node \(xds.nodeID)")
         }
+        #endif
         if let settings = server.store.snapshot.admin {
             do {
                 let admin = try AdminServer(server: server, settings: settings, hooks: AdminServer.Hooks(
@@ -325,7 +335,9 @@ struct SignalSet {
 enum XDSState {
     static let staticDocument = Mutex<ConfigDocument?>(nil)
     static let dynamic = Mutex<([ListenerDocument], [ClusterDocument])>(([], []))
+    #if XDS
     static let client = Mutex<ADSClient?>(nil)
+    #endif
 }
 
 /// Compiles the file's document with `dynamic` and publishes it (the caller holds the reload lock).

@@ -66,6 +66,20 @@ clusters:
         #expect(!one.hasLevels, "no priorities: no levels")
     }
 
+    @Test func aTCPListenerMaySplitAcrossClustersByWeight() throws {
+        let yaml = good.replacingOccurrences("    cluster: pg\n", "    weighted_clusters: [{ cluster: pg, weight: 3 }, { cluster: pg2, weight: 1 }]\n")
+            + "\n  - { name: pg2, endpoints: [{ address: 127.0.0.1:5440 }] }\n"
+        let s = try Compiler.compile(YAMLLoader.parse(yaml, file: "t.yaml"))
+        let w = try #require(s.listeners[0].clusterWeights)
+        #expect(w.clusters == [0, 1] && w.cumulative == [3, 4])
+        #expect(w.pick(0) == 0 && w.pick(2) == 0 && w.pick(3) == 1 && w.pick(7) == 1)
+        #expect(errors(yaml.replacingOccurrences("    weighted_clusters:", "    cluster: pg\n    weighted_clusters:")).first?
+            .contains("give either 'cluster' or 'weighted_clusters'") == true)
+        #expect(errors(yaml.replacingOccurrences("cluster: pg2, weight: 1", "cluster: nope, weight: 1")).first?.contains("'nope', which is not defined") == true)
+        #expect(errors(yaml.replacingOccurrences("pg, weight: 3 }", "pg, weight: 0 }").replacingOccurrences("pg2, weight: 1 }]", "pg2, weight: 0 }]")).first?
+            .contains("need a weight above 0") == true)
+    }
+
     @Test func shardsAutoMeansNil() throws {
         let s = try Compiler.compile(YAMLLoader.parse(good.replacingOccurrences("shards: 2", "shards: auto"), file: "t"))
         #expect(s.shards == nil)

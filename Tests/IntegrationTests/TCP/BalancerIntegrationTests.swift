@@ -29,6 +29,29 @@ import WeirDemo
         #expect(Set(chosen.values).count >= 3, "\(chosen)")
     }
 
+    @Test func aTCPListenerSplitsConnectionsAcrossClustersByWeight() throws {
+        let blue = try EchoServer(name: "blue", greeting: "B"), green = try EchoServer(name: "green", greeting: "G")
+        let port = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            listeners:
+              - name: db
+                address: 127.0.0.1:\(port)
+                weighted_clusters: [{ cluster: blue, weight: 3 }, { cluster: green, weight: 1 }]
+            clusters:
+              - { name: blue, endpoints: [{ address: \(blue.address) }] }
+              - { name: green, endpoints: [{ address: \(green.address) }] }
+            """)
+        defer { weir.stop(); blue.stop(); green.stop() }
+        var seen: [String: Int] = [:]
+        for _ in 0..<400 {
+            let c = try TestClient(loopback(port), timeoutSeconds: 5)
+            seen[String(decoding: c.read(count: 1), as: UTF8.self), default: 0] += 1
+        }
+        // 3:1 of 400 is 300:100; a binomial spread stays well within +-45.
+        #expect(abs((seen["B"] ?? 0) - 300) < 45 && (seen["B"] ?? 0) + (seen["G"] ?? 0) == 400, "\(seen)")
+    }
+
     @Test func leastRequestSendsNewConnectionsAwayFromTheEndpointHoldingMany() throws {
         // "hold" keeps every connection open; "quick" says hello and closes.
         let hold = try EchoServer(name: "hold", greeting: "H")
