@@ -219,7 +219,7 @@ extension Compiler {
             else { bad(p.position, "path_exact must start with '/' and hold no spaces or control bytes") }
         }
         if let p = r.match["path_regex"] {
-            bad(p.position, "path_regex is not supported in this build (regular expressions would run on the shards per request); use path_prefix or path_exact")
+            do { match.path = .regex(try PathRegex(p.value)) } catch { bad(p.position, "path_regex '\(p.value)': \(error)") }
         }
         if let m = r.match["methods"] {
             for name in m.value.split(separator: ",").map(String.init) {
@@ -503,6 +503,7 @@ extension RouteMatch {
         case .any: break
         case .prefix(let p): parts.append("path_prefix " + String(decoding: p, as: UTF8.self))
         case .exact(let p): parts.append("path_exact " + String(decoding: p, as: UTF8.self))
+        case .regex(let r): parts.append("path_regex " + r.pattern)
         }
         if !methods.isEmpty { parts.append("methods \(methods.count)") }
         for h in headers { parts.append("header " + String(decoding: h.name, as: UTF8.self) + (h.value.map { "=" + String(decoding: $0, as: UTF8.self) } ?? "")) }

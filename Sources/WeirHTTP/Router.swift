@@ -25,6 +25,8 @@ public enum PathPattern: Equatable, Sendable {
     case any
     case prefix([UInt8])
     case exact([UInt8])
+    /// The whole path (without the query) matches this regular expression.
+    case regex(PathRegex)
 }
 
 public struct HeaderMatch: Equatable, Sendable {
@@ -111,6 +113,7 @@ public struct RouteTable: Sendable {
         case .any: break
         case .prefix(let p): if path.count < p.count || !bytesEqual(buf, Int(path.start), p, caseInsensitive: false) { return false }
         case .exact(let p): if path.count != p.count || !bytesEqual(buf, Int(path.start), p, caseInsensitive: false) { return false }
+        case .regex(let r): if !r.fullMatch(buf, Int(path.start), Int(path.end)) { return false }
         }
         for m in r.headers {
             var found = false

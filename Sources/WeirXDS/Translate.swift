@@ -254,8 +254,16 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             switch m.pathSpecifier {
             case .prefix(let prefix)?: if prefix != "/" && !prefix.isEmpty { d.match["path_prefix"] = located(prefix, p) }
             case .path(let path)?: d.match["path_exact"] = located(path, p)
+            case .safeRegex(let r)?:
+                // The engine is Weir's own (RE2's common subset, compiled to a DFA); google_re2's
+                // program size limit has no meaning there, and Weir's own limits apply.
+                var rest = r
+                rest.regex = ""
+                rest.engineType = nil
+                if let extra = leftover(rest) { throw fail("\(at): match.safe_regex: unsupported field(s) \(extra)") }
+                d.match["path_regex"] = located(r.regex, p)
             case nil: break
-            default: throw fail("\(at): match supports prefix and path (safe_regex and others are not supported)")
+            default: throw fail("\(at): match supports prefix, path and safe_regex (path_separated_prefix and path_match_policy are not supported)")
             }
             for h in m.headers {
                 var hd = HeaderDocument(position: p)

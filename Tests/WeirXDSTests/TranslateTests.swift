@@ -5,6 +5,7 @@ import Testing
 import WeirBalance
 import WeirConfig
 @testable import WeirXDS
+import SwiftProtobuf
 import WeirXDSProtos
 
 func cluster(_ json: String) throws -> EnvoyCluster { try EnvoyCluster(jsonString: json) }
@@ -129,6 +130,32 @@ let endpointsJSON = """
             .contains("does not generate cookies"))
         #expect(refusal { _ = try translateRoutes(try routes(#"[{"query_parameter": {"name": "u"}}]"#), listener: "l", knownClusters: ["app"]) }
             .contains("hash_policy"))
+    }
+
+    @Test func safeRegexBecomesAPathRegex() throws {
+        let config = try EnvoyRouteConfiguration(jsonString: """
+            {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+              {"match": {"safe_regex": {"regex": "/u/[0-9]+"}}, "route": {"cluster": "app"}}]}]}
+            """)
+        let (docs, _) = try translateRoutes(config, listener: "l", knownClusters: ["app"])
+        #expect(docs.first?.match["path_regex"]?.value == "/u/[0-9]+")
+        let bad = try EnvoyRouteConfiguration(jsonString: """
+            {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+              {"match": {"safe_regex": {"regex": "/u/(?i)x"}}, "route": {"cluster": "app"}}]}]}
+            """)
+        // A pattern Weir cannot run is refused when the snapshot compiles, naming the pattern.
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
+        var la = try assignment(endpointsJSON); la.clusterName = "app"
+        r.loadAssignments["app"] = la
+        r.routes["r"] = bad
+        _ = Google_Protobuf_Any.register(messageType: HCM.self)
+        r.listeners["l"] = try EnvoyListener(jsonString: """
+            {"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}, "filter_chains": [{"filters": [
+              {"name": "hcm", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+               "stat_prefix": "l", "rds": {"route_config_name": "r", "config_source": {"ads": {}}}}}]}]}
+            """)
+        #expect(refusal { _ = try compile(try translate(r)) }.contains("only (?:...) groups are supported"))
     }
 
     @Test func warmingResourcesWaitUnlessActivated() throws {

@@ -110,6 +110,7 @@ func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
             [{"name": "routes", "virtual_hosts": [
               {"name": "api", "domains": ["api.example.com"], "routes": [
                 {"match": {"path": "/exact"}, "route": {"cluster": "exact"}},
+                {"match": {"safe_regex": {"regex": "/items/[0-9]{1,4}(/[a-z]+)?"}}, "route": {"cluster": "exact"}},
                 {"match": {"prefix": "/v1/", "headers": [{"name": "x-canary", "string_match": {"exact": "1"}}]}, "route": {"cluster": "canary"}},
                 {"match": {"prefix": "/v1/"}, "route": {"cluster": "v1"}},
                 {"match": {"prefix": "/"}, "route": {"cluster": "fallback"}}]},
@@ -144,6 +145,12 @@ func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
             ("GET", "a.example.org:8080", "/w", ""),
             ("GET", "api.example.com", "/v1", ""),
             ("HEAD", "api.example.com", "/v1/h", ""),
+            ("GET", "api.example.com", "/items/42", ""),
+            ("GET", "api.example.com", "/items/42?page=2", ""),
+            ("GET", "api.example.com", "/items/42/tags", ""),
+            ("GET", "api.example.com", "/items/42/Tags", ""),
+            ("GET", "api.example.com", "/items/12345", ""),
+            ("GET", "api.example.com", "/items/", ""),
         ]
         /// What answered: the upstream (cluster) by name, or the status with the body or Location.
         func outcome(_ address: SocketAddress, _ r: (method: String, host: String, path: String, headers: String)) -> String {
