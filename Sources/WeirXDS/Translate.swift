@@ -443,28 +443,22 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
         if let extra = leftover(rest) { throw fail("outlier_detection: unsupported field(s) \(extra)") }
     }
     if c.hasCircuitBreakers {
-        for t in c.circuitBreakers.thresholds where t.hasMaxConnections {
-            d.pool = ["max_connections": located(String(t.maxConnections.value), p)]
+        // Weir's limit is the pool's max_connections (per shard, per endpoint); the other
+        // thresholds have no counterpart yet and are refused rather than ignored.
+        for t in c.circuitBreakers.thresholds {
+            guard t.priority == .default else { throw fail("circuit_breakers: only DEFAULT priority thresholds are supported") }
+            if t.hasMaxConnections { d.pool = ["max_connections": located(String(t.maxConnections.value), p)] }
+            var tRest = t
+            tRest.clearMaxConnections()
+            if let extra = leftover(tRest) { throw fail("circuit_breakers.thresholds: unsupported field(s) \(extra) (max_connections is supported)") }
         }
+        var cbRest = c.circuitBreakers
+        cbRest.thresholds = []
+        if let extra = leftover(cbRest) { throw fail("circuit_breakers: unsupported field(s) \(extra)") }
     }
     if let hc = c.healthChecks.first {
         guard c.healthChecks.count == 1 else { throw fail("health_checks: one health check is supported") }
-        var map: [String: Located<String>] = [:]
-        if hc.hasInterval { map["interval"] = located("\(seconds(hc.interval) / 1_000_000)ms", p) }
-        if hc.hasTimeout { map["timeout"] = located("\(seconds(hc.timeout) / 1_000_000)ms", p) }
-        if hc.hasUnhealthyThreshold { map["unhealthy_threshold"] = located(String(hc.unhealthyThreshold.value), p) }
-        if hc.hasHealthyThreshold { map["healthy_threshold"] = located(String(hc.healthyThreshold.value), p) }
-        switch hc.healthChecker {
-        case .httpHealthCheck(let h)?:
-            map["type"] = located("http", p)
-            if !h.path.isEmpty { map["path"] = located(h.path, p) }
-            if !h.host.isEmpty { map["host"] = located(h.host, p) }
-        case .tcpHealthCheck?:
-            map["type"] = located("tcp", p)
-        default:
-            throw fail("health_checks: only http_health_check and tcp_health_check are supported")
-        }
-        d.healthCheck = map
+        d.healthCheck = try translateHealthCheck(hc, fail)
         d.healthCheckPosition = p
     }
     var rest = c
@@ -494,6 +488,65 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     }
     d.endpoints = try translateEndpoints(assignment, cluster: c.name, p)
     return d
+}
+
+/// One health check as `health_check:` keys. Envoy's TCP payloads are hex; Weir's are text, so a
+/// payload that is not UTF-8 text is refused.
+func translateHealthCheck(_ hc: Envoy_Config_Core_V3_HealthCheck, _ fail: (String) -> XDSError) throws -> [String: Located<String>] {
+    let p = position("health_check", "")
+    var map: [String: Located<String>] = [:]
+    func ms(_ d: Google_Protobuf_Duration) -> Located<String> { located("\(seconds(d) / 1_000_000)ms", p) }
+    if hc.hasInterval { map["interval"] = ms(hc.interval) }
+    if hc.hasTimeout { map["timeout"] = ms(hc.timeout) }
+    if hc.hasUnhealthyInterval { map["unhealthy_interval"] = ms(hc.unhealthyInterval) }
+    if hc.intervalJitterPercent != 0 { map["jitter"] = located("\(hc.intervalJitterPercent)", p) }
+    if hc.hasUnhealthyThreshold { map["unhealthy_threshold"] = located(String(hc.unhealthyThreshold.value), p) }
+    if hc.hasHealthyThreshold { map["healthy_threshold"] = located(String(hc.healthyThreshold.value), p) }
+    if hc.hasAltPort { map["port"] = located(String(hc.altPort.value), p) }
+    func text(_ payload: Envoy_Config_Core_V3_HealthCheck.Payload, _ what: String) throws -> String {
+        guard case .text(let hex)? = payload.payload else { throw fail("health_checks[0].\(what): only hex text payloads are supported") }
+        var bytes: [UInt8] = []
+        var chars = Array(hex.utf8)[...]
+        while chars.count >= 2 {
+            guard let b = UInt8(String(decoding: chars.prefix(2), as: UTF8.self), radix: 16) else { throw fail("health_checks[0].\(what): '\(hex)' is not hex") }
+            bytes.append(b)
+            chars = chars.dropFirst(2)
+        }
+        guard chars.isEmpty, let s = String(validating: bytes, as: UTF8.self), !s.contains("\0") else {
+            throw fail("health_checks[0].\(what): the payload must be hex of UTF-8 text (binary payloads are not supported)")
+        }
+        return s
+    }
+    switch hc.healthChecker {
+    case .httpHealthCheck(let h)?:
+        map["type"] = located("http", p)
+        if !h.path.isEmpty { map["path"] = located(h.path, p) }
+        if !h.host.isEmpty { map["host"] = located(h.host, p) }
+        if !h.expectedStatuses.isEmpty {
+            // Envoy's ranges are half-open: [200, 300) is 200-299.
+            map["expect_status"] = located(h.expectedStatuses.map { "\($0.start)-\($0.end - 1)" }.joined(separator: ","), p)
+        }
+        var rest = h
+        rest.path = ""; rest.host = ""; rest.expectedStatuses = []
+        if let extra = leftover(rest) { throw fail("health_checks[0].http_health_check: unsupported field(s) \(extra)") }
+    case .tcpHealthCheck(let t)?:
+        map["type"] = located("tcp", p)
+        if t.hasSend { map["send"] = located(try text(t.send, "tcp_health_check.send"), p) }
+        if let r = t.receive.first {
+            guard t.receive.count == 1 else { throw fail("health_checks[0].tcp_health_check.receive: one payload is supported") }
+            map["expect"] = located(try text(r, "tcp_health_check.receive"), p)
+        }
+        var rest = t
+        rest.clearSend(); rest.receive = []
+        if let extra = leftover(rest) { throw fail("health_checks[0].tcp_health_check: unsupported field(s) \(extra)") }
+    default:
+        throw fail("health_checks: only http_health_check and tcp_health_check are supported")
+    }
+    var rest = hc
+    rest.clearInterval(); rest.clearTimeout(); rest.clearUnhealthyInterval(); rest.intervalJitterPercent = 0
+    rest.clearUnhealthyThreshold(); rest.clearHealthyThreshold(); rest.clearAltPort(); rest.healthChecker = nil
+    if let extra = leftover(rest) { throw fail("health_checks[0]: unsupported field(s) \(extra)") }
+    return map
 }
 
 /// lb_policy and its config (ring_hash_lb_config, maglev_lb_config, least_request_lb_config,

@@ -158,6 +158,49 @@ let endpointsJSON = """
         #expect(refusal { _ = try compile(try translate(r)) }.contains("only (?:...) groups are supported"))
     }
 
+    @Test func healthChecksTranslateStrictly() throws {
+        let http = try cluster("""
+            {"name": "h", "type": "STATIC", "health_checks": [{"timeout": "1s", "interval": "5s", "unhealthy_threshold": 3, "healthy_threshold": 2,
+              "interval_jitter_percent": 10, "unhealthy_interval": "10s",
+              "http_health_check": {"path": "/healthz", "host": "h.local", "expected_statuses": [{"start": 200, "end": 300}, {"start": 404, "end": 405}]}}]}
+            """)
+        let hd = try translateCluster(http, nil)
+        #expect(hd.healthCheck?["expect_status"]?.value == "200-299,404-404")
+        #expect(hd.healthCheck?["jitter"]?.value == "10" && hd.healthCheck?["unhealthy_interval"]?.value == "10000ms")
+        #expect(hd.healthCheck?["path"]?.value == "/healthz" && hd.healthCheck?["host"]?.value == "h.local")
+        // TCP payloads are hex in Envoy: "PING" is 50494E47.
+        let tcp = try cluster("""
+            {"name": "t", "type": "STATIC", "health_checks": [{"timeout": "1s", "interval": "5s", "unhealthy_threshold": 3, "healthy_threshold": 2,
+              "tcp_health_check": {"send": {"text": "50494E470D0A"}, "receive": [{"text": "504F4E47"}]}}]}
+            """)
+        let td = try translateCluster(tcp, nil)
+        #expect(td.healthCheck?["send"]?.value == "PING\r\n" && td.healthCheck?["expect"]?.value == "PONG")
+        let noTraffic = try cluster("""
+            {"name": "n", "type": "STATIC", "health_checks": [{"timeout": "1s", "interval": "5s", "unhealthy_threshold": 3, "healthy_threshold": 2,
+              "no_traffic_interval": "60s", "tcp_health_check": {}}]}
+            """)
+        #expect(refusal { _ = try translateCluster(noTraffic, nil) }.contains("noTrafficInterval"))
+        let binary = try cluster("""
+            {"name": "b", "type": "STATIC", "health_checks": [{"timeout": "1s", "interval": "5s", "unhealthy_threshold": 3, "healthy_threshold": 2,
+              "tcp_health_check": {"send": {"text": "00FF"}}}]}
+            """)
+        #expect(refusal { _ = try translateCluster(binary, nil) }.contains("binary payloads are not supported"))
+        let grpc = try cluster("""
+            {"name": "g", "type": "STATIC", "health_checks": [{"timeout": "1s", "interval": "5s", "unhealthy_threshold": 3, "healthy_threshold": 2,
+              "grpc_health_check": {}}]}
+            """)
+        #expect(refusal { _ = try translateCluster(grpc, nil) }.contains("only http_health_check and tcp_health_check"))
+    }
+
+    @Test func circuitBreakersOtherThanMaxConnectionsAreRefused() throws {
+        let ok = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"max_connections": 100}]}}"#)
+        #expect(try translateCluster(ok, nil).pool?["max_connections"]?.value == "100")
+        let requests = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"max_connections": 100, "max_requests": 10}]}}"#)
+        #expect(refusal { _ = try translateCluster(requests, nil) }.contains("maxRequests"))
+        let high = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"priority": "HIGH", "max_connections": 1}]}}"#)
+        #expect(refusal { _ = try translateCluster(high, nil) }.contains("only DEFAULT priority"))
+    }
+
     @Test func warmingResourcesWaitUnlessActivated() throws {
         var r = XDSResources()
         r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
