@@ -157,6 +157,8 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     rest.clearAddress()
     rest.filterChains = []
     rest.statPrefix = ""
+    rest.clearMetadata()
+    rest.trafficDirection = .unspecified
     if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
     let filter = chain.filters[0]
     if filter.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy") {
@@ -395,6 +397,7 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             d.responseHeadersToRemove = route.responseHeadersToRemove.map { located($0, p) }
             var routeRest = route
             routeRest.name = ""
+            routeRest.clearMetadata()
             routeRest.clearMatch()
             routeRest.action = nil
             routeRest.requestHeadersToAdd = []
@@ -463,6 +466,8 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     }
     var rest = c
     rest.name = ""
+    rest.clearMetadata()  // labels for filters and subsets Weir does not have; they change nothing
+    rest.altStatName = ""
     rest.clusterDiscoveryType = nil
     rest.clearEdsClusterConfig()
     rest.lbPolicy = .roundRobin
@@ -611,6 +616,11 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
     func fail(_ m: String) -> XDSError { XDSError(resource: "cluster_load_assignment '\(cla.clusterName.isEmpty ? cluster : cla.clusterName)'", message: m) }
     var out: [EndpointDocument] = []
     for locality in cla.endpoints {
+        // Locality (a label), its weight (used only by locality-weighted balancing, which Weir's
+        // clusters never enable, as Envoy ignores it then too) and metadata inform nothing here.
+        var lRest = locality
+        lRest.clearLocality(); lRest.clearMetadata(); lRest.lbEndpoints = []; lRest.clearLoadBalancingWeight(); lRest.priority = 0
+        if let extra = leftover(lRest) { throw fail("endpoints (locality): unsupported field(s) \(extra)") }
         for lb in locality.lbEndpoints {
             guard case .endpoint(let e)? = lb.hostIdentifier, case .socketAddress(let sa)? = e.address.address,
                   case .portValue(let port)? = sa.portSpecifier else { throw fail("an lb_endpoint needs endpoint.address.socket_address with port_value") }
@@ -618,6 +628,15 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
             case .unhealthy, .draining, .timeout: continue
             default: break
             }
+            var lbRest = lb
+            lbRest.hostIdentifier = nil; lbRest.healthStatus = .unknown; lbRest.clearMetadata(); lbRest.clearLoadBalancingWeight()
+            if let extra = leftover(lbRest) { throw fail("lb_endpoints: unsupported field(s) \(extra)") }
+            var eRest = e
+            eRest.clearAddress(); eRest.hostname = ""
+            if let extra = leftover(eRest) { throw fail("lb_endpoints.endpoint: unsupported field(s) \(extra)") }
+            var saRest = sa
+            saRest.address = ""; saRest.portSpecifier = nil
+            if let extra = leftover(saRest) { throw fail("lb_endpoints.endpoint.address.socket_address: unsupported field(s) \(extra)") }
             var ep = EndpointDocument(position: p)
             let host = sa.address.contains(":") ? "[\(sa.address)]" : sa.address
             ep.address = located("\(host):\(port)", p)
