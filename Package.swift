@@ -72,7 +72,7 @@ let package = Package(
                                          .target(name: "WeirXDS", condition: .when(traits: ["XDS"])),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: v5),
-        .testTarget(name: "WeirConfigTests", dependencies: ["WeirConfig", "WeirBalance"], swiftSettings: v5),
+        .testTarget(name: "WeirConfigTests", dependencies: ["WeirConfig", "WeirBalance", "WeirHTTP"], swiftSettings: v5),
         .testTarget(name: "WeirBalanceTests", dependencies: ["WeirBalance"], swiftSettings: v5),
         .testTarget(name: "WeirHealthTests", dependencies: ["WeirHealth"], swiftSettings: v5),
         .testTarget(name: "WeirHTTPTests", dependencies: ["WeirHTTP"], swiftSettings: v5),

@@ -238,8 +238,34 @@ extension Compiler {
         }
         for h in r.matchHeaders {
             guard let n = h.name, isToken(n.value) else { bad(h.position, "a header match needs a valid 'name'"); continue }
-            if let v = h.value, !isFieldValue(v.value) { bad(v.position, "header value holds control bytes") }
-            match.headers.append(HeaderMatch(name: n.value, value: h.value?.value))
+            let tests = h.tests
+            if tests.count > 1 { bad(h.position, "header '\(n.value)': give one of value, prefix, suffix, contains, regex, present, not several"); continue }
+            var test = HeaderMatch.Test.present
+            if let (kind, v) = tests.first {
+                if !isFieldValue(v.value) { bad(v.position, "header '\(n.value)': \(kind) holds control bytes"); continue }
+                let bytes = Array(v.value.utf8)
+                switch kind {
+                case "value": test = .exact(bytes)
+                case "prefix": test = .prefix(bytes)
+                case "suffix": test = .suffix(bytes)
+                case "contains": test = .contains(bytes)
+                case "regex":
+                    do { test = .regex(try PathRegex(v.value)) } catch { bad(v.position, "header '\(n.value)': regex '\(v.value)': \(error)"); continue }
+                default:  // present
+                    switch v.value {
+                    case "true": test = .present
+                    case "false": test = .absent
+                    default: bad(v.position, "header '\(n.value)': present must be true or false"); continue
+                    }
+                }
+            }
+            func flag(_ l: Located<String>?, _ what: String) -> Bool {
+                guard let l else { return false }
+                if l.value == "true" { return true }
+                if l.value != "false" { bad(l.position, "header '\(n.value)': \(what) must be true or false") }
+                return false
+            }
+            match.headers.append(HeaderMatch(name: n.value, test: test, ignoreCase: flag(h.ignoreCase, "ignore_case"), invert: flag(h.invert, "invert")))
         }
 
         // What it does: exactly one of cluster, weighted_clusters, direct_response, redirect.
@@ -506,7 +532,20 @@ extension RouteMatch {
         case .regex(let r): parts.append("path_regex " + r.pattern)
         }
         if !methods.isEmpty { parts.append("methods \(methods.count)") }
-        for h in headers { parts.append("header " + String(decoding: h.name, as: UTF8.self) + (h.value.map { "=" + String(decoding: $0, as: UTF8.self) } ?? "")) }
+        for h in headers {
+            let text: (String, [UInt8]) -> String = { op, w in op + String(decoding: w, as: UTF8.self) }
+            var t: String
+            switch h.test {
+            case .present: t = ""
+            case .absent: t = " absent"
+            case .exact(let w): t = text("=", w)
+            case .prefix(let w): t = text(" prefix ", w)
+            case .suffix(let w): t = text(" suffix ", w)
+            case .contains(let w): t = text(" contains ", w)
+            case .regex(let r): t = " regex " + r.pattern
+            }
+            parts.append("header " + (h.invert ? "not " : "") + String(decoding: h.name, as: UTF8.self) + t)
+        }
         return parts.isEmpty ? "any request" : parts.joined(separator: ", ")
     }
 }

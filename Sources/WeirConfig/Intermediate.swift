@@ -91,7 +91,22 @@ public struct HeaderDocument: Sendable {
     public var name: Located<String>?
     /// nil in a match: the header must only be present.
     public var value: Located<String>?
+    /// Matches only: `prefix`, `suffix`, `contains`, `regex`, `present` (instead of `value`),
+    /// and the `ignore_case` and `invert` flags.
+    public var prefix: Located<String>?
+    public var suffix: Located<String>?
+    public var contains: Located<String>?
+    public var regex: Located<String>?
+    public var present: Located<String>?
+    public var ignoreCase: Located<String>?
+    public var invert: Located<String>?
     public init(position: SourcePosition) { self.position = position }
+
+    /// The tests given, by key.
+    public var tests: [(String, Located<String>)] {
+        [("value", value), ("prefix", prefix), ("suffix", suffix), ("contains", contains), ("regex", regex), ("present", present)]
+            .compactMap { k, v in v.map { (k, $0) } }
+    }
 }
 
 public struct WeightedClusterDocument: Sendable {

@@ -296,9 +296,17 @@ struct Reader {
         }
         for n in list(f, what) {
             var h = HeaderDocument(position: pos(n))
-            let hf = fields(n, allowed: ["name", "value"], what: "a header in \(what)")
+            let matchKeys = ["prefix", "suffix", "contains", "regex", "present", "ignore_case", "invert"]
+            let hf = fields(n, allowed: ["name", "value"] + (valueRequired ? [] : matchKeys), what: "a header in \(what)")
             h.name = string(hf["name"], "name")
             h.value = string(hf["value"], "value")
+            h.prefix = string(hf["prefix"], "prefix")
+            h.suffix = string(hf["suffix"], "suffix")
+            h.contains = string(hf["contains"], "contains")
+            h.regex = string(hf["regex"], "regex")
+            h.present = string(hf["present"], "present")
+            h.ignoreCase = string(hf["ignore_case"], "ignore_case")
+            h.invert = string(hf["invert"], "invert")
             if h.name == nil { fail(n, "a header in \(what) needs a 'name'") }
             if valueRequired && h.value == nil { fail(n, "a header in \(what) needs a 'value'") }
             out.append(h)

@@ -30,11 +30,34 @@ public enum PathPattern: Equatable, Sendable {
 }
 
 public struct HeaderMatch: Equatable, Sendable {
+    public enum Test: Equatable, Sendable {
+        case present
+        case absent
+        case exact([UInt8])
+        case prefix([UInt8])
+        case suffix([UInt8])
+        case contains([UInt8])
+        /// The whole value matches.
+        case regex(PathRegex)
+    }
     /// Lowercase field name.
     public var name: [UInt8]
+    public var test: Test
+    /// Compare exact, prefix, suffix and contains without case (ASCII).
+    public var ignoreCase = false
+    /// The result is inverted (but a missing field still fails a value test, as in Envoy).
+    public var invert = false
+
     /// nil: the field must be present; else its value must equal this exactly.
-    public var value: [UInt8]?
-    public init(name: String, value: String?) { self.name = Array(name.lowercased().utf8); self.value = value.map { Array($0.utf8) } }
+    public init(name: String, value: String?) {
+        self.name = Array(name.lowercased().utf8)
+        self.test = value.map { .exact(Array($0.utf8)) } ?? .present
+    }
+
+    public init(name: String, test: Test, ignoreCase: Bool = false, invert: Bool = false) {
+        self.name = Array(name.lowercased().utf8)
+        self.test = test; self.ignoreCase = ignoreCase; self.invert = invert
+    }
 }
 
 public struct RouteMatch: Equatable, Sendable {
@@ -115,21 +138,40 @@ public struct RouteTable: Sendable {
         case .exact(let p): if path.count != p.count || !bytesEqual(buf, Int(path.start), p, caseInsensitive: false) { return false }
         case .regex(let r): if !r.fullMatch(buf, Int(path.start), Int(path.end)) { return false }
         }
-        for m in r.headers {
-            var found = false
-            for i in 0..<headers.count {
-                let name = headers.name(i)
-                guard name.count == m.name.count, bytesEqual(buf, Int(name.start), m.name, caseInsensitive: true) else { continue }
-                if let want = m.value {
-                    let v = headers.value(i)
-                    if v.count == want.count && bytesEqual(buf, Int(v.start), want, caseInsensitive: false) { found = true; break }
-                } else {
-                    found = true; break
-                }
-            }
-            if !found { return false }
-        }
+        for m in r.headers where !headerMatches(m, buf, headers) { return false }
         return true
+    }
+
+    /// Whether the head satisfies `m`: some field of that name passes the test, inverted when
+    /// `m.invert`. As in Envoy, a missing field fails every value test, inverted or not.
+    static func headerMatches(_ m: HeaderMatch, _ buf: UnsafeRawBufferPointer, _ headers: HeaderTable) -> Bool {
+        var present = false, passed = false
+        for i in 0..<headers.count {
+            let name = headers.name(i)
+            guard name.count == m.name.count, bytesEqual(buf, Int(name.start), m.name, caseInsensitive: true) else { continue }
+            present = true
+            let v = headers.value(i)
+            let start = Int(v.start), count = Int(v.count)
+            switch m.test {
+            case .present, .absent: break
+            case .exact(let w): if count == w.count && bytesEqual(buf, start, w, caseInsensitive: m.ignoreCase) { passed = true }
+            case .prefix(let w): if count >= w.count && bytesEqual(buf, start, w, caseInsensitive: m.ignoreCase) { passed = true }
+            case .suffix(let w): if count >= w.count && bytesEqual(buf, start + count - w.count, w, caseInsensitive: m.ignoreCase) { passed = true }
+            case .contains(let w):
+                var k = start
+                while !passed && k + w.count <= start + count {
+                    if bytesEqual(buf, k, w, caseInsensitive: m.ignoreCase) { passed = true }
+                    k += 1
+                }
+            case .regex(let r): if r.fullMatch(buf, start, start + count) { passed = true }
+            }
+            if passed { break }
+        }
+        switch m.test {
+        case .present: return present != m.invert
+        case .absent: return present == m.invert
+        default: return present && passed != m.invert
+        }
     }
 
     static func hostMatches(_ p: HostPattern, _ buf: UnsafeRawBufferPointer, _ host: ByteRange) -> Bool {

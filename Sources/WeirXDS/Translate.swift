@@ -270,15 +270,36 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             for h in m.headers {
                 var hd = HeaderDocument(position: p)
                 hd.name = located(h.name, p)
+                func regex(_ r: Envoy_Type_Matcher_V3_RegexMatcher) throws -> String {
+                    var rest = r
+                    rest.regex = ""; rest.engineType = nil
+                    if let extra = leftover(rest) { throw fail("\(at): header '\(h.name)': safe_regex: unsupported field(s) \(extra)") }
+                    return r.regex
+                }
                 switch h.headerMatchSpecifier {
                 case .exactMatch(let v)?: hd.value = located(v, p)
-                case .presentMatch(true)?: break
+                case .prefixMatch(let v)?: hd.prefix = located(v, p)
+                case .suffixMatch(let v)?: hd.suffix = located(v, p)
+                case .containsMatch(let v)?: hd.contains = located(v, p)
+                case .safeRegexMatch(let r)?: hd.regex = located(try regex(r), p)
+                case .presentMatch(let v)?: hd.present = located(v ? "true" : "false", p)
+                case nil: hd.present = located("true", p)
                 case .stringMatch(let sm)?:
-                    guard case .exact(let v)? = sm.matchPattern, !sm.ignoreCase else { throw fail("\(at): header '\(h.name)': only exact string_match is supported") }
-                    hd.value = located(v, p)
-                default: throw fail("\(at): header '\(h.name)': only exact_match, present_match or an exact string_match is supported")
+                    switch sm.matchPattern {
+                    case .exact(let v)?: hd.value = located(v, p)
+                    case .prefix(let v)?: hd.prefix = located(v, p)
+                    case .suffix(let v)?: hd.suffix = located(v, p)
+                    case .contains(let v)?: hd.contains = located(v, p)
+                    case .safeRegex(let r)?:
+                        if sm.ignoreCase { throw fail("\(at): header '\(h.name)': ignore_case with safe_regex is not supported") }
+                        hd.regex = located(try regex(r), p)
+                    default: throw fail("\(at): header '\(h.name)': string_match needs exact, prefix, suffix, contains or safe_regex")
+                    }
+                    if sm.ignoreCase { hd.ignoreCase = located("true", p) }
+                case .rangeMatch?: throw fail("\(at): header '\(h.name)': range_match is not supported")
                 }
-                if h.invertMatch { throw fail("\(at): header '\(h.name)': invert_match is not supported") }
+                if h.invertMatch { hd.invert = located("true", p) }
+                if h.treatMissingHeaderAsEmpty { throw fail("\(at): header '\(h.name)': treat_missing_header_as_empty is not supported") }
                 d.matchHeaders.append(hd)
             }
             var mRest = m

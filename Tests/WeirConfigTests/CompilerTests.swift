@@ -2,6 +2,7 @@ import Testing
 @testable import WeirConfig
 import WeirBalance
 import WeirCore
+import WeirHTTP
 
 /// Compiles `yaml` and returns the error messages with their line:column, or [] if it compiled.
 func errors(_ yaml: String) -> [String] {
@@ -347,12 +348,28 @@ clusters:
         #expect(s.listeners[0].idleTimeoutNanoseconds == Compiler.defaultHTTPIdleTimeoutNanoseconds)
     }
 
+    @Test func headerMatchesCompileEveryTest() throws {
+        let yaml = goodHTTP.replacingOccurrences("headers: [{ name: x-env, value: prod }, { name: x-trace }]",
+            "headers: [{ name: x-env, value: prod, invert: true }, { name: x-user, prefix: adm, ignore_case: true }, { name: x-tier, regex: \"gold|silver\" }, { name: x-debug, present: false }]")
+        let s = try Compiler.compile(YAMLLoader.parse(yaml, file: "t.yaml"))
+        let headers = try #require(s.listeners[0].http).routes.routes[0].headers
+        #expect(headers.count == 4)
+        #expect(headers[0].invert && headers[0].test == .exact(Array("prod".utf8)))
+        #expect(headers[1].ignoreCase && headers[1].test == .prefix(Array("adm".utf8)))
+        #expect(headers[2].test == .regex(try PathRegex("gold|silver")))
+        #expect(headers[3].test == .absent)
+    }
+
     @Test func badRoutesAreErrorsWithPositions() {
         func with(_ from: String, _ to: String) -> String? { errors(goodHTTP.replacingOccurrences(from, to)).first }
         #expect(with("cluster: web\nclusters", "cluster: nope\nclusters")?.contains("cluster 'nope' is not defined") == true)
         #expect(with("path_prefix: /v1,", "path_prefix: v1,")?.contains("path_prefix must start with '/'") == true)
         #expect(with("path_prefix: /v1,", "path_regex: \"^/v[0-9\",")?.contains("path_regex '^/v[0-9': regex: unclosed '['") == true)
         #expect(with("methods: [GET, POST]", "methods: [GET, FETCH]")?.contains("methods must be GET") == true)
+        #expect(with("{ name: x-trace }", "{ name: x-trace, prefix: a, suffix: b }")?.contains("give one of value, prefix, suffix, contains, regex, present") == true)
+        #expect(with("{ name: x-trace }", "{ name: x-trace, present: maybe }")?.contains("present must be true or false") == true)
+        #expect(with("{ name: x-trace }", "{ name: x-trace, regex: \"a(\" }")?.contains("regex 'a(': regex: unclosed '('") == true)
+        #expect(with("{ name: x-trace }", "{ name: x-trace, regx: a }")?.contains("regex") == true, "a misspelt key is named with a suggestion")
         #expect(with("on: [reset, 503]", "on: [reset, 418]")?.contains("retries on must list") == true)
         #expect(with("{ X-From: weir }", "{ Content-Length: 5 }")?.contains("cannot be added") == true)
         #expect(with("redirect: { scheme: https, prefix: /new }", "redirect: { scheme: ftp }")?.contains("redirect scheme must be http or https") == true)

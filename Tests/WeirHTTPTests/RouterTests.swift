@@ -86,4 +86,30 @@ func req(_ method: String = "GET", _ target: String, host: String = "example.com
             }
         }
     }
+
+    @Test func headerTestsPrefixSuffixContainsRegexAbsentAndInverted() throws {
+        func table(_ m: HeaderMatch) -> RouteTable { var r = RouteMatch(); r.headers = [m]; return RouteTable([r]) }
+        let prefix = table(HeaderMatch(name: "X-User", test: .prefix(Array("adm".utf8))))
+        #expect(route(prefix, req("GET", "/", extra: "x-user: admin\r\n")) == 0)
+        #expect(route(prefix, req("GET", "/", extra: "x-user: ADMIN\r\n")) == nil)
+        #expect(route(prefix, req("GET", "/")) == nil)
+        let suffix = table(HeaderMatch(name: "x-user", test: .suffix(Array("@corp".utf8)), ignoreCase: true))
+        #expect(route(suffix, req("GET", "/", extra: "x-user: bob@CORP\r\n")) == 0)
+        #expect(route(suffix, req("GET", "/", extra: "x-user: bob@corp.net\r\n")) == nil)
+        let contains = table(HeaderMatch(name: "x-note", test: .contains(Array("urgent".utf8))))
+        #expect(route(contains, req("GET", "/", extra: "x-note: very urgent!\r\n")) == 0)
+        #expect(route(contains, req("GET", "/", extra: "x-note: urgen\r\n")) == nil)
+        let regex = table(HeaderMatch(name: "x-tier", test: .regex(try PathRegex("gold|silver"))))
+        #expect(route(regex, req("GET", "/", extra: "x-tier: silver\r\n")) == 0)
+        #expect(route(regex, req("GET", "/", extra: "x-tier: golden\r\n")) == nil, "the whole value must match")
+        let absent = table(HeaderMatch(name: "x-debug", test: .absent))
+        #expect(route(absent, req("GET", "/")) == 0)
+        #expect(route(absent, req("GET", "/", extra: "x-debug: 1\r\n")) == nil)
+        let notProd = table(HeaderMatch(name: "x-env", test: .exact(Array("prod".utf8)), invert: true))
+        #expect(route(notProd, req("GET", "/", extra: "x-env: dev\r\n")) == 0)
+        #expect(route(notProd, req("GET", "/", extra: "x-env: prod\r\n")) == nil)
+        #expect(route(notProd, req("GET", "/")) == nil, "a missing header fails a value test even inverted (as in Envoy)")
+        let notPresent = table(HeaderMatch(name: "x-debug", test: .present, invert: true))
+        #expect(route(notPresent, req("GET", "/")) == 0)
+    }
 }
