@@ -3,7 +3,9 @@
 # under the LD_PRELOAD malloc counter twice, with N and 2N keep-alive requests (4 client
 # connections, a pooled upstream), and divide the difference, so start-up, the first requests
 # (pools filling) and shutdown cancel out.
-# Usage: Benchmarks/allocations/http.sh [N, default 20000]   (BALANCER=ring_hash etc.)
+# Usage: Benchmarks/allocations/http.sh [N, default 20000]   (BALANCER=ring_hash etc.; TARGET= the
+# listener's routing, e.g. 'routes: [{ match: { path_regex: "/item.*", headers: [{ name: x-user, prefix: u }] }, cluster: up }]';
+# ENDPOINTS= the cluster's endpoint list, $UP standing for the upstream's port)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -11,7 +13,7 @@ n=${1:-20000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cc -O2 -shared -fPIC -o "$work/count_malloc.so" "$here/count_malloc.c" -ldl
-[ -x "$root/.build/release/weir" ] || (cd "$root" && swift build -c release --product weir >/dev/null)
+[ -x "$root/.build/release/weir" ] || (cd "$root" && swift build -c release --disable-default-traits --product weir >/dev/null)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up=$(port)
 # The upstream: a minimal keep-alive HTTP server answering every request with a fixed response.
@@ -38,8 +40,11 @@ trap 'kill $up_pid 2>/dev/null; rm -rf "$work"' EXIT
 
 measure() { # requests
   local w; w=$(port)
-  printf 'shards: 2\nlisteners:\n  - { name: a, address: "127.0.0.1:%s", protocol: http, cluster: up }\nclusters:\n  - { name: up, balancer: %s, %s endpoints: [{ address: "127.0.0.1:%s" }] }\n' \
-    "$w" "${BALANCER:-round_robin}" "${OPTIONS:-}" "$up" > "$work/weir.yaml"
+  local endpoints='[{ address: "127.0.0.1:$UP" }]'
+  endpoints=${ENDPOINTS:-$endpoints}
+  endpoints=${endpoints//\$UP/$up}
+  printf 'shards: 2\nlisteners:\n  - { name: a, address: "127.0.0.1:%s", protocol: http, %s }\nclusters:\n  - { name: up, balancer: %s, %s endpoints: %s }\n' \
+    "$w" "${TARGET:-cluster: up}" "${BALANCER:-round_robin}" "${OPTIONS:-}" "$endpoints" > "$work/weir.yaml"
   COUNT_MALLOC_OUT="$work/count" LD_PRELOAD="$work/count_malloc.so" "$root/.build/release/weir" run --config "$work/weir.yaml" --log-level error &
   local pid=$!
   python3 - "$w" "$1" <<'PY'

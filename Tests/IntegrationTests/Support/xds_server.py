@@ -4,7 +4,7 @@ protos (PyPI xds-protos + grpcio). `xds_server.py [PORT]` prints "port N" when l
 JSON object per line: {"type": "CDS"|"LDS"|"EDS"|"RDS", "version": "v1", "resources": [...]},
 resources in proto3 JSON. Each command replaces that type's resources and is pushed to the
 connected stream. Every request Weir sends is printed as one line:
-  REQ <type> version=<v> nonce=<n> names=<a,b> node=<id> error=<error_detail message, lines joined by " | ">
+  REQ <type> version=<v> nonce=<n> names=<a,b> node=<the stream's node id> error=<error_detail message, lines joined by " | ">
 Exits when stdin closes.
 
 A client whose node id starts with "envoy" (a real Envoy serving as the oracle beside Weir) gets
@@ -63,6 +63,7 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def StreamAggregatedResources(self, request_iterator, context):
         q = queue.Queue()
         envoy = [False]
+        node = [""]
         with lock:
             streams.append(q)
 
@@ -71,9 +72,10 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 for r in request_iterator:
                     if r.node.id:
                         envoy[0] = r.node.id.startswith("envoy")
+                        node[0] = r.node.id
                     short = SHORT.get(r.type_url, r.type_url)
                     print(f"REQ {short} version={r.version_info} nonce={r.response_nonce} names={','.join(r.resource_names)} "
-                          f"node={r.node.id} error={' | '.join(r.error_detail.message.splitlines())}", flush=True)
+                          f"node={node[0]} error={' | '.join(r.error_detail.message.splitlines())}", flush=True)
                     # A first request for a type gets what we hold of it.
                     if not r.response_nonce and short in state:
                         q.put(short)
