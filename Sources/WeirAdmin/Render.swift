@@ -132,13 +132,20 @@ enum AdminRender {
         var out = ""
         for c in snap.clusters {
             let counters = Dictionary(endpoints[c.name] ?? [], uniquingKeysWith: { a, _ in a })
-            out += "\(c.name) \(c.balancer.rawValue)\(c.eligibility.panic ? " PANIC" : "")\n"
+            out += "\(c.name) \(c.balancer.rawValue)\(c.eligibility.panic ? " PANIC" : "")\(c.hasLevels ? " priority_shares=" + levelShares(c).map { "\($0)%" }.joined(separator: ",") : "")\n"
             for (i, e) in c.endpoints.enumerated() {
                 let n = counters[e.address] ?? EndpointCounters()
-                out += "  \(e.address) weight=\(e.weight) \(c.available[i] ? "healthy" : "unavailable") active=\(n.active) connections=\(n.connections) connect_failures=\(n.connectFailures) requests=\(n.requests) pool_reuses=\(n.poolReuses)\n"
+                out += "  \(e.address) weight=\(e.weight) \(c.available[i] ? "healthy" : "unavailable") active=\(n.active) connections=\(n.connections) connect_failures=\(n.connectFailures) requests=\(n.requests) pool_reuses=\(n.poolReuses)\(c.hasLevels ? " priority=\(e.priority)" : "")\n"
             }
         }
         return out
+    }
+
+    /// Per priority level, the percent of new traffic it takes now (one level: [100]).
+    static func levelShares(_ c: Cluster) -> [Double] {
+        let cumulative = c.eligibility.cumulativeLoad
+        guard !cumulative.isEmpty else { return [100] }
+        return cumulative.indices.map { Double(cumulative[$0] - ($0 == 0 ? 0 : cumulative[$0 - 1])) / 100 }
     }
 
     static func clustersJSON(_ server: Server) -> String {
@@ -148,9 +155,9 @@ enum AdminRender {
             let counters = Dictionary(endpoints[c.name] ?? [], uniquingKeysWith: { a, _ in a })
             let eps = c.endpoints.enumerated().map { i, e -> String in
                 let n = counters[e.address] ?? EndpointCounters()
-                return "{\"address\":\(json(e.address.description)),\"weight\":\(e.weight),\"healthy\":\(c.available[i]),\"active\":\(n.active),\"connections\":\(n.connections),\"connect_failures\":\(n.connectFailures)}"
+                return "{\"address\":\(json(e.address.description)),\"weight\":\(e.weight),\"healthy\":\(c.available[i]),\"active\":\(n.active),\"connections\":\(n.connections),\"connect_failures\":\(n.connectFailures),\"priority\":\(e.priority)}"
             }
-            return "{\"name\":\(json(c.name)),\"balancer\":\(json(c.balancer.rawValue)),\"panic\":\(c.eligibility.panic),\"endpoints\":[\(eps.joined(separator: ","))]}"
+            return "{\"name\":\(json(c.name)),\"balancer\":\(json(c.balancer.rawValue)),\"panic\":\(c.eligibility.panic),\"priority_shares\":[\(levelShares(c).map { String($0) }.joined(separator: ","))],\"endpoints\":[\(eps.joined(separator: ","))]}"
         }
         return "{\"clusters\":[\(clusters.joined(separator: ","))]}\n"
     }

@@ -55,6 +55,9 @@ public final class ADSClient: @unchecked Sendable {
     /// activated because initial_fetch_timeout passed.
     private var warmingSince: [String: Int64] = [:]
     private var activated = Set<String>()
+    /// The translation of `resources` (with `activated`), for the next update to reuse parts of.
+    private var lastTranslation: Translation? = nil
+    private var lastActivated = Set<String>()
     private var versions: [XDSType: String] = [:]
     private var nonces: [XDSType: String] = [:]
     private var subscribed: [XDSType: [String]] = [:]
@@ -89,7 +92,12 @@ public final class ADSClient: @unchecked Sendable {
         activated.formUnion(due)
         do {
             let t = try translate(resources, activate: activated)
-            if let why = apply(t.listeners, t.clusters) { Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(why)") }
+            if let why = apply(t.listeners, t.clusters) {
+                Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(why)")
+            } else {
+                lastTranslation = t
+                lastActivated = activated
+            }
             noteWarming(t)
         } catch {
             Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(error)")
@@ -231,6 +239,7 @@ public final class ADSClient: @unchecked Sendable {
             Log.warning("xds: ignoring a response of unknown type \(response.typeURL)")
             return
         }
+        let t0 = monotonicNanoseconds()
         var candidate = resources
         var decodeError: String? = nil
         do {
@@ -253,10 +262,16 @@ public final class ADSClient: @unchecked Sendable {
         }
         var verdict = decodeError
         var translation: Translation? = nil
+        let t1 = monotonicNanoseconds()
+        var t2 = t1
         if verdict == nil {
             do {
-                let t = try translate(candidate, activate: activated)
+                let same = lastTranslation != nil && lastActivated == activated
+                let t = try translate(candidate, activate: activated, previous: lastTranslation,
+                                      reuseClusters: same && (type == .route || type == .listener),
+                                      reuseListeners: same && type == .endpoint)
                 if !t.warming.isEmpty { Log.info("xds: warming \(t.warming.map { "\($0.key) (\($0.why))" }.joined(separator: ", "))") }
+                t2 = monotonicNanoseconds()
                 verdict = apply(t.listeners, t.clusters)
                 translation = t
             } catch {
@@ -273,11 +288,17 @@ public final class ADSClient: @unchecked Sendable {
         }
         noteChanges(type, version: response.versionInfo, old: resources, new: candidate)
         resources = candidate
-        if let translation { noteWarming(translation) }
+        if let translation {
+            lastTranslation = translation
+            lastActivated = activated
+            noteWarming(translation)
+        }
         versions[type] = response.versionInfo
         nonces[type] = response.nonce
         statsBox.withLock { $0.accepted[short, default: 0] += 1; $0.versions[short] = response.versionInfo }
-        Log.info("xds: ACK \(short) version \(response.versionInfo) (\(response.resources.count) resource(s))")
+        let t3 = monotonicNanoseconds()
+        func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.1f", Double(b - a) / 1e6) }
+        Log.info("xds: ACK \(short) version \(response.versionInfo) (\(response.resources.count) resource(s)) in \(ms(t0, t3)) ms: decode \(ms(t0, t1)), translate \(ms(t1, t2)), compile and publish \(ms(t2, t3))")
         out.yield(request(type, names: subscribed[type] ?? [], node: false))
         // Subscriptions follow what the clusters and listeners need now.
         let eds = resources.edsNames, rds = resources.rdsNames

@@ -80,11 +80,19 @@ func leftover<M: SwiftProtobuf.Message>(_ message: M) -> String? {
 func seconds(_ d: Google_Protobuf_Duration) -> Int64 { d.seconds * 1_000_000_000 + Int64(d.nanos) }
 
 /// What `translate` produced: the documents to compile, and the resources left warming (keys
-/// "cluster NAME" and "listener NAME", with why).
+/// "cluster NAME" and "listener NAME", with why). It also keeps its parts for the next
+/// translation to reuse (see `translate`).
 public struct Translation {
     public var listeners: [ListenerDocument] = []
     public var clusters: [ClusterDocument] = []
     public var warming: [(key: String, why: String)] = []
+    /// The cluster half: documents, warming clusters, and the names of the active ones.
+    var clusterPart: (docs: [ClusterDocument], warming: [(key: String, why: String)], active: Set<String>) = ([], [], [])
+    /// Each listener's translation, before readiness is decided.
+    var listenerResults: [String: ListenerTranslation] = [:]
+    /// Each cluster's document with the Cluster and assignment it came from: an update that
+    /// leaves both equal reuses the document (EDS resends every assignment to change one).
+    var clusterCache: [String: (cluster: EnvoyCluster, assignment: EnvoyLoadAssignment?, doc: ClusterDocument)] = [:]
 }
 
 /// Translates the resources that are complete (warm) into listener and cluster documents.
@@ -92,22 +100,50 @@ public struct Translation {
 /// or for such clusters, are left out (warming) unless their key is in `activate` (warming past
 /// initial_fetch_timeout): such a cluster has no endpoints yet (503) and such a listener no routes
 /// yet (404), as in Envoy.
-public func translate(_ r: XDSResources, activate: Set<String> = []) throws -> Translation {
+///
+/// `previous` (the translation of the resources as they were before this update, with the same
+/// `activate`) lets an update reuse what it cannot have changed: an RDS or LDS update the cluster
+/// half (clusters depend on CDS and EDS only), an EDS update each listener's translation
+/// (listeners depend on LDS, RDS and the cluster names, which EDS does not change).
+public func translate(_ r: XDSResources, activate: Set<String> = [], previous: Translation? = nil,
+                      reuseClusters: Bool = false, reuseListeners: Bool = false) throws -> Translation {
     var out = Translation()
-    var active = Set<String>()
-    for name in r.clusters.keys.sorted() {
-        let c = r.clusters[name]!
-        if c.type == .eds && r.loadAssignments[edsName(c)] == nil && !activate.contains("cluster \(name)") {
-            out.warming.append(("cluster \(name)", "endpoints \(edsName(c))"))
-            continue
+    if reuseClusters, let p = previous {
+        out.clusterPart = p.clusterPart
+        out.clusterCache = p.clusterCache
+    } else {
+        for name in r.clusters.keys.sorted() {
+            let c = r.clusters[name]!
+            if c.type == .eds && r.loadAssignments[edsName(c)] == nil && !activate.contains("cluster \(name)") {
+                out.clusterPart.warming.append(("cluster \(name)", "endpoints \(edsName(c))"))
+                continue
+            }
+            let cla = r.loadAssignments[edsName(c)]
+            let doc: ClusterDocument
+            if let hit = previous?.clusterCache[name], hit.cluster.isEqualTo(message: c),
+               (hit.assignment == nil && cla == nil) || (hit.assignment.map { a in cla.map { a.isEqualTo(message: $0) } ?? false } ?? false) {
+                doc = hit.doc
+            } else {
+                doc = try translateCluster(c, cla)
+            }
+            out.clusterCache[name] = (c, cla, doc)
+            out.clusterPart.docs.append(doc)
+            out.clusterPart.active.insert(name)
         }
-        out.clusters.append(try translateCluster(c, r.loadAssignments[edsName(c)]))
-        active.insert(name)
     }
+    out.clusters = out.clusterPart.docs
+    out.warming = out.clusterPart.warming
+    let active = out.clusterPart.active
+    let known = Set(r.clusters.keys)
     for name in r.listeners.keys.sorted() {
         let l = r.listeners[name]!
         let key = "listener \(name)"
-        switch try translateListener(l, routes: r.routes, knownClusters: Set(r.clusters.keys)) {
+        let result: ListenerTranslation
+        if reuseListeners, let cached = previous?.listenerResults[name] { result = cached } else {
+            result = try translateListener(l, routes: r.routes, knownClusters: known)
+        }
+        out.listenerResults[name] = result
+        switch result {
         case .ready(let doc, let uses):
             if !activate.contains(key), let missing = uses.first(where: { !active.contains($0) }) {
                 out.warming.append((key, "cluster \(missing) warming"))

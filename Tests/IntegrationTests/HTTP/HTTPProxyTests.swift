@@ -89,9 +89,10 @@ import WeirDemo
         var a: HTTPUpstream? = try HTTPUpstream(name: "a")
         let b = try HTTPUpstream(name: "b")
         let aPort = a!.port
-        let port = try freePort()
+        let port = try freePort(), adminPort = try freePort()
         let weir = try WeirProcess(yaml: """
             shards: 2
+            admin: { address: 127.0.0.1:\(adminPort) }
             listeners:
               - { name: web, address: 127.0.0.1:\(port), protocol: http, cluster: app }
             clusters:
@@ -112,9 +113,13 @@ import WeirDemo
             return seen
         }
         #expect(try split(40) == ["a": 40], "priority 1 takes nothing while priority 0 is healthy")
+        #expect(admin(adminPort, "GET", "/clusters?format=json").1.contains(#""priority_shares":[100.0,0.0]"#))
         a = nil  // the only priority 0 endpoint goes away
         #expect(weir.waitForLog("health: cluster app endpoint 127.0.0.1:\(aPort) healthy -> unhealthy", seconds: 10))
         #expect(try split(40) == ["b": 40], "everything spills to priority 1")
+        let clusters = admin(adminPort, "GET", "/clusters").1
+        #expect(clusters.contains("app round_robin priority_shares=0.0%,100.0%"), "\(clusters)")
+        #expect(clusters.contains("127.0.0.1:\(b.port) weight=1 healthy") && clusters.contains("priority=1"), "\(clusters)")
     }
 
     @Test func bodiesStreamIntactBothWays() throws {

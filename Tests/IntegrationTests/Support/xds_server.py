@@ -89,7 +89,8 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if short is None:
                     return
                 with lock:
-                    yield response(short, envoy[0])
+                    r = response(short, envoy[0])
+                yield r  # serialized and sent outside the lock, so streams do not wait on each other
         finally:
             with lock:
                 streams.remove(q)
