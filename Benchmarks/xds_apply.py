@@ -80,26 +80,8 @@ def main():
         procs.append(subprocess.Popen([os.path.join(root, ".build/release/weir"), "run", "--config", f"{work}/weir.yaml"],
                                       stdout=subprocess.DEVNULL, stderr=open(f"{work}/weir.log", "w")))
         envoy = glob.glob(os.path.join(root, ".build/venv-envoy/lib/*/site-packages/envoy/_bin/envoy"))
-        with open(f"{work}/envoy.yaml", "w") as f:
-            f.write(f"""node: {{ id: envoy-bench, cluster: bench }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {free_port()} }} }} }}
-dynamic_resources:
-  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {cp.port} }} }} }} }}] }}]
-""")
+        with open(os.path.join(root, "Tests/IntegrationTests/Support/envoy_bootstrap.yaml")) as t, open(f"{work}/envoy.yaml", "w") as f:
+            f.write(t.read().replace("@NODE@", "envoy-bench").replace("@ADMIN_PORT@", str(free_port())).replace("@XDS_PORT@", str(cp.port)))
         procs.append(subprocess.Popen([envoy[0], "-c", f"{work}/envoy.yaml", "--disable-hot-restart", "--concurrency", "2", "-l", "error"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(2)

@@ -25,29 +25,12 @@ final class EnvoyProcess {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("envoy-oracle-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let bootstrap = directory.appendingPathComponent("envoy.yaml").path
-        try """
-        node: { id: envoy-oracle, cluster: test }
-        admin: { address: { socket_address: { address: 127.0.0.1, port_value: \(adminPort) } } }
-        dynamic_resources:
-          ads_config:
-            api_type: GRPC
-            transport_api_version: V3
-            grpc_services: [{ envoy_grpc: { cluster_name: xds } }]
-          cds_config: { ads: {}, resource_api_version: V3 }
-          lds_config: { ads: {}, resource_api_version: V3 }
-        static_resources:
-          clusters:
-          - name: xds
-            type: STATIC
-            connect_timeout: 1s
-            typed_extension_protocol_options:
-              envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-                "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-                explicit_http_config: { http2_protocol_options: {} }
-            load_assignment:
-              cluster_name: xds
-              endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: \(controlPlanePort) } } } }] }]
-        """.write(toFile: bootstrap, atomically: true, encoding: .utf8)
+        let template = try String(contentsOfFile: repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/envoy_bootstrap.yaml").path,
+                                  encoding: .utf8)
+        try template.replacingOccurrences(of: "@NODE@", with: "envoy-oracle")
+            .replacingOccurrences(of: "@ADMIN_PORT@", with: "\(adminPort)")
+            .replacingOccurrences(of: "@XDS_PORT@", with: "\(controlPlanePort)")
+            .write(toFile: bootstrap, atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["-c", bootstrap, "--disable-hot-restart", "--concurrency", "1", "-l", "warning",
                              "--log-path", directory.appendingPathComponent("envoy.log").path]
