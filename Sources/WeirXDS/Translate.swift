@@ -382,21 +382,7 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
                         throw fail("\(at): hash_policy: header, cookie (name only) or connection_properties.source_ip are supported")
                     }
                 }
-                if a.hasRetryPolicy {
-                    let rp = a.retryPolicy
-                    var on: [String] = []
-                    for cond in rp.retryOn.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
-                        switch cond {
-                        case "connect-failure": on.append("connect_failure")
-                        case "reset": on.append("reset")
-                        case "5xx", "gateway-error": on.append(cond == "5xx" ? "5xx" : "502,503,504")
-                        case "retriable-status-codes": on += rp.retriableStatusCodes.map { String($0) }
-                        default: throw fail("\(at): retry_on '\(cond)' is not supported")
-                        }
-                    }
-                    d.retries = ["on": located(on.joined(separator: ","), p),
-                                 "attempts": located(String(rp.hasNumRetries ? Int(rp.numRetries.value) : 1), p)]
-                }
+                if a.hasRetryPolicy { d.retries = try translateRetryPolicy(a.retryPolicy, at, p, fail) }
                 var aRest = a
                 aRest.clusterSpecifier = nil
                 aRest.clearTimeout()
@@ -550,6 +536,48 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     }
     d.endpoints = try translateEndpoints(assignment, cluster: c.name, p)
     return d
+}
+
+/// A route's retry_policy as `retries:` keys. Conditions that cannot arise through an HTTP/1.1
+/// proxy (HTTP/2's refused-stream, gRPC statuses: gRPC needs HTTP/2) are accepted and can never
+/// fire, which is what they do in Envoy for such traffic. Envoy retries any method the policy
+/// covers, so these retries are not limited to idempotent ones. Istio's default policy
+/// (connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes 503, two
+/// retries, the previous_hosts predicate) translates whole: Weir never retries on an endpoint
+/// that already failed the request.
+func translateRetryPolicy(_ rp: Envoy_Config_Route_V3_RetryPolicy, _ at: String, _ p: SourcePosition,
+                          _ fail: (String) -> XDSError) throws -> [String: Located<String>] {
+    var on: [String] = []
+    for cond in rp.retryOn.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !cond.isEmpty {
+        switch cond {
+        case "connect-failure": on.append("connect_failure")
+        case "reset": on.append("reset")
+        case "5xx": on += ["5xx", "reset"]  // Envoy's 5xx also covers no response at all
+        case "gateway-error": on.append("502,503,504")
+        case "retriable-status-codes": on += rp.retriableStatusCodes.map { String($0) }
+        case "refused-stream", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable": break
+        default: throw fail("\(at): retry_on '\(cond)' is not supported")
+        }
+    }
+    if on.isEmpty { on = ["connect_failure"] }
+    var map = ["on": located(on.joined(separator: ","), p),
+               "attempts": located(String(rp.hasNumRetries ? Int(rp.numRetries.value) : 1), p),
+               "non_idempotent": located("true", p)]
+    if rp.hasRetryBackOff {
+        let b = rp.retryBackOff
+        if b.hasBaseInterval { map["backoff"] = located("\(seconds(b.baseInterval) / 1_000_000)ms", p) }
+        var rest = b
+        rest.clearBaseInterval(); rest.clearMaxInterval()  // Weir's backoff grows linearly from the base, with jitter
+        if let extra = leftover(rest) { throw fail("\(at): retry_policy.retry_back_off: unsupported field(s) \(extra)") }
+    }
+    for pred in rp.retryHostPredicate where pred.name != "envoy.retry_host_predicates.previous_hosts" {
+        throw fail("\(at): retry_policy.retry_host_predicate '\(pred.name)' is not supported (previous_hosts is what Weir always does)")
+    }
+    var rest = rp
+    rest.retryOn = ""; rest.clearNumRetries(); rest.retriableStatusCodes = []; rest.clearRetryBackOff()
+    rest.retryHostPredicate = []; rest.hostSelectionRetryMaxAttempts = 0
+    if let extra = leftover(rest) { throw fail("\(at): retry_policy: unsupported field(s) \(extra)") }
+    return map
 }
 
 /// One health check as `health_check:` keys. Envoy's TCP payloads are hex; Weir's are text, so a

@@ -201,6 +201,28 @@ let endpointsJSON = """
         #expect(refusal { _ = try translateCluster(high, nil) }.contains("only DEFAULT priority"))
     }
 
+    @Test func istiosDefaultRetryPolicyTranslatesAndOthersAreRefusedByName() throws {
+        func routes(_ policy: String) throws -> EnvoyRouteConfiguration {
+            try EnvoyRouteConfiguration(jsonString: """
+                {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                  {"match": {"prefix": "/"}, "route": {"cluster": "app", "retry_policy": \(policy)}}]}]}
+                """)
+        }
+        // Istio's default (its typed_config, an empty PreviousHostsPredicate, left out here).
+        let config = try routes(#"{"retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", "num_retries": 2, "retriable_status_codes": [503], "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}], "host_selection_retry_max_attempts": "5"}"#)
+        let (docs, _) = try translateRoutes(config, listener: "l", knownClusters: ["app"])
+        let retries = try #require(docs.first?.retries)
+        #expect(retries["on"]?.value == "connect_failure,503" && retries["attempts"]?.value == "2" && retries["non_idempotent"]?.value == "true")
+        let (fivexx, _) = try translateRoutes(try routes(#"{"retry_on": "5xx", "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}}"#), listener: "l", knownClusters: ["app"])
+        #expect(fivexx.first?.retries?["on"]?.value == "5xx,reset" && fivexx.first?.retries?["backoff"]?.value == "100ms")
+        #expect(refusal { _ = try translateRoutes(try routes(#"{"retry_on": "5xx", "per_try_timeout": "1s"}"#), listener: "l", knownClusters: ["app"]) }
+            .contains("perTryTimeout"))
+        #expect(refusal { _ = try translateRoutes(try routes(#"{"retry_on": "5xx", "retry_host_predicate": [{"name": "envoy.retry_host_predicates.omit_canary_hosts"}]}"#), listener: "l", knownClusters: ["app"]) }
+            .contains("omit_canary_hosts"))
+        #expect(refusal { _ = try translateRoutes(try routes(#"{"retry_on": "envoy-ratelimited"}"#), listener: "l", knownClusters: ["app"]) }
+            .contains("retry_on 'envoy-ratelimited' is not supported"))
+    }
+
     @Test func warmingResourcesWaitUnlessActivated() throws {
         var r = XDSResources()
         r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
