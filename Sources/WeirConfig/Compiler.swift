@@ -30,23 +30,29 @@ public enum Compiler {
         var clusters: [Cluster] = []
         // Clusters with errors of their own: a listener naming one gets no second, cascaded error.
         var invalidClusters = Set<String>()
+        // Where each name was first defined, so a clash (a file and xDS using one name) says both.
+        var clusterDefined: [String: SourcePosition] = [:]
         for c in doc.clusters {
             guard let name = c.name else { fail(c.position, "a cluster needs a 'name'"); continue }
             if name.value.isEmpty { fail(name.position, "a cluster name must not be empty"); continue }
-            if clusterIndex[name.value] != nil || invalidClusters.contains(name.value) {
-                fail(name.position, "duplicate cluster name '\(name.value)'"); continue
+            if let first = clusterDefined[name.value] {
+                fail(name.position, "duplicate cluster name '\(name.value)' (also defined at \(first.file):\(first.line))"); continue
             }
+            clusterDefined[name.value] = name.position
             guard let compiled = compileCluster(c, name: name.value, previous: previousClusters[name.value], fail: fail) else { invalidClusters.insert(name.value); continue }
             clusterIndex[name.value] = clusters.count
             clusters.append(compiled)
         }
 
         var listeners: [Listener] = []
-        var listenerNames = Set<String>()
+        var listenerDefined: [String: SourcePosition] = [:]
         var listenerAddresses: [SocketAddress: String] = [:]
         for l in doc.listeners {
             guard let name = l.name else { fail(l.position, "a listener needs a 'name'"); continue }
-            if !listenerNames.insert(name.value).inserted { fail(name.position, "duplicate listener name '\(name.value)'"); continue }
+            if let first = listenerDefined[name.value] {
+                fail(name.position, "duplicate listener name '\(name.value)' (also defined at \(first.file):\(first.line))"); continue
+            }
+            listenerDefined[name.value] = name.position
             guard let addressText = l.address else { fail(l.position, "listener '\(name.value)' needs an 'address'"); continue }
             let address: SocketAddress
             do { address = try SocketAddress.parse(addressText.value) } catch {

@@ -112,7 +112,7 @@ clusters:
             cluster: pg
         clusters:
         """)
-        #expect(errors(dupListener) == ["7:11 duplicate listener name 'pg'"])
+        #expect(errors(dupListener) == ["7:11 duplicate listener name 'pg' (also defined at t.yaml:3)"])
     }
 
     @Test func aDanglingClusterReferenceNamesWhatExists() {

@@ -223,6 +223,20 @@ let endpointsJSON = """
             .contains("retry_on 'envoy-ratelimited' is not supported"))
     }
 
+    @Test func aNameInBothTheFileAndXDSIsAnErrorSayingWhere() throws {
+        var doc = try YAMLLoader.parse("""
+            node: { id: t }
+            xds: { address: 127.0.0.1:1 }
+            clusters:
+              - { name: app, endpoints: [{ address: 127.0.0.1:9000 }] }
+            """, file: "weir.yaml")
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
+        r.loadAssignments["app"] = try assignment(endpointsJSON.replacingOccurrences(of: "\"cluster_name\": \"app\"", with: "\"cluster_name\": \"app\""))
+        doc.clusters += try translate(r).clusters
+        #expect(refusal { _ = try Compiler.compile(doc) }.contains("duplicate cluster name 'app' (also defined at weir.yaml:4)"))
+    }
+
     @Test func warmingResourcesWaitUnlessActivated() throws {
         var r = XDSResources()
         r.clusters["app"] = try cluster(#"{"name": "app", "type": "EDS"}"#)
