@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // libFuzzer harnesses for Weir's parsers; a package of its own because a fuzz target has no
-// main() and builds only with -sanitize=fuzzer. Run: scripts/fuzz-http.sh
+// main() and builds only with -sanitize=fuzzer. Run: scripts/fuzz-http.sh [seconds] [HTTPParserFuzz|MatcherFuzz]
 import PackageDescription
 
 let package = Package(
@@ -9,6 +9,11 @@ let package = Package(
     targets: [
         .executableTarget(
             name: "HTTPParserFuzz",
+            dependencies: [.product(name: "WeirHTTP", package: "weir")],
+            swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-parse-as-library"])]
+        ),
+        .executableTarget(
+            name: "MatcherFuzz",
             dependencies: [.product(name: "WeirHTTP", package: "weir")],
             swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-parse-as-library"])]
         ),

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Fuzzes the HTTP parser with libFuzzer (+ AddressSanitizer) from the committed seed corpus.
-# Usage: scripts/fuzz-http.sh [seconds, default 60]. New inputs it finds go to Fuzz/.corpus-run/
-# (not committed); a crash is written to Fuzz/crash-* and the script exits non-zero.
+# Fuzzes a parser with libFuzzer (+ AddressSanitizer) from its committed seed corpus: the HTTP
+# parser (HTTPParserFuzz, the default) or the ClientHello reader and path regexes (MatcherFuzz).
+# Usage: scripts/fuzz-http.sh [seconds, default 60] [target]. New inputs it finds go to
+# Fuzz/.corpus-run/<target> (not committed); a crash is written to Fuzz/crash-* and the script
+# exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/../Fuzz"
 seconds=${1:-60}
-swift build -c release --product HTTPParserFuzz -Xswiftc -sanitize=fuzzer,address >/dev/null
-mkdir -p .corpus-run
-bin=$(swift build -c release --show-bin-path)/HTTPParserFuzz
-"$bin" -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 .corpus-run corpus/request
+target=${2:-HTTPParserFuzz}
+case "$target" in
+  HTTPParserFuzz) corpus=corpus/request ;;
+  MatcherFuzz) corpus=corpus/matcher ;;
+  *) echo "fuzz-http.sh: unknown target '$target' (HTTPParserFuzz or MatcherFuzz)" >&2; exit 2 ;;
+esac
+swift build -c release --product "$target" -Xswiftc -sanitize=fuzzer,address >/dev/null
+mkdir -p ".corpus-run/$target"
+bin=$(swift build -c release --show-bin-path)/$target
+"$bin" -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1 ".corpus-run/$target" "$corpus"

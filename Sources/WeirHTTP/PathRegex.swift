@@ -323,21 +323,34 @@ struct NFA {
             transitions.append(contentsOf: repeatElement(-1, count: 256))
             return i
         }
+        // Bytes no step tells apart behave alike: group them into classes (usually a handful) and
+        // work out each DFA state's moves once per class instead of once per byte.
+        var representatives: [UInt8] = []
+        var members: [[UInt8]] = []
+        var bySignature: [[Int]: Int] = [:]
+        for b in 0...255 {
+            let byte = UInt8(b)
+            var signature: [Int] = []
+            for (i, step) in steps.enumerated() { if case .bytes(let bs, _) = step, bs.contains(byte) { signature.append(i) } }
+            if let c = bySignature[signature] { members[c].append(byte); continue }
+            bySignature[signature] = representatives.count
+            representatives.append(byte)
+            members.append([byte])
+        }
         _ = try intern(closure([start]))
         var k = 0
         while k < sets.count {
             let set = sets[k]
-            // Group the bytes by where they lead, so each target set is closed once.
-            var byTarget: [[Int]: [UInt8]] = [:]
-            for b in 0...255 {
-                let byte = UInt8(b)
+            // Group the classes by where they lead, so each target set is closed once.
+            var byTarget: [[Int]: [Int]] = [:]
+            for (c, byte) in representatives.enumerated() {
                 var targets: [Int] = []
                 for s in set { if case .bytes(let bs, let next) = steps[s], bs.contains(byte) { targets.append(next) } }
-                if !targets.isEmpty { byTarget[targets, default: []].append(byte) }
+                if !targets.isEmpty { byTarget[targets, default: []].append(c) }
             }
-            for (targets, bytes) in byTarget {
+            for (targets, classes) in byTarget {
                 let t = try intern(closure(targets))
-                for b in bytes { transitions[k * 256 + Int(b)] = t }
+                for c in classes { for b in members[c] { transitions[k * 256 + Int(b)] = t } }
             }
             k += 1
         }
