@@ -7,14 +7,15 @@ let package = Package(
     name: "weir-fuzz",
     dependencies: [.package(name: "weir", path: "..")],
     targets: [
+        .target(name: "FuzzSupport", swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(
             name: "HTTPParserFuzz",
-            dependencies: [.product(name: "WeirHTTP", package: "weir")],
+            dependencies: ["FuzzSupport", .product(name: "WeirHTTP", package: "weir")],
             swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-parse-as-library"])]
         ),
         .executableTarget(
             name: "MatcherFuzz",
-            dependencies: [.product(name: "WeirHTTP", package: "weir")],
+            dependencies: ["FuzzSupport", .product(name: "WeirHTTP", package: "weir")],
             swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-parse-as-library"])]
         ),
     ]

@@ -1,28 +1,16 @@
 // Feeds arbitrary bytes to the request parser, the response parser and the chunked scanner, and
 // checks what must always hold: no crash, no read outside the input, ranges inside the head,
 // and the same answer whether the bytes arrive whole or split in two.
+import FuzzSupport
 import WeirHTTP
 
 let table = HeaderTable(capacity: 128)
 
-@inline(never)
-func check(_ condition: Bool, _ what: StaticString) {
-    if !condition { fatalError("invariant broken: \(what)") }
-}
-
 func inRange(_ r: ByteRange, _ limit: Int) -> Bool { r.start >= 0 && r.start <= r.end && Int(r.end) <= limit }
-
-/// SwiftPM links an executable's entry point as `<module>_main`; hand control to libFuzzer's
-/// driver from there.
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
 
 @_cdecl("HTTPParserFuzz_main")
 public func entry(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var c = argc
-    var v = argv
-    return LLVMFuzzerRunDriver(&c, &v, fuzz)
+    runFuzzer(argc, argv, fuzz)
 }
 
 @_cdecl("LLVMFuzzerTestOneInput")

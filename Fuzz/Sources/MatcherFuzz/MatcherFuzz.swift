@@ -3,22 +3,12 @@
 // (patterns from a config or a control plane, paths from any client). Checks what must always
 // hold: no crash, a server name inside the input, and a regex answer that does not depend on
 // whether the path sits at the start of a buffer or in the middle of one.
+import FuzzSupport
 import WeirHTTP
-
-@inline(never)
-func check(_ condition: Bool, _ what: StaticString) {
-    if !condition { fatalError("invariant broken: \(what)") }
-}
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
 
 @_cdecl("MatcherFuzz_main")
 public func entry(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var c = argc
-    var v = argv
-    return LLVMFuzzerRunDriver(&c, &v, fuzz)
+    runFuzzer(argc, argv, fuzz)
 }
 
 @_cdecl("LLVMFuzzerTestOneInput")
