@@ -134,21 +134,10 @@ public enum Compiler {
             }
             var weights: ClusterWeights? = nil
             if let w = l.weightedClusters {
-                let at = l.weightedClustersPosition ?? l.position
                 if let c = l.cluster { fail(c.position, "listener '\(name.value)': give either 'cluster' or 'weighted_clusters', not both"); continue }
-                if w.isEmpty { fail(at, "listener '\(name.value)': weighted_clusters must not be empty"); continue }
-                var ids: [Int] = [], cumulative: [UInt32] = [], total: UInt32 = 0, ok = true
-                for e in w {
-                    guard let c = e.cluster else { fail(e.position, "listener '\(name.value)': a weighted cluster needs a 'cluster'"); ok = false; continue }
-                    let weight = e.weight?.value ?? 1
-                    if !(0...10_000).contains(weight) { fail(e.weight!.position, "listener '\(name.value)': weight must be 0 to 10000"); ok = false; continue }
-                    guard let i = tcpCluster(c) else { ok = false; continue }
-                    total += UInt32(weight)
-                    ids.append(i); cumulative.append(total)
-                }
-                if ok && total == 0 { fail(at, "listener '\(name.value)': weighted_clusters need a weight above 0"); ok = false }
-                guard ok else { continue }
-                weights = ClusterWeights(clusters: ids, cumulative: cumulative)
+                guard let compiled = compileWeights(w, at: l.weightedClustersPosition ?? l.position, cluster: tcpCluster,
+                                                    bad: { fail($0, "listener '\(name.value)': \($1)") }) else { continue }
+                weights = compiled
             }
             var ci = weights?.clusters[0] ?? -1
             if weights == nil {

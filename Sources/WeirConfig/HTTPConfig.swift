@@ -32,7 +32,7 @@ public struct RetryPolicy: Sendable, Equatable {
 public enum RouteTarget: Sendable {
     case cluster(Int)
     /// Clusters and their running weight totals: pick r in 0..<total, the first total above r.
-    case weighted(clusters: [Int], cumulative: [UInt32])
+    case weighted(ClusterWeights)
     /// A complete response Weir sends itself: with keep-alive, and with `Connection: close`.
     case direct(status: Int, keepAlive: [UInt8], close: [UInt8])
     case redirect(Redirect)
@@ -185,6 +185,25 @@ extension Compiler {
                             requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog)
     }
 
+    /// `weighted_clusters:` (on an http route or a tcp listener): each entry's cluster resolved by
+    /// `cluster` (which reports its own errors), weights 0 to 10000, at least one above 0.
+    static func compileWeights(_ w: [WeightedClusterDocument], at: SourcePosition, cluster: (Located<String>) -> Int?,
+                               bad: (SourcePosition, String) -> Void) -> ClusterWeights? {
+        var ok = true
+        if w.isEmpty { bad(at, "weighted_clusters must not be empty"); return nil }
+        var ids: [Int] = [], cumulative: [UInt32] = [], total: UInt32 = 0
+        for e in w {
+            guard let c = e.cluster else { bad(e.position, "a weighted cluster needs a 'cluster'"); ok = false; continue }
+            let weight = e.weight?.value ?? 1
+            if !(0...10_000).contains(weight) { bad(e.weight!.position, "weight must be 0 to 10000"); ok = false; continue }
+            guard let i = cluster(c) else { ok = false; continue }
+            total += UInt32(weight)
+            ids.append(i); cumulative.append(total)
+        }
+        if ok && total == 0 { bad(at, "weighted_clusters need a weight above 0"); ok = false }
+        return ok ? ClusterWeights(clusters: ids, cumulative: cumulative) : nil
+    }
+
     static func isToken(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.allSatisfy { c in
             (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || "!#$%&'*+-.^_`|~".utf8.contains(c)
@@ -284,19 +303,8 @@ extension Compiler {
         var target = RouteTarget.direct(status: 404, keepAlive: [], close: [])
         if let c = r.cluster, let i = cluster(c) { target = .cluster(i) }
         if let w = r.weightedClusters {
-            var ids: [Int] = [], cumulative: [UInt32] = []
-            var total: UInt32 = 0
-            if w.isEmpty { bad(r.weightedClustersPosition ?? r.position, "weighted_clusters must not be empty") }
-            for e in w {
-                guard let c = e.cluster else { bad(e.position, "a weighted cluster needs a 'cluster'"); continue }
-                let weight = e.weight?.value ?? 1
-                if !(0...10_000).contains(weight) { bad(e.weight!.position, "weight must be 0 to 10000") }
-                guard let i = cluster(c) else { continue }
-                total += UInt32(max(0, weight))
-                ids.append(i); cumulative.append(total)
-            }
-            if total == 0 && !w.isEmpty { bad(r.weightedClustersPosition ?? r.position, "weighted_clusters need a weight above 0") }
-            target = .weighted(clusters: ids, cumulative: cumulative)
+            if let weights = compileWeights(w, at: r.weightedClustersPosition ?? r.position, cluster: cluster, bad: bad) { target = .weighted(weights) }
+            else { ok = false }
         }
         if let d = r.directResponse {
             let status = d["status"].map { Int($0.value) } ?? 200
@@ -502,7 +510,7 @@ extension Listener {
         for a in http.actions {
             switch a.target {
             case .cluster(let i): names.append(snapshot.clusters[i].name)
-            case .weighted(let ids, _): names += ids.map { snapshot.clusters[$0].name }
+            case .weighted(let w): names += w.clusters.map { snapshot.clusters[$0].name }
             case .direct: names.append("direct_response")
             case .redirect: names.append("redirect")
             }
@@ -555,9 +563,9 @@ extension Route {
         var s: String
         switch target {
         case .cluster(let i): s = "cluster \(snapshot.clusters[i].name)"
-        case .weighted(let ids, let cumulative):
+        case .weighted(let w):
             var prev: UInt32 = 0
-            s = "weighted " + zip(ids, cumulative).map { id, c in defer { prev = c }; return "\(snapshot.clusters[id].name) \(c - prev)" }.joined(separator: ", ")
+            s = "weighted " + zip(w.clusters, w.cumulative).map { id, c in defer { prev = c }; return "\(snapshot.clusters[id].name) \(c - prev)" }.joined(separator: ", ")
         case .direct(let status, _, _): s = "direct_response \(status)"
         case .redirect(let r): s = "redirect \(r.status)"
         }

@@ -246,9 +246,7 @@ extension Shard {
         let ci: Int
         switch route.target {
         case .cluster(let i): ci = i
-        case .weighted(let ids, let cumulative):
-            let r = UInt32(truncatingIfNeeded: random.next() % UInt64(cumulative.last!))
-            ci = ids[cumulative.firstIndex { $0 > r }!]
+        case .weighted(let weights): ci = weights.pick(random.next())
         case .direct(let status, let keepAlive, let close):
             let closing = c.pointee.ex.closeAfter || c.pointee.ex.hasBody
             return localCopy(c, status: status, bytes: closing ? close : keepAlive, close: closing)

@@ -341,8 +341,8 @@ clusters:
         #expect(http.actions[0].timeoutNanoseconds == 2_000_000_000)
         #expect(http.actions[0].prefixLength == 3)
         #expect(http.routes.routes[0].hosts == [.exact(Array("api.example.com".utf8)), .suffix(Array(".api.example.com".utf8))])
-        guard case .weighted(let ids, let cumulative) = http.actions[1].target else { Issue.record("not weighted"); return }
-        #expect(ids == [0, 1] && cumulative == [90, 100])
+        guard case .weighted(let w) = http.actions[1].target else { Issue.record("not weighted"); return }
+        #expect(w.clusters == [0, 1] && w.cumulative == [90, 100])
         #expect(s.clusters[0].pool.maxConnections == 100 && s.clusters[0].pool.maxRequestsPerConnection == 1000)
         #expect(s.clusters[1].options.hashKey == .cookie(Array("session".utf8)))
         #expect(s.listeners[0].idleTimeoutNanoseconds == Compiler.defaultHTTPIdleTimeoutNanoseconds)
