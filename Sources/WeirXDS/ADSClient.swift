@@ -104,22 +104,14 @@ public final class ADSClient: @unchecked Sendable {
         }
     }
 
-    /// Tracks which resources are warming since when; those complete leave both sets.
+    /// Tracks which resources are warming since when. Activated resources stay activated while
+    /// the translation still uses them incomplete; complete or gone, they leave both sets.
     func noteWarming(_ t: Translation) {
         let now = monotonicNanoseconds()
         let warming = Set(t.warming.map(\.key))
+        activated = t.activatedIncomplete
         warmingSince = warmingSince.filter { warming.contains($0.key) || activated.contains($0.key) }
         for key in warming where warmingSince[key] == nil { warmingSince[key] = now }
-        // Activated resources stay activated until they are complete or gone.
-        let complete = Set(resources.clusters.keys.filter { name in
-            let c = resources.clusters[name]!
-            return c.type != .eds || resources.loadAssignments[edsName(c)] != nil
-        }.map { "cluster \($0)" } + resources.listeners.keys.filter { name in
-            !resources.rdsNames(of: resources.listeners[name]!).contains { resources.routes[$0] == nil }
-        }.map { "listener \($0)" })
-        let present = Set(resources.clusters.keys.map { "cluster \($0)" } + resources.listeners.keys.map { "listener \($0)" })
-        activated = activated.filter { present.contains($0) && !complete.contains($0) }
-        warmingSince = warmingSince.filter { present.contains($0.key) && !complete.contains($0.key) }
         publishResourceStates(warming: warming)
     }
 

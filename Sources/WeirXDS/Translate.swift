@@ -86,8 +86,11 @@ public struct Translation {
     public var listeners: [ListenerDocument] = []
     public var clusters: [ClusterDocument] = []
     public var warming: [(key: String, why: String)] = []
-    /// The cluster half: documents, warming clusters, and the names of the active ones.
-    var clusterPart: (docs: [ClusterDocument], warming: [(key: String, why: String)], active: Set<String>) = ([], [], [])
+    /// Keys in `activate` used while still incomplete (they stay activated until complete).
+    public var activatedIncomplete = Set<String>()
+    /// The cluster half: documents, warming clusters, activated incomplete clusters, and the
+    /// names of the active ones.
+    var clusterPart: (docs: [ClusterDocument], warming: [(key: String, why: String)], activated: Set<String>, active: Set<String>) = ([], [], [], [])
     /// Each listener's translation, before readiness is decided.
     var listenerResults: [String: ListenerTranslation] = [:]
     /// Each cluster's document with the Cluster and assignment it came from: an update that
@@ -114,9 +117,12 @@ public func translate(_ r: XDSResources, activate: Set<String> = [], previous: T
     } else {
         for name in r.clusters.keys.sorted() {
             let c = r.clusters[name]!
-            if c.type == .eds && r.loadAssignments[edsName(c)] == nil && !activate.contains("cluster \(name)") {
-                out.clusterPart.warming.append(("cluster \(name)", "endpoints \(edsName(c))"))
-                continue
+            if c.type == .eds && r.loadAssignments[edsName(c)] == nil {
+                guard activate.contains("cluster \(name)") else {
+                    out.clusterPart.warming.append(("cluster \(name)", "endpoints \(edsName(c))"))
+                    continue
+                }
+                out.clusterPart.activated.insert("cluster \(name)")
             }
             let cla = r.loadAssignments[edsName(c)]
             let doc: ClusterDocument
@@ -133,6 +139,7 @@ public func translate(_ r: XDSResources, activate: Set<String> = [], previous: T
     }
     out.clusters = out.clusterPart.docs
     out.warming = out.clusterPart.warming
+    out.activatedIncomplete = out.clusterPart.activated
     let active = out.clusterPart.active
     let known = Set(r.clusters.keys)
     for name in r.listeners.keys.sorted() {
@@ -145,15 +152,19 @@ public func translate(_ r: XDSResources, activate: Set<String> = [], previous: T
         out.listenerResults[name] = result
         switch result {
         case .ready(let doc, let uses):
-            if !activate.contains(key), let missing = uses.first(where: { !active.contains($0) }) {
-                out.warming.append((key, "cluster \(missing) warming"))
-                continue
+            if let missing = uses.first(where: { !active.contains($0) }) {
+                guard activate.contains(key) else {
+                    out.warming.append((key, "cluster \(missing) warming"))
+                    continue
+                }
+                out.activatedIncomplete.insert(key)
             }
             out.listeners.append(doc)
         case .waitingForRoutes(let routeName, var doc):
             if activate.contains(key) {
                 doc.mayHaveNoRoutes = true
                 out.listeners.append(doc)
+                out.activatedIncomplete.insert(key)
             } else {
                 out.warming.append((key, "routes \(routeName)"))
             }

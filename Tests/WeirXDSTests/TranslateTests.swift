@@ -244,6 +244,10 @@ let endpointsJSON = """
         #expect(plain.clusters.isEmpty && plain.warming.map(\.key) == ["cluster app"])
         let activated = try translate(r, activate: ["cluster app"])
         #expect(activated.clusters.count == 1 && activated.warming.isEmpty)
+        #expect(activated.activatedIncomplete == ["cluster app"], "activated while its endpoints are missing")
+        var la = try assignment(endpointsJSON); la.clusterName = "app"
+        r.loadAssignments["app"] = la
+        #expect(try translate(r, activate: ["cluster app"]).activatedIncomplete.isEmpty, "complete: no longer an activated one")
         let snap = try compile(activated)
         #expect(snap.clusters.first?.endpoints.isEmpty == true, "activated by initial_fetch_timeout: no endpoints yet")
     }
