@@ -63,6 +63,9 @@ enum AdminRender {
                ls.map { ("listener=\"\(label($0.key))\"", $0.value.localResponses) })
         family("weir_http_retries_total", "counter", "HTTP requests sent again to another endpoint (route retries).",
                ls.map { ("listener=\"\(label($0.key))\"", $0.value.retries) })
+        family("weir_http_pool_retries_total", "counter",
+               "HTTP requests sent again on a fresh connection because the pooled one they met had been closed by the upstream.",
+               ls.map { ("listener=\"\(label($0.key))\"", $0.value.poolRetries) })
         family("weir_tls_handshakes_total", "counter", "TLS handshakes completed, per listener.",
                ls.map { ("listener=\"\(label($0.key))\"", $0.value.tlsHandshakes) })
         family("weir_tls_resumptions_total", "counter", "TLS handshakes that resumed a session (tickets), per listener.",

@@ -1,9 +1,23 @@
 // Finds where a chunked body ends (RFC 9112 section 7.1) while the proxy forwards its bytes
 // unchanged. Incremental: feed it each buffer as it arrives; it keeps its place between calls.
+// Because the bytes go on as received, every chunk line and trailer field is held to the RFC's
+// grammar (no loose forms another parser might frame differently): a size is hex digits,
+// whitespace may only come before a ';' or '=', an extension is a token name with an optional
+// token or quoted-string value, and a trailer field is `token ":" field-value`.
 
 public struct ChunkedScanner: Equatable, Sendable {
     enum State: Equatable, Sendable {
-        case size, extensions, sizeLF, data, dataCR, dataLF, trailerStart, trailerLine, trailerLF, finalLF, done
+        case size
+        /// Whitespace after the size or an extension value: only ';' may follow.
+        case bws
+        /// After ';': optional whitespace, then an extension name.
+        case extNameStart, extName
+        /// Whitespace after an extension name: ';' or '=' must follow.
+        case extNameBWS
+        /// After '=': optional whitespace, then a token or a quoted string.
+        case extValueStart, extToken, extQuoted, extEscape, extQuotedEnd
+        case sizeLF, data, dataCR, dataLF
+        case trailerStart, trailerName, trailerValue, trailerLF, finalLF, done
     }
     var state = State.size
     var sizeDigits = 0
@@ -35,6 +49,46 @@ public struct ChunkedScanner: Equatable, Sendable {
         }
     }
 
+    /// One byte of a chunk extension (RFC 9112 section 7.1.1):
+    /// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )` then CR. nil refuses it.
+    static func extensionStep(_ state: State, _ c: UInt8) -> State? {
+        let ws = c == SP || c == HTAB
+        switch state {
+        case .bws:
+            return ws ? .bws : c == UInt8(ascii: ";") ? .extNameStart : nil
+        case .extNameStart:
+            return ws ? .extNameStart : isToken(c) ? .extName : nil
+        case .extName:
+            if isToken(c) { return .extName }
+            if ws { return .extNameBWS }
+            if c == UInt8(ascii: "=") { return .extValueStart }
+            if c == UInt8(ascii: ";") { return .extNameStart }
+            return c == CR ? .sizeLF : nil
+        case .extNameBWS:
+            return ws ? .extNameBWS : c == UInt8(ascii: "=") ? .extValueStart : c == UInt8(ascii: ";") ? .extNameStart : nil
+        case .extValueStart:
+            return ws ? .extValueStart : c == UInt8(ascii: "\"") ? .extQuoted : isToken(c) ? .extToken : nil
+        case .extToken:
+            if isToken(c) { return .extToken }
+            if ws { return .bws }
+            if c == UInt8(ascii: ";") { return .extNameStart }
+            return c == CR ? .sizeLF : nil
+        case .extQuoted:
+            // qdtext: HTAB, SP, VCHAR except '"' and '\\', obs-text.
+            if c == UInt8(ascii: "\"") { return .extQuotedEnd }
+            if c == UInt8(ascii: "\\") { return .extEscape }
+            return c == HTAB || (c >= 0x20 && c != 0x7F) ? .extQuoted : nil
+        case .extEscape:
+            return c == HTAB || (c >= 0x20 && c != 0x7F) ? .extQuoted : nil
+        case .extQuotedEnd:
+            if ws { return .bws }
+            if c == UInt8(ascii: ";") { return .extNameStart }
+            return c == CR ? .sizeLF : nil
+        default:
+            return nil
+        }
+    }
+
     public mutating func scan(_ buf: UnsafeRawBufferPointer, limits: HTTPLimits) -> Result {
         var i = 0
         while i < buf.count {
@@ -47,19 +101,22 @@ public struct ChunkedScanner: Equatable, Sendable {
                     remaining = remaining << 4 | v
                 } else if sizeDigits == 0 {
                     return .failed(HTTPError(.badRequest, "bad chunk size"))
-                } else if c == UInt8(ascii: ";") || c == SP || c == HTAB {
-                    state = .extensions
+                } else if c == UInt8(ascii: ";") {
+                    state = .extNameStart
+                } else if c == SP || c == HTAB {
+                    state = .bws
                 } else if c == CR {
                     state = .sizeLF
                 } else {
                     return .failed(HTTPError(.badRequest, "bad chunk size"))
                 }
-            case .extensions:
+            case .bws, .extNameStart, .extName, .extNameBWS, .extValueStart, .extToken, .extQuoted, .extEscape, .extQuotedEnd:
                 extensionBytes += 1
                 if extensionBytes > limits.maxChunkExtensionBytes { return .failed(HTTPError(.badRequest, "chunk extension too long")) }
-                if c == CR { state = .sizeLF } else if c == LF || (c < 0x20 && c != HTAB) || c == 0x7F {
-                    return .failed(HTTPError(.badRequest, "control byte in a chunk extension"))
+                guard let next = ChunkedScanner.extensionStep(state, c) else {
+                    return .failed(HTTPError(.badRequest, state == .extQuoted || state == .extEscape ? "bad quoted string in a chunk extension" : "bad chunk extension"))
                 }
+                state = next
             case .sizeLF:
                 guard c == LF else { return .failed(HTTPError(.badRequest, "bare CR after chunk size")) }
                 dataBytes += remaining
@@ -81,14 +138,20 @@ public struct ChunkedScanner: Equatable, Sendable {
                 guard c == LF else { return .failed(HTTPError(.badRequest, "bare CR after chunk data")) }
                 state = .size
             case .trailerStart:
-                if c == CR { state = .finalLF } else if c == LF || c == SP || c == HTAB {
-                    return .failed(HTTPError(.badRequest, "bad trailer"))
-                } else { state = .trailerLine; trailerBytes += 1 }
-            case .trailerLine:
+                if c == CR { state = .finalLF } else if isToken(c) { state = .trailerName; trailerBytes += 1 } else {
+                    return .failed(HTTPError(.badRequest, "bad trailer field"))
+                }
+            case .trailerName:
                 trailerBytes += 1
                 if trailerBytes > limits.maxHeaderBytes { return .failed(HTTPError(.headersTooLarge, "trailer section too large")) }
-                if c == CR { state = .trailerLF } else if c == LF || !isFieldByte(c) && c != UInt8(ascii: ":") {
-                    return .failed(HTTPError(.badRequest, "bad trailer"))
+                if c == UInt8(ascii: ":") { state = .trailerValue } else if !isToken(c) {
+                    return .failed(HTTPError(.badRequest, "bad trailer field name"))
+                }
+            case .trailerValue:
+                trailerBytes += 1
+                if trailerBytes > limits.maxHeaderBytes { return .failed(HTTPError(.headersTooLarge, "trailer section too large")) }
+                if c == CR { state = .trailerLF } else if !isFieldByte(c) {
+                    return .failed(HTTPError(.badRequest, "control byte in a trailer field"))
                 }
             case .trailerLF:
                 guard c == LF else { return .failed(HTTPError(.badRequest, "bare CR in trailer")) }

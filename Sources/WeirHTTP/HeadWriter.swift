@@ -106,6 +106,17 @@ public enum HeadWriter {
 
     /// Fields that describe one hop, not the message: never forwarded. Transfer-Encoding stays,
     /// because Weir forwards a chunked body's bytes as they are.
+    ///
+    /// A `Connection` header may name more hop-by-hop fields (RFC 9110 section 7.6.1), but never
+    /// one that frames or routes the message: Weir framed the body by Content-Length or
+    /// Transfer-Encoding and routed by Host, so dropping one of them would let the next hop read
+    /// the message differently (a request smuggled inside another's body). Such a token is
+    /// ignored: the field goes on, only the Connection header (hop-by-hop itself) is dropped.
+    public static func mayBeNominated(_ buf: UnsafeRawBufferPointer, _ name: ByteRange) -> Bool {
+        !(equalsIgnoringCase(buf, name, "content-length") || equalsIgnoringCase(buf, name, "transfer-encoding")
+            || equalsIgnoringCase(buf, name, "host"))
+    }
+
     static func isHopByHop(_ buf: UnsafeRawBufferPointer, _ name: ByteRange, headers: HeaderTable, upgrade: Bool) -> Bool {
         if equalsIgnoringCase(buf, name, "connection") || equalsIgnoringCase(buf, name, "keep-alive")
             || equalsIgnoringCase(buf, name, "proxy-connection") || equalsIgnoringCase(buf, name, "te")
@@ -113,7 +124,9 @@ public enum HeadWriter {
             return true
         }
         if equalsIgnoringCase(buf, name, "upgrade") { return !upgrade }
-        // And any field the Connection header names (RFC 9110 section 7.6.1).
+        // And any field the Connection header names (RFC 9110 section 7.6.1), except the ones
+        // that frame or route the message.
+        guard mayBeNominated(buf, name) else { return false }
         for i in 0..<headers.count where equalsIgnoringCase(buf, headers.name(i), "connection") {
             var named = false
             _ = forEachListElement(buf, headers.value(i)) { token in

@@ -12,25 +12,34 @@ import Glibc
 
 final class AccessLogWriter {
     let path: String
-    let fd: Int32
+    private(set) var fd: Int32
     let capacity = 256 * 1024
     let buffers: (UnsafeMutableRawPointer, UnsafeMutableRawPointer)
     var filling = 0
     var fill = 0
-    var writing = false
+    /// The buffer being written (the one not filling): its length, and how much is written.
+    /// A write may be short (a full disk, a signal): the rest goes out before anything else.
+    var writeLength = 0
+    var writeDone = 0
+    var writing: Bool { writeLength > 0 }
     var dropped = 0
     let id: Int
 
     init?(path: String, id: Int) {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            Log.error("cannot open access log \(path): \(String(cString: strerror(errno)))")
-            return nil
-        }
+        guard let fd = AccessLogWriter.open(path) else { return nil }
         self.path = path
         self.fd = fd
         self.id = id
         buffers = (.allocate(byteCount: capacity, alignment: 64), .allocate(byteCount: capacity, alignment: 64))
+    }
+
+    static func open(_ path: String) -> Int32? {
+        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            Log.error("cannot open access log \(path): \(String(cString: strerror(errno)))")
+            return nil
+        }
+        return fd
     }
 
     deinit {
@@ -52,16 +61,42 @@ final class AccessLogWriter {
     /// Starts writing the open buffer if none is being written; called once per loop turn.
     func flush(_ ring: Ring) {
         guard !writing, fill > 0 else { return }
-        writing = true
-        ring.append(fd: fd, from: filling == 0 ? buffers.0 : buffers.1, count: UInt32(fill),
-                    userData: UserData(op: Op.logWrite, slot: id, generation: 0))
+        writeLength = fill
+        writeDone = 0
         filling ^= 1
         fill = 0
+        submit(ring)
     }
 
-    func written(_ res: Int32) {
-        writing = false
-        if res < 0 { Log.warning("access log \(path): write failed: \(String(cString: strerror(-res)))") }
+    private func submit(_ ring: Ring) {
+        let base = filling == 0 ? buffers.1 : buffers.0
+        ring.append(fd: fd, from: base + writeDone, count: UInt32(writeLength - writeDone),
+                    userData: UserData(op: Op.logWrite, slot: id, generation: 0))
+    }
+
+    func written(_ res: Int32, ring: Ring) {
+        if res < 0 {
+            Log.warning("access log \(path): write failed: \(String(cString: strerror(-res))); \(writeLength - writeDone) bytes lost")
+        } else if res > 0 && writeDone + Int(res) < writeLength {
+            writeDone += Int(res)
+            return submit(ring)
+        } else if res == 0 {
+            Log.warning("access log \(path): the write made no progress; \(writeLength - writeDone) bytes lost")
+        }
+        writeLength = 0
+        writeDone = 0
+    }
+
+    /// Follows log rotation: when the file at `path` is no longer the one open (renamed or
+    /// removed, as logrotate does), opens `path` anew. Checked between writes, once per tick.
+    func reopenIfRotated() {
+        guard !writing else { return }
+        var open = stat(), named = stat()
+        guard fstat(fd, &open) == 0 else { return }
+        if stat(path, &named) == 0 && named.st_ino == open.st_ino && named.st_dev == open.st_dev { return }
+        guard let fresh = AccessLogWriter.open(path) else { return }
+        close(fd)
+        fd = fresh
     }
 }
 
@@ -96,18 +131,28 @@ struct LineWriter {
         var v = v
         while div > 0 { byte(UInt8(48 + (v / div) % 10)); v %= max(div, 1); div /= 10 }
     }
-    /// A JSON string from raw bytes: quotes, backslashes and control bytes escaped.
-    mutating func string(_ bytes: UnsafeRawBufferPointer) {
+    /// A JSON string from raw bytes: quotes, backslashes and control bytes escaped, at most
+    /// `limit` bytes written in all. A string cut short is cut between escapes, never inside
+    /// one, and always closed, so the line stays valid JSON.
+    mutating func string(_ bytes: UnsafeRawBufferPointer, limit: Int) {
+        let end = min(capacity, count + limit) - 1  // room for the closing quote
+        guard count + 2 <= end + 1 else { return }
         byte(UInt8(ascii: "\""))
+        let hex: StaticString = "0123456789abcdef"
         for b in bytes {
             switch b {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"): byte(UInt8(ascii: "\\")); byte(b)
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                guard count + 2 <= end else { break }
+                byte(UInt8(ascii: "\\")); byte(b); continue
             case 0..<0x20, 0x7F:
+                guard count + 6 <= end else { break }
                 raw("\\u00")
-                let hex: StaticString = "0123456789abcdef"
-                byte(hex.utf8Start[Int(b >> 4)]); byte(hex.utf8Start[Int(b & 15)])
-            default: byte(b)
+                byte(hex.utf8Start[Int(b >> 4)]); byte(hex.utf8Start[Int(b & 15)]); continue
+            default:
+                guard count + 1 <= end else { break }
+                byte(b); continue
             }
+            break
         }
         byte(UInt8(ascii: "\""))
     }
@@ -143,41 +188,60 @@ extension Shard {
         }
     }
 
+    /// The access log of a connection's listener, in the snapshot the connection is on (which
+    /// may be older than the shard's: a reload or a health change mid-request publishes one).
+    func logWriter(_ c: UnsafeMutablePointer<Connection>) -> AccessLogWriter? {
+        let li = Int(c.pointee.listenerIndex)
+        guard logScratch != nil, li >= 0 else { return nil }
+        let snap = snapshotOf(c)
+        if snap === snapshot { return li < listenerLog.count && listenerLog[li] >= 0 ? logWriters[listenerLog[li]] : nil }
+        guard li < snap.listeners.count, let path = snap.listeners[li].http?.accessLog else { return nil }
+        return logWriters.first { $0.path == path }
+    }
+
     /// Keeps the method and target of a request for its log line (the head buffer may be gone
-    /// by the time the response ends).
+    /// by the time the response ends). Both fit the slot's scratch whole, escapes included.
     func keepForLog(_ c: UnsafeMutablePointer<Connection>, _ source: UnsafeRawBufferPointer, method: ByteRangeLike, target: ByteRangeLike) {
-        guard let scratch = logScratch, c.pointee.listenerIndex >= 0, Int(c.pointee.listenerIndex) < listenerLog.count,
-              listenerLog[Int(c.pointee.listenerIndex)] >= 0 else { return }
-        var w = LineWriter(base: scratch + slot(of: c) * Shard.logScratchBytes, capacity: Shard.logScratchBytes - 8)
+        guard let scratch = logScratch, logWriter(c) != nil else { return }
+        var w = LineWriter(base: scratch + slot(of: c) * Shard.logScratchBytes, capacity: Shard.logScratchBytes)
         w.raw(",\"method\":")
-        w.string(UnsafeRawBufferPointer(rebasing: source[method.start..<method.end]))
+        w.string(UnsafeRawBufferPointer(rebasing: source[method.start..<method.end]), limit: 40)
         w.raw(",\"path\":")
-        w.string(UnsafeRawBufferPointer(rebasing: source[target.start..<min(target.end, target.start + 300)]))
+        w.string(UnsafeRawBufferPointer(rebasing: source[target.start..<target.end]), limit: Shard.logScratchBytes - 60)
         c.pointee.logLength = Int16(w.count)
     }
 
+    /// Room one access log line may take: every string in it has a budget within this.
+    static let logLineBytes = 1536
+
     func logRequest(_ c: UnsafeMutablePointer<Connection>, status: Int, elapsed: Int64) {
-        guard let scratch = logScratch, c.pointee.listenerIndex >= 0, Int(c.pointee.listenerIndex) < listenerLog.count,
-              snapshotOf(c) === snapshot else { return }
-        let id = listenerLog[Int(c.pointee.listenerIndex)]
-        guard id >= 0, let line = logWriters[id].reserve(1024) else { return }
-        var w = LineWriter(base: line, capacity: 1023)
+        guard let scratch = logScratch, let writer = logWriter(c), let line = writer.reserve(Shard.logLineBytes) else { return }
+        let snap = snapshotOf(c)
+        var w = LineWriter(base: line, capacity: Shard.logLineBytes)
         w.raw("{\"time\":"); w.time()
-        w.raw(",\"listener\":"); snapshot.listeners[Int(c.pointee.listenerIndex)].name.utf8.withContiguousStorageIfAvailable { w.string(UnsafeRawBufferPointer($0)) }
-        w.raw(",\"client\":"); w.string(clientAddress(c))
+        w.raw(",\"listener\":"); snap.listeners[Int(c.pointee.listenerIndex)].name.utf8.withContiguousStorageIfAvailable { w.string(UnsafeRawBufferPointer($0), limit: 200) }
+        w.raw(",\"client\":"); w.string(clientAddress(c), limit: 64)
         let kept = Int(c.pointee.logLength)
         for i in 0..<kept { w.byte(scratch.load(fromByteOffset: slot(of: c) * Shard.logScratchBytes + i, as: UInt8.self)) }
         w.raw(",\"status\":"); w.number(Int64(status))
         w.raw(",\"request_bytes\":"); w.number(c.flow(0).pointee.bytes - c.pointee.logBytesIn)
         w.raw(",\"response_bytes\":"); w.number(c.flow(1).pointee.bytes - c.pointee.logBytesOut)
-        if c.pointee.endpointSlot >= 0, let (ci, ep) = currentEndpoint(c) {
-            w.raw(",\"cluster\":"); snapshot.clusters[ci].name.utf8.withContiguousStorageIfAvailable { w.string(UnsafeRawBufferPointer($0)) }
-            w.raw(",\"upstream\":"); endpointText[ci][ep].withUnsafeBytes { w.string($0) }
+        if c.pointee.endpointSlot >= 0 {
+            let ci = Int(c.pointee.clusterIndex), ep = Int(c.pointee.endpointIndex)
+            w.raw(",\"cluster\":"); snap.clusters[ci].name.utf8.withContiguousStorageIfAvailable { w.string(UnsafeRawBufferPointer($0), limit: 200) }
+            w.raw(",\"upstream\":")
+            if snap === snapshot, ci < endpointText.count, ep < endpointText[ci].count {
+                endpointText[ci][ep].withUnsafeBytes { w.string($0, limit: 64) }
+            } else {
+                // A connection on an older snapshot: its endpoint's text is not kept (rare; allocates).
+                var text = snap.clusters[ci].endpoints[ep].address.description
+                text.withUTF8 { w.string(UnsafeRawBufferPointer($0), limit: 64) }
+            }
         }
         w.raw(",\"retries\":"); w.number(Int64(c.pointee.ex.retries))
         w.raw(",\"duration_us\":"); w.number(elapsed / 1000)
         w.raw("}\n")
-        logWriters[id].commit(w.count)
+        writer.commit(w.count)
         c.pointee.logBytesIn = c.flow(0).pointee.bytes
         c.pointee.logBytesOut = c.flow(1).pointee.bytes
     }

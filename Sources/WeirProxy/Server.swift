@@ -221,7 +221,7 @@ public final class Server: @unchecked Sendable {
             for (name, v) in l {
                 var sum = listeners[name] ?? ListenerCounters()
                 sum.accepted += v.accepted; sum.active += v.active; sum.rejected += v.rejected
-                sum.requests += v.requests; sum.localResponses += v.localResponses; sum.retries += v.retries
+                sum.requests += v.requests; sum.localResponses += v.localResponses; sum.retries += v.retries; sum.poolRetries += v.poolRetries
                 sum.responses.0 += v.responses.0; sum.responses.1 += v.responses.1; sum.responses.2 += v.responses.2
                 sum.responses.3 += v.responses.3; sum.responses.4 += v.responses.4
                 sum.latency = sum.latency + v.latency

@@ -315,22 +315,19 @@ extension Shard {
     /// write its response head.
     func waitForHeadBuffer(_ c: UnsafeMutablePointer<Connection>, kind: UInt8) {
         c.pointee.ex.waitingForBuffer = kind + 1
-        headWaiters.append(HeadWaiter(slot: Int32(slot(of: c)), generation: c.pointee.generation))
+        headWaiters.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: kind)) { [connections] r in
+            connections[Int(r.slot)].generation == r.generation
+        }
     }
 
     /// Gives freed head buffers to the connections waiting for them, oldest first.
     func serveHeadWaiters() {
-        var served = 0
-        while headFreeCount > 0 && served < headWaiters.count {
-            let w = headWaiters[served]
-            served += 1
+        while headFreeCount > 0, let w = headWaiters.removeFirst() {
             let c = connections + Int(w.slot)
-            guard c.pointee.generation == w.generation, c.pointee.state == .open, c.pointee.ex.waitingForBuffer > 0 else { continue }
-            let kind = c.pointee.ex.waitingForBuffer - 1
+            guard c.pointee.generation == w.generation, c.pointee.state == .open, c.pointee.ex.waitingForBuffer == w.sub + 1 else { continue }
             c.pointee.ex.waitingForBuffer = 0
-            if kind == 0 { sendRequestHead(c, parsed: nil) } else { processResponse(c) }
+            if w.sub == 0 { sendRequestHead(c, parsed: nil) } else { processResponse(c) }
         }
-        headWaiters.removeFirst(served)
     }
 
     /// 16 hex digits, unique enough to follow one request through logs.
@@ -688,7 +685,7 @@ extension Shard {
             }
             guard res > 0, let bid else {
                 if let bid { buffers.recycle(bid) }
-                if res == -ENOBUFS { u.pointee.starved = true; starvedUpstreams.append(Int32(ud.slot)); return }
+                if res == -ENOBUFS { starveUpstream(u); return }
                 if res == -ECANCELED { if !u.pointee.recvArmed { armUpstreamRecv(u) }; return }
                 return upstreamConnectFailed(c, u, timedOut: false)
             }
@@ -716,7 +713,7 @@ extension Shard {
                 return closeUpstream(u)
             }
             if let bid { buffers.recycle(bid) }
-            if res == -ENOBUFS { u.pointee.starved = true; starvedUpstreams.append(Int32(ud.slot)); return }
+            if res == -ENOBUFS { starveUpstream(u); return }
             if res == -ECANCELED { if !u.pointee.recvArmed { armUpstreamRecv(u) }; return }
             // Data, EOF or an error on an idle connection: the upstream is done with it.
             return closeUpstream(u)
@@ -761,14 +758,14 @@ extension Shard {
                 u.pointee.ended = true
                 upstreamEnded(c)
             case -ENOBUFS:
-                u.pointee.starved = true
-                control.stats.pointee.bufferRingDry += 1
-                starvedUpstreams.append(Int32(ud.slot))
+                starveUpstream(u)
             case -ECANCELED:
                 rearmUpstreamIfRoom(c)
             default:
                 u.pointee.ended = true
-                upstreamFailed(c, .reset)
+                // A reset after the whole response came is the upstream's business, not the
+                // client's; inside a tunnel it ends both sides.
+                if c.pointee.ex.responseHeadDone && c.pointee.ex.phase != .tunnel { upstreamEnded(c) } else { upstreamFailed(c, .reset) }
             }
         default:
             if let bid { buffers.recycle(bid) }
@@ -776,14 +773,15 @@ extension Shard {
         }
     }
 
+    /// The upstream closed its side (or reset) while serving this exchange. Before the response
+    /// head, that is a failure (retried when it may be). After it, what arrived before the end
+    /// may hold the whole response (an upstream that says `Connection: close` closes at once):
+    /// it goes on to the client, and the response counts as cut short only if its framing runs
+    /// past the bytes that came (pumpResponse sees that).
     func upstreamEnded(_ c: UnsafeMutablePointer<Connection>) {
-        let flow = c.flow(1)
-        if c.pointee.ex.phase == .tunnel || (c.pointee.ex.responseHeadDone && flow.pointee.body == .untilClose) {
-            flow.pointee.sourceEnded = true
-            return pumpResponse(c)
-        }
-        if c.pointee.ex.responseHeadDone { return abortHTTP(c) }  // cut short inside a framed body
-        upstreamFailed(c, .reset)
+        guard c.pointee.ex.responseHeadDone || c.pointee.ex.phase == .tunnel else { return upstreamFailed(c, .reset) }
+        c.flow(1).pointee.sourceEnded = true
+        pumpResponse(c)
     }
 
     // MARK: Sending the request
@@ -831,7 +829,10 @@ extension Shard {
                 if flow.pointee.bodyRemaining == 0 { flow.pointee.body = .none }
                 flow.pointee.segment = Int32(n)
             case .chunked:
-                let limits = httpListener(c).limits
+                // max_body_bytes bounds what clients send; a response body streams through
+                // whatever its size (as a Content-Length response does).
+                var limits = httpListener(c).limits
+                if !request { limits.maxBodyBytes = .max }
                 switch flow.pointee.scanner.scan(UnsafeRawBufferPointer(start: bufferPointer(Int(bid)) + off, count: avail), limits: limits) {
                 case .needMore: flow.pointee.segment = Int32(avail)
                 case .done(let n): flow.pointee.segment = Int32(n); flow.pointee.body = .none
@@ -1027,6 +1028,9 @@ extension Shard {
         guard let (pointer, count) = nextSegment(c, flow, request: false) else { return }
         if count > 0 { return downstreamSend(c, pointer, count) }
         switch flow.pointee.body {
+        case .contentLength, .chunked:
+            // Everything that came is sent and the body is not whole: the upstream cut it short.
+            if flow.pointee.sourceEnded && c.pointee.ex.phase == .forwarding { abortHTTP(c) }
         case .none:
             if c.pointee.ex.phase == .forwarding || c.pointee.ex.phase == .local { responseComplete(c) }
         case .untilClose:
@@ -1120,6 +1124,7 @@ extension Shard {
         endEndpoint(c)
         dropQueue(f1)
         clearOut(f1)
+        f1.pointee.sourceEnded = false
         if c.pointee.ex.closeAfter || f0.pointee.sourceEnded || f0.pointee.body != .none || f0.pointee.sending
             || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent && !c.pointee.ex.local) {
             return lingerClose(c)
@@ -1150,8 +1155,9 @@ extension Shard {
         let route = httpListener(c).actions[Int(c.pointee.ex.route)]
         if failure == .reset && reused && !c.pointee.ex.freeRetryUsed && !c.pointee.ex.bodySent && c.pointee.ex.method.isIdempotent {
             // A pooled connection the upstream had just closed: try once more on a fresh one,
-            // without counting it as a retry.
+            // without counting it as a route retry.
             c.pointee.ex.freeRetryUsed = true
+            if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].poolRetries += 1 }
             return retry(c, backoff: false, sameEndpoint: true)
         }
         if failure == .reset && route.retry.onReset && mayRetry(c, route) {
@@ -1176,6 +1182,7 @@ extension Shard {
         dropQueue(f1)
         clearOut(f1)
         f1.pointee.body = .none
+        f1.pointee.sourceEnded = false
         c.pointee.ex.responseHeadDone = false
         c.pointee.ex.headWritten = false
         c.pointee.ex.requestSent = false
@@ -1346,9 +1353,7 @@ extension Shard {
                 if flow.pointee.body != .none { abortHTTP(c) } else { c.pointee.ex.closeAfter = true }
             }
         case -ENOBUFS:
-            flow.pointee.starved = true
-            control.stats.pointee.bufferRingDry += 1
-            starvedFlows.append(Int32(ud.slot << 1))
+            starve(c, 0)
         case -ECANCELED:
             rearmIfRoom(c, 0)
         default:

@@ -41,6 +41,11 @@ extension Shard {
     func helloArrived(_ c: UnsafeMutablePointer<Connection>) {
         let flow = c.flow(0)
         while true {
+            // Closed before a byte came (a port scan, a TCP health check): nothing to route.
+            guard flow.pointee.queued > 0 else {
+                if flow.pointee.sourceEnded { abort(c) }
+                return
+            }
             let bid = Int(flow.pointee.head)
             let off = Int(flow.pointee.sendOffset)
             let len = Int(bufferLength[bid])
@@ -332,9 +337,7 @@ extension Shard {
                 flow.pointee.sourceEnded = true
                 if c.pointee.awaitingHello { helloArrived(c) }
             case -ENOBUFS:
-                flow.pointee.starved = true
-                control.stats.pointee.bufferRingDry += 1
-                starvedFlows.append(Int32(ud.slot << 1))
+                starve(c, 0)
             case -ECANCELED: break
             default: abort(c)
             }
@@ -380,9 +383,7 @@ extension Shard {
             flow.pointee.sourceEnded = true
             if !flow.pointee.sending && flow.pointee.queued == 0 { shutDestination(c, f) }
         case -ENOBUFS:
-            flow.pointee.starved = true
-            control.stats.pointee.bufferRingDry += 1
-            starvedFlows.append(Int32(ud.slot << 1 | f))
+            starve(c, f)
         case -ECANCELED:
             rearmIfRoom(c, f)
         default:
@@ -501,22 +502,40 @@ extension Shard {
         }
     }
 
-    /// Re-arms recvs that stopped on an empty buffer ring, now that buffers came back.
+    /// A flow's recv stopped because the buffer ring was empty: remember it (with its slot's
+    /// generation) to re-arm when buffers come back.
+    func starve(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
+        c.flow(f).pointee.starved = true
+        control.stats.pointee.bufferRingDry += 1
+        starvedFlows.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: UInt8(f))) { [connections] r in
+            connections[Int(r.slot)].generation == r.generation
+        }
+    }
+
+    func starveUpstream(_ u: UnsafeMutablePointer<Upstream>) {
+        u.pointee.starved = true
+        control.stats.pointee.bufferRingDry += 1
+        starvedUpstreams.append(SlotRef(slot: u - upstreams, generation: u.pointee.generation)) { [upstreams] r in
+            upstreams[Int(r.slot)].generation == r.generation
+        }
+    }
+
+    /// Re-arms recvs that stopped on an empty buffer ring, now that buffers came back. An entry
+    /// whose slot was freed (and maybe reused) since is dropped: the connection it named is gone.
     func rearmStarved() {
-        let list = starvedFlows
-        starvedFlows.removeAll(keepingCapacity: true)
-        let ups = starvedUpstreams
-        starvedUpstreams.removeAll(keepingCapacity: true)
-        for i in ups {
-            let u = upstreams + Int(i)
-            guard u.pointee.starved else { continue }
+        for _ in 0..<starvedUpstreams.count {
+            guard let r = starvedUpstreams.removeFirst() else { break }
+            let u = upstreams + Int(r.slot)
+            guard u.pointee.generation == r.generation, u.pointee.starved else { continue }
             u.pointee.starved = false
             if u.pointee.state == .idle { armUpstreamRecv(u) }
             else if u.pointee.state == .busy, let c = owner(u) { rearmUpstreamIfRoom(c) }
         }
-        for entry in list {
-            let c = connections + Int(entry >> 1)
-            let f = Int(entry & 1)
+        for _ in 0..<starvedFlows.count {
+            guard let r = starvedFlows.removeFirst() else { break }
+            let c = connections + Int(r.slot)
+            let f = Int(r.sub)
+            guard c.pointee.generation == r.generation, c.flow(f).pointee.starved else { continue }
             c.flow(f).pointee.starved = false
             rearmIfRoom(c, f)
         }

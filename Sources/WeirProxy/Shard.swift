@@ -74,8 +74,9 @@ final class Shard {
     let sendVectors: UnsafeMutablePointer<iovec>
     /// Buffers one gather send may carry.
     static let maxVectors = 16
-    /// Flows waiting for buffers to come back (slot << 1 | flow).
-    var starvedFlows: [Int32] = []
+    /// Flows whose recv stopped on an empty buffer ring (sub: the flow), re-armed when buffers
+    /// come back if their slot still has that generation.
+    let starvedFlows: SlotRefQueue
     var listeners: [ShardListener] = []
     var snapshot: Snapshot
     /// One balancer per cluster of `snapshot`, this shard's own state over the shared tables.
@@ -120,9 +121,9 @@ final class Shard {
     var idleCount: [Int32] = []
     var openCount: [Int32] = []
     /// Upstreams whose recv stopped on an empty buffer ring.
-    var starvedUpstreams: [Int32] = []
-    /// Connections waiting for a head buffer, oldest first.
-    var headWaiters: [HeadWaiter] = []
+    let starvedUpstreams: SlotRefQueue
+    /// Connections waiting for a head buffer, oldest first (sub: 0 request head, 1 response head).
+    let headWaiters: SlotRefQueue
     /// Per connection slot: the client's address as text, for X-Forwarded-For.
     let clientText: UnsafeMutablePointer<UInt8>
     static let clientTextBytes = 48
@@ -165,7 +166,7 @@ final class Shard {
         bufferNext.initialize(repeating: -1, count: queueable)
         bufferLength = .allocate(capacity: queueable)
         bufferLength.initialize(repeating: 0, count: queueable)
-        starvedFlows.reserveCapacity(2 * n)
+        starvedFlows = SlotRefQueue(capacity: 2 * n)
         sendMessages = .allocate(capacity: 2 * n)
         sendMessages.initialize(repeating: msghdr(), count: 2 * n)
         sendVectors = .allocate(capacity: 2 * n * Shard.maxVectors)
@@ -186,8 +187,8 @@ final class Shard {
         upstreamTLS = .allocate(capacity: n)
         upstreamTLS.initialize(repeating: TLSState(), count: n)
         discardFlow.initialize(to: Flow())
-        starvedUpstreams.reserveCapacity(n)
-        headWaiters.reserveCapacity(n)
+        starvedUpstreams = SlotRefQueue(capacity: n)
+        headWaiters = SlotRefQueue(capacity: n)
         recvLimit = control.recvLimit
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }
@@ -255,7 +256,7 @@ final class Shard {
         case Op.upSend: onUpstreamSend(ud, res)
         case Op.upConnect: onUpstreamConnect(ud, res)
         case Op.retry: onRetryTimer(ud)
-        case Op.logWrite: if ud.slot < logWriters.count { logWriters[ud.slot].written(res) }
+        case Op.logWrite: if ud.slot < logWriters.count { logWriters[ud.slot].written(res, ring: ring) }
         case Op.tick: onTick()
         case Op.wake:
             ring.read(fd: control.waker.fd, into: &wakeBuffer, count: 8, userData: UserData(op: Op.wake, slot: 0, generation: 0))
@@ -306,6 +307,7 @@ final class Shard {
             abort(c)
         }
         upstreamTick()
+        for w in logWriters { w.reopenIfRotated() }
     }
 
     // MARK: Snapshots and listeners
@@ -416,11 +418,6 @@ final class Shard {
             else if res != -EMFILE && res != -ENFILE { armAccept(slot) }
         }
     }
-}
-
-struct HeadWaiter {
-    var slot: Int32
-    var generation: UInt32
 }
 
 extension Int {

@@ -17,6 +17,9 @@ public struct ListenerCounters: Sendable {
     public var responses: (Int64, Int64, Int64, Int64, Int64) = (0, 0, 0, 0, 0)
     public var localResponses: Int64 = 0
     public var retries: Int64 = 0
+    /// Requests sent again on a fresh connection because the pooled one they met had been
+    /// closed by the upstream (not counted in `retries`).
+    public var poolRetries: Int64 = 0
     public var latency = LatencyHistogram()
     /// TLS: completed handshakes, those that resumed a session, and failures by reason.
     public var tlsHandshakes: Int64 = 0

@@ -75,6 +75,16 @@ public final class Ring {
         return s
     }
 
+    /// Makes room for `count` submission entries that must go to the kernel in one submit (a
+    /// linked pair: a connect and its timeout). When fewer are free, what is queued goes now.
+    @inlinable
+    public func reserve(_ count: UInt32) {
+        if io_uring_sq_space_left(ring) < count { _ = io_uring_submit(ring) }
+    }
+
+    /// Entries queued and not yet submitted.
+    public var queuedEntries: UInt32 { io_uring_sq_ready(ring) }
+
     /// Submits everything queued and waits for at least one completion or `timeoutNanoseconds`.
     /// This is the one system call per loop turn.
     @inlinable
@@ -142,6 +152,9 @@ public final class Ring {
     /// `address` and `timeout` are read when the ring submits: keep them alive until then.
     @inlinable public func connect(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t,
                                    timeout: UnsafeMutablePointer<__kernel_timespec>, userData: UserData, timeoutUserData: UserData) {
+        // A link only holds within one submit: were the queue to fill between the two entries,
+        // the connect would go alone and never time out.
+        reserve(2)
         let c = sqe()
         io_uring_prep_connect(c, fd, address, length)
         io_uring_sqe_set_data64(c, userData.raw)

@@ -58,6 +58,10 @@ public final class ADSClient: @unchecked Sendable {
     /// The translation of `resources` (with `activated`), for the next update to reuse parts of.
     private var lastTranslation: Translation? = nil
     private var lastActivated = Set<String>()
+    /// After an activation that could not be applied: when to try again, and the pause that grows
+    /// with each failure.
+    private var activationRetryAt: Int64 = 0
+    private var activationBackoff: Int64 = 0
     private var versions: [XDSType: String] = [:]
     private var nonces: [XDSType: String] = [:]
     private var subscribed: [XDSType: [String]] = [:]
@@ -86,22 +90,33 @@ public final class ADSClient: @unchecked Sendable {
     /// With `lock` held.
     func activateDue() {
         let now = monotonicNanoseconds()
+        guard now >= activationRetryAt else { return }
         let due = warmingSince.filter { !activated.contains($0.key) && now - $0.value >= settings.initialFetchTimeoutNanoseconds }.keys.sorted()
         guard !due.isEmpty else { return }
         Log.warning("xds: initial_fetch_timeout passed, activating \(due.joined(separator: ", ")) while still warming")
-        activated.formUnion(due)
+        let before = activated
+        var failure: String? = nil
         do {
-            let t = try translate(resources, activate: activated)
+            let t = try translate(resources, activate: activated.union(due))
             if let why = apply(t.listeners, t.clusters) {
-                Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(why)")
+                failure = why
             } else {
                 lastTranslation = t
+                activated.formUnion(due)
                 lastActivated = activated
+                activationBackoff = 0
+                noteWarming(t)
             }
-            noteWarming(t)
         } catch {
-            Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(error)")
+            failure = "\(error)"
         }
+        guard let failure else { return }
+        // Not applied, so not activated: they stay warming and the activation is tried again
+        // (a bind that failed may succeed once the address is free), with growing pauses.
+        activated = before
+        activationBackoff = min(max(2 * activationBackoff, 500_000_000), 30_000_000_000)
+        activationRetryAt = now + activationBackoff
+        Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(failure); trying again in \(activationBackoff / 1_000_000) ms")
     }
 
     /// Tracks which resources are warming since when. Activated resources stay activated while

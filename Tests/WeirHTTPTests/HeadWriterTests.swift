@@ -32,6 +32,27 @@ func forward(_ text: String, rules: ForwardingRules = ForwardingRules(), client:
         #expect(out.contains("X-Keep: 2\r\n"))
     }
 
+    /// `Connection: content-length` must not strip the Content-Length Weir framed the body by:
+    /// the upstream would read the body as a second request (smuggled past routing).
+    @Test func connectionCannotNominateTheFieldsThatFrameOrRouteAMessage() {
+        let out = forward("POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length, host, transfer-encoding, x-drop\r\nContent-Length: 3\r\nX-Drop: 1\r\n\r\n")!
+        #expect(out.contains("Content-Length: 3\r\n"))
+        #expect(out.contains("Host: h\r\n"))
+        #expect(!out.contains("X-Drop") && !out.contains("Connection:"))
+        let chunked = forward("POST / HTTP/1.1\r\nHost: h\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n")!
+        #expect(chunked.contains("Transfer-Encoding: chunked\r\n"))
+        let text = "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\n"
+        let table = HeaderTable(capacity: 32)
+        let bytes = Array(text.utf8)
+        let response = bytes.withUnsafeBytes { buf -> String? in
+            guard case .complete(let head) = HTTPParser.parseResponse(buf, requestMethod: .get, limits: HTTPLimits(), headers: table) else { return nil }
+            var out = [UInt8](repeating: 0, count: 1024)
+            let n = out.withUnsafeMutableBytes { HeadWriter.writeResponse(head, source: buf, headers: table, remove: [], add: [], connection: .none, into: $0) }
+            return n.map { String(decoding: out[0..<$0], as: UTF8.self) }
+        }
+        #expect(response?.contains("Content-Length: 2\r\n") == true)
+    }
+
     @Test func anExistingForwardedForIsAppendedToAndARequestIdKept() {
         let out = forward("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Request-Id: abc\r\n\r\n", https: true)!
         #expect(out.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"))

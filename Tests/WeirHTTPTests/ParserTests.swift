@@ -202,6 +202,22 @@ func slice(_ text: String, _ r: ByteRange) -> String {
         for bad in ["x\r\n", "5\nhello\r\n0\r\n\r\n", "3\r\nhello\r\n", "3\r\nabc\n0\r\n\r\n", "FFFFFFFFFFFFFFFF\r\n", "0\r\n\n"] {
             if case .failed(let e) = scanAll(bad) { #expect(e.status == 400, "\(bad)") } else { Issue.record("accepted \(bad)") }
         }
+        // Chunk lines another parser could read differently (RFC 9112 section 7.1): text after
+        // the size without ';', whitespace after the size, bad or unclosed extensions, and
+        // trailer lines that are not fields.
+        for bad in ["2 junk\r\nab\r\n0\r\n\r\n", "a \r\n0123456789\r\n0\r\n\r\n", "2;x=\"open\r\nab\r\n0\r\n\r\n",
+                    "2;\r\nab\r\n0\r\n\r\n", "2;a b\r\nab\r\n0\r\n\r\n", "2;a=\r\nab\r\n0\r\n\r\n", "2;a=b c\r\nab\r\n0\r\n\r\n",
+                    "2;a=\"x\"y\r\nab\r\n0\r\n\r\n", "2;a=@\r\nab\r\n0\r\n\r\n", "2\t\r\nab\r\n0\r\n\r\n", "0x2\r\nab\r\n0\r\n\r\n",
+                    "0\r\nno colon\r\n\r\n", "0\r\n: empty\r\n\r\n", "0\r\nX y: 1\r\n\r\n", "0\r\n X: 1\r\n\r\n"] {
+            if case .failed(let e) = scanAll(bad) { #expect(e.status == 400, "\(bad)") } else { Issue.record("accepted \(bad)") }
+        }
+        // What the grammar allows passes, in any split.
+        for good in ["2;a\r\nab\r\n0\r\n\r\n", "2 ; a = b\r\nab\r\n0\r\n\r\n", "2;a=\"x y;\\\"z\"\r\nab\r\n0\r\n\r\n",
+                     "2;a=1;b;c=\"\"\r\nab\r\n0\r\n\r\n", "2\t;a\r\nab\r\n0;last\r\nX-T: v v\r\n\r\n"] {
+            for pieces in [1, 3, good.utf8.count] {
+                #expect(scanAll(good, pieces: pieces) == .done(good.utf8.count), "\(good) in \(pieces)")
+            }
+        }
         var limits = HTTPLimits()
         limits.maxBodyBytes = 10
         if case .failed(let e) = scanAll("B\r\nhello world\r\n0\r\n\r\n", limits: limits) { #expect(e.status == 413) } else { Issue.record("no 413") }

@@ -41,6 +41,57 @@ func submitConnect(_ ring: Ring, fd: Int32, to address: SocketAddress, timeoutNa
         #expect(u.op == 3 && u.sub == 1 && u.slot == 0xABCDE && u.generation == 0x123456)
     }
 
+    /// A connect and its linked timeout must reach the kernel in the same submit: with one free
+    /// entry left, the queued work goes first and the pair stays together.
+    @Test func aConnectAndItsTimeoutAreNeverSplitAcrossSubmits() throws {
+        unclaimed = []
+        let ring = try Ring(entries: 8)
+        let free = Int(io_uring_sq_space_left(ring.raw))
+        for _ in 0..<(free - 1) {
+            let s = ring.sqe()
+            io_uring_prep_nop(s)
+            io_uring_sqe_set_data64(s, UserData(op: 9, slot: 0, generation: 0).raw)
+        }
+        #expect(io_uring_sq_space_left(ring.raw) == 1)
+        let listener = try Sockets.listen(SocketAddress(ipv4: 127, 0, 0, 1, port: 0), backlog: 4, reusePort: false)
+        defer { close(listener) }
+        let fd = Sockets.tcpSocket(for: .inet)
+        defer { close(fd) }
+        var storage = sockaddr_storage()
+        let len = Sockets.localAddress(listener)!.fill(&storage)
+        var ts = __kernel_timespec(tv_sec: 1, tv_nsec: 0)
+        withUnsafeMutablePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                ring.connect(fd: fd, address: $0, length: len, timeout: &ts,
+                             userData: UserData(op: 2, slot: 0, generation: 0), timeoutUserData: UserData(op: 9, slot: 0, generation: 0))
+            }
+            #expect(ring.queuedEntries == 2, "the connect and its timeout wait together for the next submit")
+            _ = ring.submit()
+        }
+        let done = awaitCompletion(ring, op: 2)
+        #expect(done?.1 == 0)
+    }
+
+    @Test func aSlotReferenceQueueDropsWhatIsStaleOnlyWhenFull() {
+        let q = SlotRefQueue(capacity: 3)
+        var generations: [UInt32] = [1, 1, 1, 1]
+        let live: (SlotRef) -> Bool = { generations[Int($0.slot)] == $0.generation }
+        #expect(q.append(SlotRef(slot: 0, generation: 1), isLive: live))
+        #expect(q.append(SlotRef(slot: 1, generation: 1), isLive: live))
+        #expect(q.append(SlotRef(slot: 2, generation: 1), isLive: live))
+        generations[1] = 2  // slot 1 was freed and reused: its entry is someone else's now
+        #expect(q.append(SlotRef(slot: 3, generation: 1), isLive: live))
+        #expect(q.count == 3)
+        #expect(q.removeFirst()?.slot == 0)
+        #expect(q.removeFirst()?.slot == 2)
+        #expect(q.removeFirst()?.slot == 3)
+        #expect(q.removeFirst() == nil)
+        #expect(q.append(SlotRef(slot: 0, generation: 1), isLive: live))
+        #expect(q.append(SlotRef(slot: 2, generation: 1), isLive: live))
+        #expect(q.append(SlotRef(slot: 3, generation: 1), isLive: live))
+        #expect(!q.append(SlotRef(slot: 1, generation: 2), isLive: live), "three live entries fill it")
+    }
+
     @Test func setupFailuresNameTheLikelyCause() {
         #expect(RingError(errno: EPERM, call: "io_uring_setup").description.contains("kernel.io_uring_disabled"))
         #expect(RingError(errno: ENOSYS, call: "io_uring_setup").description.contains("no io_uring"))

@@ -287,6 +287,53 @@ func tlsClient(_ port: UInt16, sni: String, certs: TestCertificates, bytes: Int 
     }
 }
 
+extension SNIPassthroughTests {
+    /// A port scan or TCP health check on an SNI listener (connect, close, no byte) must not
+    /// leave its slot believing it waits for a ClientHello: with one shard, the next connection
+    /// (here a TLS handshake to an https listener) reuses that slot.
+    @Test func clientsThatCloseBeforeTheirClientHelloCrashNothing() throws {
+        let certs = try TestCertificates()
+        let a = try TLSUpstream(name: "a", cert: certs.path("a.pem"), key: certs.path("a.key"))
+        let up = try HTTPUpstream(name: "web")
+        let weir = try WeirProcess(yaml: """
+            shards: 1
+            listeners:
+              - name: passthrough
+                address: 127.0.0.1:0
+                protocol: tcp
+                routes:
+                  - { match: { sni: [a.example.com] }, cluster: a }
+              - name: secure
+                address: 127.0.0.2:0
+                protocol: http
+                tls:
+                  certificates:
+                    - { cert: \(certs.path("a.pem")), key: \(certs.path("a.key")) }
+                routes:
+                  - cluster: web
+            clusters:
+              - { name: a, endpoints: [{ address: "127.0.0.1:\(a.port)" }] }
+              - { name: web, endpoints: [{ address: "127.0.0.1:\(up.port)" }] }
+            """)
+        defer { weir.stop() }
+        let sni = try weir.port("passthrough"), https = try weir.port("secure")
+        for round in 0..<3 {
+            // Connect and close at once (the client closes when it goes).
+            for _ in 0..<3 { _ = try TestClient(loopback(sni), timeoutSeconds: 5) }
+            // Half a ClientHello, then close.
+            do {
+                let half = try TestClient(loopback(sni), timeoutSeconds: 5)
+                _ = half.write([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+            }
+            let (status, out) = try runProcess("/usr/bin/curl", ["-sS", "-m", "10", "--cacert", certs.path("ca.pem"),
+                                                                  "--resolve", "a.example.com:\(https):127.0.0.2", "https://a.example.com:\(https)/round\(round)"])
+            #expect(status == 0 && out.hasPrefix("web /round\(round)"), "\(out)\n\(weir.log)")
+            #expect(try tlsClient(sni, sni: "a.example.com", certs: certs) == "a ok")
+        }
+        #expect(weir.process.isRunning, "weir is still up:\n\(weir.log)")
+    }
+}
+
 @Suite(.serialized) struct TCPTLSTests {
     @Test func tcpListenersTerminateTLS() throws {
         let certs = try TestCertificates()

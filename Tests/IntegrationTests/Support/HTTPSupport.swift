@@ -14,7 +14,8 @@ final class HTTPUpstream {
     private let input = Pipe()
 
     /// `tls`: certificate, key and (optionally) a CA whose client certificates it requires.
-    init(name: String, tls: [String] = []) throws {
+    /// `idleTimeoutMs`: the server closes a keep-alive connection idle that long.
+    init(name: String, tls: [String] = [], idleTimeoutMs: Int? = nil) throws {
         self.name = name
         self.tls = !tls.isEmpty
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
@@ -23,6 +24,11 @@ final class HTTPUpstream {
         process.standardInput = input
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
+        if let idleTimeoutMs {
+            var env = ProcessInfo.processInfo.environment
+            env["IDLE_TIMEOUT_MS"] = "\(idleTimeoutMs)"
+            process.environment = env
+        }
         try process.run()
         // "port N\n", within 10 s.
         var line = Data()

@@ -65,6 +65,25 @@ final class WeirProcess {
         return false
     }
 
+    /// The port listener `name` got: a config may say port 0, and Weir logs what it bound
+    /// ("listener NAME on ADDRESS (...)"), so tests never race for a free port.
+    func port(_ name: String) throws -> UInt16 {
+        try loggedPort(after: "listener \(name) on ")
+    }
+
+    /// The admin API's port, as logged ("admin API on http://ADDRESS/").
+    func adminPort() throws -> UInt16 { try loggedPort(after: "admin API on http://") }
+
+    private func loggedPort(after marker: String) throws -> UInt16 {
+        let text = log
+        guard let r = text.range(of: marker) else { throw LoopbackError(message: "no '\(marker)' in the log:\n\(text)") }
+        let rest = text[r.upperBound...].prefix { $0 != " " && $0 != "/" && $0 != "\n" }
+        guard let colon = rest.lastIndex(of: ":"), let port = UInt16(rest[rest.index(after: colon)...]) else {
+            throw LoopbackError(message: "no port after '\(marker)' in the log:\n\(text)")
+        }
+        return port
+    }
+
     func rewrite(_ yaml: String) throws { try yaml.write(toFile: configPath, atomically: true, encoding: .utf8) }
 
     func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }

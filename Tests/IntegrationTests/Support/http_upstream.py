@@ -13,10 +13,12 @@ Paths:
   /fail-on/NAME       503 from the server called NAME, 200 from the others
   /reset-on/NAME      the server called NAME closes without answering, the others say 200
   /slow?ms=N          answers after N ms
+  /close              "closing from NAME" with Connection: close, head and body in one write,
+                      then closes at once (as nginx does after keepalive_requests)
   /ws                 with Upgrade: websocket answers 101, then echoes raw bytes until EOF
   anything else       "NAME PATH" plus the forwarded headers Weir added, one per line
 """
-import http.server, socketserver, sys, threading, time, urllib.parse
+import http.server, os, socketserver, sys, threading, time, urllib.parse
 
 NAME = sys.argv[1]
 lock = threading.Lock()
@@ -31,6 +33,8 @@ def pattern(n):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    # IDLE_TIMEOUT_MS: close a keep-alive connection idle that long (as nginx's keepalive_timeout).
+    timeout = int(os.environ["IDLE_TIMEOUT_MS"]) / 1000 if os.environ.get("IDLE_TIMEOUT_MS") else None
 
     def setup(self):
         super().setup()
@@ -104,6 +108,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if url.path == "/reset":
             self.close_connection = True
             self.connection.close()
+            return
+        if url.path == "/close":
+            body = f"closing from {NAME}".encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\nX-Upstream: %s\r\n\r\n%s"
+                             % (len(body), NAME.encode(), body))
+            self.wfile.flush()
+            self.close_connection = True
             return
         if url.path == "/slow":
             time.sleep(int(query.get("ms", "1000")) / 1000)

@@ -245,6 +245,29 @@ func xdsRoutes(_ name: String, cluster: String) -> String {
         #expect(dump.contains(#"{"type":"CDS","name":"app","version":"c1","#), "the cluster itself did not change: still c1")
     }
 
+    /// An activation by initial_fetch_timeout that cannot be applied (here: its listener's
+    /// address is taken) leaves the resources warming and is tried again until it applies.
+    @Test func anActivationThatFailsIsTriedAgain() throws {
+        let cp = try XDSControlPlane()
+        let squatter = try EchoServer(name: "squatter")
+        let port = squatter.address.port
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            node: { id: weir-activation-retry }
+            xds: { address: "127.0.0.1:\(cp.port)", initial_fetch_timeout: 500ms }
+            """)
+        defer { weir.stop() }
+        cp.push("CDS", version: "c1", "[\(xdsCluster("app"))]")
+        cp.push("LDS", version: "l1", "[\(xdsListener("web", port: port, routeConfig: "routes"))]")
+        #expect(weir.waitForLog("xds: ACK LDS version l1"))
+        #expect(weir.waitForLog("trying again in", seconds: 10), "\(weir.log)")
+        #expect(!weir.log.contains("published (1 listener(s)"))
+        squatter.stop()
+        #expect(weir.waitForLog("published (1 listener(s), 1 cluster(s) from xds)", seconds: 15), "\(weir.log)")
+        let r = try HTTPClient(port: port).request("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(r.status == 404, "activated without its routes: \(r.status)")
+    }
+
     @Test func aControlPlaneRestartCostsNoTrafficAndTheStreamResumesWithVersions() throws {
         var cp = try XDSControlPlane()
         let cpPort = cp.port
