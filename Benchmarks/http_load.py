@@ -6,8 +6,11 @@ each proxy's CPU microseconds per request (utime+stime from /proc, the whole pro
 ratios.
 
 Usage: Benchmarks/http_load.py [--rounds 3] [--seconds 5] [--threads 2] [--connections 32]
-                               [--close] [--no-envoy]
+                               [--close] [--no-envoy] [--upstream-defaults]
 --close adds `Connection: close` to every request (a new connection per request).
+--upstream-defaults runs the nginx upstream with its default keep-alive limits (it closes a
+connection after 1,000 requests or 75 s idle), so every proxy meets pooled connections the
+upstream closes; the errors column shows which proxies lose requests to that.
 Needs wrk, haproxy and nginx-light (Debian packages; installed if missing). Only 127.0.0.1 is used.
 """
 import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile, threading
@@ -78,6 +81,8 @@ def main():
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--no-envoy", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated subset of targets")
+    ap.add_argument("--upstream-defaults", action="store_true",
+                    help="nginx upstream with its default keepalive_requests (1000) and keepalive_timeout (75s)")
     ap.add_argument("--tls", action="store_true", help="clients speak HTTPS to the proxies (TLS terminated there)")
     ap.add_argument("--reload-every", type=float, default=0,
                     help="also measure Weir while it reloads its config (SIGHUP) every this many seconds")
@@ -96,7 +101,7 @@ def main():
         with open(os.path.join(work, "upstream.conf"), "w") as f:
             f.write(f"daemon off; worker_processes 2; pid {work}/up.pid; error_log {work}/up.err;\n"
                     f"events {{ worker_connections 4096; }}\n"
-                    f"http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;\n"
+                    f"http {{ access_log off; {'' if args.upstream_defaults else 'keepalive_requests 1000000; keepalive_timeout 120s;'}\n"
                     f"  server {{ listen 127.0.0.1:{up} reuseport; location / {{ return 200 'hello from the upstream\\n'; }} }} }}\n")
         procs["upstream"] = start(["nginx", "-c", f.name, "-p", work], up, log)
         targets["direct"] = up
@@ -205,7 +210,8 @@ def main():
 
         def med(n, i):
             return statistics.median(x[i] for x in res[n])
-        mode = ("HTTPS, " if args.tls else "") + ("Connection: close" if args.close else "keep-alive")
+        mode = ("HTTPS, " if args.tls else "") + ("Connection: close" if args.close else "keep-alive") \
+            + (", nginx upstream with default keep-alive limits" if args.upstream_defaults else "")
         print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s ({mode}), {args.rounds} interleaved rounds, "
               f"{args.threads} threads per proxy, medians")
         print(f"{'target':<8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>11} {'weir vs it':>11}  errors")

@@ -68,7 +68,10 @@ final class HealthChecker: @unchecked Sendable {
     private var timeouts: UnsafeMutablePointer<__kernel_timespec>!
     private var buffers: UnsafeMutableRawPointer!
     private var requests: [[UInt8]] = []
-    private var retiredBuffers: [UnsafeMutableRawPointer] = []
+    /// Receive buffers of probe sets replaced while probes were in flight: the kernel may still
+    /// write into them, so each is freed when the last completion of its set (`base`, the low
+    /// 16 bits of those probes' generations) arrives.
+    private var retiredBuffers: [(base: UInt32, buffer: UnsafeMutableRawPointer, pending: Int)] = []
     /// Raised on every probe-set rebuild so completions for the old set never match a new slot.
     private var generationBase: UInt32 = 0
     private let bufferBytes = 4096
@@ -138,7 +141,7 @@ final class HealthChecker: @unchecked Sendable {
         // Tear the ring down first (that cancels whatever is pending), then free the buffers it
         // might have written into.
         ring = nil
-        retiredBuffers.forEach { $0.deallocate() }
+        retiredBuffers.forEach { $0.buffer.deallocate() }
         buffers?.deallocate()
     }
 
@@ -168,8 +171,9 @@ final class HealthChecker: @unchecked Sendable {
             shutdown(probes[i].fd, Int32(SHUT_RDWR))
             close(probes[i].fd)
         }
-        if probes.contains(where: { $0.inflight > 0 }), let old = buffers {
-            retiredBuffers.append(old)
+        let pending = probes.reduce(0) { $0 + $1.inflight }
+        if pending > 0, let old = buffers {
+            retiredBuffers.append((generationBase & 0xFFFF, old, pending))
             buffers = .allocate(byteCount: max(capacity, 1) * bufferBytes, alignment: 16)
         }
         // Bump every slot's generation so late completions of the old set are ignored.
@@ -182,8 +186,10 @@ final class HealthChecker: @unchecked Sendable {
         }
         if probes.count > capacity {
             // Addresses and timeouts are read only at submission; buffers may still be written.
+            // No operation of the new set is in flight yet, and the old set's moved to a
+            // retired buffer above: the current one can go.
             addresses?.deallocate(); timeouts?.deallocate()
-            if let old = buffers { retiredBuffers.append(old) }
+            buffers?.deallocate()
             capacity = max(16, probes.count)
             addresses = .allocate(capacity: capacity)
             timeouts = .allocate(capacity: capacity)
@@ -225,7 +231,7 @@ final class HealthChecker: @unchecked Sendable {
     /// Advances probe `u.slot`; returns true when availability changed.
     private func complete(_ u: UserData, _ res: Int32) -> Bool {
         let i = u.slot
-        guard i < probes.count, probes[i].generation == u.generation else { return false }
+        guard i < probes.count, probes[i].generation == u.generation else { retiredCompletion(u); return false }
         probes[i].inflight -= 1
         if probes[i].failed { return finish(i, success: false) }
         switch u.op {
@@ -270,6 +276,16 @@ final class HealthChecker: @unchecked Sendable {
             }
         }
     }
+
+    /// A completion of a probe set that was replaced: one less operation may touch its buffer.
+    private func retiredCompletion(_ u: UserData) {
+        guard let k = retiredBuffers.firstIndex(where: { $0.base == u.generation & 0xFFFF }) else { return }
+        retiredBuffers[k].pending -= 1
+        if retiredBuffers[k].pending == 0 { retiredBuffers.remove(at: k).buffer.deallocate() }
+    }
+
+    /// Probe-set buffers still waiting for completions (for tests and leak checks).
+    var retiredBufferCount: Int { retiredBuffers.count }
 
     private func expectsReply(_ i: Int) -> Bool {
         switch probes[i].policy.probe {
