@@ -85,12 +85,18 @@ final class AccessLogWriter {
         }
         writeLength = 0
         writeDone = 0
+        if rotationCheckDue { reopenIfRotated() }
     }
+
+    /// Set each tick; the check runs between writes (so under steady load, right after one).
+    var rotationCheckDue = false
 
     /// Follows log rotation: when the file at `path` is no longer the one open (renamed or
     /// removed, as logrotate does), opens `path` anew. Checked between writes, once per tick.
     func reopenIfRotated() {
+        rotationCheckDue = true
         guard !writing else { return }
+        rotationCheckDue = false
         var open = stat(), named = stat()
         guard fstat(fd, &open) == 0 else { return }
         if stat(path, &named) == 0 && named.st_ino == open.st_ino && named.st_dev == open.st_dev { return }

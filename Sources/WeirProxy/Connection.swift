@@ -10,15 +10,27 @@ import Glibc
 
 /// One direction of a connection: bytes received on `src` wait in a queue of ring buffers until
 /// they are sent on `dst`. Flow 0 is downstream to upstream, flow 1 upstream to downstream.
+/// Where the multishot recv on one socket stands. One value instead of three flags, so a recv
+/// cannot be both pending and waiting for buffers, or be cancelled when none is pending.
+enum RecvState: UInt8 {
+    /// Nothing pending: an arm may start one.
+    case idle
+    /// A multishot recv is pending.
+    case armed
+    /// Pending, and a cancel was sent (the queue reached its cap): it ends with -ECANCELED.
+    case cancelling
+    /// Stopped because the buffer ring was empty; a SlotRef in the shard's starved list re-arms
+    /// it when buffers come back.
+    case starved
+
+    var pending: Bool { self == .armed || self == .cancelling }
+}
+
 struct Flow {
-    /// A multishot recv is pending on the source socket.
-    var recvArmed = false
-    /// A cancel was sent because the queue reached its cap; the recv ends with -ECANCELED.
-    var cancelRequested = false
+    /// The recv on the source socket.
+    var recv = RecvState.idle
     /// The source sent FIN (or the read side failed).
     var sourceEnded = false
-    /// The recv stopped because the buffer ring was empty; re-armed when buffers come back.
-    var starved = false
     /// We sent FIN to the destination (shutdown SHUT_WR) after flushing.
     var destinationShut = false
     var sending = false
@@ -116,7 +128,25 @@ struct HTTPExchange {
     var waitingForBuffer: UInt8 = 0
 }
 
-enum ConnectionState: UInt8 { case free, connecting, open, closing }
+/// A downstream connection's life. `peeking` and `connecting` are TCP's (an HTTP connection is
+/// open from its accept: its exchanges have their own phases).
+enum ConnectionState: UInt8 {
+    case free
+    /// tcp listener with SNI routes: reading the ClientHello (until `helloDeadline`) to pick a
+    /// route; nothing is connected yet.
+    case peeking
+    /// The upstream connect is in flight (client bytes wait queued).
+    case connecting
+    case open
+    /// Ended: waiting for the last completion before the slot is freed.
+    case closing
+
+    /// Client bytes are queued, not sent: there is no upstream yet.
+    var beforeUpstream: Bool { self == .peeking || self == .connecting }
+}
+
+/// Which protocol's session a connection runs: chosen at accept from its listener, never changed.
+enum SessionKind: UInt8 { case tcp, http }
 
 struct Connection {
     var generation: UInt32 = 0
@@ -144,11 +174,10 @@ struct Connection {
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0
     var connectTimeout = __kernel_timespec()
-    /// tcp listener with SNI routes: reading the ClientHello until `helloDeadline`.
-    var awaitingHello = false
+    /// While `peeking`: when the ClientHello must have arrived.
     var helloDeadline: Int64 = 0
-    /// An HTTP connection (the listener's protocol): `ex` is its current exchange.
-    var isHTTP = false
+    /// Its protocol; an HTTP connection's current exchange is `ex`.
+    var kind = SessionKind.tcp
     /// TLS terminated here: its state is in Shard.tlsStates at this slot.
     var isTLS = false
     var listenerIndex: Int32 = -1
@@ -171,9 +200,7 @@ struct Upstream {
     /// The downstream connection it serves, and that connection's generation.
     var owner: Int32 = -1
     var ownerGeneration: UInt32 = 0
-    var recvArmed = false
-    var cancelRequested = false
-    var starved = false
+    var recv = RecvState.idle
     /// The upstream closed its side.
     var ended = false
     /// Its pool: the endpoint's stats slot (stable across reloads), and links in the idle list.

@@ -24,7 +24,7 @@ extension Shard {
     func openHTTP(fd: Int32, listener li: Int) {
         guard let c = takeSlot(fd: fd, listener: li) else { return }
         let listener = snapshot.listeners[li]
-        c.pointee.isHTTP = true
+        c.pointee.kind = .http
         c.pointee.state = .open
         c.pointee.listenerIndex = Int32(li)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
@@ -207,6 +207,7 @@ extension Shard {
             }
         }
         c.pointee.ex.phase = .head
+        c.pointee.logLength = 0
         c.pointee.ex.requestStart = monotonicNanoseconds()
         c.pointee.ex.deadline = now + httpListener(c).requestHeaderTimeoutNanoseconds
         if draining { c.pointee.ex.closeAfter = true }
@@ -280,6 +281,7 @@ extension Shard {
             control.stats.pointee.headBuffersExhausted += 1
             return waitForHeadBuffer(c, kind: 0)
         }
+        c.pointee.ex.waitingForBuffer = 0
         let bid = Int(flow.pointee.head)
         let start = Int(c.pointee.ex.headStart)
         let source = UnsafeRawBufferPointer(start: bufferPointer(bid) + start, count: Int(bufferLength[bid]) - start)
@@ -314,9 +316,12 @@ extension Shard {
     /// Parks a connection until a head buffer is free: kind 0 to write its request head, 1 to
     /// write its response head.
     func waitForHeadBuffer(_ c: UnsafeMutablePointer<Connection>, kind: UInt8) {
+        // Already in the queue (a response head retried on each upstream read while waiting).
+        guard c.pointee.ex.waitingForBuffer != kind + 1 else { return }
         c.pointee.ex.waitingForBuffer = kind + 1
         headWaiters.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: kind)) { [connections] r in
-            connections[Int(r.slot)].generation == r.generation
+            let w = connections + Int(r.slot)
+            return w.pointee.generation == r.generation && w.pointee.state == .open && w.pointee.ex.waitingForBuffer == r.sub + 1
         }
     }
 
@@ -501,7 +506,7 @@ extension Shard {
         u.pointee.owner = Int32(slot(of: c))
         u.pointee.ownerGeneration = c.pointee.generation
         c.pointee.ex.upstream = Int32(idx)
-        if !u.pointee.recvArmed && !u.pointee.starved { armUpstreamRecv(u) }
+        if u.pointee.recv == .idle { armUpstreamRecv(u) }
     }
 
     func popIdle(_ pool: Int) -> Int? {
@@ -548,7 +553,7 @@ extension Shard {
             idleHead[pool] = Int32(idx)
             idleCount[pool] += 1
             // Its recv stays armed: the upstream closing an idle connection is seen at once.
-            if !u.pointee.recvArmed && !u.pointee.starved { armUpstreamRecv(u) }
+            if u.pointee.recv == .idle { armUpstreamRecv(u) }
         } else {
             closeUpstream(u)
         }
@@ -647,8 +652,8 @@ extension Shard {
     }
 
     func armUpstreamRecv(_ u: UnsafeMutablePointer<Upstream>) {
-        u.pointee.recvArmed = true
-        u.pointee.cancelRequested = false
+        assert(u.pointee.recv != .armed && u.pointee.recv != .cancelling, "one recv per socket")
+        u.pointee.recv = .armed
         u.pointee.inflight += 1
         var room: UInt32 = UInt32(buffers.bufferBytes)
         if u.pointee.state == .busy, let c = owner(u) {
@@ -662,7 +667,7 @@ extension Shard {
     func rearmUpstreamIfRoom(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.ex.upstream >= 0 else { return }
         let u = upstreams + Int(c.pointee.ex.upstream)
-        guard u.pointee.state == .busy, !u.pointee.recvArmed, !u.pointee.starved, !u.pointee.ended,
+        guard u.pointee.state == .busy, u.pointee.recv == .idle, !u.pointee.ended,
               c.flow(1).pointee.queued <= queueCap / 2 else { return }
         armUpstreamRecv(u)
     }
@@ -673,8 +678,7 @@ extension Shard {
         let bid = bufferID(flags: flags)
         if bid != nil { buffers.didTake() }
         if !hasMore(flags: flags) {
-            u.pointee.recvArmed = false
-            u.pointee.cancelRequested = false
+            u.pointee.recv = .idle
             u.pointee.inflight -= 1
         }
         switch u.pointee.state {
@@ -686,7 +690,7 @@ extension Shard {
             guard res > 0, let bid else {
                 if let bid { buffers.recycle(bid) }
                 if res == -ENOBUFS { starveUpstream(u); return }
-                if res == -ECANCELED { if !u.pointee.recvArmed { armUpstreamRecv(u) }; return }
+                if res == -ECANCELED { if u.pointee.recv == .idle { armUpstreamRecv(u) }; return }
                 return upstreamConnectFailed(c, u, timedOut: false)
             }
             switch tlsIngest(upstreamTLS + ud.slot, bid: Int(bid), count: Int(res), into: c.flow(1)) {
@@ -699,14 +703,14 @@ extension Shard {
                 u.pointee.state = .busy
                 noteConnect(c, failed: false)
                 c.pointee.ex.phase = .forwarding
-                if !u.pointee.recvArmed { armUpstreamRecv(u) }
+                if u.pointee.recv == .idle { armUpstreamRecv(u) }
                 return sendRequestHead(c, parsed: nil)
             }
         case .idle:
             if let bid, res > 0, u.pointee.isTLS {
                 // Session tickets and other TLS records may arrive on an idle connection; data may not.
                 if case .data(0, false, _) = tlsIngest(upstreamTLS + ud.slot, bid: Int(bid), count: Int(res), into: discardFlow) {
-                    if !u.pointee.recvArmed { armUpstreamRecv(u) }
+                    if u.pointee.recv == .idle { armUpstreamRecv(u) }
                     return
                 }
                 dropQueue(discardFlow)
@@ -714,7 +718,7 @@ extension Shard {
             }
             if let bid { buffers.recycle(bid) }
             if res == -ENOBUFS { starveUpstream(u); return }
-            if res == -ECANCELED { if !u.pointee.recvArmed { armUpstreamRecv(u) }; return }
+            if res == -ECANCELED { if u.pointee.recv == .idle { armUpstreamRecv(u) }; return }
             // Data, EOF or an error on an idle connection: the upstream is done with it.
             return closeUpstream(u)
         case .busy:
@@ -733,7 +737,7 @@ extension Shard {
                         if closeNotify { u.pointee.ended = true }
                         if plain == 0 {
                             if closeNotify { return upstreamEnded(c) }
-                            if !u.pointee.recvArmed { rearmUpstreamIfRoom(c) }
+                            if !u.pointee.recv.pending { rearmUpstreamIfRoom(c) }
                             return
                         }
                     }
@@ -744,10 +748,12 @@ extension Shard {
                 c.pointee.lastActivity = now
                 if c.pointee.ex.responseHeadDone { pumpResponse(c) } else { processResponse(c) }
                 guard u.pointee.state == .busy, owner(u) == c else { return }
-                if u.pointee.recvArmed && flow.pointee.queued >= queueCap && !u.pointee.cancelRequested {
-                    u.pointee.cancelRequested = true
+                // TLS close_notify came with the last data: the upstream has ended.
+                if u.pointee.ended { return upstreamEnded(c) }
+                if u.pointee.recv == .armed && flow.pointee.queued >= queueCap {
+                    u.pointee.recv = .cancelling
                     ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
-                } else if !u.pointee.recvArmed {
+                } else if !u.pointee.recv.pending {
                     rearmUpstreamIfRoom(c)
                 }
                 return
@@ -765,7 +771,7 @@ extension Shard {
                 u.pointee.ended = true
                 // A reset after the whole response came is the upstream's business, not the
                 // client's; inside a tunnel it ends both sides.
-                if c.pointee.ex.responseHeadDone && c.pointee.ex.phase != .tunnel { upstreamEnded(c) } else { upstreamFailed(c, .reset) }
+                if c.pointee.ex.phase != .tunnel { upstreamEnded(c) } else { upstreamFailed(c, .reset) }
             }
         default:
             if let bid { buffers.recycle(bid) }
@@ -779,9 +785,14 @@ extension Shard {
     /// it goes on to the client, and the response counts as cut short only if its framing runs
     /// past the bytes that came (pumpResponse sees that).
     func upstreamEnded(_ c: UnsafeMutablePointer<Connection>) {
-        guard c.pointee.ex.responseHeadDone || c.pointee.ex.phase == .tunnel else { return upstreamFailed(c, .reset) }
-        c.flow(1).pointee.sourceEnded = true
-        pumpResponse(c)
+        let flow = c.flow(1)
+        let headPending = flow.pointee.queued > 0 || flow.pointee.sending || c.pointee.ex.waitingForBuffer == 2
+        guard c.pointee.ex.responseHeadDone || c.pointee.ex.phase == .tunnel || headPending else { return upstreamFailed(c, .reset) }
+        // The final head may be here already, waiting behind a 1xx being sent or for a head
+        // buffer: processResponse parses what came and fails only a head cut short.
+        flow.pointee.sourceEnded = true
+        if c.pointee.ex.waitingForBuffer == 2 { return }
+        if c.pointee.ex.responseHeadDone || c.pointee.ex.phase == .tunnel { pumpResponse(c) } else { processResponse(c) }
     }
 
     // MARK: Sending the request
@@ -899,6 +910,7 @@ extension Shard {
 
     /// `n` body bytes at the head of a flow's queue went out.
     func advance(_ c: UnsafeMutablePointer<Connection>, _ flow: UnsafeMutablePointer<Flow>, _ f: Int, _ n: Int32) {
+        guard flow.pointee.head >= 0 else { return }
         flow.pointee.segment -= n
         flow.pointee.sendOffset += n
         countBytes(c, f, Int64(n))
@@ -910,7 +922,13 @@ extension Shard {
     func processResponse(_ c: UnsafeMutablePointer<Connection>) {
         let flow = c.flow(1)
         while !c.pointee.ex.responseHeadDone && c.pointee.state == .open {
-            guard flow.pointee.outSent >= flow.pointee.outLength, !flow.pointee.sending, flow.pointee.queued > 0 else { return }
+            // A forwarded 1xx still going out: the final head waits for it.
+            guard flow.pointee.outSent >= flow.pointee.outLength, !flow.pointee.sending else { return }
+            guard flow.pointee.queued > 0 else {
+                // The upstream ended before its final head came whole.
+                if flow.pointee.sourceEnded { upstreamFailed(c, .reset) }
+                return
+            }
             let bid = Int(flow.pointee.head)
             let off = Int(flow.pointee.sendOffset)
             let len = Int(bufferLength[bid])
@@ -921,6 +939,7 @@ extension Shard {
                                             limits: http.limits, headers: headers) {
             case .incomplete:
                 if flow.pointee.queued > 1 && compact(flow) { continue }
+                if flow.pointee.sourceEnded { upstreamFailed(c, .reset) }
                 return
             case .failed(let e):
                 Log.debug("shard \(index): bad response from upstream: \(e)")
@@ -954,6 +973,7 @@ extension Shard {
                     control.stats.pointee.headBuffersExhausted += 1
                     return waitForHeadBuffer(c, kind: 1)
                 }
+                c.pointee.ex.waitingForBuffer = 0
                 guard let n = HeadWriter.writeResponse(rh, source: source, headers: headers, remove: route.responseRemove, add: route.responseAdd,
                                                        connection: connection,
                                                        into: UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)) else {
@@ -1169,6 +1189,10 @@ extension Shard {
 
     /// Sends the request again from its head, which is still in the receive buffer.
     func retry(_ c: UnsafeMutablePointer<Connection>, backoff: Bool, sameEndpoint: Bool = false) {
+        // A 1xx on its way to the client reads flow 1's out buffer: the response cannot start
+        // over under it (rare: an interim response, then a failure).
+        guard !c.flow(1).pointee.sending else { return abortHTTP(c) }
+        c.pointee.ex.waitingForBuffer = 0
         if !sameEndpoint {
             if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].retries += 1 }
             c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
@@ -1237,17 +1261,19 @@ extension Shard {
 
     func writeLocal(_ c: UnsafeMutablePointer<Connection>, status: Int, pointer: UnsafeMutableRawPointer, count: Int, buffer: Int32, close: Bool) {
         guard c.pointee.state == .open else { return releaseHeadBuffer(buffer) }
-        detachUpstream(c, reuse: false)
-        endEndpoint(c)
         let f0 = c.flow(0), f1 = c.flow(1)
-        clearOut(f0)
-        dropQueue(f1)
-        clearOut(f1)
         if f1.pointee.sending {
-            // Cannot happen: a response Weir makes never overlaps one being sent.
+            // A 1xx is on its way and reads flow 1's out buffer: this response cannot follow
+            // it cleanly, so the connection ends (its buffers go when the send completes).
             releaseHeadBuffer(buffer)
             return abortHTTP(c)
         }
+        detachUpstream(c, reuse: false)
+        endEndpoint(c)
+        c.pointee.ex.waitingForBuffer = 0
+        clearOut(f0)
+        dropQueue(f1)
+        clearOut(f1)
         f1.pointee.outBuffer = buffer
         f1.pointee.outPointer = pointer
         f1.pointee.outLength = Int32(count)
@@ -1274,7 +1300,7 @@ extension Shard {
         dropQueue(f0)
         clearOut(f0)
         if f0.pointee.sourceEnded { return closeHTTP(c) }
-        if !f0.pointee.recvArmed && !f0.pointee.starved { armRecv(c, 0) }
+        if f0.pointee.recv == .idle { armRecv(c, 0) }
     }
 
     /// Closes a connection that ended normally.
@@ -1309,7 +1335,7 @@ extension Shard {
         if res > 0, let bid {
             if c.pointee.ex.phase == .lingering {
                 buffers.recycle(bid)
-                if !flow.pointee.recvArmed { armRecv(c, 0) }
+                if flow.pointee.recv == .idle { armRecv(c, 0) }
                 return
             }
             var closeNotify = false
@@ -1317,7 +1343,7 @@ extension Shard {
                 guard let plain = tlsReceive(c, bid: Int(bid), count: Int(res), closeNotify: &closeNotify) else { return }
                 if plain == 0 && !closeNotify {
                     c.pointee.lastActivity = now
-                    if !flow.pointee.recvArmed { rearmIfRoom(c, 0) }
+                    if !flow.pointee.recv.pending { rearmIfRoom(c, 0) }
                     return
                 }
             } else {
@@ -1332,10 +1358,10 @@ extension Shard {
             }
             guard c.pointee.state == .open else { return }
             if closeNotify { return onHTTPRecv(c, ud, 0, nil) }
-            if flow.pointee.recvArmed && flow.pointee.queued >= queueCap && !flow.pointee.cancelRequested {
-                flow.pointee.cancelRequested = true
+            if flow.pointee.recv == .armed && flow.pointee.queued >= queueCap {
+                flow.pointee.recv = .cancelling
                 ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
-            } else if !flow.pointee.recvArmed {
+            } else if !flow.pointee.recv.pending {
                 rearmIfRoom(c, 0)
             }
             return

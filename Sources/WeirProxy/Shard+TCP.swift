@@ -24,7 +24,7 @@ extension Shard {
         }
         if !listener.sniRoutes.isEmpty {
             // Route by the ClientHello's server name: read it first, connect after.
-            c.pointee.awaitingHello = true
+            c.pointee.state = .peeking
             c.pointee.listenerIndex = Int32(li)
             c.pointee.helloDeadline = now + listener.clientHelloTimeoutNanoseconds
             armRecv(c, 0)
@@ -64,7 +64,7 @@ extension Shard {
                 control.stats.pointee.sniUnrouted += 1
                 return abort(c)
             }
-            c.pointee.awaitingHello = false
+            c.pointee.state = .connecting
             c.pointee.clusterIndex = Int32(route.clusterIndex)
             if snap.clusters[route.clusterIndex].balancer.usesHash { c.pointee.hash = sourceIPHash(c.pointee.downstreamFD) }
             return startConnect(c, slot: slot(of: c))
@@ -190,9 +190,9 @@ extension Shard {
             control.stats.pointee.upstreamConnected += 1
             noteConnect(c, failed: false)
             let f0 = c.flow(0)
-            let early = f0.pointee.queued > 0 || f0.pointee.recvArmed || f0.pointee.sourceEnded || c.pointee.isTLS
+            let early = f0.pointee.queued > 0 || f0.pointee.recv != .idle || f0.pointee.sourceEnded || c.pointee.isTLS
             if limits.dataPath == .splice && !early { return startSplice(c) }
-            if !f0.pointee.recvArmed && !f0.pointee.sourceEnded && !f0.pointee.starved { armRecv(c, 0) }
+            if f0.pointee.recv == .idle && !f0.pointee.sourceEnded { armRecv(c, 0) }
             armRecv(c, 1)
             if f0.pointee.queued > 0 { sendHead(c, 0) } else if f0.pointee.sourceEnded { shutDestination(c, 0) }
             if c.pointee.isTLS { tlsFlush(c) }
@@ -278,8 +278,8 @@ extension Shard {
 
     func armRecv(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
         let flow = c.flow(f)
-        flow.pointee.recvArmed = true
-        flow.pointee.cancelRequested = false
+        assert(flow.pointee.recv != .armed && flow.pointee.recv != .cancelling, "one recv per socket")
+        flow.pointee.recv = .armed
         c.pointee.inflight += 1
         // The byte limit ends the multishot once the queue could be full, so a fast sender facing
         // a slow receiver takes at most `queueCap` buffers from the shared pool even within one
@@ -294,7 +294,9 @@ extension Shard {
     /// connection at the cap does not cancel and re-arm on every buffer).
     func rearmIfRoom(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
         let flow = c.flow(f)
-        guard c.pointee.state == .open, !flow.pointee.recvArmed, !flow.pointee.sourceEnded, !flow.pointee.starved,
+        // Before the upstream is there, the client's side still reads (a ClientHello to route,
+        // TLS to terminate); its bytes wait queued.
+        guard c.pointee.state == .open || (f == 0 && c.pointee.state.beforeUpstream), flow.pointee.recv == .idle, !flow.pointee.sourceEnded,
               flow.pointee.queued <= queueCap / 2 else { return }
         armRecv(c, f)
     }
@@ -307,11 +309,10 @@ extension Shard {
         let bid = bufferID(flags: flags)
         if bid != nil { buffers.didTake() }
         if !hasMore(flags: flags) {
-            flow.pointee.recvArmed = false
-            flow.pointee.cancelRequested = false
+            flow.pointee.recv = .idle
             c.pointee.inflight -= 1
         }
-        if c.pointee.state == .connecting && f == 0 {
+        if c.pointee.state.beforeUpstream && f == 0 {
             // Client bytes before the upstream is there (a ClientHello being routed by name):
             // kept queued, sent once connected.
             if res > 0, let bid {
@@ -324,9 +325,9 @@ extension Shard {
                 }
                 flow.pointee.bytes += Int64(res)
                 c.pointee.lastActivity = now
-                if c.pointee.awaitingHello { helloArrived(c) }
-                if c.pointee.state == .connecting && flow.pointee.recvArmed && flow.pointee.queued >= queueCap && !flow.pointee.cancelRequested {
-                    flow.pointee.cancelRequested = true
+                if c.pointee.state == .peeking { helloArrived(c) }
+                if c.pointee.state.beforeUpstream && flow.pointee.recv == .armed && flow.pointee.queued >= queueCap {
+                    flow.pointee.recv = .cancelling
                     ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
                 }
                 return
@@ -335,7 +336,7 @@ extension Shard {
             switch res {
             case 0:
                 flow.pointee.sourceEnded = true
-                if c.pointee.awaitingHello { helloArrived(c) }
+                if c.pointee.state == .peeking { helloArrived(c) }
             case -ENOBUFS:
                 starve(c, 0)
             case -ECANCELED: break
@@ -347,7 +348,7 @@ extension Shard {
             if let bid { buffers.recycle(bid) }
             return finishIfIdle(c)
         }
-        if c.pointee.isHTTP { return onHTTPRecv(c, ud, res, bid) }
+        if c.pointee.kind == .http { return onHTTPRecv(c, ud, res, bid) }
         if res > 0, let bid {
             var closeNotify = false
             if f == 0 && c.pointee.isTLS {
@@ -360,19 +361,19 @@ extension Shard {
                     if !flow.pointee.sending && flow.pointee.queued == 0 { shutDestination(c, f) }
                     return
                 }
-                if !flow.pointee.recvArmed { rearmIfRoom(c, f) }
+                if !flow.pointee.recv.pending { rearmIfRoom(c, f) }
                 return
             }
             enqueue(flow, bid: Int(bid), length: res)
             flow.pointee.bytes += Int64(res)
             c.pointee.lastActivity = now
             if !flow.pointee.sending { sendHead(c, f) }
-            if flow.pointee.recvArmed && flow.pointee.queued >= queueCap && !flow.pointee.cancelRequested {
+            if flow.pointee.recv == .armed && flow.pointee.queued >= queueCap {
                 // Backpressure: the destination is slower than the source. Stop reading so this
                 // connection cannot drain the shard's shared buffer pool.
-                flow.pointee.cancelRequested = true
+                flow.pointee.recv = .cancelling
                 ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
-            } else if !flow.pointee.recvArmed {
+            } else if !flow.pointee.recv.pending {
                 rearmIfRoom(c, f)
             }
             return
@@ -442,7 +443,7 @@ extension Shard {
     func onSend(_ ud: UserData, _ sent: Int32) {
         let c = connections + ud.slot
         precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
-        if c.pointee.isHTTP { return onHTTPSend(c, sent) }
+        if c.pointee.kind == .http { return onHTTPSend(c, sent) }
         let f = Int(ud.sub)
         let flow = c.flow(f)
         flow.pointee.sending = false
@@ -505,18 +506,18 @@ extension Shard {
     /// A flow's recv stopped because the buffer ring was empty: remember it (with its slot's
     /// generation) to re-arm when buffers come back.
     func starve(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
-        c.flow(f).pointee.starved = true
+        c.flow(f).pointee.recv = .starved
         control.stats.pointee.bufferRingDry += 1
         starvedFlows.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: UInt8(f))) { [connections] r in
-            connections[Int(r.slot)].generation == r.generation
+            connections[Int(r.slot)].generation == r.generation && (connections + Int(r.slot)).flow(Int(r.sub)).pointee.recv == .starved
         }
     }
 
     func starveUpstream(_ u: UnsafeMutablePointer<Upstream>) {
-        u.pointee.starved = true
+        u.pointee.recv = .starved
         control.stats.pointee.bufferRingDry += 1
         starvedUpstreams.append(SlotRef(slot: u - upstreams, generation: u.pointee.generation)) { [upstreams] r in
-            upstreams[Int(r.slot)].generation == r.generation
+            upstreams[Int(r.slot)].generation == r.generation && upstreams[Int(r.slot)].recv == .starved
         }
     }
 
@@ -526,17 +527,17 @@ extension Shard {
         for _ in 0..<starvedUpstreams.count {
             guard let r = starvedUpstreams.removeFirst() else { break }
             let u = upstreams + Int(r.slot)
-            guard u.pointee.generation == r.generation, u.pointee.starved else { continue }
-            u.pointee.starved = false
-            if u.pointee.state == .idle { armUpstreamRecv(u) }
+            guard u.pointee.generation == r.generation, u.pointee.recv == .starved else { continue }
+            u.pointee.recv = .idle
+            if u.pointee.state == .idle || u.pointee.state == .handshaking { armUpstreamRecv(u) }
             else if u.pointee.state == .busy, let c = owner(u) { rearmUpstreamIfRoom(c) }
         }
         for _ in 0..<starvedFlows.count {
             guard let r = starvedFlows.removeFirst() else { break }
             let c = connections + Int(r.slot)
             let f = Int(r.sub)
-            guard c.pointee.generation == r.generation, c.flow(f).pointee.starved else { continue }
-            c.flow(f).pointee.starved = false
+            guard c.pointee.generation == r.generation, c.flow(f).pointee.recv == .starved else { continue }
+            c.flow(f).pointee.recv = .idle
             rearmIfRoom(c, f)
         }
     }
@@ -547,7 +548,7 @@ extension Shard {
     /// what is left, and frees the slot when the last completion is in.
     func abort(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.state != .closing && c.pointee.state != .free else { return }
-        if c.pointee.isHTTP { detachUpstream(c, reuse: false); endEndpoint(c) }
+        if c.pointee.kind == .http { detachUpstream(c, reuse: false); endEndpoint(c) }
         c.pointee.state = .closing
         control.stats.pointee.aborted += 1
         for side in 0..<2 {

@@ -75,7 +75,7 @@ extension Shard {
             tlsFlush(c)
             // tcp: what the upstream said before the handshake ended can go now.
             let back = c.flow(1)
-            if !c.pointee.isHTTP && c.pointee.state == .open && back.pointee.queued > 0 && !back.pointee.sending { sendHead(c, 1) }
+            if c.pointee.kind == .tcp && c.pointee.state == .open && back.pointee.queued > 0 && !back.pointee.sending { sendHead(c, 1) }
             return plain
         }
     }
@@ -189,7 +189,7 @@ extension Shard {
         Log.debug("shard \(index): TLS handshake failed: \(reason)")
         // Send the alert OpenSSL wrote, if the send path is free, then close.
         tlsFlush(c)
-        guard c.pointee.isHTTP else { return abort(c) }
+        guard c.pointee.kind == .http else { return abort(c) }
         c.pointee.ex.closeAfter = true
         if c.flow(1).pointee.sending { lingerClose(c) } else { closeHTTP(c) }
     }

@@ -297,8 +297,8 @@ final class Shard {
         }
         for slot in 0..<highWater {
             let c = connections + slot
-            if c.pointee.isHTTP { if c.pointee.state == .open { httpTick(c) }; continue }
-            if c.pointee.awaitingHello {
+            if c.pointee.kind == .http { if c.pointee.state == .open { httpTick(c) }; continue }
+            if c.pointee.state == .peeking {
                 if now > c.pointee.helloDeadline { control.stats.pointee.sniTimeouts += 1; abort(c) }
                 continue
             }

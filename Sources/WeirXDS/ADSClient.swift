@@ -94,29 +94,39 @@ public final class ADSClient: @unchecked Sendable {
         let due = warmingSince.filter { !activated.contains($0.key) && now - $0.value >= settings.initialFetchTimeoutNanoseconds }.keys.sorted()
         guard !due.isEmpty else { return }
         Log.warning("xds: initial_fetch_timeout passed, activating \(due.joined(separator: ", ")) while still warming")
-        let before = activated
-        var failure: String? = nil
-        do {
-            let t = try translate(resources, activate: activated.union(due))
-            if let why = apply(t.listeners, t.clusters) {
-                failure = why
-            } else {
-                lastTranslation = t
-                activated.formUnion(due)
-                lastActivated = activated
-                activationBackoff = 0
-                noteWarming(t)
-            }
-        } catch {
-            failure = "\(error)"
+        guard let failure = activate(due) else { return }
+        // One that cannot be applied must not hold back the others: try them one by one.
+        var failed: [(String, String)] = []
+        if due.count > 1 {
+            for key in due { if let why = activate([key]) { failed.append((key, why)) } }
+        } else {
+            failed = [(due[0], failure)]
         }
-        guard let failure else { return }
+        guard !failed.isEmpty else { return }
         // Not applied, so not activated: they stay warming and the activation is tried again
         // (a bind that failed may succeed once the address is free), with growing pauses.
-        activated = before
         activationBackoff = min(max(2 * activationBackoff, 500_000_000), 30_000_000_000)
         activationRetryAt = now + activationBackoff
-        Log.warning("xds: activating \(due.joined(separator: ", ")) failed: \(failure); trying again in \(activationBackoff / 1_000_000) ms")
+        for (key, why) in failed {
+            Log.warning("xds: activating \(key) failed: \(why); trying again in \(activationBackoff / 1_000_000) ms")
+        }
+    }
+
+    /// Applies the current resources with `keys` activated as well; nil when that worked (they
+    /// are activated now), else why not (nothing changed).
+    private func activate(_ keys: [String]) -> String? {
+        do {
+            let t = try translate(resources, activate: activated.union(keys))
+            if let why = apply(t.listeners, t.clusters) { return why }
+            lastTranslation = t
+            activated.formUnion(keys)
+            lastActivated = activated
+            activationBackoff = 0
+            noteWarming(t)
+            return nil
+        } catch {
+            return "\(error)"
+        }
     }
 
     /// Tracks which resources are warming since when. Activated resources stay activated while

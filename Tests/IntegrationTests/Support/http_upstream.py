@@ -15,6 +15,7 @@ Paths:
   /slow?ms=N          answers after N ms
   /close              "closing from NAME" with Connection: close, head and body in one write,
                       then closes at once (as nginx does after keepalive_requests)
+  /early-close        103 Early Hints, then that /close response, all in one write, then closes
   /ws                 with Upgrade: websocket answers 101, then echoes raw bytes until EOF
   anything else       "NAME PATH" plus the forwarded headers Weir added, one per line
 """
@@ -109,9 +110,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.close()
             return
-        if url.path == "/close":
+        if url.path in ("/close", "/early-close"):
             body = f"closing from {NAME}".encode()
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\nX-Upstream: %s\r\n\r\n%s"
+            early = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n" if url.path == "/early-close" else b""
+            self.wfile.write(early + b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\nX-Upstream: %s\r\n\r\n%s"
                              % (len(body), NAME.encode(), body))
             self.wfile.flush()
             self.close_connection = True
