@@ -179,3 +179,62 @@ final class StatsRegistry: @unchecked Sendable {
         }
     }
 }
+
+/// Counters a shard keeps for itself; the control thread sums them when asked. Plain integers:
+/// only the owning shard writes them.
+public struct ShardStats: Sendable {
+    public var accepted = 0
+    public var rejectedNoSlot = 0
+    public var upstreamConnected = 0
+    public var connectFailures = 0
+    public var connectTimeouts = 0
+    public var completed = 0
+    public var aborted = 0
+    public var idleTimeouts = 0
+    public var cutOnDrain = 0
+    /// Times a recv stopped because the shard's buffer ring was empty (then re-armed).
+    public var bufferRingDry = 0
+    public var bytesDownstreamToUpstream: Int64 = 0
+    public var bytesUpstreamToDownstream: Int64 = 0
+    public var active = 0
+    public var snapshotsAdopted = 0
+    /// HTTP: requests refused with 503 because no head buffer was free, or because an
+    /// endpoint's pool (or the upstream slab) was at its connection limit.
+    public var headBuffersExhausted = 0
+    public var poolOverflows = 0
+    /// tcp listeners with SNI routes: connections closed because no route fit their server
+    /// name, and because the ClientHello did not arrive within client_hello_timeout.
+    public var sniUnrouted = 0
+    public var sniTimeouts = 0
+    public init() {}
+
+    /// One line for the log.
+    public var summary: String {
+        "accepted \(accepted), completed \(completed), aborted \(aborted), rejected (no slot) \(rejectedNoSlot), "
+            + "connect failures \(connectFailures), connect timeouts \(connectTimeouts), idle timeouts \(idleTimeouts), "
+            + "buffer ring dry \(bufferRingDry), bytes down->up \(bytesDownstreamToUpstream), up->down \(bytesUpstreamToDownstream)"
+    }
+
+    public static func + (a: ShardStats, b: ShardStats) -> ShardStats {
+        var r = ShardStats()
+        r.accepted = a.accepted + b.accepted
+        r.rejectedNoSlot = a.rejectedNoSlot + b.rejectedNoSlot
+        r.upstreamConnected = a.upstreamConnected + b.upstreamConnected
+        r.connectFailures = a.connectFailures + b.connectFailures
+        r.connectTimeouts = a.connectTimeouts + b.connectTimeouts
+        r.completed = a.completed + b.completed
+        r.aborted = a.aborted + b.aborted
+        r.idleTimeouts = a.idleTimeouts + b.idleTimeouts
+        r.cutOnDrain = a.cutOnDrain + b.cutOnDrain
+        r.bufferRingDry = a.bufferRingDry + b.bufferRingDry
+        r.bytesDownstreamToUpstream = a.bytesDownstreamToUpstream + b.bytesDownstreamToUpstream
+        r.bytesUpstreamToDownstream = a.bytesUpstreamToDownstream + b.bytesUpstreamToDownstream
+        r.active = a.active + b.active
+        r.snapshotsAdopted = a.snapshotsAdopted + b.snapshotsAdopted
+        r.headBuffersExhausted = a.headBuffersExhausted + b.headBuffersExhausted
+        r.poolOverflows = a.poolOverflows + b.poolOverflows
+        r.sniUnrouted = a.sniUnrouted + b.sniUnrouted
+        r.sniTimeouts = a.sniTimeouts + b.sniTimeouts
+        return r
+    }
+}

@@ -1,0 +1,393 @@
+// One request and its response: route, pick, retries (route retries and the free retry on a
+// pooled connection the upstream closed), responses Weir makes, and the end of the exchange
+// (stats, access log, keep-alive or close).
+import COpenSSL
+import CURing
+import WeirBalance
+import WeirConfig
+import WeirCore
+import WeirHTTP
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who is to blame when an exchange fails upstream (it decides retries and the status).
+enum UpstreamFailure { case reset, badResponse }
+
+/// Where an HTTP connection is in its current exchange.
+enum HTTPPhase: UInt8 {
+    /// Waiting for a request (keep-alive).
+    case idle
+    /// Some bytes of a request head are here, not all.
+    case head
+    /// Routed and waiting for an upstream connection.
+    case connecting
+    /// The request is going upstream and the response coming back.
+    case forwarding
+    /// Waiting out the backoff before a retry.
+    case backoff
+    /// Sending a response Weir made.
+    case local
+    /// After a 101: bytes flow both ways until both sides close.
+    case tunnel
+    /// Told the client Connection: close and shut our write side; discarding what it still sends.
+    case lingering
+}
+
+/// One HTTP exchange on a downstream connection (reset for each request).
+struct HTTPExchange {
+    var phase = HTTPPhase.idle
+    /// The upstream connection (Shard.upstreams slot) serving this request, or -1.
+    var upstream: Int32 = -1
+    var route: Int32 = -1
+    var method = Method.other
+    var minorVersion: UInt8 = 1
+    var clientKeepAlive = true
+    var closeAfter = false
+    var upgrade = false
+    var hasBody = false
+    /// Where the request head starts in flow 0's head buffer (kept until a retry is impossible).
+    var headStart: Int32 = 0
+    var requestStart: Int64 = 0
+    /// Request header timeout while `head`, lingering limit while `lingering`.
+    var deadline: Int64 = 0
+    var timeout: Int64 = 0
+    var idleTimeout: Int64 = 0
+    var status: Int32 = 0
+    /// A response head went to the client: a failure now can only cut the connection.
+    var responseStarted = false
+    var responseHeadDone = false
+    var bodySent = false
+    var requestSent = false
+    var upstreamKeepAlive = false
+    var reused = false
+    var freeRetryUsed = false
+    var retries: Int32 = 0
+    var local = false
+    /// The balancer's hash for this request (header, cookie, path or the client's address).
+    var hash: UInt64 = 0
+    /// The forwarded request head is written (body bytes may follow it upstream).
+    var headWritten = false
+    /// Waiting for a free head buffer: 1 for the request head, 2 for the response head.
+    var waitingForBuffer: UInt8 = 0
+}
+
+extension Shard {
+    func countRequest(_ c: UnsafeMutablePointer<Connection>) {
+        guard c.pointee.ex.retries == 0 && !c.pointee.ex.freeRetryUsed, c.pointee.listenerSlot >= 0 else { return }
+        control.named.listeners[Int(c.pointee.listenerSlot)].requests += 1
+    }
+
+    func startRequest(_ c: UnsafeMutablePointer<Connection>, _ head: RequestHead, base: UnsafeMutableRawPointer, offset: Int) {
+        countRequest(c)
+        let http = httpListener(c)
+        if logScratch != nil {
+            keepForLog(c, UnsafeRawBufferPointer(start: base, count: head.headLength),
+                       method: ByteRangeLike(start: Int(head.methodRange.start), end: Int(head.methodRange.end)),
+                       target: ByteRangeLike(start: Int(head.target.start), end: Int(head.target.end)))
+        }
+        c.pointee.ex.method = head.method
+        c.pointee.ex.minorVersion = UInt8(head.minorVersion)
+        c.pointee.ex.clientKeepAlive = head.keepAlive
+        c.pointee.ex.upgrade = head.upgrade
+        c.pointee.ex.hasBody = head.framing != .none
+        c.pointee.ex.headStart = Int32(offset)
+        c.flow(0).pointee.sendOffset = Int32(offset + head.headLength)
+        c.pointee.ex.deadline = 0
+        c.pointee.ex.phase = .connecting
+        if !head.keepAlive || c.flow(0).pointee.sourceEnded { c.pointee.ex.closeAfter = true }
+        let source = UnsafeRawBufferPointer(start: base, count: head.headLength)
+        guard let ri = http.routes.firstMatch(head, source: source, headers: headers) else {
+            return localResponse(c, status: 404, close: c.pointee.ex.hasBody)
+        }
+        c.pointee.ex.route = Int32(ri)
+        let route = http.actions[ri]
+        c.pointee.ex.timeout = route.timeoutNanoseconds
+        c.pointee.ex.idleTimeout = route.idleTimeoutNanoseconds
+        let ci: Int
+        switch route.target {
+        case .cluster(let i): ci = i
+        case .weighted(let weights): ci = weights.pick(random.next())
+        case .direct(let status, let keepAlive, let close):
+            let closing = c.pointee.ex.closeAfter || c.pointee.ex.hasBody
+            return localCopy(c, status: status, bytes: closing ? close : keepAlive, close: closing)
+        case .redirect(let r):
+            return redirect(c, r, route: route, head: head, source: source)
+        }
+        c.pointee.clusterIndex = Int32(ci)
+        let cluster = snapshotOf(c).clusters[ci]
+        if cluster.balancer.usesHash { c.pointee.ex.hash = requestHash(route.hashKey ?? cluster.options.hashKey, c, head, source) }
+        let flow = c.flow(0)
+        flow.pointee.segment = 0
+        switch head.framing {
+        case .none, .untilClose: flow.pointee.body = .none
+        case .contentLength(let n): flow.pointee.body = .contentLength; flow.pointee.bodyRemaining = n
+        case .chunked: flow.pointee.body = .chunked; flow.pointee.scanner = ChunkedScanner()
+        }
+        // The forwarded head is written when an upstream connection is ready (at once if the
+        // pool has one), so no head buffer is held while a connect is in flight.
+        connectHTTP(c, parsed: head)
+    }
+
+    /// 16 hex digits, unique enough to follow one request through logs.
+    func requestID() -> UnsafeRawBufferPointer {
+        requestCounter &+= 1
+        var v = random.next() ^ requestCounter
+        let hex: StaticString = "0123456789abcdef"
+        for i in 0..<16 { scratch[15 - i] = hex.utf8Start[Int(v & 15)]; v >>= 4 }
+        return UnsafeRawBufferPointer(start: scratch, count: 16)
+    }
+
+    func requestHash(_ key: HashKey, _ c: UnsafeMutablePointer<Connection>, _ head: RequestHead, _ src: UnsafeRawBufferPointer) -> UInt64 {
+        func bytesEqualIgnoringCase(_ r: ByteRange, _ lower: [UInt8]) -> Bool {
+            guard r.count == lower.count else { return false }
+            for k in 0..<r.count where src[Int(r.start) + k] | 0x20 != lower[k] | 0x20 { return false }
+            return true
+        }
+        func hash(_ start: Int, _ end: Int) -> UInt64 { XXHash64.hash(UnsafeRawBufferPointer(rebasing: src[start..<end])) }
+        switch key {
+        case .sourceIP: return c.pointee.hash
+        case .path:
+            var e = Int(head.target.start)
+            while e < Int(head.target.end) && src[e] != UInt8(ascii: "?") { e += 1 }
+            return hash(Int(head.target.start), e)
+        case .header(let name):
+            for i in 0..<headers.count where bytesEqualIgnoringCase(headers.name(i), name) {
+                return hash(Int(headers.value(i).start), Int(headers.value(i).end))
+            }
+            return 0
+        case .cookie(let name):
+            for i in 0..<headers.count where bytesEqualIgnoringCase(headers.name(i), Array("cookie".utf8)) {
+                let v = headers.value(i)
+                var p = Int(v.start)
+                while p < Int(v.end) {
+                    while p < Int(v.end) && (src[p] == 32 || src[p] == UInt8(ascii: ";")) { p += 1 }
+                    var q = p
+                    while q < Int(v.end) && src[q] != UInt8(ascii: ";") { q += 1 }
+                    if q - p > name.count && src[p + name.count] == UInt8(ascii: "=") {
+                        var same = true
+                        for k in 0..<name.count where src[p + k] != name[k] { same = false; break }
+                        if same { return hash(p + name.count + 1, q) }
+                    }
+                    p = q
+                }
+            }
+            return 0
+        }
+    }
+
+    func redirect(_ c: UnsafeMutablePointer<Connection>, _ r: Redirect, route: Route, head: RequestHead, source: UnsafeRawBufferPointer) {
+        guard let out = takeHeadBuffer() else { return localResponse(c, status: 503, close: true) }
+        let closing = c.pointee.ex.closeAfter || c.pointee.ex.hasBody
+        let buf = UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)
+        var n = 0
+        func put(_ bytes: UnsafeRawBufferPointer) {
+            guard n + bytes.count <= buf.count else { return }
+            buf.baseAddress!.advanced(by: n).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+            n += bytes.count
+        }
+        func put(_ s: String) { var s = s; s.withUTF8 { put(UnsafeRawBufferPointer($0)) } }
+        func put(_ a: [UInt8]) { a.withUnsafeBytes { put($0) } }
+        put("HTTP/1.1 \(r.status) \(Compiler.reason(r.status))\r\nLocation: ")
+        put(r.scheme ?? Array("http".utf8)); put("://")
+        if let h = r.host { put(h) } else if let h = head.host { put(UnsafeRawBufferPointer(rebasing: source[Int(h.start)..<Int(h.end)])) }
+        let target = UnsafeRawBufferPointer(rebasing: source[Int(head.target.start)..<Int(head.target.end)])
+        if let p = r.path { put(p) }
+        else if let p = r.prefix, route.prefixLength <= target.count, target.first == UInt8(ascii: "/") {
+            put(p); put(UnsafeRawBufferPointer(rebasing: target[route.prefixLength...]))
+        } else { put(target) }
+        put(closing ? "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" : "\r\nContent-Length: 0\r\n\r\n")
+        writeLocal(c, status: r.status, pointer: headBuffer(out), count: n, buffer: out, close: closing)
+    }
+
+    /// The last response byte went to the client: count it, pool or close the upstream, and
+    /// take the next request (or close, if this one said so).
+    func responseComplete(_ c: UnsafeMutablePointer<Connection>) {
+        finishExchangeStats(c)
+        // Passive outlier detection: a 5xx from the endpoint extends its failure streak, any
+        // other answer ends it.
+        if !c.pointee.ex.local && c.pointee.endpointSlot >= 0 { noteConnect(c, failed: c.pointee.ex.status >= 500) }
+        let f0 = c.flow(0), f1 = c.flow(1)
+        if c.pointee.ex.upstream >= 0 {
+            let u = upstreams + Int(c.pointee.ex.upstream)
+            u.pointee.requests += 1
+            let spent = u.pointee.maxRequests > 0 && u.pointee.requests >= u.pointee.maxRequests
+            let reuse = c.pointee.ex.upstreamKeepAlive && c.pointee.ex.requestSent && !spent && unread(f1) == 0
+            detachUpstream(c, reuse: reuse)
+        }
+        endEndpoint(c)
+        dropQueue(f1)
+        clearOut(f1)
+        f1.pointee.sourceEnded = false
+        if c.pointee.ex.closeAfter || f0.pointee.sourceEnded || f0.pointee.body != .none || f0.pointee.sending
+            || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent && !c.pointee.ex.local) {
+            return lingerClose(c)
+        }
+        clearOut(f0)
+        f0.pointee.segment = 0
+        f1.pointee.body = .none
+        c.pointee.ex = HTTPExchange()
+        c.pointee.exclusions = Exclusions()
+        c.pointee.attempts = 0
+        c.pointee.lastActivity = now
+        processRequest(c)
+    }
+
+    func finishExchangeStats(_ c: UnsafeMutablePointer<Connection>) {
+        guard c.pointee.listenerSlot >= 0 else { return }
+        let l = Int(c.pointee.listenerSlot)
+        let status = Int(c.pointee.ex.status)
+        control.named.listeners[l].countResponse(status: status)
+        if c.pointee.ex.local { control.named.listeners[l].localResponses += 1 }
+        let elapsed = monotonicNanoseconds() - c.pointee.ex.requestStart
+        control.named.listeners[l].latency.record(elapsed)
+        logRequest(c, status: status, elapsed: elapsed)
+    }
+
+    func mayRetry(_ c: UnsafeMutablePointer<Connection>, _ route: Route) -> Bool {
+        !c.pointee.ex.bodySent && !c.pointee.ex.responseStarted && c.pointee.ex.retries < Int32(route.retry.attempts)
+            && (c.pointee.ex.method.isIdempotent || route.retry.nonIdempotent)
+    }
+
+    /// The upstream reset, closed early or answered nonsense before the response reached the client.
+    func upstreamFailed(_ c: UnsafeMutablePointer<Connection>, _ failure: UpstreamFailure) {
+        if c.pointee.ex.responseStarted || c.pointee.ex.phase == .tunnel { return abortHTTP(c) }
+        if failure == .reset { noteConnect(c, failed: true) }
+        let reused = c.pointee.ex.reused
+        detachUpstream(c, reuse: false)
+        let route = httpListener(c).actions[Int(c.pointee.ex.route)]
+        if failure == .reset && reused && !c.pointee.ex.freeRetryUsed && !c.pointee.ex.bodySent && c.pointee.ex.method.isIdempotent {
+            // A pooled connection the upstream had just closed: try once more on a fresh one,
+            // without counting it as a route retry.
+            c.pointee.ex.freeRetryUsed = true
+            if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].poolRetries += 1 }
+            return retry(c, backoff: false, sameEndpoint: true)
+        }
+        if failure == .reset && route.retry.onReset && mayRetry(c, route) {
+            c.pointee.ex.retries += 1
+            return retry(c, backoff: true)
+        }
+        localResponse(c, status: 502, close: c.pointee.ex.bodySent)
+    }
+
+    /// Sends the request again from its head, which is still in the receive buffer.
+    func retry(_ c: UnsafeMutablePointer<Connection>, backoff: Bool, sameEndpoint: Bool = false) {
+        // A 1xx on its way to the client reads flow 1's out buffer: the response cannot start
+        // over under it (rare: an interim response, then a failure).
+        guard !c.flow(1).pointee.sending else { return abortHTTP(c) }
+        c.pointee.ex.waitingForBuffer = 0
+        if !sameEndpoint {
+            if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].retries += 1 }
+            c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
+        }
+        endEndpoint(c)
+        let f0 = c.flow(0), f1 = c.flow(1)
+        clearOut(f0)
+        f0.pointee.sendOffset = c.pointee.ex.headStart
+        f0.pointee.body = .none
+        f0.pointee.segment = 0
+        dropQueue(f1)
+        clearOut(f1)
+        f1.pointee.body = .none
+        f1.pointee.sourceEnded = false
+        c.pointee.ex.responseHeadDone = false
+        c.pointee.ex.headWritten = false
+        c.pointee.ex.requestSent = false
+        c.pointee.ex.upstreamKeepAlive = false
+        c.pointee.ex.status = 0
+        let route = httpListener(c).actions[Int(c.pointee.ex.route)]
+        if backoff && route.retry.backoffNanoseconds > 0 {
+            // Backoff grows with the attempt, with up to 50% jitter.
+            let base = route.retry.backoffNanoseconds * Int64(c.pointee.ex.retries)
+            let t = base + Int64(random.next() % UInt64(base / 2 + 1))
+            c.pointee.connectTimeout = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
+            c.pointee.ex.phase = .backoff
+            c.pointee.inflight += 1
+            let p = (UnsafeMutableRawPointer(c) + MemoryLayout<Connection>.offset(of: \Connection.connectTimeout)!).assumingMemoryBound(to: __kernel_timespec.self)
+            ring.timeout(p, userData: UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation))
+            return
+        }
+        c.pointee.ex.phase = .head
+        processRequest(c)
+    }
+
+    func onRetryTimer(_ ud: UserData) {
+        let c = connections + ud.slot
+        precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
+        c.pointee.inflight -= 1
+        if c.pointee.state != .open { return finishIfIdle(c) }
+        guard c.pointee.ex.phase == .backoff else { return }
+        c.pointee.ex.phase = .head
+        processRequest(c)
+    }
+
+    static let localBodies: [Int: String] = [
+        400: "bad request\n", 404: "no route for this request\n", 408: "request header timeout\n",
+        413: "request body too large\n", 431: "request header fields too large\n", 501: "not implemented\n",
+        502: "upstream reset the connection or sent an invalid response\n",
+        503: "no upstream available (unhealthy, unreachable or over its connection limit)\n",
+        504: "upstream timed out\n", 505: "HTTP version not supported\n",
+    ]
+
+    /// A response Weir makes (the statuses in `localBodies`).
+    func localResponse(_ c: UnsafeMutablePointer<Connection>, status: Int, close: Bool) {
+        let closing = close || [400, 408, 413, 431, 501, 505].contains(status)
+        localCopy(c, status: status, bytes: LocalResponses.bytes(status: status, close: closing || c.pointee.ex.closeAfter), close: closing)
+    }
+
+    func localCopy(_ c: UnsafeMutablePointer<Connection>, status: Int, bytes: [UInt8], close: Bool) {
+        guard let out = takeHeadBuffer() else { control.stats.pointee.headBuffersExhausted += 1; return abortHTTP(c) }
+        let n = min(bytes.count, limits.bufferBytes)
+        bytes.withUnsafeBytes { headBuffer(out).copyMemory(from: $0.baseAddress!, byteCount: n) }
+        writeLocal(c, status: status, pointer: headBuffer(out), count: n, buffer: out, close: close)
+    }
+
+    func writeLocal(_ c: UnsafeMutablePointer<Connection>, status: Int, pointer: UnsafeMutableRawPointer, count: Int, buffer: Int32, close: Bool) {
+        guard c.pointee.state == .open else { return releaseHeadBuffer(buffer) }
+        let f0 = c.flow(0), f1 = c.flow(1)
+        if f1.pointee.sending {
+            // A 1xx is on its way and reads flow 1's out buffer: this response cannot follow
+            // it cleanly, so the connection ends (its buffers go when the send completes).
+            releaseHeadBuffer(buffer)
+            return abortHTTP(c)
+        }
+        detachUpstream(c, reuse: false)
+        endEndpoint(c)
+        c.pointee.ex.waitingForBuffer = 0
+        clearOut(f0)
+        dropQueue(f1)
+        clearOut(f1)
+        f1.pointee.outBuffer = buffer
+        f1.pointee.outPointer = pointer
+        f1.pointee.outLength = Int32(count)
+        f1.pointee.outSent = 0
+        f1.pointee.body = .none
+        f1.pointee.segment = 0
+        c.pointee.ex.status = Int32(status)
+        c.pointee.ex.local = true
+        c.pointee.ex.responseHeadDone = true
+        c.pointee.ex.responseStarted = true
+        c.pointee.ex.phase = .local
+        if close || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent) { c.pointee.ex.closeAfter = true }
+        if c.pointee.ex.closeAfter { f0.pointee.body = .none }
+        pumpResponse(c)
+    }
+}
+
+/// The responses Weir makes for errors, built once.
+enum LocalResponses {
+    static let table: [Int: ([UInt8], [UInt8])] = {
+        var t: [Int: ([UInt8], [UInt8])] = [:]
+        for (status, body) in Shard.localBodies {
+            let b = Array(body.utf8)
+            t[status] = (Compiler.responseBytes(status: status, body: b, close: false), Compiler.responseBytes(status: status, body: b, close: true))
+        }
+        return t
+    }()
+
+    static func bytes(status: Int, close: Bool) -> [UInt8] {
+        let pair = table[status] ?? table[502]!
+        return close ? pair.1 : pair.0
+    }
+}
