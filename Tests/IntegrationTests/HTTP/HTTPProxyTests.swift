@@ -9,7 +9,6 @@ import WeirDemo
 @Suite(.serialized) struct HTTPProxyTests {
     @Test func routesRewritesAndForwardedHeaders() throws {
         let a = try HTTPUpstream(name: "a"), b = try HTTPUpstream(name: "b")
-        let port = try freePort()
         let routes = """
               - match: { path_prefix: /api, methods: [GET, POST], headers: [{ name: x-env, value: prod }] }
                 cluster: app
@@ -26,11 +25,12 @@ import WeirDemo
               - match: { path_prefix: /old }
                 redirect: { scheme: https, host: new.example, prefix: /new, status: 308 }
         """
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a], routes: routes, extraClusters: """
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a], routes: routes, extraClusters: """
               - name: bonly
                 endpoints: [{ address: "127.0.0.1:\(b.port)" }]
             """))
         defer { weir.stop() }
+        let port = try weir.port("web")
         let c = try HTTPClient(port: port)
         let r1 = try c.request("GET /api/users?id=7 HTTP/1.1\r\nHost: shop.example\r\nX-Env: prod\r\nX-Secret: s3\r\nX-Forwarded-For: 10.1.1.1\r\nX-Request-Id: given-id\r\n\r\n")
         #expect(r1.status == 200)
@@ -64,9 +64,9 @@ import WeirDemo
 
     @Test func keepAliveReusesUpstreamConnections() throws {
         let a = try HTTPUpstream(name: "a"), b = try HTTPUpstream(name: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a, b]))
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a, b]))
         defer { weir.stop() }
+        let port = try weir.port("web")
         var seen: [String: Int] = [:]
         for _ in 0..<4 {
             let c = try HTTPClient(port: port)
@@ -124,9 +124,9 @@ import WeirDemo
 
     @Test func bodiesStreamIntactBothWays() throws {
         let a = try HTTPUpstream(name: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a]))
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a]))
         defer { weir.stop() }
+        let port = try weir.port("web")
         let c = try HTTPClient(port: port, timeoutSeconds: 20)
         let payload = pseudoRandomBytes(3_000_001, seed: 42)
         let r1 = try c.request("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: \(payload.count)\r\n\r\n", body: payload)
@@ -158,13 +158,13 @@ import WeirDemo
 
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
         let a = try HTTPUpstream(name: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a], routes: """
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a], routes: """
               - match: { path_exact: /local }
                 direct_response: { status: 200, body: "local" }
               - cluster: app
         """))
         defer { weir.stop() }
+        let port = try weir.port("web")
         let c = try HTTPClient(port: port)
         c.send("GET /slow?ms=200 HTTP/1.1\r\nHost: h\r\n\r\nGET /local HTTP/1.1\r\nHost: h\r\n\r\nPOST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /last HTTP/1.1\r\nHost: h\r\n\r\n")
         let r1 = try c.readResponse(), r2 = try c.readResponse(), r3 = try c.readResponse(), r4 = try c.readResponse()
@@ -176,9 +176,9 @@ import WeirDemo
 
     @Test func upgradeBecomesATunnel() throws {
         let a = try HTTPUpstream(name: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a]))
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a]))
         defer { weir.stop() }
+        let port = try weir.port("web")
         let c = try HTTPClient(port: port)
         let r = try c.request("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         #expect(r.status == 101)
@@ -193,9 +193,9 @@ import WeirDemo
 
     @Test func smugglingAttemptsGet400AndNeverReachTheUpstream() throws {
         let a = try HTTPUpstream(name: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a]))
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a]))
         defer { weir.stop() }
+        let port = try weir.port("web")
         let attempts = [
             "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -291,7 +291,6 @@ import WeirDemo
     @Test func statusesWeirMakes() throws {
         let a = try HTTPUpstream(name: "a")
         let dead = try freePort()
-        let port = try freePort()
         let routes = """
               - match: { path_prefix: /dead }
                 cluster: dead
@@ -300,7 +299,7 @@ import WeirDemo
                 timeout: 300ms
               - cluster: app
         """
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a], routes: routes,
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a], routes: routes,
                                                     listenerExtra: "    http: { request_header_timeout: 300ms, max_body_bytes: 1000, max_header_bytes: 4KiB }",
                                                     extraClusters: """
               - name: dead
@@ -308,6 +307,7 @@ import WeirDemo
                 endpoints: [{ address: "127.0.0.1:\(dead)" }]
             """))
         defer { weir.stop() }
+        let port = try weir.port("web")
         func status(_ text: String) throws -> Int { try HTTPClient(port: port, timeoutSeconds: 5).request(text).status }
         #expect(try status("GET /x HTTP/1.1\r\nHost: h\r\nX-Big: \(String(repeating: "y", count: 5000))\r\n\r\n") == 431)
         #expect(try status("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n") == 413)
@@ -366,10 +366,10 @@ import WeirDemo
 
     @Test func headerHashKeepsAUserOnOneEndpoint() throws {
         let ups = try (0..<3).map { try HTTPUpstream(name: "u\($0)") }
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: ups,
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: ups,
                                                     clusterExtra: "    balancer: ring_hash\n    balancer_options: { hash_key: \"header:x-user\" }"))
         defer { weir.stop() }
+        let port = try weir.port("web")
         var owner: [String: String] = [:]
         var used = Set<String>()
         for round in 0..<3 {
@@ -424,9 +424,9 @@ func runProcess(_ path: String, _ arguments: [String], seconds: Double = 30) thr
 @Suite(.serialized) struct HTTPLiveOperationTests {
     @Test func sigtermLetsASlowRequestFinishWithConnectionClose() throws {
         let a = try HTTPUpstream(name: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a]))
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a]))
         defer { weir.stop() }
+        let port = try weir.port("web")
         let idle = try HTTPClient(port: port, timeoutSeconds: 5)
         #expect(try idle.request("GET /warm HTTP/1.1\r\nHost: h\r\n\r\n").status == 200)
         let slow = try HTTPClient(port: port, timeoutSeconds: 10)
@@ -444,14 +444,14 @@ func runProcess(_ path: String, _ arguments: [String], seconds: Double = 30) thr
 
     @Test func reloadsUnderLoadLoseNoRequest() throws {
         let a = try HTTPUpstream(name: "a"), b = try HTTPUpstream(name: "b"), c = try HTTPUpstream(name: "c")
-        let port = try freePort()
         func yaml(_ step: Int) -> String {
             let ups = step % 2 == 0 ? [a, b] : [a, b, c]
             let extraRoute = step % 3 == 0 ? "      - match: { path_prefix: /extra }\n        direct_response: { status: 200, body: extra }\n" : ""
-            return httpConfig(port: port, upstreams: ups, routes: extraRoute + "      - cluster: app\n")
+            return httpConfig(port: 0, upstreams: ups, routes: extraRoute + "      - cluster: app\n")
         }
         let weir = try WeirProcess(yaml: yaml(0))
         defer { weir.stop() }
+        let port = try weir.port("web")
         let stop = Atomic<Bool>(false)
         let failures = Mutex<[String]>([])
         let served = Atomic<Int>(0)
@@ -493,11 +493,11 @@ func runProcess(_ path: String, _ arguments: [String], seconds: Double = 30) thr
 @Suite(.serialized) struct HTTPOutlierTests {
     @Test func consecutive5xxEjectTheEndpoint() throws {
         let a = try HTTPUpstream(name: "a"), b = try HTTPUpstream(name: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: httpConfig(port: port, upstreams: [a, b], routes: "      - cluster: app\n",
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a, b], routes: "      - cluster: app\n",
                                                     clusterExtra: "    outlier_detection: { consecutive_failures: 3, base_ejection_time: 30s }"),
                                    arguments: ["--shards", "1"])
         defer { weir.stop() }
+        let port = try weir.port("web")
         let c = try HTTPClient(port: port)
         var statuses: [Int] = []
         for _ in 0..<40 { statuses.append(try c.request("GET /fail-on/a HTTP/1.1\r\nHost: h\r\n\r\n").status) }

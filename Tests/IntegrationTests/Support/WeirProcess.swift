@@ -12,15 +12,22 @@ func weirBinary() -> String {
     return exe.deletingLastPathComponent().appendingPathComponent("weir").path
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the ephemeral range (32768-60999): a port
+/// from that range can be taken at any moment by an outgoing connection (Weir's own, to its
+/// upstreams), so a test that picked one could find it gone. Prefer a listener on port 0 and
+/// `WeirProcess.port(_:)`; this remains for addresses that must be known before Weir starts.
 func freePort() throws -> UInt16 {
-    for _ in 0..<20 {
-        let server = try EchoServer(name: "probe")
-        let port = server.address.port
-        server.stop()
-        if (try? TestClient(SocketAddress(ipv4: 127, 0, 0, 1, port: port), timeoutSeconds: 1)) == nil { return port }
+    for _ in 0..<200 {
+        let port = UInt16.random(in: 20000...32000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { continue }
+        defer { close(fd) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let bound = loopback(port).withSockAddr { bind(fd, $0, $1) } == 0
+        if bound && (try? TestClient(loopback(port), timeoutSeconds: 1)) == nil { return port }
     }
-    throw LoopbackError(message: "no free port found")
+    throw LoopbackError(message: "no free port found below 32768")
 }
 
 final class WeirProcess {

@@ -9,10 +9,10 @@ import WeirDemo
     @Test(arguments: ["ring_hash", "maglev"])
     func theSameSourceIPLandsOnTheSameEndpoint(balancer: String) throws {
         let ups = try ["a", "b", "c", "d"].map { try EchoServer(name: $0, greeting: $0) }
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: ups.map { ($0.address, 1) })
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: ups.map { ($0.address, 1) })
             .replacingOccurrences(of: "balancer: round_robin", with: "balancer: \(balancer)"))
         defer { weir.stop(); ups.forEach { $0.stop() } }
+        let port = try weir.port("front")
         var chosen: [String: String] = [:]
         // Twenty clients, each its own loopback address, three connections each, across shards.
         for host in 1...20 {
@@ -56,11 +56,11 @@ import WeirDemo
         // "hold" keeps every connection open; "quick" says hello and closes.
         let hold = try EchoServer(name: "hold", greeting: "H")
         let quick = try EchoServer(name: "quick", greeting: "Q", mode: .greetHalfCloseThenRead)
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(hold.address, 1), (quick.address, 1)],
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(hold.address, 1), (quick.address, 1)],
                                                    cluster: "    balancer_options: { choice_count: 4 }")
             .replacingOccurrences(of: "balancer: round_robin", with: "balancer: least_request"), arguments: ["--shards", "1"])
         defer { weir.stop(); hold.stop(); quick.stop() }
+        let port = try weir.port("front")
         var held: [TestClient] = []
         var toHold = 0
         for _ in 0..<30 {
@@ -86,13 +86,13 @@ import WeirDemo
         // balancer must know h already carries ten, so new connections fill q first: about 15
         // of the next 20 to q. A balancer that forgot would split them 10/10.
         let h = try EchoServer(name: "h", greeting: "H"), q = try EchoServer(name: "q", greeting: "Q")
-        let port = try freePort()
         func config(_ ups: [EchoServer]) -> String {
-            tcpConfig(port: port, endpoints: ups.map { ($0.address, 1) }, cluster: "    balancer_options: { choice_count: 4 }")
+            tcpConfig(port: 0, endpoints: ups.map { ($0.address, 1) }, cluster: "    balancer_options: { choice_count: 4 }")
                 .replacingOccurrences(of: "balancer: round_robin", with: "balancer: least_request")
         }
         let weir = try WeirProcess(yaml: config([h]), arguments: ["--shards", "1"])
         defer { weir.stop(); h.stop(); q.stop() }
+        let port = try weir.port("front")
         var held: [TestClient] = []
         for _ in 0..<10 {
             let c = try TestClient(loopback(port), timeoutSeconds: 5)

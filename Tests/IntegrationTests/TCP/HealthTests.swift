@@ -92,11 +92,11 @@ import WeirDemo
 
     @Test func aTCPHealthCheckNoticesADeadUpstream() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1), (b.address, 1)], cluster: """
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1), (b.address, 1)], cluster: """
                 health_check: { type: tcp, interval: 200ms, timeout: 100ms, jitter: 0%, unhealthy_threshold: 2 }
             """))
         defer { weir.stop(); a.stop(); b.stop() }
+        let port = try weir.port("front")
         b.stop()
         #expect(weir.waitForLog("endpoint \(b.address) healthy -> unhealthy", seconds: 3))
         // Structured metadata rides on the same line, for log pipelines.
@@ -105,12 +105,12 @@ import WeirDemo
 
     @Test func anUpstreamThatDiesUnderSteadyLoadCostsNoNewConnection() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1), (b.address, 1)], cluster: """
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1), (b.address, 1)], cluster: """
                 health_check: { type: tcp, interval: 200ms, timeout: 100ms, unhealthy_threshold: 2 }
                 outlier_detection: { consecutive_failures: 2 }
             """))
         defer { weir.stop(); a.stop() }
+        let port = try weir.port("front")
         var failed = 0, toA = 0
         for i in 0..<300 {
             if i == 100 { b.stop() }  // b stops accepting; connections it already serves finish
@@ -133,11 +133,11 @@ import WeirDemo
     @Test func anEjectedEndpointReturnsWhenItsEjectionTimeIsOver() throws {
         let a = try EchoServer(name: "a", greeting: "a")
         let bPort = try freePort()
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1), (loopback(bPort), 1)], cluster: """
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1), (loopback(bPort), 1)], cluster: """
                 outlier_detection: { consecutive_failures: 1, base_ejection_time: 400ms, max_ejection_percent: 50 }
             """), arguments: ["--shards", "1"])
         defer { weir.stop(); a.stop() }
+        let port = try weir.port("front")
         // b refuses: the first connection that tries it ejects it.
         for _ in 0..<4 { #expect(greetingThrough(loopback(port), length: 1) == "a") }
         #expect(weir.waitForLog("endpoint \(loopback(bPort)) healthy -> ejected"))
@@ -152,12 +152,12 @@ import WeirDemo
     @Test func passiveEjectionStopsAtMaxEjectionPercent() throws {
         let live = try EchoServer(name: "live", greeting: "L")
         let dead = try (0..<3).map { _ in loopback(try freePort()) }
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: dead.map { ($0, 1) } + [(live.address, 1)], cluster: """
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: dead.map { ($0, 1) } + [(live.address, 1)], cluster: """
                 connect_attempts: 4
                 outlier_detection: { consecutive_failures: 1, base_ejection_time: 30s, max_ejection_percent: 50 }
             """), arguments: ["--shards", "1"])
         defer { weir.stop(); live.stop() }
+        let port = try weir.port("front")
         for _ in 0..<12 { #expect(greetingThrough(loopback(port), length: 1) == "L") }
         #expect(weir.waitForLog("-> ejected", count: 2))
         #expect(weir.waitForLog("max_ejection_percent (50%) is reached"))

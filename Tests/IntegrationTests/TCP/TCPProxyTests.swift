@@ -30,9 +30,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
     @Test(arguments: ["copy", "splice"])
     func oneMebibyteArrivesIntactInBothDirections(dataPath: String) throws {
         let up = try EchoServer(name: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
+        let port = try weir.port("front")
         for seed in 1...3 {
             let intact = echoOnce(loopback(port), pseudoRandomBytes(1 << 20, seed: UInt64(seed)))
             #expect(intact, "1 MiB echo \(seed)")
@@ -54,9 +54,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 
     @Test func roundRobinSpreadsConnectionsExactlyByWeightOnOneShard() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 3), (b.address, 1)]), arguments: ["--shards", "1"])
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 3), (b.address, 1)]), arguments: ["--shards", "1"])
         defer { weir.stop(); a.stop(); b.stop() }
+        let port = try weir.port("front")
         var seen: [String] = []
         for _ in 0..<40 { seen.append(greetingThrough(loopback(port), length: 1) ?? "?") }
         #expect(seen.filter { $0 == "a" }.count == 30)
@@ -67,9 +67,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 
     @Test func roundRobinHoldsWeightsAcrossTwoShards() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 3), (b.address, 1)]), arguments: ["--shards", "2"])
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 3), (b.address, 1)]), arguments: ["--shards", "2"])
         defer { weir.stop(); a.stop(); b.stop() }
+        let port = try weir.port("front")
         var aCount = 0
         for _ in 0..<200 where greetingThrough(loopback(port), length: 1) == "a" { aCount += 1 }
         // Each shard keeps the exact ratio over whole cycles of 4; at most 3 picks of a partial
@@ -80,9 +80,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
     @Test(arguments: ["copy", "splice"])
     func aClientHalfCloseReachesTheUpstreamWhileTheWayBackStaysOpen(dataPath: String) throws {
         let up = try EchoServer(name: "r", mode: .replyAfterEOF)
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
+        let port = try weir.port("front")
         let c = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(c.write(pseudoRandomBytes(100_000, seed: 9)))
         c.halfClose()
@@ -94,9 +94,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
     @Test(arguments: ["copy", "splice"])
     func anUpstreamHalfCloseReachesTheClientWhichCanStillSend(dataPath: String) throws {
         let up = try EchoServer(name: "h", greeting: "bye", mode: .greetHalfCloseThenRead)
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(up.address, 1)], top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
+        let port = try weir.port("front")
         let c = try TestClient(loopback(port), timeoutSeconds: 5)
         let (greeting, eof) = c.readToEnd()
         #expect(String(decoding: greeting, as: UTF8.self) == "bye")
@@ -111,9 +111,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
     @Test func aDeadUpstreamIsSkipped() throws {
         let live = try EchoServer(name: "live", greeting: "L")
         let deadPort = try freePort()
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(loopback(deadPort), 1), (live.address, 1)]))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(loopback(deadPort), 1), (live.address, 1)]))
         defer { weir.stop(); live.stop() }
+        let port = try weir.port("front")
         for _ in 0..<10 { #expect(greetingThrough(loopback(port), length: 1) == "L") }
         #expect(live.connections == 10)
     }
@@ -125,10 +125,10 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         let holeFD = try blackHole()
         defer { close(holeFD.fd) ; close(holeFD.filler) }
         let live = try EchoServer(name: "live", greeting: "L")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(holeFD.address, 1), (live.address, 1)])
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(holeFD.address, 1), (live.address, 1)])
             .replacingOccurrences(of: "connect_timeout: 1s", with: "connect_timeout: 200ms"), arguments: ["--shards", "1"])
         defer { weir.stop(); live.stop() }
+        let port = try weir.port("front")
         let start = Date()
         #expect(greetingThrough(loopback(port), length: 1) == "L")  // goes to the hole first
         #expect(Date().timeIntervalSince(start) >= 0.18)
@@ -138,10 +138,10 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
     @Test(arguments: ["copy", "splice"])
     func anIdleConnectionIsClosedAfterIdleTimeout(dataPath: String) throws {
         let up = try EchoServer(name: "a", greeting: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(up.address, 1)], listener: "    idle_timeout: 300ms",
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(up.address, 1)], listener: "    idle_timeout: 300ms",
                                                    top: "limits: { data_path: \(dataPath) }"))
         defer { weir.stop(); up.stop() }
+        let port = try weir.port("front")
         let c = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(c.read(count: 1) == Array("a".utf8))
         let start = Date()
@@ -153,12 +153,12 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 
     @Test func sighupWithAChangedConfigMovesNewConnectionsAndKeepsOldOnes() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1)]))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1)]))
         defer { weir.stop(); a.stop(); b.stop() }
+        let port = try weir.port("front")
         let old = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(old.read(count: 1) == Array("a".utf8))
-        try weir.rewrite(tcpConfig(port: port, endpoints: [(b.address, 1)]))
+        try weir.rewrite(tcpConfig(port: 0, endpoints: [(b.address, 1)]))
         weir.signal(SIGHUP)
         #expect(weir.waitForLog("generation 2 applied by all"))
         for _ in 0..<5 { #expect(greetingThrough(loopback(port), length: 1) == "b") }
@@ -169,10 +169,10 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 
     @Test func watchConfigReloadsWhenTheFileChanges() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1)], top: "watch_config: true"))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1)], top: "watch_config: true"))
         defer { weir.stop(); a.stop(); b.stop() }
-        try weir.rewrite(tcpConfig(port: port, endpoints: [(b.address, 1)], top: "watch_config: true"))
+        let port = try weir.port("front")
+        try weir.rewrite(tcpConfig(port: 0, endpoints: [(b.address, 1)], top: "watch_config: true"))
         #expect(weir.waitForLog("generation 2 applied by all", seconds: 5))
         #expect(weir.log.contains("watch_config:"))
         #expect(greetingThrough(loopback(port), length: 1) == "b")
@@ -180,10 +180,10 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 
     @Test func aBadConfigIsRefusedAndTheOldOneKeepsServing() throws {
         let a = try EchoServer(name: "a", greeting: "a")
-        let port = try freePort()
-        let good = tcpConfig(port: port, endpoints: [(a.address, 1)])
+        let good = tcpConfig(port: 0, endpoints: [(a.address, 1)])
         let weir = try WeirProcess(yaml: good)
         defer { weir.stop(); a.stop() }
+        let port = try weir.port("front")
         try weir.rewrite(good.replacingOccurrences(of: "weight: 1", with: "weight: -4"))
         weir.signal(SIGHUP)
         #expect(weir.waitForLog("reload refused: 1 error(s); still serving generation 1"))
@@ -193,7 +193,7 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
         // A listener on an address someone else holds is refused whole, too.
         let squatter = try EchoServer(name: "squatter")
         defer { squatter.stop() }
-        try weir.rewrite(tcpConfig(port: port, endpoints: [(a.address, 1)],
+        try weir.rewrite(tcpConfig(port: 0, endpoints: [(a.address, 1)],
                                    extraListener: "  - { name: taken, address: \"\(squatter.address)\", cluster: back }"))
         weir.signal(SIGHUP)
         #expect(weir.waitForLog("address in use"))
@@ -221,9 +221,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 
     @Test func sigtermStopsAcceptingAndLetsOpenConnectionsFinish() throws {
         let a = try EchoServer(name: "a", greeting: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1)]))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1)]))
         defer { weir.stop(); a.stop() }
+        let port = try weir.port("front")
         let open = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(open.read(count: 1) == Array("a".utf8))
         weir.signal(SIGTERM)
@@ -240,9 +240,9 @@ func tcpConfig(port: UInt16, endpoints: [(SocketAddress, Int)], extraListener: S
 
     @Test func drainTimeoutCutsWhatIsStillOpen() throws {
         let a = try EchoServer(name: "a", greeting: "a")
-        let port = try freePort()
-        let weir = try WeirProcess(yaml: tcpConfig(port: port, endpoints: [(a.address, 1)], top: "drain_timeout: 500ms"))
+        let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1)], top: "drain_timeout: 500ms"))
         defer { weir.stop(); a.stop() }
+        let port = try weir.port("front")
         let open = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(open.read(count: 1) == Array("a".utf8))
         weir.signal(SIGTERM)
