@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--no-envoy", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated subset of targets")
+    ap.add_argument("--baseline", default="", help="another weir binary (an earlier commit) measured in the same run as 'weir-base'")
     ap.add_argument("--upstream-defaults", action="store_true",
                     help="nginx upstream with its default keepalive_requests (1000) and keepalive_timeout (75s)")
     ap.add_argument("--tls", action="store_true", help="clients speak HTTPS to the proxies (TLS terminated there)")
@@ -119,6 +120,12 @@ def main():
                     f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{up}\" }}\n")
         procs["weir"] = start([args.weir, "run", "--config", f.name, "--log-level", "warning"], wport, log)
         targets["weir"] = wport
+        if args.baseline:
+            bport = free_port()
+            with open(os.path.join(work, "weir-base.yaml"), "w") as b:
+                b.write(open(f.name).read().replace(f"127.0.0.1:{wport}", f"127.0.0.1:{bport}"))
+            procs["weir-base"] = start([args.baseline, "run", "--config", b.name, "--log-level", "warning"], bport, log)
+            targets["weir-base"] = bport
 
         hport = free_port()
         with open(os.path.join(work, "haproxy.cfg"), "w") as f:
@@ -221,7 +228,10 @@ def main():
             errs = "; ".join(sorted(set(x[4] for x in res[n] if x[4]))) or "none"
             bad = sum(x[5] for x in res[n])
             print(f"{n:<8} {med(n, 0):>9.0f} {med(n, 1):>7.2f} {med(n, 2):>7.2f} {cpu:>11} {ratio:>11}  {errs}{f', non-2xx {bad}' if bad else ''}")
-        peers = [n for n in names if n not in ("weir", "direct", "weir+reload")]
+        peers = [n for n in names if n not in ("weir", "direct", "weir+reload", "weir-base")]
+        if "weir-base" in res:
+            print(f"\nweir / weir-base (the baseline binary): {med('weir', 0) / med('weir-base', 0):.2f}x req/s, "
+                  f"{med('weir', 3) / med('weir-base', 3):.2f}x CPU per request (target: req/s >= 1.0, CPU <= 1.0)")
         if "weir+reload" in res:
             print(f"\nweir reloading every {args.reload_every}s / weir quiet: {med('weir+reload', 0) / med('weir', 0):.2f}x req/s (target >= 0.95)")
         if "weir" in res and peers:

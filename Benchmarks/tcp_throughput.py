@@ -85,6 +85,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="Weir shards, HAProxy nbthread, Envoy concurrency")
     ap.add_argument("--streams", type=int, default=1, help="iperf3 -P")
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
+    ap.add_argument("--baseline", default="", help="another weir binary (an earlier commit) measured in the same run as 'weir-base'")
     ap.add_argument("--no-envoy", action="store_true")
     ap.add_argument("--splice", action="store_true", help="also run Weir with limits.data_path: splice")
     ap.add_argument("--reload-every", type=float, default=0,
@@ -103,13 +104,15 @@ def main():
     try:
         procs["iperf3-server"] = start(["iperf3", "-s", "-p", str(upstream)], upstream, log)
 
-        for name, path in [("weir", "copy")] + ([("weir-splice", "splice")] if args.splice else []):
+        builds = [("weir", "copy", args.weir)] + ([("weir-splice", "splice", args.weir)] if args.splice else []) \
+            + ([("weir-base", "copy", args.baseline)] if args.baseline else [])
+        for name, path, binary in builds:
             wport = free_port()
             with open(os.path.join(work, f"{name}.yaml"), "w") as f:
                 f.write(f"shards: {args.threads}\nlimits: {{ data_path: {path} }}\n"
                         f"listeners:\n  - {{ name: bench, address: \"127.0.0.1:{wport}\", protocol: tcp, cluster: up }}\n"
                         f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{upstream}\" }}\n")
-            procs[name] = start([args.weir, "run", "--config", f.name, "--log-level", "warning"], wport, log)
+            procs[name] = start([binary, "run", "--config", f.name, "--log-level", "warning"], wport, log)
             targets[name] = wport
 
         hport = free_port()
@@ -184,6 +187,8 @@ def main():
         if best:
             print(f"\nweir / best peer ({best}): {med['weir'] / med[best]:.2f}x (target >= 1.0)")
         print(f"weir / direct: {med['weir'] / med['direct']:.2f}x (target >= 0.6)")
+        if "weir-base" in med:
+            print(f"weir / weir-base (the baseline binary): {med['weir'] / med['weir-base']:.2f}x (target >= 1.0)")
         if "weir+reload" in med:
             print(f"weir reloading every {args.reload_every}s / weir quiet: {med['weir+reload'] / med['weir']:.2f}x (target >= 0.95)")
     finally:
