@@ -1,6 +1,8 @@
 // Per-listener and per-endpoint counters, owned by each shard and summed by name when scraped.
-// A name keeps its slot for the life of the process, so a reload never resets or mixes series,
-// and a connection counts against the slots it started with. Only the shard writes counters;
+// A name keeps its slot while anything uses it, so a reload never resets or mixes series, and a
+// connection counts against the slots it started with; a name gone from the configuration and
+// no longer used by any connection is forgotten (its slot is reused), so endpoint churn (EDS)
+// does not grow the registry or the scrape without bound. Only the shard writes counters;
 // the lock is taken when a reload brings new names and when the control thread reads.
 import Synchronization
 import WeirConfig
@@ -108,10 +110,13 @@ public struct EndpointCounters: Sendable {
 
 final class StatsRegistry: @unchecked Sendable {
     struct Names {
-        var listeners: [String] = []
-        var endpoints: [EndpointKey] = []
+        /// By slot; nil for a forgotten slot, free for the next new name.
+        var listeners: [String?] = []
+        var endpoints: [EndpointKey?] = []
         var listenerSlot: [String: Int] = [:]
         var endpointSlot: [EndpointKey: Int] = [:]
+        var freeListeners: [Int] = []
+        var freeEndpoints: [Int] = []
     }
     private let lock = Mutex<Names>(Names())
     /// Read and written by the shard without the lock; replaced (grown) only under it.
@@ -133,21 +138,49 @@ final class StatsRegistry: @unchecked Sendable {
         lock.withLock { names in
             func listenerSlot(_ name: String) -> Int32 {
                 if let s = names.listenerSlot[name] { return Int32(s) }
-                names.listeners.append(name)
-                names.listenerSlot[name] = names.listeners.count - 1
-                return Int32(names.listeners.count - 1)
+                let s: Int
+                if let free = names.freeListeners.popLast() { s = free; names.listeners[s] = name } else { s = names.listeners.count; names.listeners.append(name) }
+                names.listenerSlot[name] = s
+                return Int32(s)
             }
             func endpointSlot(_ key: EndpointKey) -> Int32 {
                 if let s = names.endpointSlot[key] { return Int32(s) }
-                names.endpoints.append(key)
-                names.endpointSlot[key] = names.endpoints.count - 1
-                return Int32(names.endpoints.count - 1)
+                let s: Int
+                if let free = names.freeEndpoints.popLast() { s = free; names.endpoints[s] = key } else { s = names.endpoints.count; names.endpoints.append(key) }
+                names.endpointSlot[key] = s
+                return Int32(s)
             }
             let l = snapshot.listeners.map { listenerSlot($0.name) }
             let e = snapshot.clusters.map { c in c.endpoints.map { endpointSlot(EndpointKey(cluster: c.name, address: $0.address)) } }
             growIfNeeded(listeners: names.listeners.count, endpoints: names.endpoints.count)
             return (l, e)
         }
+    }
+
+    /// Forgets every name whose slot is not marked in use (the shard marks its snapshot's names
+    /// and the slots its connections and pooled upstream connections still count against): the
+    /// counters are zeroed and the slot goes to the next new name. Called by the shard, which is
+    /// the only writer of these counters, when it adopts a snapshot.
+    func forget(listenersInUse: [Bool], endpointsInUse: [Bool]) {
+        lock.withLock { names in
+            for (s, name) in names.listeners.enumerated() where name != nil && !(s < listenersInUse.count && listenersInUse[s]) {
+                names.listenerSlot[name!] = nil
+                names.listeners[s] = nil
+                names.freeListeners.append(s)
+                listeners[s] = ListenerCounters()
+            }
+            for (s, key) in names.endpoints.enumerated() where key != nil && !(s < endpointsInUse.count && endpointsInUse[s]) {
+                names.endpointSlot[key!] = nil
+                names.endpoints[s] = nil
+                names.freeEndpoints.append(s)
+                endpoints[s] = EndpointCounters()
+            }
+        }
+    }
+
+    /// Names held now (for tests and leak checks).
+    var registeredCounts: (listeners: Int, endpoints: Int) {
+        lock.withLock { ($0.listenerSlot.count, $0.endpointSlot.count) }
     }
 
     private func growIfNeeded(listeners needL: Int, endpoints needE: Int) {
@@ -172,9 +205,9 @@ final class StatsRegistry: @unchecked Sendable {
     func read() -> (listeners: [String: ListenerCounters], endpoints: [EndpointKey: EndpointCounters]) {
         lock.withLock { names in
             var l: [String: ListenerCounters] = [:]
-            for (i, name) in names.listeners.enumerated() { l[name] = listeners[i] }
+            for (i, name) in names.listeners.enumerated() { if let name { l[name] = listeners[i] } }
             var e: [EndpointKey: EndpointCounters] = [:]
-            for (i, key) in names.endpoints.enumerated() { e[key] = endpoints[i] }
+            for (i, key) in names.endpoints.enumerated() { if let key { e[key] = endpoints[i] } }
             return (l, e)
         }
     }

@@ -54,6 +54,26 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
         tcpConfig(port: port, endpoints: ups.map { ($0.address, 1) }, top: "admin: { address: 127.0.0.1:\(adminPort) }")
     }
 
+    /// Endpoints that come and go (EDS, reloads) leave the registry and the scrape once nothing
+    /// counts against them; they used to stay for the life of the process.
+    @Test func namesGoneFromTheConfigLeaveTheScrape() throws {
+        let a = try EchoServer(name: "a", greeting: "a")
+        func yaml(_ other: UInt16) -> String {
+            tcpConfig(port: 0, endpoints: [(a.address, 1), (loopback(other), 1)], top: "admin: { address: 127.0.0.3:0 }")
+        }
+        let weir = try WeirProcess(yaml: yaml(21001))
+        defer { weir.stop(); a.stop() }
+        for g in 2...6 {
+            try weir.rewrite(yaml(UInt16(21000 + g)))
+            weir.signal(SIGHUP)
+            #expect(weir.waitForLog("generation \(g) applied by all"))
+        }
+        let text = try runProcess("/usr/bin/curl", ["-s", "-m", "5", "http://127.0.0.3:\(try weir.adminPort())/stats/prometheus"]).1
+        let series = text.split(separator: "\n").filter { $0.hasPrefix("weir_upstream_connections_total{") }
+        #expect(series.count == 2, "the two endpoints of the running config: \(series)")
+        #expect(series.contains { $0.contains("127.0.0.1:21006") } && !series.contains { $0.contains("127.0.0.1:21005") })
+    }
+
     @Test func statsParseWithARealParserAndMatchTheTrafficSent() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
         let port = try freePort(), adminPort = try freePort()

@@ -341,6 +341,7 @@ final class Shard {
         balancers = next.clusters.map { $0.makeBalancer(shard: index, of: control.shardCount, now: clock) }
         rampingClusters = next.clusters.indices.filter { next.clusters[$0].slowStart != nil }
         (listenerSlots, endpointSlots) = control.named.slots(for: next)
+        forgetUnusedNames()
         endpointCounters = control.named.endpoints
         endpointBySlot = Array(repeating: -1, count: (endpointSlots.flatMap { $0 }.max().map { Int($0) } ?? -1) + 1)
         if idleHead.count < endpointBySlot.count {
@@ -365,6 +366,28 @@ final class Shard {
         failureStreaks = next.clusters.map { [Int32](repeating: 0, count: $0.health.consecutiveFailures == nil ? 0 : $0.endpoints.count) }
         control.stats.pointee.snapshotsAdopted += 1
         control.adoptedGeneration.store(next.generation, ordering: .releasing)
+    }
+
+    /// Stats names in use: the adopted snapshot's, and the slots live connections and pooled
+    /// upstream connections still count against (a connection keeps its slots until it ends).
+    /// The rest are forgotten, so names that come and go (EDS endpoints) do not pile up.
+    func forgetUnusedNames() {
+        let (l, e) = control.named.registeredCounts
+        var listenersInUse = [Bool](repeating: false, count: l + listenerSlots.count + 1)
+        var endpointsInUse = [Bool](repeating: false, count: e + 1)
+        func mark(_ a: inout [Bool], _ s: Int32) {
+            guard s >= 0 else { return }
+            if Int(s) >= a.count { a += [Bool](repeating: false, count: Int(s) - a.count + 1) }
+            a[Int(s)] = true
+        }
+        for s in listenerSlots { mark(&listenersInUse, s) }
+        for cluster in endpointSlots { for s in cluster { mark(&endpointsInUse, s) } }
+        for slot in 0..<highWater where connections[slot].state != .free {
+            mark(&listenersInUse, connections[slot].listenerSlot)
+            mark(&endpointsInUse, connections[slot].endpointSlot)
+        }
+        for i in 0..<upstreamHighWater where upstreams[i].state != .free { mark(&endpointsInUse, upstreams[i].pool) }
+        control.named.forget(listenersInUse: listenersInUse, endpointsInUse: endpointsInUse)
     }
 
     func armAccept(_ slot: Int) {
