@@ -71,7 +71,7 @@ final class HealthChecker: @unchecked Sendable {
     /// Receive buffers of probe sets replaced while probes were in flight: the kernel may still
     /// write into them, so each is freed when the last completion of its set (`base`, the low
     /// 16 bits of those probes' generations) arrives.
-    private var retiredBuffers: [(base: UInt32, buffer: UnsafeMutableRawPointer, pending: Int)] = []
+    private var retiredBuffers: [(base: UInt32, buffer: UnsafeMutableRawPointer, requests: [[UInt8]], pending: Int)] = []
     /// Raised on every probe-set rebuild so completions for the old set never match a new slot.
     private var generationBase: UInt32 = 0
     private let bufferBytes = 4096
@@ -166,6 +166,9 @@ final class HealthChecker: @unchecked Sendable {
         if current == Set(wanted.keys) && probes.allSatisfy({ wanted[$0.key]?.0 == $0.policy }) { return }
         // End in-flight probes of the old set. Their completions may still arrive (the kernel
         // may be writing into their buffers), so the old buffers are retired, never freed here.
+        // Operations queued this turn reach the kernel first: closing their sockets before the
+        // submit would let a shard's new socket take the number and meet a stale send or recv.
+        ring.submit()
         for i in probes.indices where probes[i].fd >= 0 {
             if probes[i].inflight > 0 { ring.cancelAll(fd: probes[i].fd, userData: UserData(op: 9, slot: 0, generation: 0)) }
             shutdown(probes[i].fd, Int32(SHUT_RDWR))
@@ -173,7 +176,8 @@ final class HealthChecker: @unchecked Sendable {
         }
         let pending = probes.reduce(0) { $0 + $1.inflight }
         if pending > 0, let old = buffers {
-            retiredBuffers.append((generationBase & 0xFFFF, old, pending))
+            // The old request bytes stay with the buffer: a queued send may still read them.
+            retiredBuffers.append((generationBase & 0xFFFF, old, requests, pending))
             buffers = .allocate(byteCount: max(capacity, 1) * bufferBytes, alignment: 16)
         }
         // Bump every slot's generation so late completions of the old set are ignored.
@@ -281,7 +285,10 @@ final class HealthChecker: @unchecked Sendable {
     private func retiredCompletion(_ u: UserData) {
         guard let k = retiredBuffers.firstIndex(where: { $0.base == u.generation & 0xFFFF }) else { return }
         retiredBuffers[k].pending -= 1
-        if retiredBuffers[k].pending == 0 { retiredBuffers.remove(at: k).buffer.deallocate() }
+        if retiredBuffers[k].pending == 0 {
+            retiredBuffers.remove(at: k).buffer.deallocate()
+            Log.debug("health: the receive buffers of a replaced probe set are freed (its last completion came)")
+        }
     }
 
     /// Probe-set buffers still waiting for completions (for tests and leak checks).

@@ -6,9 +6,12 @@ import Testing
 import WeirCore
 import WeirDemo
 
+/// One admin request to 127.0.0.1:`port`; (status, body).
+func admin(_ port: UInt16, _ method: String, _ path: String) -> (Int, String) { admin(loopback(port), method, path) }
+
 /// One admin request; (status, body).
-func admin(_ port: UInt16, _ method: String, _ path: String) -> (Int, String) {
-    guard let c = try? TestClient(loopback(port), timeoutSeconds: 5) else { return (0, "") }
+func admin(_ address: SocketAddress, _ method: String, _ path: String) -> (Int, String) {
+    guard let c = try? TestClient(address, timeoutSeconds: 5) else { return (0, "") }
     _ = c.write(Array("\(method) \(path) HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n".utf8))
     let text = String(decoding: c.readToEnd().bytes, as: UTF8.self)
     let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
@@ -54,6 +57,12 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
         tcpConfig(port: port, endpoints: ups.map { ($0.address, 1) }, top: "admin: { address: 127.0.0.1:\(adminPort) }")
     }
 
+    /// Both on port 0 (the admin API on 127.0.0.3, beside the listener on 127.0.0.1): the test
+    /// reads what Weir bound from its log.
+    func config(_ ups: [EchoServer]) -> String {
+        tcpConfig(port: 0, endpoints: ups.map { ($0.address, 1) }, top: "admin: { address: 127.0.0.3:0 }")
+    }
+
     /// Endpoints that come and go (EDS, reloads) leave the registry and the scrape once nothing
     /// counts against them; they used to stay for the life of the process.
     @Test func namesGoneFromTheConfigLeaveTheScrape() throws {
@@ -76,15 +85,15 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
 
     @Test func statsParseWithARealParserAndMatchTheTrafficSent() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
-        let port = try freePort(), adminPort = try freePort()
-        let weir = try WeirProcess(yaml: config(port: port, adminPort: adminPort, [a, b]), arguments: ["--shards", "2"])
+        let weir = try WeirProcess(yaml: config([a, b]), arguments: ["--shards", "2"])
         defer { weir.stop(); a.stop(); b.stop() }
+        let port = try weir.port("front"), adminAddress = try weir.adminAddress()
         for _ in 0..<10 { #expect(echoOnce(loopback(port), Array("hello".utf8), greeting: 1)) }
         // The client sees its EOF a moment before weir frees the connection and adds its bytes:
         // scrape until the last one is counted (bounded).
         var m: [String: Double] = [:]
         let settled = secondsUntil(limit: 3) {
-            let (status, text) = admin(adminPort, "GET", "/stats/prometheus")
+            let (status, text) = admin(adminAddress, "GET", "/stats/prometheus")
             m = (status == 200 ? try? parsePrometheus(text) : nil) ?? [:]
             return m["weir_downstream_connections_active{listener=\"front\"}"] == 0
         }
@@ -102,16 +111,16 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
 
     @Test func bytesOfAnOpenConnectionShowBeforeItEnds() throws {
         let a = try EchoServer(name: "a")
-        let port = try freePort(), adminPort = try freePort()
-        let weir = try WeirProcess(yaml: config(port: port, adminPort: adminPort, [a]))
+        let weir = try WeirProcess(yaml: config([a]))
         defer { weir.stop(); a.stop() }
+        let port = try weir.port("front"), adminAddress = try weir.adminAddress()
         let c = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(c.write(Array(repeating: 7, count: 100_000)))
         #expect(c.read(count: 100_000).count == 100_000)
         let key = "weir_upstream_bytes_sent_total{cluster=\"back\",endpoint=\"\(a.address)\"}"
         var seen = 0.0
         let shown = secondsUntil(limit: 3) {
-            seen = (try? parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1))?[key] ?? 0
+            seen = (try? parsePrometheus(admin(adminAddress, "GET", "/stats/prometheus").1))?[key] ?? 0
             return seen == 100_000
         }
         #expect(shown != nil, "\(key) = \(seen) while the connection is open")
@@ -120,24 +129,24 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
 
     @Test func readinessClustersConfigDumpAndHealthcheckFail() throws {
         let a = try EchoServer(name: "a")
-        let port = try freePort(), adminPort = try freePort()
-        let weir = try WeirProcess(yaml: config(port: port, adminPort: adminPort, [a]))
+        let weir = try WeirProcess(yaml: config([a]))
         defer { weir.stop(); a.stop() }
-        #expect(admin(adminPort, "GET", "/ready") == (200, "LIVE\n"))
-        let (_, clusters) = admin(adminPort, "GET", "/clusters?format=json")
+        let port = try weir.port("front"), adminAddress = try weir.adminAddress()
+        #expect(admin(adminAddress, "GET", "/ready") == (200, "LIVE\n"))
+        let (_, clusters) = admin(adminAddress, "GET", "/clusters?format=json")
         let parsed = try JSONSerialization.jsonObject(with: Data(clusters.utf8)) as? [String: Any]
         let list = parsed?["clusters"] as? [[String: Any]]
         #expect(list?.first?["name"] as? String == "back")
-        #expect(admin(adminPort, "GET", "/clusters").1.contains("\(a.address) weight=1 healthy"))
-        let dump = try JSONSerialization.jsonObject(with: Data(admin(adminPort, "GET", "/config_dump").1.utf8)) as? [String: Any]
+        #expect(admin(adminAddress, "GET", "/clusters").1.contains("\(a.address) weight=1 healthy"))
+        let dump = try JSONSerialization.jsonObject(with: Data(admin(adminAddress, "GET", "/config_dump").1.utf8)) as? [String: Any]
         #expect(dump?["generation"] as? Int == 1)
-        #expect(admin(adminPort, "POST", "/healthcheck/fail").0 == 200)
-        #expect(admin(adminPort, "GET", "/ready") == (503, "FAILED\n"))
-        #expect(admin(adminPort, "POST", "/healthcheck/ok").0 == 200)
-        #expect(admin(adminPort, "GET", "/ready").0 == 200)
-        #expect(admin(adminPort, "GET", "/reload").0 == 405)
-        #expect(admin(adminPort, "GET", "/nope").0 == 404)
-        #expect(admin(adminPort, "HEAD", "/ready") == (200, ""), "HEAD: the head only")
+        #expect(admin(adminAddress, "POST", "/healthcheck/fail").0 == 200)
+        #expect(admin(adminAddress, "GET", "/ready") == (503, "FAILED\n"))
+        #expect(admin(adminAddress, "POST", "/healthcheck/ok").0 == 200)
+        #expect(admin(adminAddress, "GET", "/ready").0 == 200)
+        #expect(admin(adminAddress, "GET", "/reload").0 == 405)
+        #expect(admin(adminAddress, "GET", "/nope").0 == 404)
+        #expect(admin(adminAddress, "HEAD", "/ready") == (200, ""), "HEAD: the head only")
     }
 
     @Test func reloadOverTheAdminAPIAppliesOrRefusesWithThePosition() throws {
@@ -161,12 +170,12 @@ func parsePrometheus(_ text: String) throws -> [String: Double] {
 
     @Test func drainListenersOverTheAdminAPIStopsGracefully() throws {
         let a = try EchoServer(name: "a", greeting: "a")
-        let port = try freePort(), adminPort = try freePort()
-        let weir = try WeirProcess(yaml: config(port: port, adminPort: adminPort, [a]))
+        let weir = try WeirProcess(yaml: config([a]))
         defer { weir.stop(); a.stop() }
+        let port = try weir.port("front"), adminAddress = try weir.adminAddress()
         let open = try TestClient(loopback(port), timeoutSeconds: 5)
         #expect(open.read(count: 1) == Array("a".utf8))
-        #expect(admin(adminPort, "POST", "/drain_listeners").0 == 200)
+        #expect(admin(adminAddress, "POST", "/drain_listeners").0 == 200)
         #expect(weir.waitForLog("draining"))
         #expect(open.write(Array("x".utf8)) && open.read(count: 1) == Array("x".utf8))
         open.halfClose()

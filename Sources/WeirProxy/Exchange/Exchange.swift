@@ -232,6 +232,9 @@ extension Shard {
         c.pointee.attempts = 0
         c.pointee.lastActivity = now
         processRequest(c)
+        // A recv cancelled at the queue cap was left idle; with the queue drained by local
+        // answers to pipelined requests, nothing else would re-arm it.
+        if c.pointee.state == .open && c.pointee.ex.phase != .lingering { rearmIfRoom(c, 0) }
     }
 
     func finishExchangeStats(_ c: UnsafeMutablePointer<Connection>) {
@@ -243,6 +246,14 @@ extension Shard {
         let elapsed = monotonicNanoseconds() - c.pointee.ex.requestStart
         control.named.listeners[l].latency.record(elapsed)
         logRequest(c, status: status, elapsed: elapsed)
+    }
+
+    /// A send to the client carries bytes of flow 1 (its out buffer or queue), which a new
+    /// response must not replace under it. TLS's own records (handshake, session tickets) carry
+    /// none: a response may be put in place behind them, and goes out when they are sent.
+    func responseBytesInFlight(_ c: UnsafeMutablePointer<Connection>) -> Bool {
+        guard c.flow(1).pointee.sending else { return false }
+        return !c.pointee.isTLS || tlsState(c).pointee.credit > 0
     }
 
     func mayRetry(_ c: UnsafeMutablePointer<Connection>, _ route: Route) -> Bool {
@@ -275,7 +286,7 @@ extension Shard {
     func retry(_ c: UnsafeMutablePointer<Connection>, backoff: Bool, sameEndpoint: Bool = false) {
         // A 1xx on its way to the client reads flow 1's out buffer: the response cannot start
         // over under it (rare: an interim response, then a failure).
-        guard !c.flow(1).pointee.sending else { return abortHTTP(c) }
+        guard !responseBytesInFlight(c) else { return abortHTTP(c) }
         c.pointee.ex.waitingForBuffer = 0
         if !sameEndpoint {
             if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].retries += 1 }
@@ -346,7 +357,7 @@ extension Shard {
     func writeLocal(_ c: UnsafeMutablePointer<Connection>, status: Int, pointer: UnsafeMutableRawPointer, count: Int, buffer: Int32, close: Bool) {
         guard c.pointee.state == .open else { return releaseHeadBuffer(buffer) }
         let f0 = c.flow(0), f1 = c.flow(1)
-        if f1.pointee.sending {
+        if responseBytesInFlight(c) {
             // A 1xx is on its way and reads flow 1's out buffer: this response cannot follow
             // it cleanly, so the connection ends (its buffers go when the send completes).
             releaseHeadBuffer(buffer)

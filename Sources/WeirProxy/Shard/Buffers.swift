@@ -159,11 +159,14 @@ extension Shard {
     func waitForHeadBuffer(_ c: UnsafeMutablePointer<Connection>, kind: UInt8) {
         // Already in the queue (a response head retried on each upstream read while waiting).
         guard c.pointee.ex.waitingForBuffer != kind + 1 else { return }
-        c.pointee.ex.waitingForBuffer = kind + 1
-        headWaiters.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: kind)) { [connections] r in
+        let queued = headWaiters.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: kind)) { [connections] r in
             let w = connections + Int(r.slot)
             return w.pointee.generation == r.generation && w.pointee.state == .open && w.pointee.ex.waitingForBuffer == r.sub + 1
         }
+        // A live waiter per connection at most, so the queue (one entry per slot) has room;
+        // were it full all the same, the connection must not wait where nobody will wake it.
+        guard queued else { return abortHTTP(c) }
+        c.pointee.ex.waitingForBuffer = kind + 1
     }
 
     /// Gives freed head buffers to the connections waiting for them, oldest first.

@@ -110,6 +110,9 @@ extension Shard {
                 Log.warning("shard \(index): TLS to upstream \(snapshotOf(c).clusters[Int(c.pointee.clusterIndex)].endpoints[Int(c.pointee.endpointIndex)].address) failed: \(openSSLErrors())")
                 return upstreamConnectFailed(c, u, timedOut: false)
             case .handshaking:
+                // The recv of a connection not yet busy is bounded to one buffer: a server's
+                // first flight may take several.
+                if u.pointee.recv == .idle { armUpstreamRecv(u) }
                 return upstreamTLSSend(c, u, nil, 0)
             case .data:
                 u.pointee.state = .busy
@@ -239,13 +242,7 @@ extension Shard {
             }
             res = credit
         }
-        c.pointee.lastActivity = now
-        if flow.pointee.outSent < flow.pointee.outLength {
-            flow.pointee.outSent += res
-            if flow.pointee.outSent >= flow.pointee.outLength { clearOut(flow) }
-        } else {
-            advance(c, flow, 0, res)
-        }
+        credit(c, flow, 0, res)
         pumpRequest(c)
         rearmIfRoom(c, 0)
     }

@@ -5,6 +5,14 @@ import Testing
 import WeirCore
 import WeirDemo
 
+/// A fresh directory for one test's access log, removed when this goes.
+final class LogDirectory {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("weir-log-\(UUID().uuidString)")
+    var log: String { url.appendingPathComponent("access.log").path }
+    init() throws { try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true) }
+    deinit { try? FileManager.default.removeItem(at: url) }
+}
+
 @Suite(.serialized) struct AccessLogTests {
     func config(log: String, upstream: HTTPUpstream, routes: String = "      - cluster: app\n") -> String {
         httpConfig(port: 0, upstreams: [upstream], routes: routes, listenerExtra: "    http: { access_log: \(log) }")
@@ -32,10 +40,9 @@ import WeirDemo
     /// cut between escapes, never inside one, and the line is still JSON.
     @Test func everyRequestIsOneValidJSONLine() throws {
         let a = try HTTPUpstream(name: "a")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-log-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("access.log").path
+        let dir = try LogDirectory()
+        defer { withExtendedLifetime(dir) {} }
+        let path = dir.log
         let weir = try WeirProcess(yaml: config(log: path, upstream: a))
         defer { weir.stop() }
         let c = try HTTPClient(port: try weir.port("web"), timeoutSeconds: 5)
@@ -58,10 +65,9 @@ import WeirDemo
     /// A request in flight when a reload publishes a new snapshot is still logged.
     @Test func aRequestThatSpansAReloadIsLogged() throws {
         let a = try HTTPUpstream(name: "a")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-log-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("access.log").path
+        let dir = try LogDirectory()
+        defer { withExtendedLifetime(dir) {} }
+        let path = dir.log
         let weir = try WeirProcess(yaml: config(log: path, upstream: a))
         defer { weir.stop() }
         let c = try HTTPClient(port: try weir.port("web"), timeoutSeconds: 10)
@@ -81,10 +87,9 @@ import WeirDemo
     /// logrotate renames the file (and may remove it): Weir opens the path again.
     @Test func aRotatedLogIsOpenedAgain() throws {
         let a = try HTTPUpstream(name: "a")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-log-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("access.log").path
+        let dir = try LogDirectory()
+        defer { withExtendedLifetime(dir) {} }
+        let path = dir.log
         let weir = try WeirProcess(yaml: config(log: path, upstream: a))
         defer { weir.stop() }
         let port = try weir.port("web")

@@ -105,6 +105,62 @@ func sClient(_ port: UInt16, _ arguments: [String], request: String? = nil) thro
         #expect((stats["weir_tls_handshakes_total{listener=\"secure\"}"] ?? 0) >= 6)
     }
 
+    /// A response Weir makes on the first request of a TLS 1.3 connection: the session ticket
+    /// OpenSSL sends as the handshake ends may still be going out, and the response waits behind
+    /// it (it used to reset the connection instead).
+    @Test func localResponsesOnAFreshTLSConnectionArrive() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let weir = try WeirProcess(yaml: config(port: 0, upstream: up, certs: certs).replacingOccurrences(of: """
+                routes:
+                  - cluster: app
+            """, with: """
+                routes:
+                  - { match: { path_prefix: /here }, direct_response: { status: 200, body: "made here" } }
+                  - { match: { path_prefix: /app }, cluster: app }
+            """))
+        defer { weir.stop() }
+        let port = try weir.port("secure")
+        // The client's Finished and its request in one send, so they arrive in one recv: the
+        // ticket goes out as the request is answered.
+        let together = """
+            import socket, ssl, sys
+            ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(inc, out, server_hostname="a.example.com")
+            s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.settimeout(5)
+            while True:
+                try:
+                    tls.do_handshake(); break
+                except ssl.SSLWantReadError:
+                    s.sendall(out.read()); d = s.recv(65536)
+                    if not d: sys.exit("closed during the handshake")
+                    inc.write(d)
+            tls.write(b"GET /here/x HTTP/1.1\\r\\nHost: a.example.com\\r\\nConnection: close\\r\\n\\r\\n")
+            s.sendall(out.read())
+            got = b""
+            while True:
+                try: d = s.recv(65536)
+                except OSError: break
+                if not d: break
+                inc.write(d)
+                try:
+                    while True: got += tls.read(65536)
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError): pass
+            print(got.decode(errors="replace").split("\\r\\n")[0])
+            """
+        for _ in 0..<20 {
+            let (_, first) = try runProcess("/usr/bin/python3", ["-c", together, "\(port)", certs.path("ca.pem")])
+            #expect(first.trimmingCharacters(in: .whitespacesAndNewlines) == "HTTP/1.1 200 OK", "\(first)")
+        }
+        for i in 0..<20 {
+            let (s1, o1) = try curlTLS(port, name: "a.example.com", path: "/here/\(i)", certs: certs)
+            #expect(s1 == 0 && o1 == "made here\n200", "\(o1)")
+            let (s2, o2) = try curlTLS(port, name: "a.example.com", path: "/nothing/\(i)", certs: certs)
+            #expect(s2 == 0 && o2.hasSuffix("\n404"), "\(o2)")
+        }
+    }
+
     @Test func sessionsResume() throws {
         let certs = try TestCertificates()
         let up = try HTTPUpstream(name: "up")

@@ -81,6 +81,13 @@ final class WeirProcess {
     /// The admin API's port, as logged ("admin API on http://ADDRESS/").
     func adminPort() throws -> UInt16 { try loggedPort(after: "admin API on http://") }
 
+    /// The admin API's address, as logged (its config may say port 0).
+    func adminAddress() throws -> SocketAddress {
+        let text = log
+        guard let r = text.range(of: "admin API on http://") else { throw LoopbackError(message: "no admin API in the log:\n\(text)") }
+        return try SocketAddress.parse(String(text[r.upperBound...].prefix { $0 != "/" && $0 != " " && $0 != "\n" }))
+    }
+
     private func loggedPort(after marker: String) throws -> UInt16 {
         let text = log
         guard let r = text.range(of: marker) else { throw LoopbackError(message: "no '\(marker)' in the log:\n\(text)") }

@@ -90,6 +90,29 @@ import WeirDemo
         #expect(abs(counts[0] - counts[1]) <= 3, "\(counts)")
     }
 
+    /// A reload that replaces the probe set while probes are in flight retires their receive
+    /// buffers (the kernel may still write into them) and frees them once the last completion of
+    /// that set arrives; they used to be kept until exit, one set per such reload.
+    @Test func aReplacedProbeSetFreesItsBuffersOnceItsCompletionsCame() throws {
+        // Never answers while the connection is open: every probe waits in its recv.
+        let silent = try EchoServer(name: "silent", mode: .replyAfterEOF)
+        func yaml(_ interval: String) -> String {
+            tcpConfig(port: 0, endpoints: [(silent.address, 1)], cluster: """
+                    health_check: { type: tcp, send: "ping", expect: "pong", interval: \(interval), timeout: 1900ms }
+                """)
+        }
+        // The first probe starts within half an interval and then waits (up to its timeout).
+        let weir = try WeirProcess(yaml: yaml("2s"), arguments: ["--log-level", "debug"])
+        defer { weir.stop(); silent.stop() }
+        let deadline = Date().addingTimeInterval(5)
+        while silent.connections < 1 && Date() < deadline { usleep(10_000) }
+        #expect(silent.connections >= 1, "a probe is connected and waiting")
+        try weir.rewrite(yaml("3s"))
+        weir.signal(SIGHUP)
+        #expect(weir.waitForLog("generation 2 applied by all"))
+        #expect(weir.waitForLog("receive buffers of a replaced probe set are freed", seconds: 5), "\(weir.log)")
+    }
+
     @Test func aTCPHealthCheckNoticesADeadUpstream() throws {
         let a = try EchoServer(name: "a", greeting: "a"), b = try EchoServer(name: "b", greeting: "b")
         let weir = try WeirProcess(yaml: tcpConfig(port: 0, endpoints: [(a.address, 1), (b.address, 1)], cluster: """

@@ -199,13 +199,7 @@ extension Shard {
             }
             res = credit
         }
-        c.pointee.lastActivity = now
-        if flow.pointee.outSent < flow.pointee.outLength {
-            flow.pointee.outSent += res
-            if flow.pointee.outSent >= flow.pointee.outLength { clearOut(flow) }
-        } else {
-            advance(c, flow, 1, res)
-        }
+        credit(c, flow, 1, res)
         pumpResponse(c)
         if c.pointee.state == .open { rearmUpstreamIfRoom(c) }
     }

@@ -125,6 +125,18 @@ extension Shard {
         return (bufferPointer(Int(flow.pointee.head)) + Int(flow.pointee.sendOffset), Int(flow.pointee.segment))
     }
 
+    /// A send of `n` bytes on a flow completed: the head waiting in its out buffer goes first,
+    /// then body bytes from its queue.
+    func credit(_ c: UnsafeMutablePointer<Connection>, _ flow: UnsafeMutablePointer<Flow>, _ f: Int, _ n: Int32) {
+        c.pointee.lastActivity = now
+        if flow.pointee.outSent < flow.pointee.outLength {
+            flow.pointee.outSent += n
+            if flow.pointee.outSent >= flow.pointee.outLength { clearOut(flow) }
+        } else {
+            advance(c, flow, f, n)
+        }
+    }
+
     /// `n` body bytes at the head of a flow's queue went out.
     func advance(_ c: UnsafeMutablePointer<Connection>, _ flow: UnsafeMutablePointer<Flow>, _ f: Int, _ n: Int32) {
         guard flow.pointee.head >= 0 else { return }

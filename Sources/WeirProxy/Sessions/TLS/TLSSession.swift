@@ -235,22 +235,34 @@ extension Shard {
     /// A ciphertext send finished `res` bytes: nil while more of it remains (the rest is being
     /// sent), else the plaintext bytes it carried (0 for TLS's own records).
     func tlsSent(_ c: UnsafeMutablePointer<Connection>, _ res: Int32) -> Int32? {
-        let t = tlsState(c)
-        t.pointee.sendSent += res
-        if t.pointee.sendSent < t.pointee.sendLength {
+        switch ciphertextSent(tlsState(c), res) {
+        case .more:
             sendCiphertext(c)
             return nil
+        case .done(let credit, let morePending):
+            // More ciphertext than one buffer held: send it before anything else.
+            if morePending { tlsStartSend(c, nil, 0); if credit == 0 { return nil } }
+            return credit
         }
+    }
+
+    enum CiphertextSend {
+        /// Part of the buffer is still to go.
+        case more
+        /// The buffer is out (and released): the plaintext bytes it carried, and whether OpenSSL
+        /// holds more ciphertext to send.
+        case done(credit: Int32, morePending: Bool)
+    }
+
+    /// A send of `res` bytes of a TLS side's ciphertext buffer completed (both sides share this).
+    func ciphertextSent(_ t: UnsafeMutablePointer<TLSState>, _ res: Int32) -> CiphertextSend {
+        t.pointee.sendSent += res
+        if t.pointee.sendSent < t.pointee.sendLength { return .more }
         releaseHeadBuffer(t.pointee.sendBuffer)
         t.pointee.sendBuffer = -1
         let credit = t.pointee.credit
         t.pointee.credit = 0
-        if let w = t.pointee.writeBIO, weir_bio_pending(w) > 0 {
-            // More ciphertext than one buffer held: send it before anything else.
-            tlsStartSend(c, nil, 0)
-            if credit == 0 { return nil }
-        }
-        return credit
+        return .done(credit: credit, morePending: t.pointee.writeBIO.map { weir_bio_pending($0) > 0 } ?? false)
     }
 }
 
@@ -319,20 +331,14 @@ extension Shard {
 
     /// As tlsSent, for the upstream side.
     func upstreamTLSSent(_ c: UnsafeMutablePointer<Connection>, _ u: UnsafeMutablePointer<Upstream>, _ res: Int32) -> Int32? {
-        let t = upstreamTLS + (u - upstreams)
-        t.pointee.sendSent += res
-        if t.pointee.sendSent < t.pointee.sendLength {
+        switch ciphertextSent(upstreamTLS + (u - upstreams), res) {
+        case .more:
             upstreamCiphertextSend(c, u)
             return nil
+        case .done(let credit, let morePending):
+            if morePending { upstreamTLSSend(c, u, nil, 0); if credit == 0 { return nil } }
+            return credit
         }
-        releaseHeadBuffer(t.pointee.sendBuffer)
-        t.pointee.sendBuffer = -1
-        let credit = t.pointee.credit
-        t.pointee.credit = 0
-        if let w = t.pointee.writeBIO, weir_bio_pending(w) > 0 {
-            upstreamTLSSend(c, u, nil, 0)
-            if credit == 0 { return nil }
-        }
-        return credit
     }
+
 }
