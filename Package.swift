@@ -80,6 +80,6 @@ let package = Package(
                                                          .product(name: "SwiftProtobuf", package: "swift-protobuf")], swiftSettings: v5),
         .testTarget(name: "WeirRingTests", dependencies: ["WeirRing", "CURing"], swiftSettings: v5),
         .testTarget(name: "IntegrationTests", dependencies: ["weir", "WeirDemo"],
-                    exclude: ["Support/http_upstream.py", "Support/tls_peers.py", "Support/make_certs.sh", "Support/xds_server.py", "Support/envoy_bootstrap.yaml"], swiftSettings: v5),
+                    exclude: ["Support/http_upstream.py", "Support/chaos.py", "Support/tls_peers.py", "Support/make_certs.sh", "Support/xds_server.py", "Support/envoy_bootstrap.yaml"], swiftSettings: v5),
     ]
 )

@@ -61,7 +61,9 @@ extension Shard {
             control.named.endpoints[Int(pool)].active += 1
         }
         startActive(c)
-        if pool >= 0, let u = popIdle(Int(pool)) {
+        // After a pooled connection failed under this request, the next try goes on a new
+        // connection: another idle one may be closing just the same.
+        if pool >= 0, !c.pointee.ex.freeRetryUsed, let u = popIdle(Int(pool)) {
             attach(c, u)
             c.pointee.ex.reused = true
             control.named.endpoints[Int(pool)].poolReuses += 1

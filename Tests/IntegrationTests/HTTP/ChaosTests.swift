@@ -1,0 +1,74 @@
+// Hostile traffic through the real binary (Support/chaos.py): an upstream that resets, cuts
+// bodies short, answers 1xx, closes after answering and closes idle pooled connections, and
+// clients that pipeline, abandon requests and reset, each checking that every answer carries
+// its own request's id. Seeded; the outcome must hold whatever the timing.
+import Foundation
+import Testing
+import WeirCore
+import WeirDemo
+
+/// chaos.py's upstream in its own process; it exits when this object goes (its stdin closes).
+final class ChaosUpstream {
+    let port: UInt16
+    private let process = Process()
+    private let input = Pipe()
+
+    init() throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/chaos.py").path, "upstream"]
+        let output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        let deadline = Date().addingTimeInterval(10)
+        while !line.contains(10) && Date() < deadline {
+            let d = output.fileHandleForReading.availableData
+            if d.isEmpty { usleep(10_000) }
+            line.append(d)
+        }
+        guard let text = String(data: line, encoding: .utf8),
+              let p = UInt16(text.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") else {
+            process.terminate()
+            throw LoopbackError(message: "the chaos upstream did not start")
+        }
+        port = p
+    }
+
+    deinit {
+        try? input.fileHandleForWriting.close()
+        if process.isRunning { process.terminate(); process.waitUntilExit() }
+    }
+}
+
+@Suite(.serialized) struct ChaosTests {
+    @Test(arguments: [1, 2])
+    func everyAnswerIsItsOwnRequestsUnderChaos(seed: Int) throws {
+        let up = try ChaosUpstream()
+        let weir = try WeirProcess(yaml: """
+            shards: 2
+            admin: { address: 127.0.0.3:0 }
+            listeners:
+              - { name: web, address: "127.0.0.1:0", protocol: http, cluster: up }
+            clusters:
+              - { name: up, endpoints: [{ address: "127.0.0.1:\(up.port)" }] }
+            """)
+        defer { weir.stop() }
+        let port = try weir.port("web")
+        let (status, output) = try runProcess("/usr/bin/python3", [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/chaos.py").path,
+                                                                   "client", "\(port)", "\(seed)", "4", "6"])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("\"ok:200\""), "requests flowed: \(output)")
+        #expect(weir.process.isRunning)
+        // Every connection ends: nothing is left half-open on either side.
+        let adminAddress = try weir.adminAddress()
+        var text = ""
+        let settled = secondsUntil(limit: 5) {
+            text = admin(adminAddress, "GET", "/stats/prometheus").1
+            return text.contains("weir_downstream_connections_active{listener=\"web\"} 0")
+                && text.contains("weir_upstream_connections_active{cluster=\"up\",endpoint=\"127.0.0.1:\(up.port)\"} 0")
+        }
+        #expect(settled != nil, "\(text.split(separator: "\n").filter { $0.contains("_active") })")
+    }
+}
