@@ -343,7 +343,9 @@ extension Shard {
 
     /// A response Weir makes (the statuses in `localBodies`).
     func localResponse(_ c: UnsafeMutablePointer<Connection>, status: Int, close: Bool) {
-        let closing = close || [400, 408, 413, 431, 501, 505].contains(status)
+        // A request whose body did not go out whole leaves the connection's framing unknown to
+        // the client's next request: Weir closes after answering, and says so.
+        let closing = close || [400, 408, 413, 431, 501, 505].contains(status) || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent)
         localCopy(c, status: status, bytes: LocalResponses.bytes(status: status, close: closing || c.pointee.ex.closeAfter), close: closing)
     }
 

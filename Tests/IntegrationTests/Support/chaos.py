@@ -5,9 +5,10 @@ does with it); the upstream puts the id in every body it sends, so a response th
 wrong client, or a request smuggled or replayed into another, shows.
 
   chaos.py upstream                     serve on 127.0.0.1:0, print "port N", until stdin closes
-  chaos.py client PORT SEED SECONDS [CLIENTS]
+  chaos.py client PORT SEED SECONDS [CLIENTS [CA]]
                                         run clients against PORT (Weir), print one JSON summary;
-                                        exit 1 if any answer was wrong
+                                        exit 1 if any answer was wrong; with CA, over TLS
+                                        (server name a.example.com, verified against CA)
 
 Upstream actions (X-Chaos):
   ok        200, Content-Length        chunked  200, chunked, with a trailer
@@ -26,6 +27,14 @@ ACTIONS = ["ok", "ok", "ok", "chunked", "close", "early", "slow", "big", "echo",
 
 
 # ---------------------------------------------------------------- upstream
+
+def more(s, buf):
+    """buf with what the socket has next; raises EOFError when the peer has closed."""
+    d = s.recv(65536)
+    if not d:
+        raise EOFError
+    return buf + d
+
 
 class Upstream(socketserver.BaseRequestHandler):
     def handle(self):
@@ -56,30 +65,27 @@ class Upstream(socketserver.BaseRequestHandler):
                 if b"content-length" in fields:
                     n = int(fields[b"content-length"])
                     while len(buf) < n:
-                        d = s.recv(65536)
-                        if not d:
-                            return
-                        buf += d
+                        buf = more(s, buf)
                     body, buf = buf[:n], buf[n:]
                 elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
                     while True:
                         while b"\r\n" not in buf:
-                            buf += s.recv(65536)
+                            buf = more(s, buf)
                         line, buf = buf.split(b"\r\n", 1)
                         size = int(line.split(b";")[0], 16)
                         if size == 0:
                             while b"\r\n\r\n" not in b"\r\n" + buf:
-                                buf += s.recv(65536)
+                                buf = more(s, buf)
                             _, buf = (b"\r\n" + buf).split(b"\r\n\r\n", 1)
                             break
                         while len(buf) < size + 2:
-                            buf += s.recv(65536)
+                            buf = more(s, buf)
                         body += buf[:size]
                         buf = buf[size + 2:]
                 if not self.answer(s, action, rid, body):
                     return
-            except OSError:
-                return
+            except (OSError, EOFError, ValueError):
+                return  # the peer left (or sent what no request is): this connection is done
 
     @staticmethod
     def answer(s, action, rid, body):
@@ -174,11 +180,13 @@ def read_response(f, method):
         return status, fields, body
 
 
-def client(port, rng, deadline, stats, lock):
+def client(port, rng, deadline, stats, lock, tls):
     seq = 0
     while time.time() < deadline:
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if tls:
+                s = tls.wrap_socket(s, server_hostname="a.example.com")
         except OSError:
             with lock:
                 stats["connect_failed"] += 1
@@ -213,11 +221,13 @@ def client(port, rng, deadline, stats, lock):
                 alive = False
                 break
             s.sendall(b"".join(b[4] for b in batch))
+            # Weir may end a connection after a cut body without saying so; anything else it
+            # ends says Connection: close.
+            may_close = False
             for rid, action, method, payload, _ in batch:
                 r = read_response(f, method)
                 if r is None:
-                    # Weir may end a connection after a reset or a cut: only those may cost one.
-                    if action not in ("cut", "reset") and not any(b[1] in ("cut",) for b in batch):
+                    if action not in ("cut", "reset") and not may_close:
                         raise Wrong(f"connection closed on {action} {rid}")
                     with lock:
                         stats["closed_after_" + action] += 1
@@ -226,13 +236,20 @@ def client(port, rng, deadline, stats, lock):
                 status, fields, body = r
                 with lock:
                     stats[f"{action}:{status}"] += 1
+                if action == "cut":
+                    may_close = True
                 if action in ("reset", "cut"):
                     if status not in (502, 503):
                         raise Wrong(f"{action} {rid} answered {status} {body[:60]!r}")
                     continue
                 if status == 502 and method == "POST":
                     # A POST that met a pooled connection as its upstream closed it is not sent
-                    # again (the upstream may have applied it): 502, the client's to retry.
+                    # again (the upstream may have applied it): 502, the client's to retry. When
+                    # its body did not go out whole the connection ends, and the 502 says so (a
+                    # close it did not announce fails the read of the next answer).
+                    if fields.get(b"connection", b"").lower() == b"close":
+                        alive = False
+                        break
                     continue
                 if status != 200:
                     raise Wrong(f"{action} {rid} answered {status} {body[:80]!r}")
@@ -251,14 +268,18 @@ def client(port, rng, deadline, stats, lock):
         s.close()
 
 
-def clients(port, seed, seconds, count):
+def clients(port, seed, seconds, count, ca=None):
+    tls = None
+    if ca:
+        import ssl
+        tls = ssl.create_default_context(cafile=ca)
     import collections
     stats, lock, errors = collections.Counter(), threading.Lock(), []
     deadline = time.time() + seconds
 
     def run(i):
         try:
-            client(port, random.Random(seed * 1000 + i), deadline, stats, lock)
+            client(port, random.Random(seed * 1000 + i), deadline, stats, lock, tls)
         except Wrong as e:
             errors.append(str(e))
         except Exception as e:  # a timeout or reset where none belongs
@@ -275,4 +296,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "upstream":
         upstream()
     else:
-        clients(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 8)
+        clients(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 8,
+                sys.argv[6] if len(sys.argv) > 6 else None)
