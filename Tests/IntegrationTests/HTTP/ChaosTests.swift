@@ -7,39 +7,11 @@ import Testing
 import WeirCore
 import WeirDemo
 
-/// chaos.py's upstream in its own process; it exits when this object goes (its stdin closes).
+/// chaos.py's upstream in its own process.
 final class ChaosUpstream {
-    let port: UInt16
-    private let process = Process()
-    private let input = Pipe()
-
-    init() throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/chaos.py").path, "upstream"]
-        let output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var line = Data()
-        let deadline = Date().addingTimeInterval(10)
-        while !line.contains(10) && Date() < deadline {
-            let d = output.fileHandleForReading.availableData
-            if d.isEmpty { usleep(10_000) }
-            line.append(d)
-        }
-        guard let text = String(data: line, encoding: .utf8),
-              let p = UInt16(text.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") else {
-            process.terminate()
-            throw LoopbackError(message: "the chaos upstream did not start")
-        }
-        port = p
-    }
-
-    deinit {
-        try? input.fileHandleForWriting.close()
-        if process.isRunning { process.terminate(); process.waitUntilExit() }
-    }
+    private let server: SupportServer
+    var port: UInt16 { server.port }
+    init() throws { server = try SupportServer(script: "chaos.py", ["upstream"], what: "the chaos upstream") }
 }
 
 @Suite(.serialized) struct ChaosTests {

@@ -259,33 +259,10 @@ func sClient(_ port: UInt16, _ arguments: [String], request: String? = nil) thro
 
 /// A TLS echo server (tls_peers.py server) in its own process.
 final class TLSUpstream {
-    let port: UInt16
-    private let process = Process()
-    private let input = Pipe()
+    private let server: SupportServer
+    var port: UInt16 { server.port }
     init(name: String, cert: String, key: String) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/tls_peers.py").path, "server", name, cert, key]
-        let output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var line = Data()
-        let deadline = Date().addingTimeInterval(10)
-        while !line.contains(10) && Date() < deadline {
-            let d = output.fileHandleForReading.availableData
-            if d.isEmpty { usleep(10_000) }
-            line.append(d)
-        }
-        guard let p = UInt16(String(decoding: line, as: UTF8.self).split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") else {
-            process.terminate()
-            throw LoopbackError(message: "the TLS upstream \(name) did not start")
-        }
-        port = p
-    }
-    deinit {
-        try? input.fileHandleForWriting.close()
-        if process.isRunning { process.terminate(); process.waitUntilExit() }
+        server = try SupportServer(script: "tls_peers.py", ["server", name, cert, key], what: "the TLS upstream \(name)")
     }
 }
 

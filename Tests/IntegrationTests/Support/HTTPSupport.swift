@@ -5,30 +5,21 @@ import Testing
 import WeirCore
 import WeirDemo
 
-/// An HTTP/1.1 upstream in its own process; it exits when this object goes (its stdin closes).
-final class HTTPUpstream {
-    let name: String
+/// A Python server from Support/ in its own process: started with `arguments`, it prints
+/// "port N" once listening and serves until its stdin closes, so it never outlives the object.
+final class SupportServer {
     let port: UInt16
-    let tls: Bool
     private let process = Process()
     private let input = Pipe()
 
-    /// `tls`: certificate, key and (optionally) a CA whose client certificates it requires.
-    /// `idleTimeoutMs`: the server closes a keep-alive connection idle that long.
-    init(name: String, tls: [String] = [], idleTimeoutMs: Int? = nil) throws {
-        self.name = name
-        self.tls = !tls.isEmpty
+    init(script: String, _ arguments: [String], environment: [String: String] = [:], what: String) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/http_upstream.py").path, name] + tls
+        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/\(script)").path] + arguments
         let output = Pipe()
         process.standardInput = input
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
-        if let idleTimeoutMs {
-            var env = ProcessInfo.processInfo.environment
-            env["IDLE_TIMEOUT_MS"] = "\(idleTimeoutMs)"
-            process.environment = env
-        }
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         try process.run()
         // "port N\n", within 10 s.
         var line = Data()
@@ -38,11 +29,37 @@ final class HTTPUpstream {
             if d.isEmpty { usleep(10_000) }
             line.append(d)
         }
-        guard let text = String(data: line, encoding: .utf8), let p = UInt16(text.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") else {
+        guard let p = UInt16(String(decoding: line, as: UTF8.self).split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") else {
             process.terminate()
-            throw LoopbackError(message: "the HTTP upstream \(name) did not start")
+            throw LoopbackError(message: "\(what) did not start")
         }
         port = p
+    }
+
+    deinit {
+        try? input.fileHandleForWriting.close()
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+}
+
+/// An HTTP/1.1 upstream in its own process (http_upstream.py).
+final class HTTPUpstream {
+    let name: String
+    let tls: Bool
+    private let server: SupportServer
+    var port: UInt16 { server.port }
+
+    /// `tls`: certificate, key and (optionally) a CA whose client certificates it requires.
+    /// `idleTimeoutMs`: the server closes a keep-alive connection idle that long.
+    init(name: String, tls: [String] = [], idleTimeoutMs: Int? = nil) throws {
+        self.name = name
+        self.tls = !tls.isEmpty
+        server = try SupportServer(script: "http_upstream.py", [name] + tls,
+                                   environment: idleTimeoutMs.map { ["IDLE_TIMEOUT_MS": "\($0)"] } ?? [:],
+                                   what: "the HTTP upstream \(name)")
     }
 
     var address: SocketAddress { loopback(port) }
@@ -61,14 +78,6 @@ final class HTTPUpstream {
             if kv.count == 2, let v = Int(kv[1]) { if kv[0] == "connections" { conns = v } else { reqs = v } }
         }
         return (conns - 1, reqs - 1)  // minus this /stats request and its connection
-    }
-
-    deinit {
-        try? input.fileHandleForWriting.close()
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
     }
 }
 
