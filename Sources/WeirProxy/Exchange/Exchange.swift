@@ -55,8 +55,10 @@ struct HTTPExchange {
     var timeout: Int64 = 0
     var idleTimeout: Int64 = 0
     var status: Int32 = 0
-    /// A response head went to the client: a failure now can only cut the connection.
-    var responseStarted = false
+    /// A response Weir makes is being sent (its phase says so; no flag repeats it).
+    var isLocal: Bool { phase == .local }
+    /// The final response head is written for the client (the upstream's, rewritten, or one Weir
+    /// made): a failure now can only cut the connection.
     var responseHeadDone = false
     var bodySent = false
     var requestSent = false
@@ -64,7 +66,6 @@ struct HTTPExchange {
     var reused = false
     var freeRetryUsed = false
     var retries: Int32 = 0
-    var local = false
     /// The balancer's hash for this request (header, cookie, path or the client's address).
     var hash: UInt64 = 0
     /// The forwarded request head is written (body bytes may follow it upstream).
@@ -207,7 +208,7 @@ extension Shard {
         finishExchangeStats(c)
         // Passive outlier detection: a 5xx from the endpoint extends its failure streak, any
         // other answer ends it.
-        if !c.pointee.ex.local && c.pointee.endpointSlot >= 0 { noteConnect(c, failed: c.pointee.ex.status >= 500) }
+        if !c.pointee.ex.isLocal && c.pointee.endpointSlot >= 0 { noteConnect(c, failed: c.pointee.ex.status >= 500) }
         let f0 = c.flow(0), f1 = c.flow(1)
         if c.pointee.ex.upstream >= 0 {
             let u = upstreams + Int(c.pointee.ex.upstream)
@@ -221,7 +222,7 @@ extension Shard {
         clearOut(f1)
         f1.pointee.sourceEnded = false
         if c.pointee.ex.closeAfter || f0.pointee.sourceEnded || f0.pointee.body != .none || f0.pointee.sending
-            || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent && !c.pointee.ex.local) {
+            || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent && !c.pointee.ex.isLocal) {
             return lingerClose(c)
         }
         clearOut(f0)
@@ -242,7 +243,7 @@ extension Shard {
         let l = Int(c.pointee.listenerSlot)
         let status = Int(c.pointee.ex.status)
         control.named.listeners[l].countResponse(status: status)
-        if c.pointee.ex.local { control.named.listeners[l].localResponses += 1 }
+        if c.pointee.ex.isLocal { control.named.listeners[l].localResponses += 1 }
         let elapsed = monotonicNanoseconds() - c.pointee.ex.requestStart
         control.named.listeners[l].latency.record(elapsed)
         logRequest(c, status: status, elapsed: elapsed)
@@ -257,13 +258,13 @@ extension Shard {
     }
 
     func mayRetry(_ c: UnsafeMutablePointer<Connection>, _ route: Route) -> Bool {
-        !c.pointee.ex.bodySent && !c.pointee.ex.responseStarted && c.pointee.ex.retries < Int32(route.retry.attempts)
+        !c.pointee.ex.bodySent && !c.pointee.ex.responseHeadDone && c.pointee.ex.retries < Int32(route.retry.attempts)
             && (c.pointee.ex.method.isIdempotent || route.retry.nonIdempotent)
     }
 
     /// The upstream reset, closed early or answered nonsense before the response reached the client.
     func upstreamFailed(_ c: UnsafeMutablePointer<Connection>, _ failure: UpstreamFailure) {
-        if c.pointee.ex.responseStarted || c.pointee.ex.phase == .tunnel { return abortHTTP(c) }
+        if c.pointee.ex.responseHeadDone || c.pointee.ex.phase == .tunnel { return abortHTTP(c) }
         if failure == .reset { noteConnect(c, failed: true) }
         let reused = c.pointee.ex.reused
         detachUpstream(c, reuse: false)
@@ -378,9 +379,7 @@ extension Shard {
         f1.pointee.body = .none
         f1.pointee.segment = 0
         c.pointee.ex.status = Int32(status)
-        c.pointee.ex.local = true
         c.pointee.ex.responseHeadDone = true
-        c.pointee.ex.responseStarted = true
         c.pointee.ex.phase = .local
         if close || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent) { c.pointee.ex.closeAfter = true }
         if c.pointee.ex.closeAfter { f0.pointee.body = .none }

@@ -14,6 +14,9 @@ final class ChaosUpstream {
     init() throws { server = try SupportServer(script: "chaos.py", ["upstream"], what: "the chaos upstream") }
 }
 
+/// Bounded: 3 s and 4 clients per seed, so the suite's other tests (which run beside it) keep
+/// their share of this 2-core machine; longer runs with more clients are for by hand
+/// (`chaos.py client PORT SEED SECONDS CLIENTS`).
 @Suite(.serialized) struct ChaosTests {
     /// Seeds 1 and 2 in plaintext; seed 3 with TLS terminated by Weir.
     @Test(arguments: [1, 2, 3])
@@ -35,7 +38,7 @@ final class ChaosUpstream {
         defer { weir.stop() }
         let port = try weir.port("web")
         let (status, output) = try runProcess("/usr/bin/python3", [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/chaos.py").path,
-                                                                   "client", "\(port)", "\(seed)", "4", "6"] + (certs.map { [$0.path("ca.pem")] } ?? []))
+                                                                   "client", "\(port)", "\(seed)", "3", "4"] + (certs.map { [$0.path("ca.pem")] } ?? []))
         #expect(status == 0, "seed \(seed): \(output)")
         #expect(output.contains("\"ok:200\""), "requests flowed: \(output)")
         #expect(weir.process.isRunning)

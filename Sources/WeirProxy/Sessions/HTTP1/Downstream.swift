@@ -256,7 +256,7 @@ extension Shard {
             let t = c.pointee.ex.timeout, idle = c.pointee.ex.idleTimeout
             let started = c.pointee.ex.requestStart
             if (t > 0 && monotonicNanoseconds(coarse: true) - started > t) || (idle > 0 && now - c.pointee.lastActivity > idle) {
-                if c.pointee.ex.responseStarted { return abortHTTP(c) }
+                if c.pointee.ex.responseHeadDone { return abortHTTP(c) }
                 if c.pointee.ex.phase == .backoff {
                     ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
                 }

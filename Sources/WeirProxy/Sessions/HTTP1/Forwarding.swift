@@ -110,7 +110,7 @@ extension Shard {
                 case .failed(let e):
                     if request {
                         Log.debug("shard \(index): bad chunked request body: \(e)")
-                        if c.pointee.ex.responseStarted { abortHTTP(c) } else { localResponse(c, status: e.status, close: true) }
+                        if c.pointee.ex.responseHeadDone { abortHTTP(c) } else { localResponse(c, status: e.status, close: true) }
                     } else {
                         upstreamFailed(c, .badResponse)
                     }
@@ -251,7 +251,6 @@ extension Shard {
                     c.pointee.idleTimeout = snapshotOf(c).listeners[Int(c.pointee.listenerIndex)].idleTimeoutNanoseconds
                 }
                 c.pointee.ex.responseHeadDone = true
-                c.pointee.ex.responseStarted = true
                 if tunnel { pumpRequest(c) }
             }
         }
