@@ -284,8 +284,6 @@ extension Shard {
                 flow.pointee.body = .none
                 responseComplete(c)
             }
-        default:
-            break
         }
     }
 
