@@ -85,17 +85,17 @@ final class AccessLogWriter {
         }
         writeLength = 0
         writeDone = 0
-        if rotationCheckDue { reopenIfRotated() }
+        if rotationCheckDue { checkRotation() }
     }
 
-    /// Set each tick; the check runs between writes (so under steady load, right after one).
-    var rotationCheckDue = false
+    /// A rotation check was asked for while a write held the descriptor.
+    private var rotationCheckDue = false
 
-    /// Follows log rotation: when the file at `path` is no longer the one open (renamed or
-    /// removed, as logrotate does), opens `path` anew. Checked between writes, once per tick.
-    func reopenIfRotated() {
-        rotationCheckDue = true
-        guard !writing else { return }
+    /// Follows log rotation, asked once per tick: when the file at `path` is no longer the one
+    /// open (renamed or removed, as logrotate does), opens `path` anew. A write in flight still
+    /// uses the descriptor, so then the check waits for its completion (`written`).
+    func checkRotation() {
+        guard !writing else { rotationCheckDue = true; return }
         rotationCheckDue = false
         var open = stat(), named = stat()
         guard fstat(fd, &open) == 0 else { return }

@@ -291,9 +291,6 @@ final class HealthChecker: @unchecked Sendable {
         }
     }
 
-    /// Probe-set buffers still waiting for completions (for tests and leak checks).
-    var retiredBufferCount: Int { retiredBuffers.count }
-
     private func expectsReply(_ i: Int) -> Bool {
         switch probes[i].policy.probe {
         case .http: return true

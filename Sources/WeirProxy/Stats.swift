@@ -157,30 +157,25 @@ final class StatsRegistry: @unchecked Sendable {
         }
     }
 
-    /// Forgets every name whose slot is not marked in use (the shard marks its snapshot's names
+    /// Forgets every name whose slot is not kept (the shard keeps its snapshot's names
     /// and the slots its connections and pooled upstream connections still count against): the
     /// counters are zeroed and the slot goes to the next new name. Called by the shard, which is
     /// the only writer of these counters, when it adopts a snapshot.
-    func forget(listenersInUse: [Bool], endpointsInUse: [Bool]) {
+    func forget(keepingListeners kept: Set<Int32>, endpoints keptEndpoints: Set<Int32>) {
         lock.withLock { names in
-            for (s, name) in names.listeners.enumerated() where name != nil && !(s < listenersInUse.count && listenersInUse[s]) {
+            for (s, name) in names.listeners.enumerated() where name != nil && !kept.contains(Int32(s)) {
                 names.listenerSlot[name!] = nil
                 names.listeners[s] = nil
                 names.freeListeners.append(s)
                 listeners[s] = ListenerCounters()
             }
-            for (s, key) in names.endpoints.enumerated() where key != nil && !(s < endpointsInUse.count && endpointsInUse[s]) {
+            for (s, key) in names.endpoints.enumerated() where key != nil && !keptEndpoints.contains(Int32(s)) {
                 names.endpointSlot[key!] = nil
                 names.endpoints[s] = nil
                 names.freeEndpoints.append(s)
                 endpoints[s] = EndpointCounters()
             }
         }
-    }
-
-    /// Names held now (for tests and leak checks).
-    var registeredCounts: (listeners: Int, endpoints: Int) {
-        lock.withLock { ($0.listenerSlot.count, $0.endpointSlot.count) }
     }
 
     private func growIfNeeded(listeners needL: Int, endpoints needE: Int) {

@@ -307,7 +307,7 @@ final class Shard {
             abort(c)
         }
         upstreamTick()
-        for w in logWriters { w.reopenIfRotated() }
+        for w in logWriters { w.checkRotation() }
     }
 
     // MARK: Snapshots and listeners
@@ -372,22 +372,14 @@ final class Shard {
     /// upstream connections still count against (a connection keeps its slots until it ends).
     /// The rest are forgotten, so names that come and go (EDS endpoints) do not pile up.
     func forgetUnusedNames() {
-        let (l, e) = control.named.registeredCounts
-        var listenersInUse = [Bool](repeating: false, count: l + listenerSlots.count + 1)
-        var endpointsInUse = [Bool](repeating: false, count: e + 1)
-        func mark(_ a: inout [Bool], _ s: Int32) {
-            guard s >= 0 else { return }
-            if Int(s) >= a.count { a += [Bool](repeating: false, count: Int(s) - a.count + 1) }
-            a[Int(s)] = true
-        }
-        for s in listenerSlots { mark(&listenersInUse, s) }
-        for cluster in endpointSlots { for s in cluster { mark(&endpointsInUse, s) } }
+        var listenersInUse = Set(listenerSlots)
+        var endpointsInUse = Set(endpointSlots.joined())
         for slot in 0..<highWater where connections[slot].state != .free {
-            mark(&listenersInUse, connections[slot].listenerSlot)
-            mark(&endpointsInUse, connections[slot].endpointSlot)
+            listenersInUse.insert(connections[slot].listenerSlot)
+            endpointsInUse.insert(connections[slot].endpointSlot)
         }
-        for i in 0..<upstreamHighWater where upstreams[i].state != .free { mark(&endpointsInUse, upstreams[i].pool) }
-        control.named.forget(listenersInUse: listenersInUse, endpointsInUse: endpointsInUse)
+        for i in 0..<upstreamHighWater where upstreams[i].state != .free { endpointsInUse.insert(upstreams[i].pool) }
+        control.named.forget(keepingListeners: listenersInUse, endpoints: endpointsInUse)
     }
 
     func armAccept(_ slot: Int) {

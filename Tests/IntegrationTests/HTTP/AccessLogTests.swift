@@ -5,16 +5,24 @@ import Testing
 import WeirCore
 import WeirDemo
 
-/// A fresh directory for one test's access log, removed when this goes.
-final class LogDirectory {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("weir-log-\(UUID().uuidString)")
-    var log: String { url.appendingPathComponent("access.log").path }
-    init() throws { try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true) }
-    deinit { try? FileManager.default.removeItem(at: url) }
+/// An upstream and Weir in front of it, logging to `path` in a fresh directory that goes when
+/// this does (a test keeps it to its end through its `defer`).
+final class LoggedWeir {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-log-\(UUID().uuidString)")
+    let upstream: HTTPUpstream
+    let weir: WeirProcess
+    var path: String { directory.appendingPathComponent("access.log").path }
+
+    init() throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        upstream = try HTTPUpstream(name: "a")
+        weir = try WeirProcess(yaml: AccessLogTests.config(log: directory.appendingPathComponent("access.log").path, upstream: upstream))
+    }
+    deinit { try? FileManager.default.removeItem(at: directory) }
 }
 
 @Suite(.serialized) struct AccessLogTests {
-    func config(log: String, upstream: HTTPUpstream, routes: String = "      - cluster: app\n") -> String {
+    static func config(log: String, upstream: HTTPUpstream, routes: String = "      - cluster: app\n") -> String {
         httpConfig(port: 0, upstreams: [upstream], routes: routes, listenerExtra: "    http: { access_log: \(log) }")
     }
 
@@ -39,12 +47,9 @@ final class LogDirectory {
     /// Quotes and backslashes in a long path take two bytes each once escaped: the kept path is
     /// cut between escapes, never inside one, and the line is still JSON.
     @Test func everyRequestIsOneValidJSONLine() throws {
-        let a = try HTTPUpstream(name: "a")
-        let dir = try LogDirectory()
-        defer { withExtendedLifetime(dir) {} }
-        let path = dir.log
-        let weir = try WeirProcess(yaml: config(log: path, upstream: a))
-        defer { weir.stop() }
+        let logged = try LoggedWeir()
+        let (a, path, weir) = (logged.upstream, logged.path, logged.weir)
+        defer { logged.weir.stop() }
         let c = try HTTPClient(port: try weir.port("web"), timeoutSeconds: 5)
         let targets = ["/plain", "/q?\(String(repeating: "\\", count: 300))", "/\(String(repeating: "\"", count: 299))x",
                        "/\(String(repeating: "a\\\"", count: 200))", "/tail\\"]
@@ -64,18 +69,15 @@ final class LogDirectory {
 
     /// A request in flight when a reload publishes a new snapshot is still logged.
     @Test func aRequestThatSpansAReloadIsLogged() throws {
-        let a = try HTTPUpstream(name: "a")
-        let dir = try LogDirectory()
-        defer { withExtendedLifetime(dir) {} }
-        let path = dir.log
-        let weir = try WeirProcess(yaml: config(log: path, upstream: a))
-        defer { weir.stop() }
+        let logged = try LoggedWeir()
+        let (a, path, weir) = (logged.upstream, logged.path, logged.weir)
+        defer { logged.weir.stop() }
         let c = try HTTPClient(port: try weir.port("web"), timeoutSeconds: 10)
         c.send("GET /slow?ms=1500 HTTP/1.1\r\nHost: h\r\n\r\n")
         // The request has reached the upstream before the reload (it counts requests on arrival).
         let deadline = Date().addingTimeInterval(5)
         while try a.counts().requests < 1 && Date() < deadline { usleep(20_000) }
-        try weir.rewrite(config(log: path, upstream: a, routes: "      - { match: { path_prefix: /other }, cluster: app }\n      - cluster: app\n"))
+        try weir.rewrite(AccessLogTests.config(log: path, upstream: a, routes: "      - { match: { path_prefix: /other }, cluster: app }\n      - cluster: app\n"))
         weir.signal(SIGHUP)
         #expect(weir.waitForLog("generation 2 applied by all"))
         let r = try c.readResponse()
@@ -86,12 +88,9 @@ final class LogDirectory {
 
     /// logrotate renames the file (and may remove it): Weir opens the path again.
     @Test func aRotatedLogIsOpenedAgain() throws {
-        let a = try HTTPUpstream(name: "a")
-        let dir = try LogDirectory()
-        defer { withExtendedLifetime(dir) {} }
-        let path = dir.log
-        let weir = try WeirProcess(yaml: config(log: path, upstream: a))
-        defer { weir.stop() }
+        let logged = try LoggedWeir()
+        let (a, path, weir) = (logged.upstream, logged.path, logged.weir)
+        defer { logged.weir.stop() }
         let port = try weir.port("web")
         #expect(try HTTPClient(port: port).request("GET /before HTTP/1.1\r\nHost: h\r\n\r\n").status == 200)
         #expect(lines(path, atLeast: 1).count == 1)
