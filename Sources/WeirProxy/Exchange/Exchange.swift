@@ -43,7 +43,6 @@ struct HTTPExchange {
     var route: Int32 = -1
     var method = Method.other
     var minorVersion: UInt8 = 1
-    var clientKeepAlive = true
     var closeAfter = false
     var upgrade = false
     var hasBody = false
@@ -57,21 +56,59 @@ struct HTTPExchange {
     var status: Int32 = 0
     /// A response Weir makes is being sent (its phase says so; no flag repeats it).
     var isLocal: Bool { phase == .local }
+    /// How far this attempt's request has gone upstream, and how far its response has come.
+    var request = RequestProgress.unwritten
+    var response = ResponseProgress.awaitingHead
     /// The final response head is written for the client (the upstream's, rewritten, or one Weir
     /// made): a failure now can only cut the connection.
-    var responseHeadDone = false
-    var bodySent = false
-    var requestSent = false
+    var responseHeadDone: Bool { response == .headDone }
     var upstreamKeepAlive = false
     var reused = false
     var freeRetryUsed = false
     var retries: Int32 = 0
     /// The balancer's hash for this request (header, cookie, path or the client's address).
     var hash: UInt64 = 0
-    /// The forwarded request head is written (body bytes may follow it upstream).
-    var headWritten = false
-    /// Waiting for a free head buffer: 1 for the request head, 2 for the response head.
-    var waitingForBuffer: UInt8 = 0
+}
+
+/// How far the request of the current attempt has gone upstream (a retry starts it over).
+enum RequestProgress: Equatable {
+    /// No forwarded head yet: no upstream connection is ready.
+    case unwritten
+    /// The upstream is ready; every head buffer is taken (the shard's head waiters hold a SlotRef).
+    case waitingForHeadBuffer
+    /// The forwarded head is written (with a small body copied behind it) and going out.
+    case headWritten
+    /// Body bytes from the client's queue went upstream: they are gone, so no retry can send
+    /// this request again.
+    case streaming
+    /// All of it went; `streamed` keeps whether body bytes were consumed on the way.
+    case sent(streamed: Bool)
+
+    var headWritten: Bool {
+        switch self {
+        case .unwritten, .waitingForHeadBuffer: false
+        case .headWritten, .streaming, .sent: true
+        }
+    }
+
+    var isSent: Bool { if case .sent = self { true } else { false } }
+
+    /// Body bytes went upstream that the client's queue no longer holds.
+    var bodyStreamed: Bool {
+        switch self {
+        case .streaming: true
+        case .sent(let streamed): streamed
+        default: false
+        }
+    }
+}
+
+/// How far the response has come: the final head is parsed and rewritten for the client once.
+enum ResponseProgress: Equatable {
+    case awaitingHead
+    /// The final head is here; every head buffer is taken (a SlotRef waits in head waiters).
+    case waitingForHeadBuffer
+    case headDone
 }
 
 extension Shard {
@@ -90,7 +127,6 @@ extension Shard {
         }
         c.pointee.ex.method = head.method
         c.pointee.ex.minorVersion = UInt8(head.minorVersion)
-        c.pointee.ex.clientKeepAlive = head.keepAlive
         c.pointee.ex.upgrade = head.upgrade
         c.pointee.ex.hasBody = head.framing != .none
         c.pointee.ex.headStart = Int32(offset)
@@ -214,7 +250,7 @@ extension Shard {
             let u = upstreams + Int(c.pointee.ex.upstream)
             u.pointee.requests += 1
             let spent = u.pointee.maxRequests > 0 && u.pointee.requests >= u.pointee.maxRequests
-            let reuse = c.pointee.ex.upstreamKeepAlive && c.pointee.ex.requestSent && !spent && unread(f1) == 0
+            let reuse = c.pointee.ex.upstreamKeepAlive && c.pointee.ex.request.isSent && !spent && unread(f1) == 0
             detachUpstream(c, reuse: reuse)
         }
         endEndpoint(c)
@@ -222,7 +258,7 @@ extension Shard {
         clearOut(f1)
         f1.pointee.sourceEnded = false
         if c.pointee.ex.closeAfter || f0.pointee.sourceEnded || f0.pointee.body != .none || f0.pointee.sending
-            || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent && !c.pointee.ex.isLocal) {
+            || (c.pointee.ex.hasBody && !c.pointee.ex.request.isSent && !c.pointee.ex.isLocal) {
             return lingerClose(c)
         }
         clearOut(f0)
@@ -258,7 +294,7 @@ extension Shard {
     }
 
     func mayRetry(_ c: UnsafeMutablePointer<Connection>, _ route: Route) -> Bool {
-        !c.pointee.ex.bodySent && !c.pointee.ex.responseHeadDone && c.pointee.ex.retries < Int32(route.retry.attempts)
+        !c.pointee.ex.request.bodyStreamed && !c.pointee.ex.responseHeadDone && c.pointee.ex.retries < Int32(route.retry.attempts)
             && (c.pointee.ex.method.isIdempotent || route.retry.nonIdempotent)
     }
 
@@ -269,7 +305,7 @@ extension Shard {
         let reused = c.pointee.ex.reused
         detachUpstream(c, reuse: false)
         let route = httpListener(c).actions[Int(c.pointee.ex.route)]
-        if failure == .reset && reused && !c.pointee.ex.freeRetryUsed && !c.pointee.ex.bodySent && c.pointee.ex.method.isIdempotent {
+        if failure == .reset && reused && !c.pointee.ex.freeRetryUsed && !c.pointee.ex.request.bodyStreamed && c.pointee.ex.method.isIdempotent {
             // A pooled connection the upstream had just closed: try once more on a fresh one,
             // without counting it as a route retry.
             c.pointee.ex.freeRetryUsed = true
@@ -280,7 +316,7 @@ extension Shard {
             c.pointee.ex.retries += 1
             return retry(c, backoff: true)
         }
-        localResponse(c, status: 502, close: c.pointee.ex.bodySent)
+        localResponse(c, status: 502, close: c.pointee.ex.request.bodyStreamed)
     }
 
     /// Sends the request again from its head, which is still in the receive buffer.
@@ -288,7 +324,6 @@ extension Shard {
         // A 1xx on its way to the client reads flow 1's out buffer: the response cannot start
         // over under it (rare: an interim response, then a failure).
         guard !responseBytesInFlight(c) else { return abortHTTP(c) }
-        c.pointee.ex.waitingForBuffer = 0
         if !sameEndpoint {
             if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].retries += 1 }
             c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
@@ -303,9 +338,8 @@ extension Shard {
         clearOut(f1)
         f1.pointee.body = .none
         f1.pointee.sourceEnded = false
-        c.pointee.ex.responseHeadDone = false
-        c.pointee.ex.headWritten = false
-        c.pointee.ex.requestSent = false
+        c.pointee.ex.response = .awaitingHead
+        c.pointee.ex.request = .unwritten
         c.pointee.ex.upstreamKeepAlive = false
         c.pointee.ex.status = 0
         let route = httpListener(c).actions[Int(c.pointee.ex.route)]
@@ -346,7 +380,7 @@ extension Shard {
     func localResponse(_ c: UnsafeMutablePointer<Connection>, status: Int, close: Bool) {
         // A request whose body did not go out whole leaves the connection's framing unknown to
         // the client's next request: Weir closes after answering, and says so.
-        let closing = close || [400, 408, 413, 431, 501, 505].contains(status) || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent)
+        let closing = close || [400, 408, 413, 431, 501, 505].contains(status) || (c.pointee.ex.hasBody && !c.pointee.ex.request.isSent)
         localCopy(c, status: status, bytes: LocalResponses.bytes(status: status, close: closing || c.pointee.ex.closeAfter), close: closing)
     }
 
@@ -368,7 +402,7 @@ extension Shard {
         }
         detachUpstream(c, reuse: false)
         endEndpoint(c)
-        c.pointee.ex.waitingForBuffer = 0
+        if c.pointee.ex.request == .waitingForHeadBuffer { c.pointee.ex.request = .unwritten }
         clearOut(f0)
         dropQueue(f1)
         clearOut(f1)
@@ -379,9 +413,9 @@ extension Shard {
         f1.pointee.body = .none
         f1.pointee.segment = 0
         c.pointee.ex.status = Int32(status)
-        c.pointee.ex.responseHeadDone = true
+        c.pointee.ex.response = .headDone
         c.pointee.ex.phase = .local
-        if close || (c.pointee.ex.hasBody && !c.pointee.ex.requestSent) { c.pointee.ex.closeAfter = true }
+        if close || (c.pointee.ex.hasBody && !c.pointee.ex.request.isSent) { c.pointee.ex.closeAfter = true }
         if c.pointee.ex.closeAfter { f0.pointee.body = .none }
         pumpResponse(c)
     }

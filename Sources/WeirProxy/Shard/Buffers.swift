@@ -155,27 +155,37 @@ extension Shard {
     }
 
     /// Parks a connection until a head buffer is free: kind 0 to write its request head, 1 to
-    /// write its response head.
+    /// write its response head. The exchange's progress says it waits, and a waiter counts only
+    /// while it still does.
     func waitForHeadBuffer(_ c: UnsafeMutablePointer<Connection>, kind: UInt8) {
         // Already in the queue (a response head retried on each upstream read while waiting).
-        guard c.pointee.ex.waitingForBuffer != kind + 1 else { return }
-        let queued = headWaiters.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: kind)) { [connections] r in
-            let w = connections + Int(r.slot)
-            return w.pointee.generation == r.generation && w.pointee.state == .open && w.pointee.ex.waitingForBuffer == r.sub + 1
+        guard !isWaitingForHeadBuffer(c, kind: kind) else { return }
+        let queued = headWaiters.append(SlotRef(slot: slot(of: c), generation: c.pointee.generation, sub: kind)) { r in
+            let w = self.connections + Int(r.slot)
+            return w.pointee.generation == r.generation && w.pointee.state == .open && self.isWaitingForHeadBuffer(w, kind: r.sub)
         }
-        // A live waiter per connection at most, so the queue (one entry per slot) has room;
-        // were it full all the same, the connection must not wait where nobody will wake it.
+        // A live waiter per connection and kind at most, so the queue (two entries per slot) has
+        // room; were it full all the same, the connection must not wait where nobody wakes it.
         guard queued else { return abortHTTP(c) }
-        c.pointee.ex.waitingForBuffer = kind + 1
+        if kind == 0 { c.pointee.ex.request = .waitingForHeadBuffer } else { c.pointee.ex.response = .waitingForHeadBuffer }
+    }
+
+    @inline(__always) func isWaitingForHeadBuffer(_ c: UnsafeMutablePointer<Connection>, kind: UInt8) -> Bool {
+        kind == 0 ? c.pointee.ex.request == .waitingForHeadBuffer : c.pointee.ex.response == .waitingForHeadBuffer
     }
 
     /// Gives freed head buffers to the connections waiting for them, oldest first.
     func serveHeadWaiters() {
         while headFreeCount > 0, let w = headWaiters.removeFirst() {
             let c = connections + Int(w.slot)
-            guard c.pointee.generation == w.generation, c.pointee.state == .open, c.pointee.ex.waitingForBuffer == w.sub + 1 else { continue }
-            c.pointee.ex.waitingForBuffer = 0
-            if w.sub == 0 { sendRequestHead(c, parsed: nil) } else { processResponse(c) }
+            guard c.pointee.generation == w.generation, c.pointee.state == .open, isWaitingForHeadBuffer(c, kind: w.sub) else { continue }
+            if w.sub == 0 {
+                c.pointee.ex.request = .unwritten
+                sendRequestHead(c, parsed: nil)
+            } else {
+                c.pointee.ex.response = .awaitingHead
+                processResponse(c)
+            }
         }
     }
 }

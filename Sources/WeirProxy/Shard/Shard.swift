@@ -122,7 +122,8 @@ final class Shard {
     var openCount: [Int32] = []
     /// Upstreams whose recv stopped on an empty buffer ring.
     let starvedUpstreams: SlotRefQueue
-    /// Connections waiting for a head buffer, oldest first (sub: 0 request head, 1 response head).
+    /// Connections waiting for a head buffer, oldest first (sub: 0 request head, 1 response head;
+    /// a connection may wait for both).
     let headWaiters: SlotRefQueue
     /// Per connection slot: the client's address as text, for X-Forwarded-For.
     let clientText: UnsafeMutablePointer<UInt8>
@@ -188,7 +189,7 @@ final class Shard {
         upstreamTLS.initialize(repeating: TLSState(), count: n)
         discardFlow.initialize(to: Flow())
         starvedUpstreams = SlotRefQueue(capacity: n)
-        headWaiters = SlotRefQueue(capacity: n)
+        headWaiters = SlotRefQueue(capacity: 2 * n)
         recvLimit = control.recvLimit
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }

@@ -201,12 +201,12 @@ extension Shard {
     /// past the bytes that came (pumpResponse sees that).
     func upstreamEnded(_ c: UnsafeMutablePointer<Connection>) {
         let flow = c.flow(1)
-        let headPending = flow.pointee.queued > 0 || flow.pointee.sending || c.pointee.ex.waitingForBuffer == 2
+        let headPending = flow.pointee.queued > 0 || flow.pointee.sending || c.pointee.ex.response == .waitingForHeadBuffer
         guard c.pointee.ex.responseHeadDone || c.pointee.ex.phase == .tunnel || headPending else { return upstreamFailed(c, .reset) }
         // The final head may be here already, waiting behind a 1xx being sent or for a head
         // buffer: processResponse parses what came and fails only a head cut short.
         flow.pointee.sourceEnded = true
-        if c.pointee.ex.waitingForBuffer == 2 { return }
+        if c.pointee.ex.response == .waitingForHeadBuffer { return }
         if c.pointee.ex.responseHeadDone || c.pointee.ex.phase == .tunnel { pumpResponse(c) } else { processResponse(c) }
     }
 

@@ -18,14 +18,13 @@ extension Shard {
     /// head when the shard's header table still describes it (the same turn as its parse);
     /// otherwise the head is parsed again where it still lies, at headStart in flow 0's buffer.
     func sendRequestHead(_ c: UnsafeMutablePointer<Connection>, parsed: RequestHead?) {
-        guard c.pointee.state == .open, !c.pointee.ex.headWritten else { return }
+        guard c.pointee.state == .open, !c.pointee.ex.request.headWritten else { return }
         let flow = c.flow(0)
         guard let out = takeHeadBuffer() else {
             // Every head buffer is being sent: wait for one (served at the end of the loop turn).
             control.stats.pointee.headBuffersExhausted += 1
             return waitForHeadBuffer(c, kind: 0)
         }
-        c.pointee.ex.waitingForBuffer = 0
         let bid = Int(flow.pointee.head)
         let start = Int(c.pointee.ex.headStart)
         let source = UnsafeRawBufferPointer(start: bufferPointer(bid) + start, count: Int(bufferLength[bid]) - start)
@@ -52,7 +51,7 @@ extension Shard {
         flow.pointee.outPointer = headBuffer(out)
         flow.pointee.outLength = Int32(n)
         flow.pointee.outSent = 0
-        c.pointee.ex.headWritten = true
+        c.pointee.ex.request = .headWritten
         guard coalesceBody(c, flow, request: true) else { return }
         pumpRequest(c)
     }
@@ -61,7 +60,7 @@ extension Shard {
         let flow = c.flow(0)
         // Nothing goes upstream before the request head (tunnels have sent theirs long ago).
         guard c.pointee.state == .open, !flow.pointee.sending, c.pointee.ex.upstream >= 0,
-              c.pointee.ex.headWritten || c.pointee.ex.phase == .tunnel else { return }
+              c.pointee.ex.request.headWritten || c.pointee.ex.phase == .tunnel else { return }
         let u = upstreams + Int(c.pointee.ex.upstream)
         guard u.pointee.state == .busy else { return }
         if flow.pointee.outSent < flow.pointee.outLength {
@@ -69,11 +68,13 @@ extension Shard {
         }
         guard let (pointer, count) = nextSegment(c, flow, request: true) else { return }
         if count > 0 {
-            c.pointee.ex.bodySent = true
+            if !c.pointee.ex.request.isSent { c.pointee.ex.request = .streaming }
             return upstreamSend(c, u, pointer, count)
         }
         // Nothing left to send.
-        if flow.pointee.body == .none { c.pointee.ex.requestSent = true }
+        if flow.pointee.body == .none && !c.pointee.ex.request.isSent {
+            c.pointee.ex.request = .sent(streamed: c.pointee.ex.request == .streaming)
+        }
         if c.pointee.ex.phase == .tunnel && flow.pointee.sourceEnded && !flow.pointee.destinationShut {
             flow.pointee.destinationShut = true
             shutdown(u.pointee.fd, Int32(SHUT_WR))
@@ -227,7 +228,6 @@ extension Shard {
                     control.stats.pointee.headBuffersExhausted += 1
                     return waitForHeadBuffer(c, kind: 1)
                 }
-                c.pointee.ex.waitingForBuffer = 0
                 guard let n = HeadWriter.writeResponse(rh, source: source, headers: headers, remove: route.responseRemove, add: route.responseAdd,
                                                        connection: connection,
                                                        into: UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)) else {
@@ -250,7 +250,7 @@ extension Shard {
                     c.flow(0).pointee.body = .untilClose
                     c.pointee.idleTimeout = snapshotOf(c).listeners[Int(c.pointee.listenerIndex)].idleTimeoutNanoseconds
                 }
-                c.pointee.ex.responseHeadDone = true
+                c.pointee.ex.response = .headDone
                 if tunnel { pumpRequest(c) }
             }
         }
