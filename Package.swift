@@ -44,7 +44,7 @@ let package = Package(
         // Session ticket key rotation: an OpenSSL callback, in C.
         .target(name: "CWeirTLS", dependencies: ["COpenSSL"], linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         .target(name: "WeirCore", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: v5),
-        .target(name: "WeirRing", dependencies: ["CURing", "WeirCore"], swiftSettings: v5),
+        .target(name: "WeirRing", dependencies: ["CURing", "CWeirSys", "WeirCore"], swiftSettings: v5),
         .target(name: "WeirBalance", dependencies: ["WeirCore"], swiftSettings: v5),
         .target(name: "WeirHTTP", swiftSettings: v5),
         .target(name: "WeirHealth", swiftSettings: v5),
@@ -80,6 +80,6 @@ let package = Package(
                                                          .product(name: "SwiftProtobuf", package: "swift-protobuf")], swiftSettings: v5),
         .testTarget(name: "WeirRingTests", dependencies: ["WeirRing", "CURing"], swiftSettings: v5),
         .testTarget(name: "IntegrationTests", dependencies: ["weir", "WeirDemo"],
-                    exclude: ["Support/http_upstream.py", "Support/chaos.py", "Support/tls_peers.py", "Support/make_certs.sh", "Support/xds_server.py", "Support/envoy_bootstrap.yaml"], swiftSettings: v5),
+                    exclude: ["Support/http_upstream.py", "Support/chaos.py", "Support/tls_peers.py", "Support/make_certs.sh", "Support/xds_server.py", "Support/envoy_bootstrap.yaml", "Support/no_io_uring.py"], swiftSettings: v5),
     ]
 )

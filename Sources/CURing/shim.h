@@ -42,3 +42,4 @@ static inline unsigned weir_cq_ready(struct io_uring *ring) { return io_uring_cq
 /* eventfd and splice may not import from Glibc: wrap them. */
 static inline int weir_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 static inline int weir_errno(void) { return errno; }
+

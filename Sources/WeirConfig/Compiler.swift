@@ -243,6 +243,10 @@ public enum Compiler {
             if let p = Limits.DataPath(rawValue: v.value) { limits.dataPath = p }
             else { fail(v.position, "data_path must be copy or splice, not '\(v.value)'") }
         }
+        if let v = d.io {
+            if let io = Limits.IOSetting(rawValue: v.value) { limits.io = io }
+            else { fail(v.position, "io must be auto, io_uring or epoll, not '\(v.value)'") }
+        }
         return limits
     }
 

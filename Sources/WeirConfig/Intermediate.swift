@@ -38,6 +38,7 @@ public struct LimitsDocument: Sendable {
     public var buffersPerShard: Located<Int>?
     public var maxQueuedBuffersPerDirection: Located<Int>?
     public var dataPath: Located<String>?
+    public var io: Located<String>?
     public var headBuffersPerShard: Located<Int>?
     public init() {}
 }

@@ -133,8 +133,12 @@ public struct Limits: Sendable, Equatable {
     /// HTTP: buffers (of buffer_bytes) for the heads Weir writes; one is held per request only
     /// while its head is being sent, so a few hundred serve thousands of connections.
     public var headBuffersPerShard = 256
+    /// Which I/O backend runs the shards: io_uring where the kernel allows it, else epoll (`auto`,
+    /// the default), or one of them forced.
+    public var io: IOSetting = .auto
 
     public enum DataPath: String, Sendable, CaseIterable { case copy, splice }
+    public enum IOSetting: String, Sendable, CaseIterable { case auto, ioUring = "io_uring", epoll }
 
     public static let defaults = Limits(maxConnectionsPerShard: 16384, bufferBytes: 64 * 1024,
                                         buffersPerShard: 1024, maxQueuedBuffersPerDirection: 16)

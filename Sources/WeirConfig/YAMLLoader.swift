@@ -149,12 +149,13 @@ struct Reader {
         doc.watchConfig = string(f["watch_config"], "watch_config")
         if let l = f["limits"] {
             let lf = fields(l.value, allowed: ["max_connections_per_shard", "buffer_bytes", "buffers_per_shard",
-                                               "max_queued_buffers", "data_path", "head_buffers_per_shard"], what: "limits")
+                                               "max_queued_buffers", "data_path", "head_buffers_per_shard", "io"], what: "limits")
             doc.limits.maxConnectionsPerShard = int(lf["max_connections_per_shard"], "max_connections_per_shard")
             doc.limits.bufferBytes = bytes(lf["buffer_bytes"], "buffer_bytes")
             doc.limits.buffersPerShard = int(lf["buffers_per_shard"], "buffers_per_shard")
             doc.limits.maxQueuedBuffersPerDirection = int(lf["max_queued_buffers"], "max_queued_buffers")
             doc.limits.dataPath = string(lf["data_path"], "data_path")
+            doc.limits.io = string(lf["io"], "io")
             doc.limits.headBuffersPerShard = int(lf["head_buffers_per_shard"], "head_buffers_per_shard")
         }
         if let a = f["admin"] {

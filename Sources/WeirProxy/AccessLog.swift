@@ -59,7 +59,7 @@ final class AccessLogWriter {
     func commit(_ count: Int) { fill += count }
 
     /// Starts writing the open buffer if none is being written; called once per loop turn.
-    func flush(_ ring: Ring) {
+    func flush<IO: IOBackend>(_ ring: IO) {
         guard !writing, fill > 0 else { return }
         writeLength = fill
         writeDone = 0
@@ -68,13 +68,13 @@ final class AccessLogWriter {
         submit(ring)
     }
 
-    private func submit(_ ring: Ring) {
+    private func submit<IO: IOBackend>(_ ring: IO) {
         let base = filling == 0 ? buffers.1 : buffers.0
         ring.append(fd: fd, from: base + writeDone, count: UInt32(writeLength - writeDone),
                     userData: UserData(op: Op.logWrite, slot: id, generation: 0))
     }
 
-    func written(_ res: Int32, ring: Ring) {
+    func written<IO: IOBackend>(_ res: Int32, ring: IO) {
         if res < 0 {
             Log.warning("access log \(path): write failed: \(String(cString: strerror(-res))); \(writeLength - writeDone) bytes lost")
         } else if res > 0 && writeDone + Int(res) < writeLength {
@@ -178,7 +178,7 @@ struct LineWriter {
 }
 
 extension Shard {
-    static let logScratchBytes = 512
+    static var logScratchBytes: Int { 512 }
 
     /// Opens the access logs the snapshot's HTTP listeners name (once per file per shard).
     func adoptAccessLog(_ next: Snapshot) {
@@ -218,7 +218,7 @@ extension Shard {
     }
 
     /// Room one access log line may take: every string in it has a budget within this.
-    static let logLineBytes = 1536
+    static var logLineBytes: Int { 1536 }
 
     func logRequest(_ c: UnsafeMutablePointer<Connection>, status: Int, elapsed: Int64) {
         guard let scratch = logScratch, let writer = logWriter(c), let line = writer.reserve(Shard.logLineBytes) else { return }

@@ -58,7 +58,9 @@ final class HealthChecker: @unchecked Sendable {
     let wakeShards: () -> Void
     let stopped = Atomic<Bool>(false)
     private var thread = pthread_t()
-    private var ring: Ring!
+    private var ring: (any IOBackend)!
+    /// The shards' backend (the checker is off the data path: an existential is enough).
+    let io: IOBackendKind
     private var states: [EndpointKey: EndpointHealth] = [:]
     private var policies: [String: HealthPolicy] = [:]
     private var probes: [Probe] = []
@@ -85,8 +87,8 @@ final class HealthChecker: @unchecked Sendable {
     private(set) var panics = 0
     private let headers = HeaderTable(capacity: 128)
 
-    init(store: SnapshotStore, reports: OutlierReports, wakeShards: @escaping () -> Void) throws {
-        self.store = store; self.reports = reports; self.wakeShards = wakeShards
+    init(store: SnapshotStore, reports: OutlierReports, io: IOBackendKind, wakeShards: @escaping () -> Void) throws {
+        self.store = store; self.reports = reports; self.io = io; self.wakeShards = wakeShards
     }
 
     func start() throws {
@@ -104,7 +106,7 @@ final class HealthChecker: @unchecked Sendable {
     // MARK: Loop
 
     private func run() {
-        do { ring = try Ring(entries: 1024) } catch {
+        do { ring = io == .epoll ? try EpollIO(entries: 1024) : try Ring(entries: 1024) } catch {
             Log.error("health checker: \(error); active health checks are off")
             return
         }
@@ -137,7 +139,7 @@ final class HealthChecker: @unchecked Sendable {
             }
             if changed { publish() }
         }
-        for i in probes.indices where probes[i].fd >= 0 { close(probes[i].fd) }
+        for i in probes.indices where probes[i].fd >= 0 { ring.close(fd: probes[i].fd) }
         // Tear the ring down first (that cancels whatever is pending), then free the buffers it
         // might have written into.
         ring = nil
@@ -172,7 +174,7 @@ final class HealthChecker: @unchecked Sendable {
         for i in probes.indices where probes[i].fd >= 0 {
             if probes[i].inflight > 0 { ring.cancelAll(fd: probes[i].fd, userData: UserData(op: 9, slot: 0, generation: 0)) }
             shutdown(probes[i].fd, Int32(SHUT_RDWR))
-            close(probes[i].fd)
+            ring.close(fd: probes[i].fd)
         }
         let pending = probes.reduce(0) { $0 + $1.inflight }
         if pending > 0, let old = buffers {
@@ -303,9 +305,8 @@ final class HealthChecker: @unchecked Sendable {
         probes[i].phase = .receiving
         probes[i].inflight += 1
         let room = bufferBytes - probes[i].received
-        let s = ring.sqe()
-        io_uring_prep_recv(s, probes[i].fd, buffers + i * bufferBytes + probes[i].received, room, 0)
-        io_uring_sqe_set_data64(s, UserData(op: 3, slot: i, generation: probes[i].generation).raw)
+        ring.recv(fd: probes[i].fd, into: buffers + i * bufferBytes + probes[i].received, count: room,
+                  userData: UserData(op: 3, slot: i, generation: probes[i].generation))
         return false
     }
 
@@ -327,7 +328,7 @@ final class HealthChecker: @unchecked Sendable {
             if !success && !probes[i].failed { fail(i, probes[i].lastError) }
             return false
         }
-        if probes[i].fd >= 0 { close(probes[i].fd); probes[i].fd = -1 }
+        if probes[i].fd >= 0 { ring.close(fd: probes[i].fd); probes[i].fd = -1 }
         probes[i].phase = .idle
         let key = probes[i].key
         guard var state = states[key] else { return false }

@@ -84,9 +84,14 @@ public final class Server: @unchecked Sendable {
     /// Addresses actually bound per configured address (they differ when the config says port 0).
     public private(set) var boundAddresses: [SocketAddress: SocketAddress] = [:]
 
+    /// What the operator asked for (the command line over limits.io), and the backend chosen at start.
+    public let ioSetting: Limits.IOSetting
+    public private(set) var io: IOBackendKind = .ioUring
+
     public static var cpuCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
-    public init(snapshot: Snapshot, shards: Int? = nil) throws {
+    public init(snapshot: Snapshot, shards: Int? = nil, io: Limits.IOSetting? = nil) throws {
+        ioSetting = io ?? snapshot.limits.io
         reports = try OutlierReports()
         store = SnapshotStore(snapshot)
         shardCount = shards ?? snapshot.shards ?? Server.cpuCount
@@ -94,10 +99,27 @@ public final class Server: @unchecked Sendable {
 
     /// Probes io_uring, binds the listeners, starts the shards, and returns once every shard runs.
     public func start() throws {
-        let flags: String
-        do { flags = try Ring.probe() } catch { throw StartError(description: "\(error)") }
-        let recvLimit = Ring.probeRecvLimit()
-        Log.info("io_uring ready (\(flags)); starting \(shardCount) shard(s)")
+        switch ioSetting {
+        case .epoll:
+            io = .epoll
+            Log.info("epoll backend (io: epoll); starting \(shardCount) shard(s)")
+        case .ioUring:
+            let flags: String
+            do { flags = try Ring.probe() } catch { throw StartError(description: "\(error) (io: io_uring was asked for; io: auto falls back to epoll)") }
+            io = .ioUring
+            Log.info("io_uring ready (\(flags)); starting \(shardCount) shard(s)")
+        case .auto:
+            do {
+                let flags = try Ring.probe()
+                io = .ioUring
+                Log.info("io_uring ready (\(flags)); starting \(shardCount) shard(s)")
+            } catch {
+                io = .epoll
+                Log.warning("io_uring is not available (\(error)); using the epoll backend; starting \(shardCount) shard(s)")
+            }
+        }
+        // The epoll backend bounds its receives itself.
+        let recvLimit = io == .epoll || Ring.probeRecvLimit()
         if !recvLimit {
             Log.warning("this kernel cannot bound a multishot recv by bytes (Linux 6.16+); a fast sender facing a slow receiver may take more than max_queued_buffers buffers in one burst")
         }
@@ -120,7 +142,7 @@ public final class Server: @unchecked Sendable {
             usleep(1000)
         }
         let controls = self.controls
-        let checker = try HealthChecker(store: store, reports: reports, wakeShards: { controls.forEach { $0.waker.wake() } })
+        let checker = try HealthChecker(store: store, reports: reports, io: io, wakeShards: { controls.forEach { $0.waker.wake() } })
         try checker.start()
         health = checker
         for l in store.snapshot.listeners {
@@ -130,18 +152,27 @@ public final class Server: @unchecked Sendable {
 
     func spawnShard(index: Int, control: ShardControl) throws -> pthread_t {
         let store = self.store
+        let io = self.io
         let body = {
             do {
-                let shard = try Shard(index: index, control: control, snapshot: store.snapshot)
-                control.state.store(1, ordering: .releasing)
-                shard.run()
-                control.state.store(3, ordering: .releasing)
+                switch io {
+                case .ioUring: try Server.runShard(Ring.self, index: index, control: control, store: store)
+                case .epoll: try Server.runShard(EpollIO.self, index: index, control: control, store: store)
+                }
             } catch {
                 control.failure.withLock { $0 = "\(error)" }
                 control.state.store(2, ordering: .releasing)
             }
         }
         do { return try startThread(body) } catch { throw StartError(description: "\(error)") }
+    }
+
+    /// One shard's life on its thread, specialized for its backend.
+    static func runShard<IO: IOBackend>(_: IO.Type, index: Int, control: ShardControl, store: SnapshotStore) throws {
+        let shard = try Shard<IO>(index: index, control: control, snapshot: store.snapshot)
+        control.state.store(1, ordering: .releasing)
+        shard.run()
+        control.state.store(3, ordering: .releasing)
     }
 
     /// Binds one SO_REUSEPORT socket per shard for each listener address not yet open. Throws

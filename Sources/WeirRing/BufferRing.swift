@@ -5,7 +5,7 @@ import CURing
 import Glibc
 #endif
 
-public final class BufferRing {
+public final class BufferRing: ReceiveBuffers {
     public let group: UInt16
     public let count: Int
     public let bufferBytes: Int

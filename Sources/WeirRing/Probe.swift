@@ -13,7 +13,7 @@ extension Ring {
               let buffers = try? BufferRing(ring: ring, group: 1, count: 16, bufferBytes: 512) else { return false }
         var fds: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { return false }
-        defer { close(fds[0]); close(fds[1]) }
+        defer { Glibc.close(fds[0]); Glibc.close(fds[1]) }
         let payload = [UInt8](repeating: 1, count: 4096)
         guard payload.withUnsafeBytes({ write(fds[1], $0.baseAddress, $0.count) }) == 4096 else { return false }
         ring.recvMultishot(fd: fds[0], group: buffers.group, limitBytes: 1024, userData: UserData(raw: 1))

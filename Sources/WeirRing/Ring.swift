@@ -28,7 +28,9 @@ public struct RingError: Error, CustomStringConvertible {
     }
 }
 
-public final class Ring {
+public final class Ring: IOBackend {
+    public static var kind: IOBackendKind { .ioUring }
+
     @usableFromInline let ring: UnsafeMutablePointer<io_uring>
     /// Which setup flags the kernel accepted, for the startup log.
     public let setupDescription: String
@@ -87,7 +89,7 @@ public final class Ring {
 
     /// Submits everything queued and waits for at least one completion or `timeoutNanoseconds`.
     /// This is the one system call per loop turn.
-    @inlinable
+    @discardableResult @inlinable
     public func submitAndWait(timeoutNanoseconds: Int64) -> Int32 {
         var ts = __kernel_timespec(tv_sec: timeoutNanoseconds / 1_000_000_000, tv_nsec: timeoutNanoseconds % 1_000_000_000)
         var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
@@ -99,7 +101,7 @@ public final class Ring {
     public func submit() -> Int32 { io_uring_submit(ring) }
 
     /// Calls `body(userData, result, flags)` for every completion ready now, then marks them seen.
-    @inlinable
+    @discardableResult @inlinable
     public func forEachCompletion(_ body: (UInt64, Int32, UInt32) -> Void) -> Int {
         var total = 0
         while true {
@@ -203,6 +205,20 @@ public final class Ring {
         let s = sqe()
         io_uring_prep_cancel_fd(s, fd, UInt32(IORING_ASYNC_CANCEL_ALL))
         io_uring_sqe_set_data64(s, userData.raw)
+    }
+
+    /// One receive into `buffer`.
+    @inlinable public func recv(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, userData: UserData) {
+        let s = sqe()
+        io_uring_prep_recv(s, fd, buffer, count, 0)
+        io_uring_sqe_set_data64(s, userData.raw)
+    }
+
+    /// Closes synchronously (the kernel keeps a file that pending operations still use).
+    @inlinable public func close(fd: Int32) { _ = Glibc.close(fd) }
+
+    public func makeBuffers(group: UInt16, count: Int, bufferBytes: Int) throws -> BufferRing {
+        try BufferRing(ring: self, group: group, count: count, bufferBytes: bufferBytes)
     }
 
     /// The raw ring, for BufferRing registration.

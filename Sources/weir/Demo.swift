@@ -7,6 +7,7 @@ import WeirConfig
 import WeirCore
 import WeirDemo
 import WeirProxy
+import WeirRing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,6 +21,7 @@ struct Demo: ParsableCommand {
     @Option(help: "Bytes for the bulk-throughput phase (one connection per client thread).") var bulkBytes = 64 << 20
     @Option(help: "HTTP requests in the keep-alive burst (0 skips the HTTP part).") var requests = 30000
     @Option(help: "Shard threads (default: one per CPU).") var shards: Int?
+    @Option(help: "I/O backend: auto, io_uring or epoll.") var io = "auto"
 
     func validate() throws {
         guard (1...100_000).contains(connections) else { throw ValidationError("--connections must be 1 to 100000") }
@@ -27,6 +29,7 @@ struct Demo: ParsableCommand {
         guard (1...64).contains(clients) else { throw ValidationError("--clients must be 1 to 64") }
         guard (0...(4 << 30)).contains(bulkBytes) else { throw ValidationError("--bulk-bytes must be 0 to 4GiB") }
         guard (0...10_000_000).contains(requests) else { throw ValidationError("--requests must be 0 to 10000000") }
+        guard Limits.IOSetting(rawValue: io) != nil else { throw ValidationError("--io must be auto, io_uring or epoll, not '\(io)'") }
     }
 
     func run() throws {
@@ -53,11 +56,11 @@ struct Demo: ParsableCommand {
         \(zip(webs, weights).map { "      - { address: \"\($0.address)\", weight: \($1) }" }.joined(separator: "\n"))
         """
         let snapshot = try Compiler.compile(YAMLLoader.parse(yaml, file: "<demo>"))
-        let server = try Server(snapshot: snapshot, shards: shards)
+        let server = try Server(snapshot: snapshot, shards: shards, io: Limits.IOSetting(rawValue: io))
         try server.start()
         let front = server.boundAddresses[snapshot.listeners[0].address]!
         let webFront = server.boundAddresses[snapshot.listeners[1].address]!
-        print("weir demo: \(server.shardCount) shard(s), TCP listener \(front), HTTP listener \(webFront)")
+        print("weir demo: \(server.shardCount) shard(s) on \(server.io.rawValue), TCP listener \(front), HTTP listener \(webFront)")
         print("")
 
         let burst = runBurst(front, total: connections, threads: clients, bytes: bytes)

@@ -106,9 +106,12 @@ struct Run: ParsableCommand {
     var shards: Int?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (overrides the config).")
     var logLevel: String?
+    @Option(help: "I/O backend: auto (io_uring where the kernel allows it, else epoll), io_uring or epoll (overrides the config's limits.io).")
+    var io: String?
 
     func validate() throws {
         if let s = shards, !(1...1024).contains(s) { throw ValidationError("--shards must be 1 to 1024") }
+        if let io, Limits.IOSetting(rawValue: io) == nil { throw ValidationError("--io must be auto, io_uring or epoll, not '\(io)'") }
         if let l = logLevel, LogLevel(name: l) == nil { throw ValidationError("--log-level must be one of \(LogLevel.allCases.map { "\($0)" }.joined(separator: ", "))") }
     }
 
@@ -123,7 +126,7 @@ struct Run: ParsableCommand {
         }
         #endif
         let signals = SignalSet.blockForProcess()
-        let server = try Server(snapshot: snapshot, shards: shards)
+        let server = try Server(snapshot: snapshot, shards: shards, io: io.flatMap(Limits.IOSetting.init(rawValue:)))
         do { try server.start() } catch {
             fputs("weir: \(error)\n", stderr)
             throw ExitCode(1)

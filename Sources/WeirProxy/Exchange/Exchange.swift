@@ -368,15 +368,8 @@ extension Shard {
         processRequest(c)
     }
 
-    static let localBodies: [Int: String] = [
-        400: "bad request\n", 404: "no route for this request\n", 408: "request header timeout\n",
-        413: "request body too large\n", 431: "request header fields too large\n", 501: "not implemented\n",
-        502: "upstream reset the connection or sent an invalid response\n",
-        503: "no upstream available (unhealthy, unreachable or over its connection limit)\n",
-        504: "upstream timed out\n", 505: "HTTP version not supported\n",
-    ]
 
-    /// A response Weir makes (the statuses in `localBodies`).
+    /// A response Weir makes (the statuses in `LocalResponses.bodies`).
     func localResponse(_ c: UnsafeMutablePointer<Connection>, status: Int, close: Bool) {
         // A request whose body did not go out whole leaves the connection's framing unknown to
         // the client's next request: Weir closes after answering, and says so.
@@ -423,9 +416,17 @@ extension Shard {
 
 /// The responses Weir makes for errors, built once.
 enum LocalResponses {
+    static let bodies: [Int: String] = [
+        400: "bad request\n", 404: "no route for this request\n", 408: "request header timeout\n",
+        413: "request body too large\n", 431: "request header fields too large\n", 501: "not implemented\n",
+        502: "upstream reset the connection or sent an invalid response\n",
+        503: "no upstream available (unhealthy, unreachable or over its connection limit)\n",
+        504: "upstream timed out\n", 505: "HTTP version not supported\n",
+    ]
+
     static let table: [Int: ([UInt8], [UInt8])] = {
         var t: [Int: ([UInt8], [UInt8])] = [:]
-        for (status, body) in Shard.localBodies {
+        for (status, body) in LocalResponses.bodies {
             let b = Array(body.utf8)
             t[status] = (Compiler.responseBytes(status: status, body: b, close: false), Compiler.responseBytes(status: status, body: b, close: true))
         }

@@ -52,11 +52,11 @@ struct ShardListener {
     var closing = false
 }
 
-final class Shard {
+final class Shard<IO: IOBackend> {
     let index: Int
     let control: ShardControl
-    let ring: Ring
-    let buffers: BufferRing
+    let ring: IO
+    let buffers: IO.Buffers
     let limits: Limits
     let connections: UnsafeMutablePointer<Connection>
     /// Free slot stack.
@@ -73,7 +73,7 @@ final class Shard {
     let sendMessages: UnsafeMutablePointer<msghdr>
     let sendVectors: UnsafeMutablePointer<iovec>
     /// Buffers one gather send may carry.
-    static let maxVectors = 16
+    static var maxVectors: Int { 16 }
     /// Flows whose recv stopped on an empty buffer ring (sub: the flow), re-armed when buffers
     /// come back if their slot still has that generation.
     let starvedFlows: SlotRefQueue
@@ -127,7 +127,7 @@ final class Shard {
     let headWaiters: SlotRefQueue
     /// Per connection slot: the client's address as text, for X-Forwarded-For.
     let clientText: UnsafeMutablePointer<UInt8>
-    static let clientTextBytes = 48
+    static var clientTextBytes: Int { 48 }
     /// Per connection slot: TLS state (used by connections on `tls:` listeners).
     let tlsStates: UnsafeMutablePointer<TLSState>
     /// Per upstream slot: TLS state of connections to clusters with `tls:`.
@@ -152,8 +152,8 @@ final class Shard {
         endpointCounters = control.named.endpoints
         random = SplitMix64(seed: UInt64(bitPattern: monotonicNanoseconds()) ^ UInt64(index &* 0x9E37_79B9))
         let entries = UInt32(max(256, min(32768, (snapshot.limits.maxConnectionsPerShard * 4).nextPowerOfTwo)))
-        ring = try Ring(entries: entries)
-        buffers = try BufferRing(ring: ring, group: 1, count: limits.buffersPerShard, bufferBytes: limits.bufferBytes)
+        ring = try IO(entries: entries)
+        buffers = try ring.makeBuffers(group: 1, count: limits.buffersPerShard, bufferBytes: limits.bufferBytes)
         let n = limits.maxConnectionsPerShard
         connections = .allocate(capacity: n)
         connections.initialize(repeating: Connection(), count: n)
@@ -402,7 +402,7 @@ final class Shard {
     }
 
     func finishListenerClose(_ slot: Int) {
-        close(listeners[slot].fd)
+        ring.close(fd: listeners[slot].fd)
         listeners[slot].fd = -1
         listeners[slot].closing = false
         while let last = listeners.last, last.fd < 0 { listeners.removeLast() }
@@ -415,12 +415,12 @@ final class Shard {
     func onAccept(_ ud: UserData, _ res: Int32, _ flags: UInt32) {
         let slot = ud.slot
         guard slot < listeners.count, listeners[slot].generation == ud.generation else {
-            if res >= 0 { close(res) }
+            if res >= 0 { ring.close(fd: res) }
             return
         }
         if !hasMore(flags: flags) { listeners[slot].acceptArmed = false }
         if res >= 0 {
-            if listeners[slot].closing { close(res) }
+            if listeners[slot].closing { ring.close(fd: res) }
             else if listeners[slot].listenerIndex >= 0 && snapshot.listeners[listeners[slot].listenerIndex].proto == .http {
                 openHTTP(fd: res, listener: listeners[slot].listenerIndex)
             } else { openConnection(fd: res, listener: listeners[slot].listenerIndex) }

@@ -18,7 +18,7 @@ extension Shard {
         guard freeCount > 0, li >= 0 else {
             control.stats.pointee.rejectedNoSlot += 1
             if li >= 0 { control.named.listeners[Int(listenerSlots[li])].rejected += 1 }
-            close(fd)
+            ring.close(fd: fd)
             return nil
         }
         freeCount -= 1
@@ -62,8 +62,8 @@ extension Shard {
     /// Frees a closing connection once no operation refers to it any more.
     func finishIfIdle(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.state == .closing, c.pointee.inflight == 0 else { return }
-        if c.pointee.downstreamFD >= 0 { close(c.pointee.downstreamFD) }
-        if c.pointee.upstreamFD >= 0 { close(c.pointee.upstreamFD) }
+        if c.pointee.downstreamFD >= 0 { ring.close(fd: c.pointee.downstreamFD) }
+        if c.pointee.upstreamFD >= 0 { ring.close(fd: c.pointee.upstreamFD) }
         for f in 0..<2 {
             let flow = c.flow(f)
             if flow.pointee.pipeRead >= 0 { close(flow.pointee.pipeRead); close(flow.pointee.pipeWrite) }

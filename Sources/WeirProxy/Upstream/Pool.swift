@@ -188,7 +188,7 @@ extension Shard {
 
     func finishUpstream(_ u: UnsafeMutablePointer<Upstream>) {
         guard u.pointee.state == .closing, u.pointee.inflight == 0 else { return }
-        close(u.pointee.fd)
+        ring.close(fd: u.pointee.fd)
         if u.pointee.isTLS {
             let t = upstreamTLS + (u - upstreams)
             if let ssl = t.pointee.ssl { SSL_free(ssl) }

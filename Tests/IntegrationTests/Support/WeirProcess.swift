@@ -30,6 +30,20 @@ func freePort() throws -> UInt16 {
     throw LoopbackError(message: "no free port found below 32768")
 }
 
+/// How the tests run Weir, from $WEIR_TEST_IO: unset runs it as it is (io: auto, io_uring here);
+/// `epoll` passes `--io epoll`; `denied` starts it under a seccomp filter that denies io_uring, as
+/// a default container runtime does, so it must fall back to epoll by itself. The README's test
+/// command runs the integration tests both ways.
+enum TestIO: String {
+    case native, epoll, denied
+    static let current = TestIO(rawValue: ProcessInfo.processInfo.environment["WEIR_TEST_IO"] ?? "native") ?? .native
+}
+
+/// The seccomp launcher (Support/no_io_uring.py) and the command it runs.
+func deniedIoUring(_ command: [String]) -> (executable: String, arguments: [String]) {
+    ("/usr/bin/python3", [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/no_io_uring.py").path] + command)
+}
+
 final class WeirProcess {
     let process = Process()
     let configPath: String
@@ -38,7 +52,7 @@ final class WeirProcess {
     private var stopped = false
 
     /// Starts `weir run` with `yaml` and waits (up to 15 s) until it says it is running.
-    init(yaml: String, arguments: [String] = []) throws {
+    init(yaml: String, arguments: [String] = [], io: TestIO = .current) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
         directory = dir
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -46,8 +60,10 @@ final class WeirProcess {
         logPath = dir.appendingPathComponent("weir.log").path
         try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
         FileManager.default.createFile(atPath: logPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: weirBinary())
-        process.arguments = ["run", "--config", configPath] + arguments
+        let command = [weirBinary(), "run", "--config", configPath] + arguments + (io == .epoll ? ["--io", "epoll"] : [])
+        let (executable, args) = io == .denied ? deniedIoUring(command) : (command[0], Array(command.dropFirst()))
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = args
         let log = FileHandle(forWritingAtPath: logPath)!
         process.standardError = log
         process.standardOutput = log
@@ -55,6 +71,12 @@ final class WeirProcess {
         guard waitForLog("running generation", seconds: 15) else {
             stop()
             throw LoopbackError(message: "weir did not start; its log:\n\(self.log)")
+        }
+        // The matrix checks itself: a run meant for epoll that did not get it fails loudly.
+        let backendLine = io == .denied ? "using the epoll backend" : io == .epoll ? "epoll backend (io: epoll)" : nil
+        if let backendLine, !self.log.contains(backendLine) {
+            stop()
+            throw LoopbackError(message: "weir did not say '\(backendLine)'; its log:\n\(self.log)")
         }
     }
 
@@ -128,8 +150,13 @@ final class WeirProcess {
 
 /// Runs `weir` with `arguments` to completion (bounded) and returns its status and output.
 func runWeir(_ arguments: [String], seconds: Double = 30) throws -> (status: Int32, output: String) {
+    try runCommand(weirBinary(), arguments, seconds: seconds)
+}
+
+/// Runs `executable` to completion (bounded) and returns its status and output.
+func runCommand(_ executable: String, _ arguments: [String], seconds: Double = 30) throws -> (status: Int32, output: String) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: weirBinary())
+    p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
     let pipe = Pipe()
     p.standardOutput = pipe

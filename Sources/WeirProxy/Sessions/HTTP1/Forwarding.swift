@@ -148,7 +148,7 @@ extension Shard {
     }
 
     /// Largest body part copied behind a head so both go out in one send.
-    static let coalesceLimit = 16 * 1024
+    static var coalesceLimit: Int { 16 * 1024 }
 
     /// Appends the body bytes already received (if few) to the head waiting in the out buffer, so
     /// a small message goes out in one send instead of two. A request's bytes stay in its receive

@@ -10,7 +10,7 @@ import Glibc
 
 extension Shard {
     /// Bytes one splice call may move; also the pipe size asked for.
-    static let spliceChunk = 1 << 20
+    static var spliceChunk: Int { 1 << 20 }
 
     func startSplice(_ c: UnsafeMutablePointer<Connection>) {
         // splice(2) honours SPLICE_F_NONBLOCK only on the pipe side; a blocking socket would

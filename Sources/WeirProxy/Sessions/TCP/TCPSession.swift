@@ -148,7 +148,7 @@ extension Shard {
             c.pointee.endpointSlot = -1
         }
         noteConnect(c, failed: true)
-        close(c.pointee.upstreamFD)
+        ring.close(fd: c.pointee.upstreamFD)
         c.pointee.upstreamFD = -1
         c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
         c.pointee.attempts += 1

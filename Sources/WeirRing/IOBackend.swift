@@ -1,0 +1,77 @@
+// The completion interface a shard and the health checker are written against. A backend queues
+// operations, starts them all at the next submit, and reports each result as a completion
+// (user data, result, flags) in io_uring's terms: a result is a byte count or a negated errno,
+// flags carry IORING_CQE_F_MORE for multishot operations and the buffer id of a provided buffer.
+// Code is generic over the backend and specialized, so the io_uring path calls liburing directly.
+import CURing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fixed pool of equal receive buffers that multishot receives take from. A buffer taken by a
+/// completion is the caller's until it recycles it; recycled buffers return at `commit`.
+public protocol ReceiveBuffers: AnyObject {
+    var group: UInt16 { get }
+    var count: Int { get }
+    var bufferBytes: Int { get }
+    /// Buffers handed out and not yet recycled.
+    var outstanding: Int { get }
+    func pointer(_ bid: UInt16) -> UnsafeMutableRawPointer
+    /// Notes that a completion handed out a buffer.
+    func didTake()
+    func recycle(_ bid: UInt16)
+    /// Makes the recycled buffers available again; returns how many.
+    @discardableResult func commit() -> Int32
+}
+
+/// Which backend runs a process's shards, as the config and the command line name it.
+public enum IOBackendKind: String, Sendable, CaseIterable {
+    case ioUring = "io_uring"
+    case epoll
+}
+
+public protocol IOBackend: AnyObject {
+    associatedtype Buffers: ReceiveBuffers
+    static var kind: IOBackendKind { get }
+    /// `entries`: how many operations may be queued between submits without an early submit.
+    init(entries: UInt32) throws
+    /// What the backend set up, for the start-up log.
+    var setupDescription: String { get }
+    func makeBuffers(group: UInt16, count: Int, bufferBytes: Int) throws -> Buffers
+    /// Makes room for `count` operations that must start in the same submit (a linked pair).
+    func reserve(_ count: UInt32)
+    /// Starts what is queued and waits for a completion or `timeoutNanoseconds`.
+    @discardableResult func submitAndWait(timeoutNanoseconds: Int64) -> Int32
+    /// Starts what is queued without waiting.
+    @discardableResult func submit() -> Int32
+    /// Calls `body(userData, result, flags)` for every completion ready now.
+    @discardableResult func forEachCompletion(_ body: (UInt64, Int32, UInt32) -> Void) -> Int
+
+    /// Accepts until cancelled or an error: a completion per connection (the new fd), with MORE.
+    func acceptMultishot(fd: Int32, userData: UserData)
+    /// Receives into buffers of `group` until EOF, an error, a cancel, an empty pool (-ENOBUFS) or
+    /// `limitBytes` (when not 0, and where the kernel can: see Ring.probeRecvLimit); the last completion lacks MORE.
+    func recvMultishot(fd: Int32, group: UInt16, limitBytes: UInt32, userData: UserData)
+    /// One receive into `buffer`.
+    func recv(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, userData: UserData)
+    func send(fd: Int32, buffer: UnsafeRawPointer, count: Int, userData: UserData)
+    /// A gather send; `message` and its iovecs stay valid until the completion.
+    func sendmsg(fd: Int32, message: UnsafePointer<msghdr>, userData: UserData)
+    /// A connect that `timeout` cancels (-ECANCELED); the timeout completes under `timeoutUserData`.
+    func connect(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t,
+                 timeout: UnsafeMutablePointer<__kernel_timespec>, userData: UserData, timeoutUserData: UserData)
+    /// One-shot readiness: completes with the ready events.
+    func poll(fd: Int32, events: UInt32, userData: UserData)
+    /// A timer: completes with -ETIME after `timeout` (read at submit).
+    func timeout(_ timeout: UnsafeMutablePointer<__kernel_timespec>, userData: UserData)
+    func read(fd: Int32, into buffer: UnsafeMutableRawPointer, count: UInt32, userData: UserData)
+    /// Appends to a file opened with O_APPEND.
+    func append(fd: Int32, from buffer: UnsafeRawPointer, count: UInt32, userData: UserData)
+    /// Cancels the operation submitted with `target` (it completes with -ECANCELED).
+    func cancel(_ target: UserData, userData: UserData)
+    /// Cancels every operation pending on `fd`.
+    func cancelAll(fd: Int32, userData: UserData)
+    /// Closes a descriptor this backend may have watched (every socket and file goes through here,
+    /// so a backend that keeps per-descriptor state never mistakes a reused number for the old one).
+    func close(fd: Int32)
+}
