@@ -6,7 +6,7 @@ each proxy's CPU microseconds per request (utime+stime from /proc, the whole pro
 ratios.
 
 Usage: Benchmarks/http_load.py [--rounds 3] [--seconds 5] [--threads 2] [--connections 32]
-                               [--close] [--no-envoy] [--upstream-defaults]
+                               [--close] [--no-envoy] [--upstream-defaults] [--epoll]
 --close adds `Connection: close` to every request (a new connection per request).
 --upstream-defaults runs the nginx upstream with its default keep-alive limits (it closes a
 connection after 1,000 requests or 75 s idle), so every proxy meets pooled connections the
@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--no-envoy", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated subset of targets")
+    ap.add_argument("--epoll", action="store_true", help="also measure the same weir on its epoll backend (--io epoll) as 'weir-epoll'")
     ap.add_argument("--baseline", default="", help="another weir binary (an earlier commit) measured in the same run as 'weir-base'")
     ap.add_argument("--upstream-defaults", action="store_true",
                     help="nginx upstream with its default keepalive_requests (1000) and keepalive_timeout (75s)")
@@ -120,6 +121,12 @@ def main():
                     f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{up}\" }}\n")
         procs["weir"] = start([args.weir, "run", "--config", f.name, "--log-level", "warning"], wport, log)
         targets["weir"] = wport
+        if args.epoll:
+            eport2 = free_port()
+            with open(os.path.join(work, "weir-epoll.yaml"), "w") as b:
+                b.write(open(f.name).read().replace(f"127.0.0.1:{wport}", f"127.0.0.1:{eport2}"))
+            procs["weir-epoll"] = start([args.weir, "run", "--config", b.name, "--log-level", "warning", "--io", "epoll"], eport2, log)
+            targets["weir-epoll"] = eport2
         if args.baseline:
             bport = free_port()
             with open(os.path.join(work, "weir-base.yaml"), "w") as b:
@@ -228,10 +235,15 @@ def main():
             errs = "; ".join(sorted(set(x[4] for x in res[n] if x[4]))) or "none"
             bad = sum(x[5] for x in res[n])
             print(f"{n:<8} {med(n, 0):>9.0f} {med(n, 1):>7.2f} {med(n, 2):>7.2f} {cpu:>11} {ratio:>11}  {errs}{f', non-2xx {bad}' if bad else ''}")
-        peers = [n for n in names if n not in ("weir", "direct", "weir+reload", "weir-base")]
+        peers = [n for n in names if n not in ("weir", "direct", "weir+reload", "weir-base", "weir-epoll")]
         if "weir-base" in res:
             print(f"\nweir / weir-base (the baseline binary): {med('weir', 0) / med('weir-base', 0):.2f}x req/s, "
                   f"{med('weir', 3) / med('weir-base', 3):.2f}x CPU per request (target: req/s >= 1.0, CPU <= 1.0)")
+        if "weir-epoll" in res:
+            line = f"\nweir on epoll / weir on io_uring: {med('weir-epoll', 0) / med('weir', 0):.2f}x req/s, {med('weir-epoll', 3) / med('weir', 3):.2f}x CPU per request"
+            if "haproxy" in res:
+                line += f"; weir on epoll / haproxy: {med('weir-epoll', 0) / med('haproxy', 0):.2f}x req/s (target >= 1.0)"
+            print(line)
         if "weir+reload" in res:
             print(f"\nweir reloading every {args.reload_every}s / weir quiet: {med('weir+reload', 0) / med('weir', 0):.2f}x req/s (target >= 0.95)")
         if "weir" in res and peers:

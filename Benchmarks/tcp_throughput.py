@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--weir", default=os.path.join(ROOT, ".build", "release", "weir"))
     ap.add_argument("--baseline", default="", help="another weir binary (an earlier commit) measured in the same run as 'weir-base'")
     ap.add_argument("--no-envoy", action="store_true")
+    ap.add_argument("--epoll", action="store_true", help="also run the same weir on its epoll backend (--io epoll) as 'weir-epoll'")
     ap.add_argument("--splice", action="store_true", help="also run Weir with limits.data_path: splice")
     ap.add_argument("--reload-every", type=float, default=0,
                     help="also measure Weir while it reloads its config (SIGHUP) every this many seconds")
@@ -113,6 +114,7 @@ def main():
         procs["iperf3-server"] = start(["iperf3", "-s", "-p", str(upstream)], upstream, log)
 
         builds = [("weir", "copy", args.weir)] + ([("weir-splice", "splice", args.weir)] if args.splice else []) \
+            + ([("weir-epoll", "copy", args.weir)] if args.epoll else []) \
             + ([("weir-base", "copy", args.baseline)] if args.baseline else [])
         for name, path, binary in builds:
             wport = free_port()
@@ -120,7 +122,7 @@ def main():
                 f.write(f"shards: {args.threads}\nlimits: {{ data_path: {path} }}\n"
                         f"listeners:\n  - {{ name: bench, address: \"127.0.0.1:{wport}\", protocol: tcp, cluster: up }}\n"
                         f"clusters:\n  - name: up\n    endpoints:\n      - {{ address: \"127.0.0.1:{upstream}\" }}\n")
-            procs[name] = start([binary, "run", "--config", f.name, "--log-level", "warning"], wport, log)
+            procs[name] = start([binary, "run", "--config", f.name, "--log-level", "warning"] + (["--io", "epoll"] if name == "weir-epoll" else []), wport, log)
             targets[name] = wport
 
         hport = free_port()
@@ -195,6 +197,9 @@ def main():
         if best:
             print(f"\nweir / best peer ({best}): {med['weir'] / med[best]:.2f}x (target >= 1.0)")
         print(f"weir / direct: {med['weir'] / med['direct']:.2f}x (target >= 0.6)")
+        if "weir-epoll" in med:
+            print(f"weir on epoll / weir on io_uring: {med['weir-epoll'] / med['weir']:.2f}x"
+                  + (f"; weir on epoll / haproxy: {med['weir-epoll'] / med['haproxy']:.2f}x" if "haproxy" in med else ""))
         if "weir-base" in med:
             print(f"weir / weir-base (the baseline binary): {med['weir'] / med['weir-base']:.2f}x (target >= 1.0)")
         if "weir+reload" in med:

@@ -35,9 +35,16 @@ int weir_epoll_add(int epfd, int fd) {
 int weir_epoll_wait(int epfd, int *fds, unsigned *events, int max, long long timeout_ns) {
     struct epoll_event evs[256];
     if (max > 256) max = 256;
-    struct timespec ts = { .tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL };
-    int n = epoll_pwait2(epfd, evs, max, &ts, NULL);
-    if (n < 0 && errno == ENOSYS) {
+    /* epoll_pwait2 (Linux 5.11) waits in nanoseconds; where the kernel lacks it or a seccomp
+     * profile older than it refuses it (EPERM), epoll_wait in milliseconds, from then on. */
+    static int pwait2_refused = 0;
+    int n = -1;
+    if (!__atomic_load_n(&pwait2_refused, __ATOMIC_RELAXED)) {
+        struct timespec ts = { .tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL };
+        n = epoll_pwait2(epfd, evs, max, &ts, NULL);
+        if (n < 0 && errno != EINTR) __atomic_store_n(&pwait2_refused, 1, __ATOMIC_RELAXED);
+    }
+    if (n < 0 && __atomic_load_n(&pwait2_refused, __ATOMIC_RELAXED)) {
         long long ms = (timeout_ns + 999999LL) / 1000000LL;
         n = epoll_wait(epfd, evs, max, (int)(ms > 2147483647LL ? 2147483647LL : ms));
     }

@@ -85,7 +85,7 @@ public final class EpollIO: IOBackend {
         case poll(fd: Int32, events: UInt32, ud: UInt64)
         case timeout(nanoseconds: Int64, ud: UInt64)
         case append(fd: Int32, buffer: UnsafeRawPointer, count: Int, ud: UInt64)
-        case cancel(target: UInt64, ud: UInt64)
+        case cancel(target: UInt64, fd: Int32, ud: UInt64)
         case cancelAll(fd: Int32, ud: UInt64)
     }
 
@@ -149,6 +149,7 @@ public final class EpollIO: IOBackend {
     var timers: [Timer] = []
     var nextTimerID: UInt64 = 1
     var pool: BufferStack?
+    var waitFailed = false
     let eventFDs: UnsafeMutablePointer<Int32>
     let eventMasks: UnsafeMutablePointer<UInt32>
     static let eventCapacity: Int32 = 256
@@ -215,7 +216,7 @@ public final class EpollIO: IOBackend {
     public func append(fd: Int32, from buffer: UnsafeRawPointer, count: UInt32, userData: UserData) {
         queued.append(.append(fd: fd, buffer: buffer, count: Int(count), ud: userData.raw))
     }
-    public func cancel(_ target: UserData, userData: UserData) { queued.append(.cancel(target: target.raw, ud: userData.raw)) }
+    public func cancel(_ target: UserData, on fd: Int32, userData: UserData) { queued.append(.cancel(target: target.raw, fd: fd, ud: userData.raw)) }
     public func cancelAll(fd: Int32, userData: UserData) { queued.append(.cancelAll(fd: fd, ud: userData.raw)) }
 
     public func close(fd: Int32) {
@@ -244,6 +245,10 @@ public final class EpollIO: IOBackend {
         let n = weir_epoll_wait(epfd, eventFDs, eventMasks, EpollIO.eventCapacity, wait)
         if n > 0 {
             for i in 0..<Int(n) { ready(eventFDs[i], eventMasks[i]) }
+        } else if n < 0 && !waitFailed {
+            // Not expected (epoll_wait is allowed wherever epoll_create1 was): say it once.
+            waitFailed = true
+            Log.error("epoll_wait failed: \(String(cString: strerror(-n))); this shard's I/O cannot make progress")
         }
         fireTimers()
         return Int32(completions.count)
@@ -330,8 +335,8 @@ public final class EpollIO: IOBackend {
             // Files are always ready; the write runs now.
             let n = Glibc.write(fd, buffer, count)
             complete(ud, n >= 0 ? Int32(n) : -errno)
-        case .cancel(let target, let ud):
-            complete(ud, cancel(target) ? 0 : -ENOENT)
+        case .cancel(let target, let fd, let ud):
+            complete(ud, cancel(target, on: fd) ? 0 : -ENOENT)
         case .cancelAll(let fd, let ud):
             let n = fd >= 0 && Int(fd) < capacity ? cancelOperations(on: fd) : 0
             complete(ud, n > 0 ? Int32(n) : -ENOENT)
@@ -343,8 +348,8 @@ public final class EpollIO: IOBackend {
         guard fd >= 0 else { errno = EBADF; return nil }
         if Int(fd) >= capacity { grow(to: Int(fd) + 1) }
         let d = descriptors + Int(fd)
-        if nonblocking { _ = weir_set_nonblock(fd) }
         if !d.pointee.registered {
+            if nonblocking { _ = weir_set_nonblock(fd) }
             guard weir_epoll_add(epfd, fd) == 0 else { return nil }
             d.pointee.registered = true
             // Unknown until tried: the first system call finds out.
@@ -383,11 +388,11 @@ public final class EpollIO: IOBackend {
         }
         if events & (weir_epoll_out() | weir_epoll_err()) != 0 {
             d.pointee.writable = true
-            if case .connect(let timer, let timeoutUD) = d.pointee.output {
+            if case .connect(_, let timeoutUD) = d.pointee.output {
                 let e = weir_socket_error(fd)
                 if e != 0 || events & weir_epoll_out() != 0 {
+                    // Its timer stays in the heap and is dropped when due (its id no longer matches).
                     d.pointee.output = .none
-                    removeTimer(id: timer)
                     complete(d.pointee.outputUD, e == 0 ? 0 : -e)
                     complete(timeoutUD, -ECANCELED)
                 }
@@ -405,6 +410,8 @@ public final class EpollIO: IOBackend {
         swap(&runnable, &stillRunnable)
         for fd in stillRunnable {
             let d = descriptors + Int(fd)
+            // Closed since (its state was reset), or listed twice after its number was reused.
+            guard d.pointee.runnable else { continue }
             d.pointee.runnable = false
             if d.pointee.registered && d.pointee.readable { runInput(fd, d) }
         }
@@ -511,18 +518,18 @@ public final class EpollIO: IOBackend {
 
     // MARK: Cancellation
 
-    /// Ends the pending operation submitted as `target` with -ECANCELED.
-    func cancel(_ target: UInt64) -> Bool {
-        if highest >= 0 {
-            for fd in 0...Int(highest) {
-                let d = descriptors + fd
-                guard d.pointee.registered else { continue }
-                if !isNone(d.pointee.input) && d.pointee.inputUD == target { endInput(d); return true }
-                if !isNone(d.pointee.output) && d.pointee.outputUD == target { endOutput(d); return true }
-                if d.pointee.hasPollIn && d.pointee.pollIn == target { d.pointee.hasPollIn = false; complete(target, -ECANCELED); return true }
-                if d.pointee.hasPollOut && d.pointee.pollOut == target { d.pointee.hasPollOut = false; complete(target, -ECANCELED); return true }
-            }
+    /// Ends the pending operation submitted as `target` on `fd` (-1: a timer) with -ECANCELED.
+    func cancel(_ target: UInt64, on fd: Int32) -> Bool {
+        if fd >= 0 && Int(fd) < capacity {
+            let d = descriptors + Int(fd)
+            guard d.pointee.registered else { return false }
+            if !isNone(d.pointee.input) && d.pointee.inputUD == target { endInput(d); return true }
+            if !isNone(d.pointee.output) && d.pointee.outputUD == target { endOutput(d); return true }
+            if d.pointee.hasPollIn && d.pointee.pollIn == target { d.pointee.hasPollIn = false; complete(target, -ECANCELED); return true }
+            if d.pointee.hasPollOut && d.pointee.pollOut == target { d.pointee.hasPollOut = false; complete(target, -ECANCELED); return true }
+            return false
         }
+        // Timers are few (retry backoffs and the tick); a cancelled one is found by its user data.
         if let i = timers.firstIndex(where: { $0.ud == target && $0.fd < 0 }) {
             removeTimer(at: i)
             complete(target, -ECANCELED)
@@ -551,10 +558,7 @@ public final class EpollIO: IOBackend {
     }
 
     func endOutput(_ d: UnsafeMutablePointer<Descriptor>) {
-        if case .connect(let timer, let timeoutUD) = d.pointee.output {
-            removeTimer(id: timer)
-            complete(timeoutUD, -ECANCELED)
-        }
+        if case .connect(_, let timeoutUD) = d.pointee.output { complete(timeoutUD, -ECANCELED) }
         d.pointee.output = .none
         complete(d.pointee.outputUD, -ECANCELED)
     }
@@ -567,10 +571,6 @@ public final class EpollIO: IOBackend {
         timers.append(Timer(deadline: monotonicNanoseconds() + max(0, nanoseconds), id: id, ud: ud, fd: fd))
         siftUp(timers.count - 1)
         return id
-    }
-
-    func removeTimer(id: UInt64) {
-        if let i = timers.firstIndex(where: { $0.id == id }) { removeTimer(at: i) }
     }
 
     func removeTimer(at i: Int) {
@@ -586,12 +586,12 @@ public final class EpollIO: IOBackend {
         while let t = timers.first, t.deadline <= now {
             removeTimer(at: 0)
             if t.fd >= 0 {
-                // A connect's link timeout: the connect ends with -ECANCELED, the timer with -ETIME.
+                // A connect's link timeout: the connect ends with -ECANCELED, the timer with
+                // -ETIME. A connect that ended first completed its timer then (-ECANCELED).
                 let d = descriptors + Int(t.fd)
-                if case .connect(let id, _) = d.pointee.output, id == t.id {
-                    d.pointee.output = .none
-                    complete(d.pointee.outputUD, -ECANCELED)
-                }
+                guard case .connect(let id, _) = d.pointee.output, id == t.id else { continue }
+                d.pointee.output = .none
+                complete(d.pointee.outputUD, -ECANCELED)
             }
             complete(t.ud, -ETIME)
         }

@@ -67,8 +67,9 @@ public protocol IOBackend: AnyObject {
     func read(fd: Int32, into buffer: UnsafeMutableRawPointer, count: UInt32, userData: UserData)
     /// Appends to a file opened with O_APPEND.
     func append(fd: Int32, from buffer: UnsafeRawPointer, count: UInt32, userData: UserData)
-    /// Cancels the operation submitted with `target` (it completes with -ECANCELED).
-    func cancel(_ target: UserData, userData: UserData)
+    /// Cancels the operation submitted with `target` on `fd` (-1 for a timer); it completes with
+    /// -ECANCELED.
+    func cancel(_ target: UserData, on fd: Int32, userData: UserData)
     /// Cancels every operation pending on `fd`.
     func cancelAll(fd: Int32, userData: UserData)
     /// Closes a descriptor this backend may have watched (every socket and file goes through here,

@@ -62,9 +62,30 @@ public final class Ring: IOBackend {
         ring.deallocate()
     }
 
-    /// Checks that io_uring works here at all, on a throwaway ring.
+    /// Checks, on a throwaway ring, that io_uring works here with what a shard needs: a
+    /// provided buffer ring (Linux 5.19) and a multishot recv taking from it (6.0). A kernel
+    /// that lets a ring be created but lacks these must not be chosen (io: auto then uses epoll).
     public static func probe() throws -> String {
         let r = try Ring(entries: 8)
+        let buffers = try BufferRing(ring: r, group: 1, count: 16, bufferBytes: 512)
+        var fds: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
+            throw RingError(errno: errno, call: "socketpair (probing io_uring)")
+        }
+        defer { Glibc.close(fds[0]); Glibc.close(fds[1]) }
+        var byte: UInt8 = 1
+        _ = Glibc.write(fds[1], &byte, 1)
+        r.recvMultishot(fd: fds[0], group: buffers.group, userData: UserData(raw: 1))
+        var result: Int32? = nil
+        var flags: UInt32 = 0
+        let deadline = monotonicNanoseconds() + 1_000_000_000
+        while result == nil && monotonicNanoseconds() < deadline {
+            r.submitAndWait(timeoutNanoseconds: 50_000_000)
+            r.forEachCompletion { _, res, f in if result == nil { result = res; flags = f } }
+        }
+        guard let result, result == 1, bufferID(flags: flags) != nil else {
+            throw RingError(errno: (result ?? 0) < 0 ? -(result ?? 0) : EINVAL, call: "multishot recv with provided buffers")
+        }
         return r.setupDescription
     }
 
@@ -194,7 +215,7 @@ public final class Ring: IOBackend {
     }
 
     /// Cancels the operation submitted with `target`.
-    @inlinable public func cancel(_ target: UserData, userData: UserData) {
+    @inlinable public func cancel(_ target: UserData, on fd: Int32, userData: UserData) {
         let s = sqe()
         io_uring_prep_cancel64(s, target.raw, 0)
         io_uring_sqe_set_data64(s, userData.raw)

@@ -167,7 +167,7 @@ extension Shard {
                 if u.pointee.ended { return upstreamEnded(c) }
                 if u.pointee.recv == .armed && flow.pointee.queued >= queueCap {
                     u.pointee.recv = .cancelling
-                    ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                    ring.cancel(ud, on: u.pointee.fd, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
                 } else if !u.pointee.recv.pending {
                     rearmUpstreamIfRoom(c)
                 }

@@ -147,7 +147,7 @@ extension Shard {
             if closeNotify { return onHTTPRecv(c, ud, 0, nil) }
             if flow.pointee.recv == .armed && flow.pointee.queued >= queueCap {
                 flow.pointee.recv = .cancelling
-                ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                ring.cancel(ud, on: c.pointee.downstreamFD, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
             } else if !flow.pointee.recv.pending {
                 rearmIfRoom(c, 0)
             }
@@ -228,7 +228,7 @@ extension Shard {
             shutdown(c.pointee.downstreamFD, Int32(SHUT_RDWR))
             ring.cancelAll(fd: c.pointee.downstreamFD, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
             if c.pointee.ex.phase == .backoff {
-                ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), on: -1, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
             }
         }
         finishIfIdle(c)
@@ -237,7 +237,7 @@ extension Shard {
     func abortHTTP(_ c: UnsafeMutablePointer<Connection>) {
         detachUpstream(c, reuse: false)
         if c.pointee.inflight > 0 && c.pointee.ex.phase == .backoff {
-            ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+            ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), on: -1, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
         }
         abort(c)
     }
@@ -258,7 +258,7 @@ extension Shard {
             if (t > 0 && monotonicNanoseconds(coarse: true) - started > t) || (idle > 0 && now - c.pointee.lastActivity > idle) {
                 if c.pointee.ex.responseHeadDone { return abortHTTP(c) }
                 if c.pointee.ex.phase == .backoff {
-                    ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                    ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), on: -1, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
                 }
                 localResponse(c, status: 504, close: true)
             }

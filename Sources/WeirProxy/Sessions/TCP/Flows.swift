@@ -72,7 +72,7 @@ extension Shard {
                 if c.pointee.state == .peeking { helloArrived(c) }
                 if c.pointee.state.beforeUpstream && flow.pointee.recv == .armed && flow.pointee.queued >= queueCap {
                     flow.pointee.recv = .cancelling
-                    ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                    ring.cancel(ud, on: sourceFD(c, f), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
                 }
                 return
             }
@@ -116,7 +116,7 @@ extension Shard {
                 // Backpressure: the destination is slower than the source. Stop reading so this
                 // connection cannot drain the shard's shared buffer pool.
                 flow.pointee.recv = .cancelling
-                ring.cancel(ud, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                ring.cancel(ud, on: sourceFD(c, f), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
             } else if !flow.pointee.recv.pending {
                 rearmIfRoom(c, f)
             }
