@@ -5,7 +5,7 @@
 # (pools filling) and shutdown cancel out.
 # Usage: Benchmarks/allocations/http.sh [N, default 20000]   (BALANCER=ring_hash etc.; TARGET= the
 # listener's routing, e.g. 'routes: [{ match: { path_regex: "/item.*", headers: [{ name: x-user, prefix: u }] }, cluster: up }]';
-# ENDPOINTS= the cluster's endpoint list, $UP standing for the upstream's port)
+# IO=epoll runs weir on its epoll backend; ENDPOINTS= the cluster's endpoint list, $UP standing for the upstream's port)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -45,7 +45,7 @@ measure() { # requests
   endpoints=${endpoints//\$UP/$up}
   printf 'shards: 2\nlisteners:\n  - { name: a, address: "127.0.0.1:%s", protocol: http, %s }\nclusters:\n  - { name: up, balancer: %s, %s endpoints: %s }\n' \
     "$w" "${TARGET:-cluster: up}" "${BALANCER:-round_robin}" "${OPTIONS:-}" "$endpoints" > "$work/weir.yaml"
-  COUNT_MALLOC_OUT="$work/count" LD_PRELOAD="$work/count_malloc.so" "$root/.build/release/weir" run --config "$work/weir.yaml" --log-level error &
+  COUNT_MALLOC_OUT="$work/count" LD_PRELOAD="$work/count_malloc.so" "$root/.build/release/weir" run --config "$work/weir.yaml" --log-level error ${IO:+--io "$IO"} &
   local pid=$!
   python3 - "$w" "$1" <<'PY'
 import socket, sys, time, threading

@@ -2,7 +2,7 @@
 # Heap allocations per proxied TCP connection and per MiB moved, counted (not sampled): run weir
 # under an LD_PRELOAD malloc counter twice, with N and 2N connections (and with a small and a
 # large transfer), and divide the difference, so start-up and shutdown cancel out.
-# Usage: Benchmarks/allocations/run.sh [N, default 2000]   (BALANCER=ring_hash etc. to pick another)
+# Usage: Benchmarks/allocations/run.sh [N, default 2000]   (BALANCER=ring_hash etc. to pick another; IO=epoll for the epoll backend)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -31,7 +31,7 @@ trap 'kill $echo_pid 2>/dev/null; rm -rf "$work"' EXIT
 measure() { # connections bytes-per-connection
   local w; w=$(port)
   printf 'shards: 2\nlisteners:\n  - { name: a, address: "127.0.0.1:%s", cluster: up }\nclusters:\n  - { name: up, balancer: %s, endpoints: [{ address: "127.0.0.1:%s" }] }\n' "$w" "${BALANCER:-round_robin}" "$up" > "$work/weir.yaml"
-  COUNT_MALLOC_OUT="$work/count" LD_PRELOAD="$work/count_malloc.so" "$root/.build/release/weir" run --config "$work/weir.yaml" --log-level error &
+  COUNT_MALLOC_OUT="$work/count" LD_PRELOAD="$work/count_malloc.so" "$root/.build/release/weir" run --config "$work/weir.yaml" --log-level error ${IO:+--io "$IO"} &
   local pid=$!
   python3 - "$w" "$1" "$2" <<'PY'
 import socket, sys, time
