@@ -158,6 +158,7 @@ public final class Server: @unchecked Sendable {
                 switch io {
                 case .ioUring: try Server.runShard(Ring.self, index: index, control: control, store: store)
                 case .epoll: try Server.runShard(EpollIO.self, index: index, control: control, store: store)
+                case .simulated: preconditionFailure("simulated shards run in the simulation harness, not in a server")
                 }
             } catch {
                 control.failure.withLock { $0 = "\(error)" }

@@ -4,6 +4,7 @@
 // flags carry IORING_CQE_F_MORE for multishot operations and the buffer id of a provided buffer.
 // Code is generic over the backend and specialized, so the io_uring path calls liburing directly.
 import CURing
+import WeirCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,6 +29,8 @@ public protocol ReceiveBuffers: AnyObject {
 public enum IOBackendKind: String, Sendable, CaseIterable {
     case ioUring = "io_uring"
     case epoll
+    /// The in-memory kernel of the simulation harness (never chosen by configuration).
+    case simulated
 }
 
 public protocol IOBackend: AnyObject {
@@ -75,4 +78,24 @@ public protocol IOBackend: AnyObject {
     /// Closes a descriptor this backend may have watched (every socket and file goes through here,
     /// so a backend that keeps per-descriptor state never mistakes a reused number for the old one).
     func close(fd: Int32)
+
+    // The rest of what a shard asks of the kernel, here so a simulated one can answer it.
+    /// A TCP socket for an upstream connection (TCP_NODELAY set), or -1 with errno.
+    func tcpSocket(family: SocketAddress.Family) -> Int32
+    func shutdown(fd: Int32, how: Int32)
+    /// The peer's address (getpeername); 0, or -1 with errno.
+    func peerName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32
+    /// Monotonic time in nanoseconds (coarse: the cheap, tick-grained clock).
+    func clock(coarse: Bool) -> Int64
+}
+
+/// The kernel's answers, for the real backends.
+extension IOBackend {
+    @inlinable public func tcpSocket(family: SocketAddress.Family) -> Int32 { Sockets.tcpSocket(for: family) }
+    @inlinable public func shutdown(fd: Int32, how: Int32) { _ = Glibc.shutdown(fd, how) }
+    @inlinable public func peerName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32 {
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+    }
+    @inlinable public func clock(coarse: Bool) -> Int64 { monotonicNanoseconds(coarse: coarse) }
 }

@@ -24,7 +24,7 @@ struct Weir: ParsableCommand {
         abstract: "A Layer 4 load balancer on io_uring.",
         discussion: "See man weir(8) and weir.yaml(5).",
         version: weirVersion,
-        subcommands: [Run.self, Check.self, Reload.self, Demo.self, Version.self])
+        subcommands: [Run.self, Check.self, Reload.self, Demo.self, Simulate.self, Version.self])
 }
 
 struct ConfigOption: ParsableArguments {
@@ -42,6 +42,38 @@ func loadSnapshot(_ path: String) throws -> Snapshot {
         for err in e.errors { fputs("\(err)\n", stderr) }
         fputs("\(path): \(e.errors.count) error(s); nothing was applied\n", stderr)
         throw ExitCode(1)
+    }
+}
+
+struct Simulate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a shard against a simulated network, seed after seed, checking its invariants (see docs/simulation.md).")
+    @Option(help: "The first seed.") var seed: UInt64 = 1
+    @Option(help: "How many seeds, one after another (seed, seed+1, ...).") var count = 1
+    @Option(help: "Steps per seed (each: the simulated world acts, then the shard runs one loop turn).") var steps = 5000
+
+    func validate() throws {
+        guard (1...1_000_000_000).contains(count) else { throw ValidationError("--count must be 1 to 1000000000") }
+        guard (1...10_000_000).contains(steps) else { throw ValidationError("--steps must be 1 to 10000000") }
+    }
+
+    func run() throws {
+        Log.bootstrap()
+        Log.level = .critical
+        let snapshot = try Compiler.compile(YAMLLoader.parse(Simulation.configYAML, file: "<simulation>"))
+        var failed = 0
+        for s in seed..<(seed &+ UInt64(count)) {
+            // Printed first: a trap ends the process, and the seed must survive it.
+            print("seed \(s) ...", terminator: "")
+            fflush(stdout)
+            let report = Simulation.run(seed: s, steps: steps, snapshot: snapshot)
+            print("\r\(report)")
+            if report.failure != nil { failed += 1 }
+        }
+        if failed > 0 {
+            print("\(failed) of \(count) seeds failed; replay one with: weir simulate --seed N --steps \(steps)")
+            throw ExitCode(1)
+        }
     }
 }
 

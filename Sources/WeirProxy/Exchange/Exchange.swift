@@ -133,7 +133,7 @@ extension Shard {
         c.flow(0).pointee.sendOffset = Int32(offset + head.headLength)
         c.pointee.ex.deadline = 0
         c.pointee.ex.phase = .connecting
-        if !head.keepAlive || c.flow(0).pointee.sourceEnded { c.pointee.ex.closeAfter = true }
+        if !head.keepAlive { c.pointee.ex.closeAfter = true }
         let source = UnsafeRawBufferPointer(start: base, count: head.headLength)
         guard let ri = http.routes.firstMatch(head, source: source, headers: headers) else {
             return localResponse(c, status: 404, close: c.pointee.ex.hasBody)
@@ -257,7 +257,9 @@ extension Shard {
         dropQueue(f1)
         clearOut(f1)
         f1.pointee.sourceEnded = false
-        if c.pointee.ex.closeAfter || f0.pointee.sourceEnded || f0.pointee.body != .none || f0.pointee.sending
+        // A client that half-closed still gets an answer to every whole request it sent first:
+        // processRequest below closes once none is left.
+        if c.pointee.ex.closeAfter || f0.pointee.body != .none || f0.pointee.sending
             || (c.pointee.ex.hasBody && !c.pointee.ex.request.isSent && !c.pointee.ex.isLocal) {
             return lingerClose(c)
         }
@@ -280,7 +282,7 @@ extension Shard {
         let status = Int(c.pointee.ex.status)
         control.named.listeners[l].countResponse(status: status)
         if c.pointee.ex.isLocal { control.named.listeners[l].localResponses += 1 }
-        let elapsed = monotonicNanoseconds() - c.pointee.ex.requestStart
+        let elapsed = ring.clock(coarse: false) - c.pointee.ex.requestStart
         control.named.listeners[l].latency.record(elapsed)
         logRequest(c, status: status, elapsed: elapsed)
     }

@@ -24,10 +24,7 @@ extension Shard {
     func sourceIPHash(_ fd: Int32) -> UInt64 {
         // Straight from the kernel's sockaddr: building a SocketAddress would allocate.
         var storage = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
-        }
+        let rc = ring.peerName(fd: fd, into: &storage)
         guard rc == 0 else { return 0 }
         return withUnsafePointer(to: &storage) { p -> UInt64 in
             let raw = UnsafeRawPointer(p)

@@ -115,6 +115,22 @@ extension Shard {
         flow.pointee.queued += 1
     }
 
+    /// Queues bytes a receive brought, copying them into the tail buffer when they fit there, so
+    /// a peer that sends in small pieces holds as many buffers as its bytes need, not one per
+    /// piece (the simulator found a shard whose whole pool was pinned by pipelined requests
+    /// arriving a few bytes at a time, with no buffer left to read any response). A send in
+    /// flight reads only the range it was given, so growing the tail under it is safe.
+    func enqueueReceived(_ flow: UnsafeMutablePointer<Flow>, bid: UInt16, length: Int32) {
+        let tail = Int(flow.pointee.tail)
+        if tail >= 0 && tail < buffers.count && Int(bufferLength[tail]) + Int(length) <= buffers.bufferBytes {
+            (bufferPointer(tail) + Int(bufferLength[tail])).copyMemory(from: buffers.pointer(bid), byteCount: Int(length))
+            bufferLength[tail] += length
+            buffers.recycle(bid)
+            return
+        }
+        enqueue(flow, bid: Int(bid), length: length)
+    }
+
     /// A flow's recv stopped because the buffer ring was empty: remember it (with its slot's
     /// generation) to re-arm when buffers come back.
     func starve(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {

@@ -150,9 +150,10 @@ final class Shard<IO: IOBackend> {
         self.snapshot = snapshot
         self.limits = snapshot.limits
         endpointCounters = control.named.endpoints
-        random = SplitMix64(seed: UInt64(bitPattern: monotonicNanoseconds()) ^ UInt64(index &* 0x9E37_79B9))
         let entries = UInt32(max(256, min(32768, (snapshot.limits.maxConnectionsPerShard * 4).nextPowerOfTwo)))
         ring = try IO(entries: entries)
+        // From the backend's clock, so a simulated shard's choices replay from its seed.
+        random = SplitMix64(seed: UInt64(bitPattern: ring.clock(coarse: false)) ^ UInt64(index &* 0x9E37_79B9))
         buffers = try ring.makeBuffers(group: 1, count: limits.buffersPerShard, bufferBytes: limits.bufferBytes)
         let n = limits.maxConnectionsPerShard
         connections = .allocate(capacity: n)
@@ -220,29 +221,39 @@ final class Shard<IO: IOBackend> {
     // MARK: The loop
 
     func run() {
-        now = monotonicNanoseconds(coarse: true)
+        begin()
+        while turn(waitNanoseconds: 1_000_000_000) {}
+        publishStats()
+    }
+
+    /// Takes the snapshot and arms the wake-up read and the tick.
+    func begin() {
+        now = ring.clock(coarse: true)
         adopt(snapshot)
         ring.read(fd: control.waker.fd, into: &wakeBuffer, count: 8, userData: UserData(op: Op.wake, slot: 0, generation: 0))
         ring.timeout(&tickTimespec, userData: UserData(op: Op.tick, slot: 0, generation: 0))
-        while true {
-            checkMailbox()
-            if control.store.generation != snapshot.generation { adopt(control.store.snapshot) }
-            if (draining || cutting) && active == 0 && listeners.isEmpty {
-                closeIdleUpstreams()
-                for w in logWriters { w.flush(ring) }
-                if upstreamsOpen == 0 && logWriters.allSatisfy(\.idle) { break }
-            }
-            _ = ring.submitAndWait(timeoutNanoseconds: 1_000_000_000)
-            now = monotonicNanoseconds(coarse: true)
-            _ = ring.forEachCompletion { userData, result, flags in
-                dispatch(UserData(raw: userData), result, flags)
-            }
-            if buffers.commit() > 0 && (!starvedFlows.isEmpty || !starvedUpstreams.isEmpty) { rearmStarved() }
+    }
+
+    /// One loop turn: commands, a new snapshot, one submit-and-wait, every completion, then the
+    /// receives starved for buffers and the head-buffer waiters. False once drained or cut.
+    func turn(waitNanoseconds: Int64) -> Bool {
+        checkMailbox()
+        if control.store.generation != snapshot.generation { adopt(control.store.snapshot) }
+        if (draining || cutting) && active == 0 && listeners.isEmpty {
+            closeIdleUpstreams()
             for w in logWriters { w.flush(ring) }
-            if !headWaiters.isEmpty && headFreeCount > 0 { serveHeadWaiters() }
-            publishStats()
+            if upstreamsOpen == 0 && logWriters.allSatisfy(\.idle) { return false }
         }
+        _ = ring.submitAndWait(timeoutNanoseconds: waitNanoseconds)
+        now = ring.clock(coarse: true)
+        _ = ring.forEachCompletion { userData, result, flags in
+            dispatch(UserData(raw: userData), result, flags)
+        }
+        if buffers.commit() > 0 && (!starvedFlows.isEmpty || !starvedUpstreams.isEmpty) { rearmStarved() }
+        for w in logWriters { w.flush(ring) }
+        if !headWaiters.isEmpty && headFreeCount > 0 { serveHeadWaiters() }
         publishStats()
+        return true
     }
 
     @inline(__always)
@@ -293,7 +304,7 @@ final class Shard<IO: IOBackend> {
             armAccept(i)
         }
         if !rampingClusters.isEmpty {
-            let clock = monotonicNanoseconds()
+            let clock = ring.clock(coarse: false)
             rampingClusters.removeAll { !balancers[$0].refresh(nowNanoseconds: clock) }
         }
         for slot in 0..<highWater {
@@ -338,7 +349,7 @@ final class Shard<IO: IOBackend> {
             armAccept(slot)
         }
         snapshot = next
-        let clock = monotonicNanoseconds()
+        let clock = ring.clock(coarse: false)
         balancers = next.clusters.map { $0.makeBalancer(shard: index, of: control.shardCount, now: clock) }
         rampingClusters = next.clusters.indices.filter { next.clusters[$0].slowStart != nil }
         (listenerSlots, endpointSlots) = control.named.slots(for: next)

@@ -53,7 +53,7 @@ extension Shard {
         for side in 0..<2 {
             let fd = side == 0 ? c.pointee.downstreamFD : c.pointee.upstreamFD
             guard fd >= 0 else { continue }
-            shutdown(fd, Int32(SHUT_RDWR))
+            ring.shutdown(fd: fd, how: Int32(SHUT_RDWR))
             if c.pointee.inflight > 0 { ring.cancelAll(fd: fd, userData: UserData(op: Op.ignore, slot: 0, generation: 0)) }
         }
         finishIfIdle(c)

@@ -79,7 +79,7 @@ extension Shard {
             control.stats.pointee.poolOverflows += 1
             return localResponse(c, status: 503, close: false)
         }
-        let fd = Sockets.tcpSocket(for: endpoint.address.family)
+        let fd = ring.tcpSocket(family: endpoint.address.family)
         guard fd >= 0 else { return localResponse(c, status: 503, close: false) }
         upstreamFreeCount -= 1
         let idx = Int(upstreamFree[upstreamFreeCount])
@@ -181,7 +181,7 @@ extension Shard {
         u.pointee.state = .closing
         u.pointee.owner = -1
         if u.pointee.pool >= 0 { openCount[Int(u.pointee.pool)] -= 1 }
-        shutdown(u.pointee.fd, Int32(SHUT_RDWR))
+        ring.shutdown(fd: u.pointee.fd, how: Int32(SHUT_RDWR))
         if u.pointee.inflight > 0 { ring.cancelAll(fd: u.pointee.fd, userData: UserData(op: Op.ignore, slot: 0, generation: 0)) }
         finishUpstream(u)
     }

@@ -157,7 +157,7 @@ extension Shard {
                         }
                     }
                 } else {
-                    enqueue(flow, bid: Int(bid), length: res)
+                    enqueueReceived(flow, bid: bid, length: res)
                 }
                 flow.pointee.bytes += Int64(res)
                 c.pointee.lastActivity = now

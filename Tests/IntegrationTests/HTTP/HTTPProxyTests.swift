@@ -241,6 +241,33 @@ import WeirDemo
         #expect(try a.counts().requests == 4, "the upstream saw four requests, none of them /admin")
     }
 
+    /// A client that pipelines requests and half-closes at once (FIN after its last byte) is owed
+    /// an answer to each whole request it sent. Found by the simulator: Weir answered the first
+    /// and closed, and aborted a request whose body had arrived whole but was not yet forwarded.
+    @Test func pipelinedRequestsBeforeAHalfCloseAreAllAnswered() throws {
+        let a = try HTTPUpstream(name: "a")
+        let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a]))
+        defer { weir.stop() }
+        let port = try weir.port("web")
+        let requests = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+            + "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello there"
+        for _ in 0..<3 {
+            let c = try TestClient(loopback(port), timeoutSeconds: 5)
+            #expect(c.write(Array(requests.utf8)))
+            c.halfClose()
+            let (bytes, eof) = c.readToEnd()
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(eof, "Weir closes once it has answered")
+            #expect(text.components(separatedBy: "HTTP/1.1 200").count - 1 == 3, "three answers: \(text)")
+            #expect(text.hasSuffix("hello there"), "the last one echoes the body: \(text)")
+        }
+        let single = try TestClient(loopback(port), timeoutSeconds: 5)
+        #expect(single.write(Array("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello".utf8)))
+        single.halfClose()
+        let cut = String(decoding: single.readToEnd().bytes, as: UTF8.self)
+        #expect(!cut.contains("HTTP/1.1 200"), "a body cut short by the client's FIN is not answered as if whole: \(cut)")
+    }
+
     /// An upstream that answers `Connection: close` and closes at once (nginx after
     /// keepalive_requests): the response's bytes and the upstream's FIN arrive together, and the
     /// client must get the response and keep its connection. This lost ~900 requests per 1.16M

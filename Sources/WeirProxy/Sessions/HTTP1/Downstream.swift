@@ -34,8 +34,7 @@ extension Shard {
         let text = clientText + slot(of: c) * Shard.clientTextBytes
         text[0] = 0
         var storage = sockaddr_storage()
-        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
+        let rc = ring.peerName(fd: fd, into: &storage)
         guard rc == 0 else { return }
         withUnsafePointer(to: &storage) { p in
             let raw = UnsafeRawPointer(p)
@@ -112,7 +111,7 @@ extension Shard {
         }
         c.pointee.ex.phase = .head
         c.pointee.logLength = 0
-        c.pointee.ex.requestStart = monotonicNanoseconds()
+        c.pointee.ex.requestStart = ring.clock(coarse: false)
         c.pointee.ex.deadline = now + httpListener(c).requestHeaderTimeoutNanoseconds
         if draining { c.pointee.ex.closeAfter = true }
     }
@@ -134,7 +133,7 @@ extension Shard {
                     return
                 }
             } else {
-                enqueue(flow, bid: Int(bid), length: res)
+                enqueueReceived(flow, bid: bid, length: res)
             }
             flow.pointee.bytes += Int64(res)
             c.pointee.lastActivity = now
@@ -162,8 +161,11 @@ extension Shard {
             case .tunnel: pumpRequest(c)
             default:
                 // The client closed its side with a request in flight: finish it if the request
-                // is whole, then close.
-                if flow.pointee.body != .none { abortHTTP(c) } else { c.pointee.ex.closeAfter = true }
+                // is whole, then answer the whole requests it pipelined behind it, then close
+                // (responseComplete takes the next one; processRequest closes at the end).
+                // A body still going out may be here whole: pumpRequest ends the connection only
+                // if the client's bytes run out before the body's framing does.
+                if flow.pointee.body != .none { pumpRequest(c) }
             }
         case -ENOBUFS:
             starve(c, 0)
@@ -208,7 +210,7 @@ extension Shard {
     /// is read and dropped for a moment, so it sees the response rather than a reset.
     func lingerClose(_ c: UnsafeMutablePointer<Connection>) {
         let f0 = c.flow(0)
-        shutdown(c.pointee.downstreamFD, Int32(SHUT_WR))
+        ring.shutdown(fd: c.pointee.downstreamFD, how: Int32(SHUT_WR))
         c.pointee.ex.phase = .lingering
         c.pointee.ex.deadline = now + min(2_000_000_000, httpListener(c).requestHeaderTimeoutNanoseconds)
         dropQueue(f0)
@@ -225,7 +227,7 @@ extension Shard {
         c.pointee.state = .closing
         control.stats.pointee.completed += 1
         if c.pointee.inflight > 0 {
-            shutdown(c.pointee.downstreamFD, Int32(SHUT_RDWR))
+            ring.shutdown(fd: c.pointee.downstreamFD, how: Int32(SHUT_RDWR))
             ring.cancelAll(fd: c.pointee.downstreamFD, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
             if c.pointee.ex.phase == .backoff {
                 ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), on: -1, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
@@ -255,7 +257,7 @@ extension Shard {
         case .connecting, .forwarding, .backoff:
             let t = c.pointee.ex.timeout, idle = c.pointee.ex.idleTimeout
             let started = c.pointee.ex.requestStart
-            if (t > 0 && monotonicNanoseconds(coarse: true) - started > t) || (idle > 0 && now - c.pointee.lastActivity > idle) {
+            if (t > 0 && ring.clock(coarse: true) - started > t) || (idle > 0 && now - c.pointee.lastActivity > idle) {
                 if c.pointee.ex.responseHeadDone { return abortHTTP(c) }
                 if c.pointee.ex.phase == .backoff {
                     ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), on: -1, userData: UserData(op: Op.ignore, slot: 0, generation: 0))

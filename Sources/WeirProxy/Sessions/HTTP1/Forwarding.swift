@@ -74,10 +74,14 @@ extension Shard {
         // Nothing left to send.
         if flow.pointee.body == .none && !c.pointee.ex.request.isSent {
             c.pointee.ex.request = .sent(streamed: c.pointee.ex.request == .streaming)
+        } else if flow.pointee.body != .none && flow.pointee.sourceEnded && c.pointee.ex.phase != .tunnel {
+            // The client ended its side before its body came whole: the upstream holds a
+            // request cut short, and no answer can be trusted.
+            return abortHTTP(c)
         }
         if c.pointee.ex.phase == .tunnel && flow.pointee.sourceEnded && !flow.pointee.destinationShut {
             flow.pointee.destinationShut = true
-            shutdown(u.pointee.fd, Int32(SHUT_WR))
+            ring.shutdown(fd: u.pointee.fd, how: Int32(SHUT_WR))
             tunnelEndedIfDone(c)
         }
     }
@@ -277,7 +281,7 @@ extension Shard {
             if c.pointee.ex.phase == .tunnel {
                 if !flow.pointee.destinationShut {
                     flow.pointee.destinationShut = true
-                    shutdown(c.pointee.downstreamFD, Int32(SHUT_WR))
+                    ring.shutdown(fd: c.pointee.downstreamFD, how: Int32(SHUT_WR))
                 }
                 tunnelEndedIfDone(c)
             } else {

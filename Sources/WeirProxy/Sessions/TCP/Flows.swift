@@ -65,7 +65,7 @@ extension Shard {
                     guard tlsReceive(c, bid: Int(bid), count: Int(res), closeNotify: &closeNotify) != nil else { return }
                     if closeNotify { flow.pointee.sourceEnded = true }
                 } else {
-                    enqueue(flow, bid: Int(bid), length: res)
+                    enqueueReceived(flow, bid: bid, length: res)
                 }
                 flow.pointee.bytes += Int64(res)
                 c.pointee.lastActivity = now
@@ -108,7 +108,7 @@ extension Shard {
                 if !flow.pointee.recv.pending { rearmIfRoom(c, f) }
                 return
             }
-            enqueue(flow, bid: Int(bid), length: res)
+            enqueueReceived(flow, bid: bid, length: res)
             flow.pointee.bytes += Int64(res)
             c.pointee.lastActivity = now
             if !flow.pointee.sending { sendHead(c, f) }
@@ -230,7 +230,7 @@ extension Shard {
         guard !flow.pointee.destinationShut else { return }
         if f == 1 && c.pointee.isTLS && tlsCloseNotify(c) { return }
         flow.pointee.destinationShut = true
-        shutdown(destinationFD(c, f), Int32(SHUT_WR))
+        ring.shutdown(fd: destinationFD(c, f), how: Int32(SHUT_WR))
         if c.flow(0).pointee.destinationShut && c.flow(1).pointee.destinationShut {
             control.stats.pointee.completed += 1
             c.pointee.state = .closing

@@ -100,7 +100,7 @@ extension Shard {
             control.named.endpoints[Int(c.pointee.endpointSlot)].active += 1
         }
         startActive(c)
-        let fd = Sockets.tcpSocket(for: endpoint.address.family)
+        let fd = ring.tcpSocket(family: endpoint.address.family)
         guard fd >= 0 else {
             Log.warning("shard \(index): socket() for upstream failed: \(String(cString: strerror(errno)))")
             return abort(c)

@@ -1,0 +1,425 @@
+// The simulation harness: one real shard (its real session code, specialized for SimIO) against
+// a simulated network whose clients and upstreams act from a seed: bytes split anyhow, short
+// sends, resets and FINs at any time, pipelined and half-closed requests, upstreams that close
+// pooled connections or reset before answering, refused and hanging connects, a buffer pool small
+// enough to run dry. After every step the invariants are checked; at the end the shard drains and
+// must have given back every buffer, slot and socket. A failing seed replays exactly.
+import WeirConfig
+import WeirCore
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct SimulationReport: Sendable, CustomStringConvertible {
+    public var seed: UInt64
+    public var steps = 0
+    public var httpClients = 0
+    public var responses = 0
+    public var errorResponses = 0
+    public var cutConnections = 0
+    public var tcpClients = 0
+    public var tcpBytesEchoed = 0
+    public var upstreamResets = 0
+    public var upstreamCloses = 0
+    /// The first broken invariant, or nil.
+    public var failure: String?
+
+    public var description: String {
+        "seed \(seed): \(steps) steps, \(httpClients) HTTP clients, \(responses) responses (\(errorResponses) made by Weir), "
+            + "\(cutConnections) connections cut, \(tcpClients) TCP clients, \(tcpBytesEchoed) bytes echoed, "
+            + "\(upstreamResets) upstream resets, \(upstreamCloses) pooled connections closed by upstreams: "
+            + (failure.map { "FAILED: \($0)" } ?? "ok")
+    }
+}
+
+public enum Simulation {
+    /// The configuration a simulated shard runs (the caller compiles it: the data plane does not
+    /// read YAML). Small limits, so pools run dry and queues fill.
+    public static let configYAML = """
+    shards: 1
+    limits: { max_connections_per_shard: 64, buffer_bytes: 8KiB, buffers_per_shard: 32, head_buffers_per_shard: 4, max_queued_buffers: 4 }
+    listeners:
+      - { name: web, address: "10.0.0.1:80", protocol: http, cluster: app, http: { max_header_bytes: 4KiB, max_request_line_bytes: 2KiB } }
+      - { name: raw, address: "10.0.0.1:7", protocol: tcp, cluster: echo }
+    clusters:
+      - name: app
+        connect_timeout: 1s
+        connect_attempts: 2
+        endpoints: [{ address: "10.0.1.1:80" }, { address: "10.0.1.2:80" }]
+      - name: echo
+        connect_timeout: 1s
+        endpoints: [{ address: "10.0.2.1:7" }]
+    """
+
+    static let web = SocketAddress(ipv4: 10, 0, 0, 1, port: 80)
+    static let raw = SocketAddress(ipv4: 10, 0, 0, 1, port: 7)
+    static let apps = [SocketAddress(ipv4: 10, 0, 1, 1, port: 80), SocketAddress(ipv4: 10, 0, 1, 2, port: 80)]
+    static let echo = SocketAddress(ipv4: 10, 0, 2, 1, port: 7)
+
+    /// Runs one seed for `steps` steps (then the drain), on the caller's thread.
+    public static func run(seed: UInt64, steps: Int, snapshot: Snapshot) -> SimulationReport {
+        var report = SimulationReport(seed: seed)
+        let kernel = SimKernel(seed: seed)
+        SimKernel.current = kernel
+        defer { SimKernel.current = nil }
+        let world = World(kernel: kernel, seed: seed)
+        let sockets = ListenerSockets()
+        sockets.put(web, fds: [kernel.listen(web, world: false)])
+        sockets.put(raw, fds: [kernel.listen(raw, world: false)])
+        for a in apps { world.upstreams.append(HTTPUpstreamActor(listener: kernel.listen(a, world: true))) }
+        world.echoListener = kernel.listen(echo, world: true)
+        let shard: Shard<SimIO>
+        let control: ShardControl
+        do {
+            control = try ShardControl(store: SnapshotStore(snapshot), sockets: sockets, shardCount: 1, reports: try OutlierReports())
+            shard = try Shard<SimIO>(index: 0, control: control, snapshot: snapshot)
+        } catch {
+            report.failure = "setup: \(error)"
+            return report
+        }
+        shard.begin()
+        for step in 0..<steps {
+            report.steps = step + 1
+            world.act(ending: false)
+            kernel.advance(by: Int64(world.random.below(2_000_000)))
+            _ = shard.turn(waitNanoseconds: 1_000_000)
+            if let f = world.failure { report.failure = "step \(step): \(f)"; break }
+        }
+        if getenv("WEIR_SIM_DEBUG") != nil {
+            print("after steps: clients \(world.clients.count) (outstanding \(world.clients.map(\.outstanding.count))), tcp \(world.tcpClients.count), shard active \(shard.active), buffers out \(shard.buffers.outstanding), head free \(shard.headFreeCount), upstreams \(shard.upstreamsOpen), starved \(shard.starvedFlows.count)/\(shard.starvedUpstreams.count), waiters \(shard.headWaiters.count), t=\(kernel.now)")
+            for slot in 0..<shard.highWater where shard.connections[slot].state != .free {
+                let c = shard.connections[slot]
+                print("  slot \(slot) \(c.state) \(c.kind) phase \(c.ex.phase) req \(c.ex.request) resp \(c.ex.response) f0 recv \(c.flows.0.recv) q \(c.flows.0.queued) ended \(c.flows.0.sourceEnded) f1 recv \(c.flows.1.recv) q \(c.flows.1.queued) sending \(c.flows.1.sending) up \(c.ex.upstream) inflight \(c.inflight)")
+            }
+        }
+        // The clients finish: every one closes; then the shard drains.
+        if report.failure == nil {
+            var quiet = 0
+            while quiet < 20_000 && !world.idle {
+                world.act(ending: true)
+                _ = shard.turn(waitNanoseconds: 5_000_000)
+                quiet += 1
+                if let f = world.failure { report.failure = "ending: \(f)"; break }
+            }
+            if report.failure == nil && !world.idle { report.failure = "clients still open after the end: \(world.openClients)" }
+        }
+        if report.failure == nil {
+            control.command.store(ShardCommand.drain.rawValue, ordering: .releasing)
+            var turns = 0
+            while shard.turn(waitNanoseconds: 50_000_000) {
+                world.act(ending: true)
+                turns += 1
+                if turns > 100_000 { report.failure = "the drain never ended (active \(shard.active), upstreams \(shard.upstreamsOpen))"; break }
+            }
+        }
+        if report.failure == nil {
+            var leaks: [String] = []
+            if shard.active != 0 { leaks.append("\(shard.active) connections") }
+            if shard.buffers.outstanding != 0 { leaks.append("\(shard.buffers.outstanding) receive buffers") }
+            if shard.headFreeCount != shard.limits.headBuffersPerShard { leaks.append("\(shard.limits.headBuffersPerShard - shard.headFreeCount) head buffers") }
+            if shard.upstreamsOpen != 0 { leaks.append("\(shard.upstreamsOpen) upstream slots") }
+            if kernel.shardSockets != 0 { leaks.append("\(kernel.shardSockets) sockets") }
+            if !leaks.isEmpty { report.failure = "after the drain, still held: " + leaks.joined(separator: ", ") }
+        }
+        report.httpClients = world.httpStarted
+        report.tcpClients = world.tcpStarted
+        report.responses = world.responses
+        report.errorResponses = world.errorResponses
+        report.cutConnections = world.cut
+        report.tcpBytesEchoed = world.echoed
+        report.upstreamResets = world.upstreamResets
+        report.upstreamCloses = world.upstreamCloses
+        if report.failure == nil, let f = world.failure { report.failure = f }
+        return report
+    }
+}
+
+/// The simulated clients and upstreams.
+final class World {
+    let kernel: SimKernel
+    var random: SimRandom
+    var failure: String?
+    var clients: [HTTPClientActor] = []
+    var tcpClients: [TCPClientActor] = []
+    var upstreams: [HTTPUpstreamActor] = []
+    var echoListener: Int32 = -1
+    var echoes: [(fd: Int32, closed: Bool)] = []
+    var httpStarted = 0, tcpStarted = 0, responses = 0, errorResponses = 0, cut = 0, echoed = 0
+    var upstreamResets = 0, upstreamCloses = 0
+
+    init(kernel: SimKernel, seed: UInt64) {
+        self.kernel = kernel
+        random = SimRandom(seed: seed ^ 0x5EED)
+    }
+
+    var idle: Bool { clients.isEmpty && tcpClients.isEmpty }
+    var openClients: Int { clients.count + tcpClients.count }
+
+    func fail(_ why: String) { if failure == nil { failure = why } }
+
+    func act(ending: Bool) {
+        if !ending {
+            if clients.count < 12 && random.chance(0.05) {
+                httpStarted += 1
+                if let fd = kernel.connect(to: Simulation.web, from: SocketAddress(ipv4: 10, 1, 0, UInt8(httpStarted % 250), port: UInt16(1000 + httpStarted % 60000))) {
+                    clients.append(HTTPClientActor(id: httpStarted, fd: fd, plan: 1 + random.below(8), pipeline: 1 + random.below(3), patient: random.chance(0.8)))
+                }
+            }
+            if tcpClients.count < 4 && random.chance(0.02) {
+                tcpStarted += 1
+                if let fd = kernel.connect(to: Simulation.raw, from: SocketAddress(ipv4: 10, 2, 0, 1, port: UInt16(2000 + tcpStarted % 60000))) {
+                    var bytes = [UInt8](repeating: 0, count: 1 + random.below(6000))
+                    for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: random.next()) }
+                    tcpClients.append(TCPClientActor(fd: fd, toSend: bytes))
+                }
+            }
+        }
+        for c in clients where random.chance(0.6) { c.act(self, ending: ending) }
+        clients.removeAll { $0.done }
+        for c in tcpClients where random.chance(0.6) { c.act(self, ending: ending) }
+        tcpClients.removeAll { $0.done }
+        for u in upstreams where random.chance(0.7) { u.act(self) }
+        actEcho()
+    }
+
+    /// The TCP upstream: echoes what it reads, in pieces, and half-closes after the client's FIN.
+    func actEcho() {
+        while let fd = kernel.accept(echoListener) { echoes.append((fd, false)) }
+        for i in echoes.indices where !echoes[i].closed && random.chance(0.7) {
+            let (bytes, ended, reset) = kernel.read(echoes[i].fd, max: 1 + random.below(3000))
+            if reset { kernel.closeWorld(echoes[i].fd); echoes[i].closed = true; continue }
+            if !bytes.isEmpty { kernel.write(echoes[i].fd, bytes) }
+            if ended { kernel.shutdownWrite(echoes[i].fd); kernel.closeWorld(echoes[i].fd); echoes[i].closed = true }
+        }
+        echoes.removeAll { $0.closed }
+    }
+}
+
+/// Scans HTTP/1.1 messages out of a byte stream: a head up to CRLFCRLF, a Content-Length body.
+struct MessageReader {
+    var bytes: [UInt8] = []
+
+    /// The next whole message: its first line, its headers (lowercased names), its body.
+    mutating func next() -> (line: String, headers: [(String, String)], body: [UInt8])?? {
+        guard let end = headEnd() else { return .some(nil) }
+        let head = String(decoding: bytes[0..<end], as: UTF8.self)
+        var lines = head.split(separator: "\r\n" as Character, omittingEmptySubsequences: false).map(String.init)
+        let first = lines.removeFirst()
+        var headers: [(String, String)] = []
+        for l in lines where !l.isEmpty {
+            guard let colon = l.firstIndex(of: ":") else { return nil }
+            headers.append((l[..<colon].lowercased(), String(l[l.index(after: colon)...]).trimmingCharacters(in: " ")))
+        }
+        let length = headers.first { $0.0 == "content-length" }.flatMap { Int($0.1) } ?? 0
+        if headers.contains(where: { $0.0 == "transfer-encoding" }) { return nil }
+        guard bytes.count >= end + 4 + length else { return .some(nil) }
+        let body = Array(bytes[(end + 4)..<(end + 4 + length)])
+        bytes.removeFirst(end + 4 + length)
+        return .some((first, headers, body))
+    }
+
+    func headEnd() -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        for i in 0...(bytes.count - 4) where bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 && bytes[i + 3] == 10 { return i }
+        return nil
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+final class HTTPClientActor {
+    let id: Int
+    let fd: Int32
+    let plan: Int
+    let pipeline: Int
+    var sent = 0
+    /// Paths sent and not yet answered, oldest first, and when each was sent.
+    var outstanding: [String] = []
+    var sentAt: [Int64] = []
+    var outgoing: [UInt8] = []
+    var reader = MessageReader()
+    var done = false
+    var halfClosed = false
+    var closing = false
+
+    /// A patient client never resets or gives up early, so a request it waits on too long is the
+    /// shard's fault (the liveness check).
+    let patient: Bool
+
+    init(id: Int, fd: Int32, plan: Int, pipeline: Int, patient: Bool) {
+        self.id = id; self.fd = fd; self.plan = plan; self.pipeline = pipeline; self.patient = patient
+    }
+
+    func act(_ w: World, ending: Bool) {
+        let k = w.kernel
+        if ending && !closing { closing = true }
+        // Faults: a reset, or closing with requests in flight.
+        if !patient && w.random.chance(0.002) { k.reset(fd); w.cut += 1; done = true; return }
+        if !closing && sent < plan && outstanding.count < pipeline && outgoing.isEmpty {
+            sent += 1
+            let path = "/c\(id)/r\(sent)"
+            outstanding.append(path)
+            sentAt.append(k.now)
+            if w.random.chance(0.3) {
+                let body = String(repeating: "b", count: 1 + w.random.below(3000))
+                outgoing += Array("PUT \(path) HTTP/1.1\r\nHost: sim\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+            } else {
+                outgoing += Array("GET \(path) HTTP/1.1\r\nHost: sim\r\n\r\n".utf8)
+            }
+        }
+        if !outgoing.isEmpty {
+            let n = 1 + w.random.below(outgoing.count)
+            if k.write(fd, Array(outgoing.prefix(n))) { outgoing.removeFirst(n) } else { outgoing.removeAll() }
+        }
+        if sent == plan && outgoing.isEmpty && !halfClosed && w.random.chance(0.2) {
+            // Some clients half-close after their last request: the answers must still come.
+            halfClosed = true
+            k.shutdownWrite(fd)
+        }
+        let (bytes, ended, reset) = k.read(fd, max: 1 + w.random.below(4000))
+        reader.bytes += bytes
+        while true {
+            guard let message = reader.next() else { return w.fail("client \(id): a response Weir sent is not HTTP/1.1 it can frame") }
+            guard let (line, headers, body) = message else { break }
+            guard let expected = outstanding.first else {
+                return w.fail("client \(id): a response with no request waiting for it: \(line) \(String(decoding: body, as: UTF8.self))")
+            }
+            outstanding.removeFirst()
+            sentAt.removeFirst()
+            w.responses += 1
+            if line.hasPrefix("HTTP/1.1 200") {
+                let got = String(decoding: body, as: UTF8.self)
+                if got != expected { return w.fail("client \(id): asked for \(expected), got the response for \(got)") }
+            } else if ["HTTP/1.1 502", "HTTP/1.1 503"].contains(where: { line.hasPrefix($0) }) {
+                // Upstream resets and refused connects: Weir's answers for them.
+                w.errorResponses += 1
+                if headers.contains(where: { $0.0 == "connection" && $0.1 == "close" }) { outstanding.removeAll(); sentAt.removeAll(); closing = true }
+            } else if line.hasPrefix("HTTP/1.1 504") || line.hasPrefix("HTTP/1.1 408") {
+                // Every upstream here answers at once and every client sends at once: a timeout
+                // means the shard stalled (a pool pinned, a wake-up lost).
+                return w.fail("client \(id): \(line) for \(expected): the request waited out a timeout")
+            } else {
+                return w.fail("client \(id): unexpected \(line) for \(expected)")
+            }
+        }
+        if let first = sentAt.first, k.now - first > 16_000_000_000 {
+            return w.fail("client \(id): \(outstanding[0]) unanswered for 16 s of simulated time: the shard stalled")
+        }
+        if reset || ended {
+            if !outstanding.isEmpty { w.cut += 1; if getenv("WEIR_SIM_DEBUG") != nil { print("http client \(id) ended reset=\(reset) outstanding=\(outstanding.count) sent=\(sent)/\(plan) half=\(halfClosed) t=\(k.now)") } }
+            k.closeWorld(fd)
+            done = true
+            return
+        }
+        if (closing && (outstanding.isEmpty || (!patient && w.random.chance(0.01)))) || (sent == plan && outstanding.isEmpty && outgoing.isEmpty) {
+            if !outstanding.isEmpty { w.cut += 1 }
+            k.closeWorld(fd)
+            done = true
+        }
+    }
+}
+
+final class HTTPUpstreamActor {
+    let listener: Int32
+    final class Conn {
+        let fd: Int32
+        var reader = MessageReader()
+        var served = 0
+        let limit: Int
+        var outgoing: [UInt8] = []
+        var closeAfterSend = false
+        var closed = false
+        init(fd: Int32, limit: Int) { self.fd = fd; self.limit = limit }
+    }
+    var conns: [Conn] = []
+
+    init(listener: Int32) { self.listener = listener }
+
+    func act(_ w: World) {
+        let k = w.kernel
+        while let fd = k.accept(listener) { conns.append(Conn(fd: fd, limit: 1 + w.random.below(6))) }
+        for c in conns where !c.closed {
+            let (bytes, ended, reset) = k.read(c.fd, max: 1 + w.random.below(4000))
+            c.reader.bytes += bytes
+            while c.outgoing.isEmpty && !c.closeAfterSend {
+                guard let message = c.reader.next() else { w.fail("upstream: a request Weir forwarded is not HTTP/1.1 it can frame"); return }
+                guard let (line, _, _) = message else { break }
+                let parts = line.split(separator: " ")
+                guard parts.count == 3, parts[2] == "HTTP/1.1", parts[1].hasPrefix("/c") else { w.fail("upstream: bad request line \(line)"); return }
+                if w.random.chance(0.01) {
+                    // Reset before answering: Weir retries or answers 502.
+                    w.upstreamResets += 1
+                    k.reset(c.fd)
+                    c.closed = true
+                    break
+                }
+                c.served += 1
+                let body = String(parts[1])
+                c.outgoing += Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+                // A pooled connection the upstream closes right after an answer (nginx's
+                // keepalive_requests), without saying so.
+                if c.served >= c.limit { c.closeAfterSend = true }
+            }
+            if c.closed { continue }
+            if !c.outgoing.isEmpty {
+                let n = 1 + w.random.below(c.outgoing.count)
+                k.write(c.fd, Array(c.outgoing.prefix(n)))
+                c.outgoing.removeFirst(n)
+            }
+            if c.outgoing.isEmpty && c.closeAfterSend {
+                w.upstreamCloses += 1
+                k.closeWorld(c.fd)
+                c.closed = true
+            } else if reset || (ended && c.outgoing.isEmpty) {
+                k.closeWorld(c.fd)
+                c.closed = true
+            }
+        }
+        conns.removeAll { $0.closed }
+    }
+}
+
+final class TCPClientActor {
+    let fd: Int32
+    let toSend: [UInt8]
+    var sentCount = 0
+    var received: [UInt8] = []
+    var done = false
+    var halfClosed = false
+
+    init(fd: Int32, toSend: [UInt8]) { self.fd = fd; self.toSend = toSend }
+
+    func act(_ w: World, ending: Bool) {
+        let k = w.kernel
+        if w.random.chance(0.002) { k.reset(fd); w.cut += 1; done = true; return }
+        if sentCount < toSend.count {
+            let n = 1 + w.random.below(min(2000, toSend.count - sentCount))
+            if k.write(fd, Array(toSend[sentCount..<(sentCount + n)])) { sentCount += n }
+        } else if !halfClosed {
+            halfClosed = true
+            k.shutdownWrite(fd)
+        }
+        let (bytes, ended, reset) = k.read(fd, max: 1 + w.random.below(3000))
+        received += bytes
+        if received.count > sentCount || received != Array(toSend[0..<received.count]) {
+            return w.fail("TCP client: the echo is not what it sent (\(received.count) bytes back of \(sentCount) sent)")
+        }
+        if reset || ended {
+            if received.count < toSend.count { w.cut += 1; if getenv("WEIR_SIM_DEBUG") != nil { print("tcp client ended reset=\(reset) got \(received.count)/\(toSend.count) sent \(sentCount) t=\(k.now)") } } else { w.echoed += received.count }
+            k.closeWorld(fd)
+            done = true
+        } else if ending && w.random.chance(0.01) {
+            w.cut += 1
+            k.closeWorld(fd)
+            done = true
+        }
+    }
+}
