@@ -295,6 +295,13 @@ extension Shard {
         return !c.pointee.isTLS || tlsState(c).pointee.credit > 0
     }
 
+    /// The client half-closed and sent nothing after this request: its answer is the last, and
+    /// says Connection: close (RFC 9112 section 9.6).
+    func clientHalfClosedAfterThis(_ c: UnsafeMutablePointer<Connection>) -> Bool {
+        let f0 = c.flow(0)
+        return f0.pointee.sourceEnded && f0.pointee.body == .none && unread(f0) == 0
+    }
+
     func mayRetry(_ c: UnsafeMutablePointer<Connection>, _ route: Route) -> Bool {
         !c.pointee.ex.request.bodyStreamed && !c.pointee.ex.responseHeadDone && c.pointee.ex.retries < Int32(route.retry.attempts)
             && (c.pointee.ex.method.isIdempotent || route.retry.nonIdempotent)
@@ -376,7 +383,10 @@ extension Shard {
         // A request whose body did not go out whole leaves the connection's framing unknown to
         // the client's next request: Weir closes after answering, and says so.
         let closing = close || [400, 408, 413, 431, 501, 505].contains(status) || (c.pointee.ex.hasBody && !c.pointee.ex.request.isSent)
-        localCopy(c, status: status, bytes: LocalResponses.bytes(status: status, close: closing || c.pointee.ex.closeAfter), close: closing)
+        // From memory of its own, not a head buffer: an answer for an overload (502, 503, 504)
+        // must not fail for want of one, as it did when the head buffers ran out.
+        let bytes = LocalResponses.bytes(status: status, close: closing || c.pointee.ex.closeAfter || clientHalfClosedAfterThis(c))
+        writeLocal(c, status: status, pointer: UnsafeMutableRawPointer(mutating: bytes.baseAddress!), count: bytes.count, buffer: -1, close: closing)
     }
 
     func localCopy(_ c: UnsafeMutablePointer<Connection>, status: Int, bytes: [UInt8], close: Bool) {
@@ -386,13 +396,14 @@ extension Shard {
         writeLocal(c, status: status, pointer: headBuffer(out), count: n, buffer: out, close: close)
     }
 
+    /// `buffer`: the head buffer holding the bytes, or -1 when they live elsewhere for good.
     func writeLocal(_ c: UnsafeMutablePointer<Connection>, status: Int, pointer: UnsafeMutableRawPointer, count: Int, buffer: Int32, close: Bool) {
-        guard c.pointee.state == .open else { return releaseHeadBuffer(buffer) }
+        guard c.pointee.state == .open else { if buffer >= 0 { releaseHeadBuffer(buffer) }; return }
         let f0 = c.flow(0), f1 = c.flow(1)
         if responseBytesInFlight(c) {
             // A 1xx is on its way and reads flow 1's out buffer: this response cannot follow
             // it cleanly, so the connection ends (its buffers go when the send completes).
-            releaseHeadBuffer(buffer)
+            if buffer >= 0 { releaseHeadBuffer(buffer) }
             return abortHTTP(c)
         }
         detachUpstream(c, reuse: false)
@@ -426,16 +437,23 @@ enum LocalResponses {
         504: "upstream timed out\n", 505: "HTTP version not supported\n",
     ]
 
-    static let table: [Int: ([UInt8], [UInt8])] = {
-        var t: [Int: ([UInt8], [UInt8])] = [:]
+    /// Each response with and without Connection: close, in memory allocated once for the life
+    /// of the process, so a send may read it in place.
+    static let table: [Int: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)] = {
+        func stable(_ bytes: [UInt8]) -> UnsafeRawBufferPointer {
+            let p = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
+            p.copyBytes(from: bytes)
+            return UnsafeRawBufferPointer(p)
+        }
+        var t: [Int: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)] = [:]
         for (status, body) in LocalResponses.bodies {
             let b = Array(body.utf8)
-            t[status] = (Compiler.responseBytes(status: status, body: b, close: false), Compiler.responseBytes(status: status, body: b, close: true))
+            t[status] = (stable(Compiler.responseBytes(status: status, body: b, close: false)), stable(Compiler.responseBytes(status: status, body: b, close: true)))
         }
         return t
     }()
 
-    static func bytes(status: Int, close: Bool) -> [UInt8] {
+    static func bytes(status: Int, close: Bool) -> UnsafeRawBufferPointer {
         let pair = table[status] ?? table[502]!
         return close ? pair.1 : pair.0
     }

@@ -120,15 +120,25 @@ extension Shard {
     /// piece (the simulator found a shard whose whole pool was pinned by pipelined requests
     /// arriving a few bytes at a time, with no buffer left to read any response). A send in
     /// flight reads only the range it was given, so growing the tail under it is safe.
+    static var coalescePieceLimit: Int32 { 4096 }
+
     func enqueueReceived(_ flow: UnsafeMutablePointer<Flow>, bid: UInt16, length: Int32) {
+        enqueueReceived(flow, bid: Int(bid), length: length)
+    }
+
+    /// The same for a queue entry that may be a head buffer (TLS plaintext that spilled over).
+    func enqueueReceived(_ flow: UnsafeMutablePointer<Flow>, bid: Int, length: Int32) {
         let tail = Int(flow.pointee.tail)
-        if tail >= 0 && tail < buffers.count && Int(bufferLength[tail]) + Int(length) <= buffers.bufferBytes {
-            (bufferPointer(tail) + Int(bufferLength[tail])).copyMemory(from: buffers.pointer(bid), byteCount: Int(length))
+        // Only small pieces are copied: a large one wastes little of its own buffer, and bulk
+        // streams must not pay a copy per receive.
+        if length <= Shard.coalescePieceLimit && tail >= 0 && tail < buffers.count
+            && Int(bufferLength[tail]) + Int(length) <= buffers.bufferBytes {
+            (bufferPointer(tail) + Int(bufferLength[tail])).copyMemory(from: bufferPointer(bid), byteCount: Int(length))
             bufferLength[tail] += length
-            buffers.recycle(bid)
+            releaseBuffer(bid)
             return
         }
-        enqueue(flow, bid: Int(bid), length: length)
+        enqueue(flow, bid: bid, length: length)
     }
 
     /// A flow's recv stopped because the buffer ring was empty: remember it (with its slot's

@@ -42,6 +42,7 @@ public enum Simulation {
     listeners:
       - { name: web, address: "10.0.0.1:80", protocol: http, cluster: app, http: { max_header_bytes: 4KiB, max_request_line_bytes: 2KiB } }
       - { name: raw, address: "10.0.0.1:7", protocol: tcp, cluster: echo }
+      - { name: sni, address: "10.0.0.1:443", protocol: tcp, client_hello_timeout: 2s, routes: [{ match: { sni: api.example.com }, cluster: echo }] }
     clusters:
       - name: app
         connect_timeout: 1s
@@ -54,6 +55,19 @@ public enum Simulation {
 
     static let web = SocketAddress(ipv4: 10, 0, 0, 1, port: 80)
     static let raw = SocketAddress(ipv4: 10, 0, 0, 1, port: 7)
+    static let sni = SocketAddress(ipv4: 10, 0, 0, 1, port: 443)
+    /// A ClientHello `openssl s_client -servername api.Example.com` sent.
+    static let hello: [UInt8] = {
+        let hex = "160301014b010001470303c848bc367b181609cdfbe131835d0c1ae2ff7b91725e7258e10dd744be7e375720b627fcf56753d07038a712bd769d8cc28707117874dd34032a26fd588d25ec8d003e130213031301c02cc030009fcca9cca8ccaac02bc02f009ec024c028006bc023c0270067c00ac0140039c009c0130033009d009c003d003c0035002f00ff010000c000000014001200000f6170692e4578616d706c652e636f6d000b000403000102000a00160014001d0017001e0019001801000101010201030104002300000010000b000908687474702f312e310016000000170000000d002a0028040305030603080708080809080a080b080408050806040105010601030303010302040205020602002b0009080304030303020301002d00020101003300260024001d00206ccd22a83f1b02936ceec594524da60c9e477547d270f4cb3655adbe530be455"
+        var out: [UInt8] = []
+        var i = hex.startIndex
+        while i < hex.endIndex {
+            let j = hex.index(i, offsetBy: 2)
+            out.append(UInt8(hex[i..<j], radix: 16)!)
+            i = j
+        }
+        return out
+    }()
     static let apps = [SocketAddress(ipv4: 10, 0, 1, 1, port: 80), SocketAddress(ipv4: 10, 0, 1, 2, port: 80)]
     static let echo = SocketAddress(ipv4: 10, 0, 2, 1, port: 7)
 
@@ -67,6 +81,7 @@ public enum Simulation {
         let sockets = ListenerSockets()
         sockets.put(web, fds: [kernel.listen(web, world: false)])
         sockets.put(raw, fds: [kernel.listen(raw, world: false)])
+        sockets.put(sni, fds: [kernel.listen(sni, world: false)])
         for a in apps { world.upstreams.append(HTTPUpstreamActor(listener: kernel.listen(a, world: true))) }
         world.echoListener = kernel.listen(echo, world: true)
         let shard: Shard<SimIO>
@@ -84,7 +99,11 @@ public enum Simulation {
             world.act(ending: false)
             kernel.advance(by: Int64(world.random.below(2_000_000)))
             _ = shard.turn(waitNanoseconds: 1_000_000)
-            if let f = world.failure { report.failure = "step \(step): \(f)"; break }
+            if let f = world.failure {
+                let st = control.stats.pointee
+                report.failure = "step \(step): \(f) [shard: aborted \(st.aborted), no slot \(st.rejectedNoSlot), head buffers exhausted \(st.headBuffersExhausted), idle timeouts \(st.idleTimeouts)]"
+                break
+            }
         }
         if getenv("WEIR_SIM_DEBUG") != nil {
             print("after steps: clients \(world.clients.count) (outstanding \(world.clients.map(\.outstanding.count))), tcp \(world.tcpClients.count), shard active \(shard.active), buffers out \(shard.buffers.outstanding), head free \(shard.headFreeCount), upstreams \(shard.upstreamsOpen), starved \(shard.starvedFlows.count)/\(shard.starvedUpstreams.count), waiters \(shard.headWaiters.count), t=\(kernel.now)")
@@ -166,7 +185,27 @@ final class World {
                     clients.append(HTTPClientActor(id: httpStarted, fd: fd, plan: 1 + random.below(8), pipeline: 1 + random.below(3), patient: random.chance(0.8)))
                 }
             }
-            if tcpClients.count < 4 && random.chance(0.02) {
+            if tcpClients.count < 8 && random.chance(0.02) {
+                // Through the listener that routes by server name: a real ClientHello and bytes
+                // after it (echoed), or what port scanners and broken clients send: nothing, half
+                // a hello, bytes that are not TLS (the connection must end, echoing nothing).
+                tcpStarted += 1
+                if let fd = kernel.connect(to: Simulation.sni, from: SocketAddress(ipv4: 10, 3, 0, 1, port: UInt16(3000 + tcpStarted % 60000))) {
+                    switch random.below(4) {
+                    case 0:
+                        var bytes = Simulation.hello
+                        for _ in 0..<random.below(3000) { bytes.append(UInt8(truncatingIfNeeded: random.next())) }
+                        tcpClients.append(TCPClientActor(fd: fd, toSend: bytes))
+                    case 1:
+                        kernel.closeWorld(fd)
+                    case 2:
+                        tcpClients.append(TCPClientActor(fd: fd, toSend: Array(Simulation.hello.prefix(1 + random.below(Simulation.hello.count - 1))), refused: true))
+                    default:
+                        tcpClients.append(TCPClientActor(fd: fd, toSend: Array("GET / HTTP/1.1\r\n\r\n".utf8), refused: true))
+                    }
+                }
+            }
+            if tcpClients.count < 8 && random.chance(0.02) {
                 tcpStarted += 1
                 if let fd = kernel.connect(to: Simulation.raw, from: SocketAddress(ipv4: 10, 2, 0, 1, port: UInt16(2000 + tcpStarted % 60000))) {
                     var bytes = [UInt8](repeating: 0, count: 1 + random.below(6000))
@@ -194,6 +233,13 @@ final class World {
         }
         echoes.removeAll { $0.closed }
     }
+}
+
+/// FNV-1a of a body, as text: what the simulated upstream answers for a request with one.
+func bodyHash(_ bytes: [UInt8]) -> String {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    return String(h, radix: 16)
 }
 
 /// Scans HTTP/1.1 messages out of a byte stream: a head up to CRLFCRLF, a Content-Length body.
@@ -244,6 +290,8 @@ final class HTTPClientActor {
     /// Paths sent and not yet answered, oldest first, and when each was sent.
     var outstanding: [String] = []
     var sentAt: [Int64] = []
+    /// What each answer's body must be: its path, and for a request with a body, the body's hash.
+    var expectedBodies: [String] = []
     var outgoing: [UInt8] = []
     var reader = MessageReader()
     var done = false
@@ -269,10 +317,13 @@ final class HTTPClientActor {
             outstanding.append(path)
             sentAt.append(k.now)
             if w.random.chance(0.3) {
-                let body = String(repeating: "b", count: 1 + w.random.below(3000))
-                outgoing += Array("PUT \(path) HTTP/1.1\r\nHost: sim\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+                var body = [UInt8](repeating: 0, count: 1 + w.random.below(12000))
+                for i in body.indices { body[i] = UInt8(truncatingIfNeeded: w.random.next()) }
+                outgoing += Array("PUT \(path) HTTP/1.1\r\nHost: sim\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+                expectedBodies.append("\(path) \(bodyHash(body))")
             } else {
                 outgoing += Array("GET \(path) HTTP/1.1\r\nHost: sim\r\n\r\n".utf8)
+                expectedBodies.append(path)
             }
         }
         if !outgoing.isEmpty {
@@ -294,14 +345,15 @@ final class HTTPClientActor {
             }
             outstanding.removeFirst()
             sentAt.removeFirst()
+            let wanted = expectedBodies.removeFirst()
             w.responses += 1
             if line.hasPrefix("HTTP/1.1 200") {
                 let got = String(decoding: body, as: UTF8.self)
-                if got != expected { return w.fail("client \(id): asked for \(expected), got the response for \(got)") }
+                if got != wanted { return w.fail("client \(id): asked for \(wanted), got the response for \(got)") }
             } else if ["HTTP/1.1 502", "HTTP/1.1 503"].contains(where: { line.hasPrefix($0) }) {
                 // Upstream resets and refused connects: Weir's answers for them.
                 w.errorResponses += 1
-                if headers.contains(where: { $0.0 == "connection" && $0.1 == "close" }) { outstanding.removeAll(); sentAt.removeAll(); closing = true }
+                if headers.contains(where: { $0.0 == "connection" && $0.1 == "close" }) { outstanding.removeAll(); sentAt.removeAll(); expectedBodies.removeAll(); closing = true }
             } else if line.hasPrefix("HTTP/1.1 504") || line.hasPrefix("HTTP/1.1 408") {
                 // Every upstream here answers at once and every client sends at once: a timeout
                 // means the shard stalled (a pool pinned, a wake-up lost).
@@ -312,6 +364,11 @@ final class HTTPClientActor {
         }
         if let first = sentAt.first, k.now - first > 16_000_000_000 {
             return w.fail("client \(id): \(outstanding[0]) unanswered for 16 s of simulated time: the shard stalled")
+        }
+        if (reset || ended) && patient && !outstanding.isEmpty && !closing {
+            // Nothing here cuts a patient client short: its upstreams answer whole responses
+            // before they close, and Weir's own answers say Connection: close when it closes.
+            return w.fail("client \(id): its connection ended with \(outstanding.count) request(s) unanswered (\(outstanding[0]) first, half-closed: \(halfClosed))")
         }
         if reset || ended {
             if !outstanding.isEmpty { w.cut += 1; if getenv("WEIR_SIM_DEBUG") != nil { print("http client \(id) ended reset=\(reset) outstanding=\(outstanding.count) sent=\(sent)/\(plan) half=\(halfClosed) t=\(k.now)") } }
@@ -351,7 +408,7 @@ final class HTTPUpstreamActor {
             c.reader.bytes += bytes
             while c.outgoing.isEmpty && !c.closeAfterSend {
                 guard let message = c.reader.next() else { w.fail("upstream: a request Weir forwarded is not HTTP/1.1 it can frame"); return }
-                guard let (line, _, _) = message else { break }
+                guard let (line, _, requestBody) = message else { break }
                 let parts = line.split(separator: " ")
                 guard parts.count == 3, parts[2] == "HTTP/1.1", parts[1].hasPrefix("/c") else { w.fail("upstream: bad request line \(line)"); return }
                 if w.random.chance(0.01) {
@@ -362,7 +419,7 @@ final class HTTPUpstreamActor {
                     break
                 }
                 c.served += 1
-                let body = String(parts[1])
+                let body = String(parts[1]) + (parts[0] == "PUT" ? " \(bodyHash(requestBody))" : "")
                 c.outgoing += Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
                 // A pooled connection the upstream closes right after an answer (nginx's
                 // keepalive_requests), without saying so.
@@ -394,8 +451,12 @@ final class TCPClientActor {
     var received: [UInt8] = []
     var done = false
     var halfClosed = false
+    /// Weir must end this connection without passing a byte on (an SNI listener given half a
+    /// ClientHello, or no TLS at all); the client gives up after a while if it does not.
+    let refused: Bool
+    var waited = 0
 
-    init(fd: Int32, toSend: [UInt8]) { self.fd = fd; self.toSend = toSend }
+    init(fd: Int32, toSend: [UInt8], refused: Bool = false) { self.fd = fd; self.toSend = toSend; self.refused = refused }
 
     func act(_ w: World, ending: Bool) {
         let k = w.kernel
@@ -411,6 +472,15 @@ final class TCPClientActor {
         received += bytes
         if received.count > sentCount || received != Array(toSend[0..<received.count]) {
             return w.fail("TCP client: the echo is not what it sent (\(received.count) bytes back of \(sentCount) sent)")
+        }
+        if refused {
+            if !received.isEmpty { return w.fail("SNI client: bytes came back through a connection that had no route") }
+            waited += 1
+            if reset || ended || waited > 3000 || (ending && waited > 200) {
+                k.closeWorld(fd)
+                done = true
+            }
+            return
         }
         if reset || ended {
             if received.count < toSend.count { w.cut += 1; if getenv("WEIR_SIM_DEBUG") != nil { print("tcp client ended reset=\(reset) got \(received.count)/\(toSend.count) sent \(sentCount) t=\(k.now)") } } else { w.echoed += received.count }

@@ -165,7 +165,12 @@ extension Shard {
                 // (responseComplete takes the next one; processRequest closes at the end).
                 // A body still going out may be here whole: pumpRequest ends the connection only
                 // if the client's bytes run out before the body's framing does.
-                if flow.pointee.body != .none { pumpRequest(c) }
+                if flow.pointee.body == .contentLength && UInt64(max(0, unread(flow) - Int(flow.pointee.segment))) < flow.pointee.bodyRemaining {
+                    // Cut short, and certain to be: do not spend an upstream connection on it.
+                    abortHTTP(c)
+                } else if flow.pointee.body != .none {
+                    pumpRequest(c)
+                }
             }
         case -ENOBUFS:
             starve(c, 0)

@@ -227,7 +227,7 @@ extension Shard {
                 c.pointee.ex.upstreamKeepAlive = rh.keepAlive
                 if rh.framing == .untilClose || draining { c.pointee.ex.closeAfter = true }
                 let connection: HeadWriter.ConnectionHeader = tunnel ? .upgrade
-                    : c.pointee.ex.closeAfter ? .close : (c.pointee.ex.minorVersion == 0 ? .keepAlive : .none)
+                    : c.pointee.ex.closeAfter || clientHalfClosedAfterThis(c) ? .close : (c.pointee.ex.minorVersion == 0 ? .keepAlive : .none)
                 guard let out = takeHeadBuffer() else {
                     control.stats.pointee.headBuffersExhausted += 1
                     return waitForHeadBuffer(c, kind: 1)

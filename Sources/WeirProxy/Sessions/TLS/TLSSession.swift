@@ -139,7 +139,7 @@ extension Shard {
             Log.debug("shard \(index): TLS read failed: \(openSSLErrors())")
             return .failed(handshake: false)
         }
-        if offset > 0 { enqueue(flow, bid: current, length: Int32(offset)) } else { releaseBuffer(current) }
+        if offset > 0 { enqueueReceived(flow, bid: current, length: Int32(offset)) } else { releaseBuffer(current) }
         return .data(total, closeNotify: closeNotify, handshakeDone: justDone)
     }
 
