@@ -140,6 +140,7 @@ final class HealthChecker: @unchecked Sendable {
             if changed { publish() }
         }
         for i in probes.indices where probes[i].fd >= 0 { ring.close(fd: probes[i].fd) }
+        ring.submit()
         // Tear the ring down first (that cancels whatever is pending), then free the buffers it
         // might have written into.
         ring = nil

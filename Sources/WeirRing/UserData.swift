@@ -16,6 +16,10 @@ public struct UserData: Equatable, Sendable {
     @inlinable public var slot: Int { Int((raw >> 24) & 0xFF_FFFF) }
     @inlinable public var generation: UInt32 { UInt32(raw & 0xFF_FFFF) }
 
+    /// Completions a backend asks for itself (a failed close or shutdown on the ring); callers
+    /// ignore the operation 0xFF.
+    public static let backendInternal = UserData(op: 0xFF, slot: 0, generation: 0)
+
     /// Slot generations wrap at 24 bits.
     public static let generationMask: UInt32 = 0xFF_FFFF
 }

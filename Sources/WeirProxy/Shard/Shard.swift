@@ -223,6 +223,8 @@ final class Shard<IO: IOBackend> {
     func run() {
         begin()
         while turn(waitNanoseconds: 1_000_000_000) {}
+        // Closes queued in the last turn go to the kernel before the ring does.
+        ring.submit()
         publishStats()
     }
 
