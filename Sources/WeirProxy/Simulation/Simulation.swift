@@ -6,6 +6,7 @@
 // must have given back every buffer, slot and socket. A failing seed replays exactly.
 import WeirConfig
 import WeirCore
+import WeirHTTP
 import WeirRing
 #if canImport(Glibc)
 import Glibc
@@ -56,18 +57,8 @@ public enum Simulation {
     static let web = SocketAddress(ipv4: 10, 0, 0, 1, port: 80)
     static let raw = SocketAddress(ipv4: 10, 0, 0, 1, port: 7)
     static let sni = SocketAddress(ipv4: 10, 0, 0, 1, port: 443)
-    /// A ClientHello `openssl s_client -servername api.Example.com` sent.
-    static let hello: [UInt8] = {
-        let hex = "160301014b010001470303c848bc367b181609cdfbe131835d0c1ae2ff7b91725e7258e10dd744be7e375720b627fcf56753d07038a712bd769d8cc28707117874dd34032a26fd588d25ec8d003e130213031301c02cc030009fcca9cca8ccaac02bc02f009ec024c028006bc023c0270067c00ac0140039c009c0130033009d009c003d003c0035002f00ff010000c000000014001200000f6170692e4578616d706c652e636f6d000b000403000102000a00160014001d0017001e0019001801000101010201030104002300000010000b000908687474702f312e310016000000170000000d002a0028040305030603080708080809080a080b080408050806040105010601030303010302040205020602002b0009080304030303020301002d00020101003300260024001d00206ccd22a83f1b02936ceec594524da60c9e477547d270f4cb3655adbe530be455"
-        var out: [UInt8] = []
-        var i = hex.startIndex
-        while i < hex.endIndex {
-            let j = hex.index(i, offsetBy: 2)
-            out.append(UInt8(hex[i..<j], radix: 16)!)
-            i = j
-        }
-        return out
-    }()
+    /// A real ClientHello naming api.Example.com.
+    static let hello = ClientHello.sample
     static let apps = [SocketAddress(ipv4: 10, 0, 1, 1, port: 80), SocketAddress(ipv4: 10, 0, 1, 2, port: 80)]
     static let echo = SocketAddress(ipv4: 10, 0, 2, 1, port: 7)
 
