@@ -9,7 +9,7 @@ import WeirProxy
 @Suite(.serialized) struct SimulationTests {
     static let snapshot = try! Compiler.compile(YAMLLoader.parse(Simulation.configYAML, file: "<simulation>"))
 
-    @Test(arguments: 1...12)
+    @Test(arguments: 1...10)
     func aSeedKeepsEveryInvariant(seed: Int) {
         let report = Simulation.run(seed: UInt64(seed), steps: 5000, snapshot: SimulationTests.snapshot)
         #expect(report.failure == nil, "\(report)")

@@ -147,7 +147,7 @@ extension Shard {
         case .cluster(let i): ci = i
         case .weighted(let weights): ci = weights.pick(random.next())
         case .direct(let status, let keepAlive, let close):
-            let closing = c.pointee.ex.closeAfter || c.pointee.ex.hasBody
+            let closing = c.pointee.ex.closeAfter || c.pointee.ex.hasBody || clientHalfClosedAfterThis(c)
             return localCopy(c, status: status, bytes: closing ? close : keepAlive, close: closing)
         case .redirect(let r):
             return redirect(c, r, route: route, head: head, source: source)
@@ -216,7 +216,7 @@ extension Shard {
 
     func redirect(_ c: UnsafeMutablePointer<Connection>, _ r: Redirect, route: Route, head: RequestHead, source: UnsafeRawBufferPointer) {
         guard let out = takeHeadBuffer() else { return localResponse(c, status: 503, close: true) }
-        let closing = c.pointee.ex.closeAfter || c.pointee.ex.hasBody
+        let closing = c.pointee.ex.closeAfter || c.pointee.ex.hasBody || clientHalfClosedAfterThis(c)
         let buf = UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)
         var n = 0
         func put(_ bytes: UnsafeRawBufferPointer) {
@@ -299,7 +299,8 @@ extension Shard {
     /// says Connection: close (RFC 9112 section 9.6).
     func clientHalfClosedAfterThis(_ c: UnsafeMutablePointer<Connection>) -> Bool {
         let f0 = c.flow(0)
-        return f0.pointee.sourceEnded && f0.pointee.body == .none && unread(f0) == 0
+        // Bytes framed as this request's body but not yet sent still count in unread.
+        return f0.pointee.sourceEnded && f0.pointee.body == .none && unread(f0) - Int(f0.pointee.segment) == 0
     }
 
     func mayRetry(_ c: UnsafeMutablePointer<Connection>, _ route: Route) -> Bool {

@@ -120,8 +120,6 @@ extension Shard {
     /// piece (the simulator found a shard whose whole pool was pinned by pipelined requests
     /// arriving a few bytes at a time, with no buffer left to read any response). A send in
     /// flight reads only the range it was given, so growing the tail under it is safe.
-    static var coalescePieceLimit: Int32 { 4096 }
-
     func enqueueReceived(_ flow: UnsafeMutablePointer<Flow>, bid: UInt16, length: Int32) {
         enqueueReceived(flow, bid: Int(bid), length: length)
     }
@@ -129,9 +127,9 @@ extension Shard {
     /// The same for a queue entry that may be a head buffer (TLS plaintext that spilled over).
     func enqueueReceived(_ flow: UnsafeMutablePointer<Flow>, bid: Int, length: Int32) {
         let tail = Int(flow.pointee.tail)
-        // Only small pieces are copied: a large one wastes little of its own buffer, and bulk
-        // streams must not pay a copy per receive.
-        if length <= Shard.coalescePieceLimit && tail >= 0 && tail < buffers.count
+        // Pieces up to a quarter of a buffer are copied (a larger one wastes at most three
+        // quarters of its own); bulk streams arrive in near-full buffers and pay no copy.
+        if Int(length) <= buffers.bufferBytes / 4 && tail >= 0 && tail < buffers.count
             && Int(bufferLength[tail]) + Int(length) <= buffers.bufferBytes {
             (bufferPointer(tail) + Int(bufferLength[tail])).copyMemory(from: bufferPointer(bid), byteCount: Int(length))
             bufferLength[tail] += length

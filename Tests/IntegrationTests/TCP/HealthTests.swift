@@ -149,7 +149,10 @@ import WeirDemo
         // Passive ejection took b out after a couple of refused connects per shard, instead of
         // every second connection paying a refused connect until the active check caught up.
         let failures = Int(weir.log.components(separatedBy: "connect failures ").last?.prefix { $0.isNumber } ?? "") ?? -1
-        #expect((1...20).contains(failures), "connect failures \(failures)")
+        // Without it, about half of the 200 connections after b died would fail (till the active
+        // check's two 200 ms intervals); the bound leaves room for a busy machine (a report
+        // reaches the health checker's thread and comes back as a snapshot: 34 seen under load).
+        #expect((1...50).contains(failures), "connect failures \(failures)")
         #expect(weir.log.contains("-> ejected"))
     }
 
