@@ -19,6 +19,12 @@ public struct SimFaults: Sendable {
     /// A connect to a listening address fails (refused) or never completes (the timeout ends it).
     public var connectRefused = 0.05
     public var connectHangs = 0.03
+    /// Some of the pool's free buffers go out of reach for up to `poolHeldSteps` steps (as if
+    /// still on their way back to the kernel), so receives starve, stay starved while
+    /// connections come and go, and the shard's starved list is exercised; they come back
+    /// through a commit, as recycled buffers do.
+    public var poolHeldBack = 0.05
+    public var poolHeldSteps = 40
     public init() {}
 }
 
@@ -97,6 +103,8 @@ public final class SimKernel {
     var completions: [(UInt64, Int32, UInt32)] = []
     var cancels: [(target: UInt64, fd: Int32, all: Bool, ud: UInt64)] = []
     var pool: SimBuffers?
+    var held: [UInt16] = []
+    var heldSteps = 0
     /// Shard-side sockets opened and not closed: the harness checks none is left.
     public private(set) var shardSockets = 0
 
@@ -231,6 +239,15 @@ public final class SimKernel {
     /// completed, moves time to the next deadline (at most `wait`) and fires what is due.
     func step(wait: Int64) {
         submit()
+        if let pool {
+            if held.isEmpty && chance(faults.poolHeldBack) {
+                held = pool.holdBack(random.below(pool.count + 1))
+                heldSteps = 1 + random.below(faults.poolHeldSteps)
+            } else if !held.isEmpty {
+                heldSteps -= 1
+                if heldSteps <= 0 { pool.giveBack(held); held = [] }
+            }
+        }
         var order = Array(pending.indices)
         for i in order.indices.reversed() { order.swapAt(i, Int(random.next() % UInt64(i + 1))) }
         var keep = [Bool](repeating: true, count: pending.count)
@@ -386,6 +403,15 @@ public final class SimBuffers: ReceiveBuffers {
         return Int32(n)
     }
     func take() -> UInt16? { free.popLast() }
+
+    /// Takes up to `n` free buffers out of reach; `giveBack` queues them for the next commit.
+    func holdBack(_ n: Int) -> [UInt16] {
+        let k = min(n, free.count)
+        let held = Array(free.suffix(k))
+        free.removeLast(k)
+        return held
+    }
+    func giveBack(_ held: [UInt16]) { recycled += held }
 }
 
 public final class SimIO: IOBackend {

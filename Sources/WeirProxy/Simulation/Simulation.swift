@@ -23,13 +23,15 @@ public struct SimulationReport: Sendable, CustomStringConvertible {
     public var tcpBytesEchoed = 0
     public var upstreamResets = 0
     public var upstreamCloses = 0
+    /// Receives that found the buffer pool empty (each one starved a flow until buffers came back).
+    public var poolDry = 0
     /// The first broken invariant, or nil.
     public var failure: String?
 
     public var description: String {
         "seed \(seed): \(steps) steps, \(httpClients) HTTP clients, \(responses) responses (\(errorResponses) made by Weir), "
             + "\(cutConnections) connections cut, \(tcpClients) TCP clients, \(tcpBytesEchoed) bytes echoed, "
-            + "\(upstreamResets) upstream resets, \(upstreamCloses) pooled connections closed by upstreams: "
+            + "\(upstreamResets) upstream resets, \(upstreamCloses) pooled connections closed by upstreams, pool dry \(poolDry) times: "
             + (failure.map { "FAILED: \($0)" } ?? "ok")
     }
 }
@@ -140,6 +142,7 @@ public enum Simulation {
         report.tcpBytesEchoed = world.echoed
         report.upstreamResets = world.upstreamResets
         report.upstreamCloses = world.upstreamCloses
+        report.poolDry = control.stats.pointee.bufferRingDry
         if report.failure == nil, let f = world.failure { report.failure = f }
         return report
     }
