@@ -139,7 +139,6 @@ public final class EpollIO: IOBackend {
     let epfd: Int32
     var descriptors: UnsafeMutablePointer<Descriptor>
     var capacity: Int
-    var highest: Int32 = -1
     var queued: [Operation] = []
     var completions: [Completion] = []
     var delivering: [Completion] = []
@@ -281,36 +280,13 @@ public final class EpollIO: IOBackend {
 
     func start(_ op: Operation) {
         switch op {
-        case .accept(let fd, let ud):
-            guard let d = watch(fd, nonblocking: true) else { return complete(ud, -errno) }
-            d.pointee.input = .accept
-            d.pointee.inputUD = ud
-            runInput(fd, d)
-        case .recvMultishot(let fd, let limit, let ud):
-            guard let d = watch(fd, nonblocking: false) else { return complete(ud, -errno) }
-            d.pointee.input = .multishot(remaining: limit == 0 ? .max : limit)
-            d.pointee.inputUD = ud
-            runInput(fd, d)
-        case .recv(let fd, let buffer, let count, let ud):
-            guard let d = watch(fd, nonblocking: false) else { return complete(ud, -errno) }
-            d.pointee.input = .recv(buffer, count)
-            d.pointee.inputUD = ud
-            runInput(fd, d)
-        case .read(let fd, let buffer, let count, let ud):
-            guard let d = watch(fd, nonblocking: true) else { return complete(ud, -errno) }
-            d.pointee.input = .read(buffer, count)
-            d.pointee.inputUD = ud
-            runInput(fd, d)
-        case .send(let fd, let buffer, let count, let ud):
-            guard let d = watch(fd, nonblocking: false) else { return complete(ud, -errno) }
-            d.pointee.output = .send(buffer, count)
-            d.pointee.outputUD = ud
-            runOutput(fd, d)
-        case .sendmsg(let fd, let message, let ud):
-            guard let d = watch(fd, nonblocking: false) else { return complete(ud, -errno) }
-            d.pointee.output = .sendmsg(message)
-            d.pointee.outputUD = ud
-            runOutput(fd, d)
+        // accept4 and read(2) have no MSG_DONTWAIT: their descriptors go non-blocking.
+        case .accept(let fd, let ud): startInput(fd, .accept, ud, nonblocking: true)
+        case .recvMultishot(let fd, let limit, let ud): startInput(fd, .multishot(remaining: limit == 0 ? .max : limit), ud)
+        case .recv(let fd, let buffer, let count, let ud): startInput(fd, .recv(buffer, count), ud)
+        case .read(let fd, let buffer, let count, let ud): startInput(fd, .read(buffer, count), ud, nonblocking: true)
+        case .send(let fd, let buffer, let count, let ud): startOutput(fd, .send(buffer, count), ud)
+        case .sendmsg(let fd, let message, let ud): startOutput(fd, .sendmsg(message), ud)
         case .connect(let fd, let address, let length, let ns, let ud, let timeoutUD):
             guard let d = watch(fd, nonblocking: true) else { complete(ud, -errno); return complete(timeoutUD, -ECANCELED) }
             if Glibc.connect(fd, address, length) == 0 { complete(ud, 0); return complete(timeoutUD, -ECANCELED) }
@@ -343,6 +319,20 @@ public final class EpollIO: IOBackend {
         }
     }
 
+    func startInput(_ fd: Int32, _ input: Input, _ ud: UInt64, nonblocking: Bool = false) {
+        guard let d = watch(fd, nonblocking: nonblocking) else { return complete(ud, -errno) }
+        d.pointee.input = input
+        d.pointee.inputUD = ud
+        runInput(fd, d)
+    }
+
+    func startOutput(_ fd: Int32, _ output: Output, _ ud: UInt64) {
+        guard let d = watch(fd, nonblocking: false) else { return complete(ud, -errno) }
+        d.pointee.output = output
+        d.pointee.outputUD = ud
+        runOutput(fd, d)
+    }
+
     /// The descriptor's state, registering it with epoll on its first operation.
     func watch(_ fd: Int32, nonblocking: Bool) -> UnsafeMutablePointer<Descriptor>? {
         guard fd >= 0 else { errno = EBADF; return nil }
@@ -355,7 +345,6 @@ public final class EpollIO: IOBackend {
             // Unknown until tried: the first system call finds out.
             d.pointee.readable = true
             d.pointee.writable = true
-            highest = max(highest, fd)
         }
         return d
     }

@@ -113,7 +113,7 @@ public final class SimKernel {
         self.faults = faults
     }
 
-    func chance(_ p: Double) -> Bool { Double(random.next() % 1_000_000) < p * 1_000_000 }
+    func chance(_ p: Double) -> Bool { random.chance(p) }
 
     func socket(_ fd: Int32) -> Socket? { sockets[fd] }
 

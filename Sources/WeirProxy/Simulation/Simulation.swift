@@ -249,7 +249,7 @@ struct MessageReader {
         var headers: [(String, String)] = []
         for l in lines where !l.isEmpty {
             guard let colon = l.firstIndex(of: ":") else { return nil }
-            headers.append((l[..<colon].lowercased(), String(l[l.index(after: colon)...]).trimmingCharacters(in: " ")))
+            headers.append((l[..<colon].lowercased(), trimmingSpaces(l[l.index(after: colon)...])))
         }
         let length = headers.first { $0.0 == "content-length" }.flatMap { Int($0.1) } ?? 0
         if headers.contains(where: { $0.0 == "transfer-encoding" }) { return nil }
@@ -266,13 +266,11 @@ struct MessageReader {
     }
 }
 
-extension String {
-    func trimmingCharacters(in set: Character) -> String {
-        var s = Substring(self)
-        while s.first == set { s = s.dropFirst() }
-        while s.last == set { s = s.dropLast() }
-        return String(s)
-    }
+func trimmingSpaces(_ s: Substring) -> String {
+    var s = s
+    while s.first == " " { s = s.dropFirst() }
+    while s.last == " " { s = s.dropLast() }
+    return String(s)
 }
 
 final class HTTPClientActor {
