@@ -4,6 +4,7 @@
 // flags carry IORING_CQE_F_MORE for multishot operations and the buffer id of a provided buffer.
 // Code is generic over the backend and specialized, so the io_uring path calls liburing directly.
 import CURing
+import CWeirSys
 import WeirCore
 #if canImport(Glibc)
 import Glibc
@@ -87,6 +88,18 @@ public protocol IOBackend: AnyObject {
     func peerName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32
     /// Monotonic time in nanoseconds (coarse: the cheap, tick-grained clock).
     func clock(coarse: Bool) -> Int64
+
+    // The splice data path's synchronous calls (it moves bytes on the shard thread and uses the
+    // backend only to wait for readiness with `poll`).
+    /// Puts a socket in non-blocking mode (splice(2) honours SPLICE_F_NONBLOCK only on the pipe).
+    func setNonBlocking(fd: Int32)
+    /// A non-blocking pipe that holds about `bytes`; nil with errno set when none can be made.
+    func makePipe(bytes: Int) -> (read: Int32, write: Int32)?
+    /// Moves up to `count` bytes from `from` to `to` (one of them a pipe) without blocking: the
+    /// bytes moved, 0 at the end of the source, or a negated errno (-EAGAIN: not ready).
+    func splice(from: Int32, to: Int32, count: Int) -> Int
+    /// Closes one end of a pipe from `makePipe`.
+    func closePipe(fd: Int32)
 }
 
 /// The kernel's answers, for the real backends.
@@ -98,4 +111,17 @@ extension IOBackend {
         return storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
     }
     @inlinable public func clock(coarse: Bool) -> Int64 { monotonicNanoseconds(coarse: coarse) }
+    public func setNonBlocking(fd: Int32) { _ = weir_set_nonblock(fd) }
+    public func makePipe(bytes: Int) -> (read: Int32, write: Int32)? {
+        var fds: (Int32, Int32) = (-1, -1)
+        let rc = withUnsafeMutablePointer(to: &fds) { $0.withMemoryRebound(to: Int32.self, capacity: 2) { weir_pipe_nonblock($0) } }
+        guard rc == 0 else { return nil }
+        _ = weir_set_pipe_size(fds.1, Int32(clamping: bytes))
+        return (fds.0, fds.1)
+    }
+    public func splice(from: Int32, to: Int32, count: Int) -> Int {
+        let n = weir_splice_nonblock(from, to, count)
+        return n >= 0 ? n : -Int(errno)
+    }
+    public func closePipe(fd: Int32) { _ = Glibc.close(fd) }
 }

@@ -53,7 +53,7 @@ public final class SimKernel {
     public private(set) var now: Int64 = 1_000_000_000
 
     final class Socket {
-        enum Kind { case unconnected, listener, stream }
+        enum Kind { case unconnected, listener, stream, pipeRead, pipeWrite }
         var kind: Kind
         var address: SocketAddress?
         /// Streams: the other end's fd (-1 once it is gone), bytes waiting to be read, and what
@@ -66,6 +66,8 @@ public final class SimKernel {
         var peerAddress: SocketAddress?
         /// Listeners: connections waiting for accept.
         var backlog: [Int32] = []
+        /// Pipes: what the read end holds at most (its inbox holds the bytes).
+        var capacity = 0
         /// Owned by the world (a simulated client or upstream) rather than the shard.
         var world: Bool
         init(kind: Kind, world: Bool) { self.kind = kind; self.world = world }
@@ -79,18 +81,29 @@ public final class SimKernel {
         case connect(fd: Int32, address: SocketAddress, ud: UInt64, timeoutUD: UInt64, deadline: Int64, hangs: Bool)
         case timeout(deadline: Int64, ud: UInt64)
         case read(fd: Int32, ud: UInt64)
+        case poll(fd: Int32, events: UInt32, ud: UInt64)
 
         var ud: UInt64 {
             switch self {
             case .accept(_, let ud), .recvMultishot(_, _, let ud), .recv(_, _, _, let ud), .send(_, _, let ud),
-                 .connect(_, _, let ud, _, _, _), .timeout(_, let ud), .read(_, let ud): ud
+                 .connect(_, _, let ud, _, _, _), .timeout(_, let ud), .read(_, let ud), .poll(_, _, let ud): ud
             }
         }
         var fd: Int32 {
             switch self {
             case .accept(let fd, _), .recvMultishot(let fd, _, _), .recv(let fd, _, _, _), .send(let fd, _, _),
-                 .connect(let fd, _, _, _, _, _), .read(let fd, _): fd
+                 .connect(let fd, _, _, _, _, _), .read(let fd, _), .poll(let fd, _, _): fd
             case .timeout: -1
+            }
+        }
+        /// Takes bytes from its socket: at most one such operation may wait on a socket (the
+        /// kernel would allow two; for Weir a second one is always a bug: bytes would go to two
+        /// owners, in no defined order).
+        var reads: Bool {
+            switch self {
+            case .recvMultishot, .recv: true
+            case .poll(_, let events, _): events & UInt32(POLLIN) != 0
+            default: false
             }
         }
     }
@@ -208,6 +221,62 @@ public final class SimKernel {
         guard let s = sockets[fd] else { return }
         if let p = sockets[s.peer] { p.reset = true; p.peer = -1 }
         closeSocket(fd)
+    }
+
+    /// Whether an operation that takes bytes from `fd` is queued or pending.
+    func readArmed(on fd: Int32) -> Bool {
+        pending.contains { $0.fd == fd && $0.reads } || queued.contains { $0.fd == fd && $0.reads }
+    }
+
+    /// Queues an operation from the shard, refusing a second reader of one socket.
+    func queue(_ op: Op) {
+        switch op {
+        case .timeout, .read: break  // timers; the wake-up eventfd (a real one)
+        default:
+            // EBADF from a real kernel: for Weir always a bug (a stale slot's descriptor, or -1).
+            precondition(sockets[op.fd].map { !$0.world } ?? false, "an operation on fd \(op.fd), which the shard does not hold")
+        }
+        precondition(!op.reads || !readArmed(on: op.fd), "a second receive armed on fd \(op.fd) while one waits")
+        queued.append(op)
+    }
+
+    /// A pipe of the splice path, holding up to a random few KiB so it fills and drains often.
+    func makePipe() -> (Int32, Int32) {
+        let r = Socket(kind: .pipeRead, world: false), w = Socket(kind: .pipeWrite, world: false)
+        r.capacity = 1 + random.below(16 << 10)
+        let fr = newFD(r), fw = newFD(w)
+        w.peer = fr
+        r.peer = fw
+        return (fr, fw)
+    }
+
+    /// splice(2) between a stream socket and a pipe, non-blocking, in pieces of any size.
+    func splice(from src: Int32, to dst: Int32, count: Int) -> Int {
+        guard let s = sockets[src], let d = sockets[dst] else { return -Int(EBADF) }
+        switch (s.kind, d.kind) {
+        case (.stream, .pipeWrite):
+            precondition(!readArmed(on: src), "fd \(src) spliced while a receive waits on it")
+            if s.reset { return -Int(ECONNRESET) }
+            guard let r = sockets[d.peer] else { return -Int(EPIPE) }
+            if s.inbox.isEmpty { return s.finReceived || s.peer < 0 ? 0 : -Int(EAGAIN) }
+            let room = r.capacity - r.inbox.count
+            guard room > 0, count > 0 else { return -Int(EAGAIN) }
+            let n = 1 + random.below(min(count, s.inbox.count, room))
+            r.inbox += s.inbox.prefix(n)
+            s.inbox.removeFirst(n)
+            return n
+        case (.pipeRead, .stream):
+            if d.reset { return -Int(ECONNRESET) }
+            guard !d.writeShut, let p = sockets[d.peer] else { return -Int(EPIPE) }
+            guard !s.inbox.isEmpty, count > 0 else { return -Int(EAGAIN) }
+            let most = min(count, s.inbox.count)
+            let n = chance(faults.shortSend) ? 1 + random.below(most) : most
+            p.inbox += s.inbox.prefix(n)
+            s.inbox.removeFirst(n)
+            return n
+        default:
+            preconditionFailure("splice from a \(s.kind) socket to a \(d.kind) one")
+        }
     }
 
     /// Moves virtual time on (the world waits).
@@ -367,6 +436,23 @@ public final class SimKernel {
         case .read:
             // The shard's wake-up eventfd: the simulation sends no cross-thread wake-ups.
             return .waiting
+        case .poll(let fd, let events, let ud):
+            guard let s = sockets[fd] else { completions.append((ud, -EBADF, 0)); return .done }
+            var ready: UInt32 = 0
+            switch s.kind {
+            case .stream:
+                if s.reset { ready |= UInt32(POLLERR) | UInt32(POLLHUP) }
+                if !s.inbox.isEmpty || s.finReceived || s.peer < 0 { ready |= UInt32(POLLIN) }
+                // Sends never block in the simulation.
+                ready |= UInt32(POLLOUT)
+            case .pipeRead: if !s.inbox.isEmpty { ready |= UInt32(POLLIN) }
+            case .pipeWrite: if let r = sockets[s.peer], r.inbox.count < r.capacity { ready |= UInt32(POLLOUT) }
+            default: break
+            }
+            let hit = ready & (events | UInt32(POLLERR) | UInt32(POLLHUP))
+            guard hit != 0 else { return .waiting }
+            completions.append((ud, Int32(hit), 0))
+            return .done
         }
     }
 }
@@ -447,15 +533,15 @@ public final class SimIO: IOBackend {
         return total
     }
 
-    public func acceptMultishot(fd: Int32, userData: UserData) { kernel.queued.append(.accept(fd: fd, ud: userData.raw)) }
+    public func acceptMultishot(fd: Int32, userData: UserData) { kernel.queue(.accept(fd: fd, ud: userData.raw)) }
     public func recvMultishot(fd: Int32, group: UInt16, limitBytes: UInt32, userData: UserData) {
-        kernel.queued.append(.recvMultishot(fd: fd, remaining: limitBytes == 0 ? .max : limitBytes, ud: userData.raw))
+        kernel.queue(.recvMultishot(fd: fd, remaining: limitBytes == 0 ? .max : limitBytes, ud: userData.raw))
     }
     public func recv(fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, userData: UserData) {
-        kernel.queued.append(.recv(fd: fd, buffer: buffer, count: count, ud: userData.raw))
+        kernel.queue(.recv(fd: fd, buffer: buffer, count: count, ud: userData.raw))
     }
     public func send(fd: Int32, buffer: UnsafeRawPointer, count: Int, userData: UserData) {
-        kernel.queued.append(.send(fd: fd, iov: [(buffer, count)], ud: userData.raw))
+        kernel.queue(.send(fd: fd, iov: [(buffer, count)], ud: userData.raw))
     }
     public func sendmsg(fd: Int32, message: UnsafePointer<msghdr>, userData: UserData) {
         var iov: [(UnsafeRawPointer, Int)] = []
@@ -463,7 +549,7 @@ public final class SimIO: IOBackend {
             let v = message.pointee.msg_iov[i]
             iov.append((UnsafeRawPointer(v.iov_base!), v.iov_len))
         }
-        kernel.queued.append(.send(fd: fd, iov: iov, ud: userData.raw))
+        kernel.queue(.send(fd: fd, iov: iov, ud: userData.raw))
     }
     public func connect(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t,
                         timeout: UnsafeMutablePointer<__kernel_timespec>, userData: UserData, timeoutUserData: UserData) {
@@ -473,23 +559,22 @@ public final class SimIO: IOBackend {
         let a = SocketAddress(storage: &storage) ?? SocketAddress(ipv4: 0, 0, 0, 0, port: 0)
         if kernel.chance(kernel.faults.connectRefused) {
             // A refused connect: as if nobody listened.
-            kernel.queued.append(.connect(fd: fd, address: SocketAddress(ipv4: 0, 0, 0, 0, port: 0), ud: userData.raw,
+            kernel.queue(.connect(fd: fd, address: SocketAddress(ipv4: 0, 0, 0, 0, port: 0), ud: userData.raw,
                                           timeoutUD: timeoutUserData.raw, deadline: kernel.now + ns, hangs: false))
             return
         }
-        kernel.queued.append(.connect(fd: fd, address: a, ud: userData.raw, timeoutUD: timeoutUserData.raw,
+        kernel.queue(.connect(fd: fd, address: a, ud: userData.raw, timeoutUD: timeoutUserData.raw,
                                       deadline: kernel.now + ns, hangs: kernel.chance(kernel.faults.connectHangs)))
     }
     public func poll(fd: Int32, events: UInt32, userData: UserData) {
-        // The splice data path is not simulated; a poll is ready at once.
-        kernel.completions.append((userData.raw, Int32(events), 0))
+        kernel.queue(.poll(fd: fd, events: events, ud: userData.raw))
     }
     public func timeout(_ timeout: UnsafeMutablePointer<__kernel_timespec>, userData: UserData) {
         let ns = Int64(timeout.pointee.tv_sec) * 1_000_000_000 + Int64(timeout.pointee.tv_nsec)
-        kernel.queued.append(.timeout(deadline: kernel.now + ns, ud: userData.raw))
+        kernel.queue(.timeout(deadline: kernel.now + ns, ud: userData.raw))
     }
     public func read(fd: Int32, into buffer: UnsafeMutableRawPointer, count: UInt32, userData: UserData) {
-        kernel.queued.append(.read(fd: fd, ud: userData.raw))
+        kernel.queue(.read(fd: fd, ud: userData.raw))
     }
     public func append(fd: Int32, from buffer: UnsafeRawPointer, count: UInt32, userData: UserData) {
         kernel.completions.append((userData.raw, Int32(count), 0))
@@ -527,4 +612,15 @@ public final class SimIO: IOBackend {
         return 0
     }
     public func clock(coarse: Bool) -> Int64 { kernel.now }
+    public func setNonBlocking(fd: Int32) {}
+    public func makePipe(bytes: Int) -> (read: Int32, write: Int32)? { kernel.makePipe() }
+    public func splice(from: Int32, to: Int32, count: Int) -> Int { kernel.splice(from: from, to: to, count: count) }
+    public func closePipe(fd: Int32) {
+        guard let s = kernel.sockets[fd] else { return }
+        precondition(s.kind == .pipeRead || s.kind == .pipeWrite, "closePipe on a socket")
+        precondition(!kernel.pending.contains { $0.fd == fd } && !kernel.queued.contains { $0.fd == fd },
+                     "pipe \(fd) closed with an operation pending on it")
+        kernel.sockets[s.peer]?.peer = -1
+        kernel.closeSocket(fd)
+    }
 }

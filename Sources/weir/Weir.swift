@@ -60,13 +60,12 @@ struct Simulate: ParsableCommand {
     func run() throws {
         Log.bootstrap()
         Log.level = .critical
-        let snapshot = try Compiler.compile(YAMLLoader.parse(Simulation.configYAML, file: "<simulation>"))
         var failed = 0
         for s in seed..<(seed &+ UInt64(count)) {
             // Printed first: a trap ends the process, and the seed must survive it.
             print("seed \(s) ...", terminator: "")
             fflush(stdout)
-            let report = Simulation.run(seed: s, steps: steps, snapshot: snapshot)
+            let report = Simulation.run(seed: s, steps: steps)
             print("\r\(report)")
             if report.failure != nil { failed += 1 }
         }

@@ -66,7 +66,7 @@ extension Shard {
         if c.pointee.upstreamFD >= 0 { ring.close(fd: c.pointee.upstreamFD) }
         for f in 0..<2 {
             let flow = c.flow(f)
-            if flow.pointee.pipeRead >= 0 { close(flow.pointee.pipeRead); close(flow.pointee.pipeWrite) }
+            if flow.pointee.pipeRead >= 0 { ring.closePipe(fd: flow.pointee.pipeRead); ring.closePipe(fd: flow.pointee.pipeWrite) }
             var b = flow.pointee.head
             while b >= 0 { releaseBuffer(Int(b)); b = bufferNext[Int(b)] }
             clearOut(flow)

@@ -14,6 +14,7 @@ import Glibc
 
 public struct SimulationReport: Sendable, CustomStringConvertible {
     public var seed: UInt64
+    public var dataPath = Limits.DataPath.copy
     public var steps = 0
     public var httpClients = 0
     public var responses = 0
@@ -29,7 +30,7 @@ public struct SimulationReport: Sendable, CustomStringConvertible {
     public var failure: String?
 
     public var description: String {
-        "seed \(seed): \(steps) steps, \(httpClients) HTTP clients, \(responses) responses (\(errorResponses) made by Weir), "
+        "seed \(seed) (\(dataPath.rawValue)): \(steps) steps, \(httpClients) HTTP clients, \(responses) responses (\(errorResponses) made by Weir), "
             + "\(cutConnections) connections cut, \(tcpClients) TCP clients, \(tcpBytesEchoed) bytes echoed, "
             + "\(upstreamResets) upstream resets, \(upstreamCloses) pooled connections closed by upstreams, pool dry \(poolDry) times: "
             + (failure.map { "FAILED: \($0)" } ?? "ok")
@@ -37,11 +38,11 @@ public struct SimulationReport: Sendable, CustomStringConvertible {
 }
 
 public enum Simulation {
-    /// The configuration a simulated shard runs (the caller compiles it: the data plane does not
-    /// read YAML). Small limits, so pools run dry and queues fill.
-    public static let configYAML = """
+    /// The configuration a simulated shard runs, with TCP passthrough on the buffer-ring copy or
+    /// on splice. Small limits, so pools run dry and queues fill.
+    public static func configYAML(dataPath: Limits.DataPath) -> String { """
     shards: 1
-    limits: { max_connections_per_shard: 64, buffer_bytes: 8KiB, buffers_per_shard: 32, head_buffers_per_shard: 4, max_queued_buffers: 4 }
+    limits: { max_connections_per_shard: 64, buffer_bytes: 8KiB, buffers_per_shard: 32, head_buffers_per_shard: 4, max_queued_buffers: 4, data_path: \(dataPath.rawValue) }
     listeners:
       - { name: web, address: "10.0.0.1:80", protocol: http, cluster: app, http: { max_header_bytes: 4KiB, max_request_line_bytes: 2KiB } }
       - { name: raw, address: "10.0.0.1:7", protocol: tcp, cluster: echo }
@@ -55,6 +56,10 @@ public enum Simulation {
         connect_timeout: 1s
         endpoints: [{ address: "10.0.2.1:7" }]
     """
+    }
+
+    /// Odd seeds splice TCP passthrough, even ones copy it through the buffer ring.
+    public static func dataPath(seed: UInt64) -> Limits.DataPath { seed % 2 == 1 ? .splice : .copy }
 
     static let web = SocketAddress(ipv4: 10, 0, 0, 1, port: 80)
     static let raw = SocketAddress(ipv4: 10, 0, 0, 1, port: 7)
@@ -65,8 +70,14 @@ public enum Simulation {
     static let echo = SocketAddress(ipv4: 10, 0, 2, 1, port: 7)
 
     /// Runs one seed for `steps` steps (then the drain), on the caller's thread.
-    public static func run(seed: UInt64, steps: Int, snapshot: Snapshot) -> SimulationReport {
+    public static func run(seed: UInt64, steps: Int) -> SimulationReport {
         var report = SimulationReport(seed: seed)
+        report.dataPath = dataPath(seed: seed)
+        let snapshot: Snapshot
+        do { snapshot = try Compiler.compile(YAMLLoader.parse(configYAML(dataPath: report.dataPath), file: "<simulation>")) } catch {
+            report.failure = "configuration: \(error)"
+            return report
+        }
         let kernel = SimKernel(seed: seed)
         SimKernel.current = kernel
         defer { SimKernel.current = nil }
@@ -89,7 +100,9 @@ public enum Simulation {
         shard.begin()
         for step in 0..<steps {
             report.steps = step + 1
-            world.act(ending: false)
+            // Now and then the world does several steps' worth before the shard's next turn (a
+            // busy shard), so one batch of completions holds frees, accepts and re-arms together.
+            for _ in 0..<(world.random.chance(0.2) ? 2 + world.random.below(4) : 1) { world.act(ending: false) }
             kernel.advance(by: Int64(world.random.below(2_000_000)))
             _ = shard.turn(waitNanoseconds: 1_000_000)
             if let f = world.failure {
@@ -173,13 +186,13 @@ final class World {
 
     func act(ending: Bool) {
         if !ending {
-            if clients.count < 12 && random.chance(0.05) {
+            if clients.count < 14 && random.chance(0.1) {
                 httpStarted += 1
                 if let fd = kernel.connect(to: Simulation.web, from: SocketAddress(ipv4: 10, 1, 0, UInt8(httpStarted % 250), port: UInt16(1000 + httpStarted % 60000))) {
                     clients.append(HTTPClientActor(id: httpStarted, fd: fd, plan: 1 + random.below(8), pipeline: 1 + random.below(3), patient: random.chance(0.8)))
                 }
             }
-            if tcpClients.count < 8 && random.chance(0.02) {
+            if tcpClients.count < 8 && random.chance(0.05) {
                 // Through the listener that routes by server name: a real ClientHello and bytes
                 // after it (echoed), or what port scanners and broken clients send: nothing, half
                 // a hello, bytes that are not TLS (the connection must end, echoing nothing).
@@ -199,7 +212,7 @@ final class World {
                     }
                 }
             }
-            if tcpClients.count < 8 && random.chance(0.02) {
+            if tcpClients.count < 8 && random.chance(0.05) {
                 tcpStarted += 1
                 if let fd = kernel.connect(to: Simulation.raw, from: SocketAddress(ipv4: 10, 2, 0, 1, port: UInt16(2000 + tcpStarted % 60000))) {
                     var bytes = [UInt8](repeating: 0, count: 1 + random.below(6000))
@@ -216,10 +229,12 @@ final class World {
         actEcho()
     }
 
-    /// The TCP upstream: echoes what it reads, in pieces, and half-closes after the client's FIN.
+    /// The TCP upstream: echoes what it reads, in pieces, and half-closes after the client's FIN;
+    /// now and then it resets a connection mid-stream.
     func actEcho() {
         while let fd = kernel.accept(echoListener) { echoes.append((fd, false)) }
         for i in echoes.indices where !echoes[i].closed && random.chance(0.7) {
+            if random.chance(0.003) { kernel.reset(echoes[i].fd); echoes[i].closed = true; upstreamResets += 1; continue }
             let (bytes, ended, reset) = kernel.read(echoes[i].fd, max: 1 + random.below(3000))
             if reset { kernel.closeWorld(echoes[i].fd); echoes[i].closed = true; continue }
             if !bytes.isEmpty { kernel.write(echoes[i].fd, bytes) }
@@ -452,7 +467,7 @@ final class TCPClientActor {
 
     func act(_ w: World, ending: Bool) {
         let k = w.kernel
-        if w.random.chance(0.002) { k.reset(fd); w.cut += 1; done = true; return }
+        if w.random.chance(0.01) { k.reset(fd); w.cut += 1; done = true; return }
         if sentCount < toSend.count {
             let n = 1 + w.random.below(min(2000, toSend.count - sentCount))
             if k.write(fd, Array(toSend[sentCount..<(sentCount + n)])) { sentCount += n }

@@ -1,7 +1,6 @@
 // The splice data path (limits.data_path: splice), kept to measure against the buffer-ring copy:
 // each direction moves bytes source -> pipe -> destination with non-blocking splice(2) on the
 // shard thread, driven by one-shot readiness polls on the ring. No bytes enter user space.
-import CWeirSys
 import WeirCore
 import WeirRing
 #if canImport(Glibc)
@@ -15,15 +14,12 @@ extension Shard {
     func startSplice(_ c: UnsafeMutablePointer<Connection>) {
         // splice(2) honours SPLICE_F_NONBLOCK only on the pipe side; a blocking socket would
         // block the whole shard, so both sockets go non-blocking.
-        _ = weir_set_nonblock(c.pointee.downstreamFD)
-        _ = weir_set_nonblock(c.pointee.upstreamFD)
+        ring.setNonBlocking(fd: c.pointee.downstreamFD)
+        ring.setNonBlocking(fd: c.pointee.upstreamFD)
         for f in 0..<2 {
-            var fds: (Int32, Int32) = (-1, -1)
-            let rc = withUnsafeMutablePointer(to: &fds) { $0.withMemoryRebound(to: Int32.self, capacity: 2) { weir_pipe_nonblock($0) } }
-            guard rc == 0 else { return abort(c) }
-            _ = weir_set_pipe_size(fds.1, Int32(Shard.spliceChunk))
-            c.flow(f).pointee.pipeRead = fds.0
-            c.flow(f).pointee.pipeWrite = fds.1
+            guard let pipe = ring.makePipe(bytes: Shard.spliceChunk) else { return abort(c) }
+            c.flow(f).pointee.pipeRead = pipe.read
+            c.flow(f).pointee.pipeWrite = pipe.write
         }
         pump(c, 0)
         pump(c, 1)
@@ -47,16 +43,16 @@ extension Shard {
         guard !flow.pointee.pollArmed else { return }
         for _ in 0..<8 {
             if flow.pointee.pipeBytes > 0 {
-                let m = weir_splice_nonblock(flow.pointee.pipeRead, destinationFD(c, f), flow.pointee.pipeBytes)
+                let m = ring.splice(from: flow.pointee.pipeRead, to: destinationFD(c, f), count: flow.pointee.pipeBytes)
                 if m > 0 { flow.pointee.pipeBytes -= m; c.pointee.lastActivity = now; countBytes(c, f, Int64(m)); continue }
-                if m < 0 && errno == EAGAIN { return armPoll(c, f, out: true) }
+                if m == -Int(EAGAIN) { return armPoll(c, f, out: true) }
                 return abort(c)
             }
             if flow.pointee.sourceEnded { return shutDestination(c, f) }
-            let n = weir_splice_nonblock(sourceFD(c, f), flow.pointee.pipeWrite, Shard.spliceChunk)
+            let n = ring.splice(from: sourceFD(c, f), to: flow.pointee.pipeWrite, count: Shard.spliceChunk)
             if n > 0 { flow.pointee.pipeBytes += n; flow.pointee.bytes += Int64(n); c.pointee.lastActivity = now; continue }
             if n == 0 { flow.pointee.sourceEnded = true; continue }
-            if errno == EAGAIN { return armPoll(c, f, out: false) }
+            if n == -Int(EAGAIN) { return armPoll(c, f, out: false) }
             return abort(c)
         }
         // Still busy after a fair share: come back on the next loop turn via a poll that is
