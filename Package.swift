@@ -17,6 +17,8 @@ let package = Package(
         .library(name: "WeirConfig", targets: ["WeirConfig"]),
         // For Fuzz/, which runs the HTTP parser under libFuzzer.
         .library(name: "WeirHTTP", targets: ["WeirHTTP"]),
+        // For Fuzz/ConnectionFuzz, which runs whole simulated shards.
+        .library(name: "WeirProxy", targets: ["WeirProxy"]),
     ],
     // xDS pulls in gRPC, SwiftNIO and BoringSSL, which are most of a clean build. It is on by
     // default; `--disable-default-traits` builds a weir without it (the README's demo does,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes a parser with libFuzzer (+ AddressSanitizer) from its committed seed corpus: the HTTP
-# parser (HTTPParserFuzz, the default) or the ClientHello reader and path regexes (MatcherFuzz).
+# Fuzzes with libFuzzer (+ AddressSanitizer) from a committed seed corpus: the HTTP parser
+# (HTTPParserFuzz, the default), the ClientHello reader and path regexes (MatcherFuzz), or whole
+# simulated shards steered by the input (ConnectionFuzz: clients, byte streams, event orders).
 # Usage: scripts/fuzz-http.sh [seconds, default 60] [target]. New inputs it finds go to
 # Fuzz/.corpus-run/<target> (not committed); a crash is written to Fuzz/crash-* and the script
 # exits non-zero.
@@ -11,7 +12,8 @@ target=${2:-HTTPParserFuzz}
 case "$target" in
   HTTPParserFuzz) corpus=corpus/request ;;
   MatcherFuzz) corpus=corpus/matcher ;;
-  *) echo "fuzz-http.sh: unknown target '$target' (HTTPParserFuzz or MatcherFuzz)" >&2; exit 2 ;;
+  ConnectionFuzz) corpus=corpus/connection ;;
+  *) echo "fuzz-http.sh: unknown target '$target' (HTTPParserFuzz, MatcherFuzz or ConnectionFuzz)" >&2; exit 2 ;;
 esac
 swift build -c release --product "$target" -Xswiftc -sanitize=fuzzer,address >/dev/null
 mkdir -p ".corpus-run/$target"

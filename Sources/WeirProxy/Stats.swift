@@ -132,6 +132,12 @@ final class StatsRegistry: @unchecked Sendable {
         endpoints = .allocate(capacity: 64); endpoints.initialize(repeating: EndpointCounters(), count: 64)
     }
 
+    deinit {
+        listeners.deallocate()
+        endpoints.deallocate()
+        for p in retired { p.deallocate() }
+    }
+
     /// Slots for `snapshot`'s listeners and for each cluster's endpoints, registering new names.
     /// Called by the shard when it adopts a snapshot.
     func slots(for snapshot: Snapshot) -> (listeners: [Int32], endpoints: [[Int32]]) {

@@ -28,12 +28,27 @@ public struct SimFaults: Sendable {
     public init() {}
 }
 
+/// Bytes that steer a simulation instead of a seed alone (a fuzzer's input): each draw of
+/// chance takes the next byte into the generator's state, in the order the simulation draws, so
+/// a change to one byte changes the choices from that draw on; past the end, the seed goes on.
+public final class SimTape {
+    let bytes: [UInt8]
+    var at = 0
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public var used: Int { at }
+}
+
 /// SplitMix64: the simulation's one source of chance, so a seed replays exactly.
-public struct SimRandom: Sendable {
+public struct SimRandom: @unchecked Sendable {
     public var state: UInt64
-    public init(seed: UInt64) { state = seed }
+    public let tape: SimTape?
+    public init(seed: UInt64, tape: SimTape? = nil) { state = seed; self.tape = tape }
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
+        if let t = tape, t.at < t.bytes.count {
+            state = (state ^ UInt64(t.bytes[t.at])) &* 0xD6E8_FEB8_6659_FD93
+            t.at += 1
+        }
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
@@ -41,6 +56,15 @@ public struct SimRandom: Sendable {
     }
     public mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
     public mutating func chance(_ p: Double) -> Bool { Double(next() % 1_000_000) < p * 1_000_000 }
+    /// `n` bytes: straight from the tape while it lasts (a fuzzer writes them), then random.
+    public mutating func bytes(_ n: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(n)
+        while out.count < n {
+            if let t = tape, t.at < t.bytes.count { out.append(t.bytes[t.at]); t.at += 1 } else { out.append(UInt8(truncatingIfNeeded: next())) }
+        }
+        return out
+    }
 }
 
 public final class SimKernel {
@@ -121,8 +145,8 @@ public final class SimKernel {
     /// Shard-side sockets opened and not closed: the harness checks none is left.
     public private(set) var shardSockets = 0
 
-    public init(seed: UInt64, faults: SimFaults = SimFaults()) {
-        random = SimRandom(seed: seed)
+    public init(seed: UInt64, faults: SimFaults = SimFaults(), tape: SimTape? = nil) {
+        random = SimRandom(seed: seed, tape: tape)
         self.faults = faults
     }
 

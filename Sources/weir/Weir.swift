@@ -51,6 +51,8 @@ struct Simulate: ParsableCommand {
     @Option(help: "The first seed.") var seed: UInt64 = 1
     @Option(help: "How many seeds, one after another (seed, seed+1, ...).") var count = 1
     @Option(help: "Steps per seed (each: the simulated world acts, then the shard runs one loop turn).") var steps = 5000
+    @Option(help: "Replay an input of the connection fuzzer (Fuzz/ConnectionFuzz): its first byte is the seed, the rest steers; use --steps 200 as the fuzzer does.")
+    var tape: String?
 
     func validate() throws {
         guard (1...1_000_000_000).contains(count) else { throw ValidationError("--count must be 1 to 1000000000") }
@@ -60,6 +62,21 @@ struct Simulate: ParsableCommand {
     func run() throws {
         Log.bootstrap()
         Log.level = .critical
+        if let tape {
+            guard let f = fopen(tape, "rb") else { throw ValidationError("--tape: cannot read \(tape)") }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = fread(&chunk, 1, chunk.count, f)
+                if n <= 0 { break }
+                bytes += chunk[0..<n]
+            }
+            fclose(f)
+            let report = Simulation.run(seed: UInt64(bytes.first ?? 0), steps: steps, tape: Array(bytes.dropFirst()))
+            print(report)
+            if report.failure != nil { throw ExitCode(1) }
+            return
+        }
         var failed = 0
         for s in seed..<(seed &+ UInt64(count)) {
             // Printed first: a trap ends the process, and the seed must survive it.

@@ -58,6 +58,14 @@ public enum Simulation {
     """
     }
 
+    nonisolated(unsafe) static var compiled: [Limits.DataPath: Snapshot] = [:]
+
+    /// Quiet logs for a run of seeds (a trap or a failed invariant is what matters).
+    public static func quietLogs() {
+        Log.bootstrap()
+        Log.level = .critical
+    }
+
     /// Odd seeds splice TCP passthrough, even ones copy it through the buffer ring.
     public static func dataPath(seed: UInt64) -> Limits.DataPath { seed % 2 == 1 ? .splice : .copy }
 
@@ -70,18 +78,26 @@ public enum Simulation {
     static let echo = SocketAddress(ipv4: 10, 0, 2, 1, port: 7)
 
     /// Runs one seed for `steps` steps (then the drain), on the caller's thread.
-    public static func run(seed: UInt64, steps: Int) -> SimulationReport {
+    /// With `tape`, the world's and the kernel's choices also come from its bytes, and some
+    /// hostile clients send its bytes as they are (the connection fuzzer's way in).
+    public static func run(seed: UInt64, steps: Int, tape: [UInt8]? = nil) -> SimulationReport {
         var report = SimulationReport(seed: seed)
         report.dataPath = dataPath(seed: seed)
         let snapshot: Snapshot
-        do { snapshot = try Compiler.compile(YAMLLoader.parse(configYAML(dataPath: report.dataPath), file: "<simulation>")) } catch {
-            report.failure = "configuration: \(error)"
-            return report
+        if let s = compiled[report.dataPath] {
+            snapshot = s
+        } else {
+            do { snapshot = try Compiler.compile(YAMLLoader.parse(configYAML(dataPath: report.dataPath), file: "<simulation>")) } catch {
+                report.failure = "configuration: \(error)"
+                return report
+            }
+            compiled[report.dataPath] = snapshot
         }
-        let kernel = SimKernel(seed: seed)
+        let shared = tape.map(SimTape.init)
+        let kernel = SimKernel(seed: seed, tape: shared)
         SimKernel.current = kernel
         defer { SimKernel.current = nil }
-        let world = World(kernel: kernel, seed: seed)
+        let world = World(kernel: kernel, seed: seed, tape: shared)
         let sockets = ListenerSockets()
         sockets.put(web, fds: [kernel.listen(web, world: false)])
         sockets.put(raw, fds: [kernel.listen(raw, world: false)])
@@ -168,19 +184,22 @@ final class World {
     var failure: String?
     var clients: [HTTPClientActor] = []
     var tcpClients: [TCPClientActor] = []
+    var hostile: [HostileClientActor] = []
+    /// Every path a hostile client's bytes hold as a request a strict server would read.
+    var hostileRequested: Set<String> = []
     var upstreams: [HTTPUpstreamActor] = []
     var echoListener: Int32 = -1
     var echoes: [(fd: Int32, closed: Bool)] = []
     var httpStarted = 0, tcpStarted = 0, responses = 0, errorResponses = 0, cut = 0, echoed = 0
     var upstreamResets = 0, upstreamCloses = 0
 
-    init(kernel: SimKernel, seed: UInt64) {
+    init(kernel: SimKernel, seed: UInt64, tape: SimTape? = nil) {
         self.kernel = kernel
-        random = SimRandom(seed: seed ^ 0x5EED)
+        random = SimRandom(seed: seed ^ 0x5EED, tape: tape)
     }
 
-    var idle: Bool { clients.isEmpty && tcpClients.isEmpty }
-    var openClients: Int { clients.count + tcpClients.count }
+    var idle: Bool { clients.isEmpty && tcpClients.isEmpty && hostile.isEmpty }
+    var openClients: Int { clients.count + tcpClients.count + hostile.count }
 
     func fail(_ why: String) { if failure == nil { failure = why } }
 
@@ -190,6 +209,14 @@ final class World {
                 httpStarted += 1
                 if let fd = kernel.connect(to: Simulation.web, from: SocketAddress(ipv4: 10, 1, 0, UInt8(httpStarted % 250), port: UInt16(1000 + httpStarted % 60000))) {
                     clients.append(HTTPClientActor(id: httpStarted, fd: fd, plan: 1 + random.below(8), pipeline: 1 + random.below(3), patient: random.chance(0.8)))
+                }
+            }
+            if hostile.count < 3 && random.chance(0.03) {
+                httpStarted += 1
+                if let fd = kernel.connect(to: Simulation.web, from: SocketAddress(ipv4: 10, 4, 0, 1, port: UInt16(4000 + httpStarted % 60000))) {
+                    let c = HostileClientActor(id: httpStarted, fd: fd, random: &random)
+                    hostile.append(c)
+                    hostileRequested.formUnion(c.requested)
                 }
             }
             if tcpClients.count < 8 && random.chance(0.05) {
@@ -225,6 +252,8 @@ final class World {
         clients.removeAll { $0.done }
         for c in tcpClients where random.chance(0.6) { c.act(self, ending: ending) }
         tcpClients.removeAll { $0.done }
+        for c in hostile where random.chance(0.6) { c.act(self, ending: ending) }
+        hostile.removeAll { $0.done }
         for u in upstreams where random.chance(0.7) { u.act(self) }
         actEcho()
     }
@@ -254,24 +283,86 @@ func bodyHash(_ bytes: [UInt8]) -> String {
 /// Scans HTTP/1.1 messages out of a byte stream: a head up to CRLFCRLF, a Content-Length body.
 struct MessageReader {
     var bytes: [UInt8] = []
+    /// Requests: empty lines (CRLF) before a request line are skipped (RFC 9112 section 2.2).
+    var skipsEmptyLines = false
 
     /// The next whole message: its first line, its headers (lowercased names), its body.
     mutating func next() -> (line: String, headers: [(String, String)], body: [UInt8])?? {
+        while skipsEmptyLines && bytes.count >= 2 && bytes[0] == 13 && bytes[1] == 10 { bytes.removeFirst(2) }
         guard let end = headEnd() else { return .some(nil) }
         let head = String(decoding: bytes[0..<end], as: UTF8.self)
         var lines = head.split(separator: "\r\n" as Character, omittingEmptySubsequences: false).map(String.init)
         let first = lines.removeFirst()
         var headers: [(String, String)] = []
+        // A strict recipient: no bare CR or LF, no control bytes, no space before a colon.
+        guard !first.isEmpty, first.utf8.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }) else { return nil }
         for l in lines where !l.isEmpty {
-            guard let colon = l.firstIndex(of: ":") else { return nil }
+            guard l.utf8.allSatisfy({ ($0 >= 0x20 && $0 != 0x7F) || $0 == 9 }) else { return nil }
+            guard let colon = l.firstIndex(of: ":"), colon != l.startIndex, !l[..<colon].contains(where: { $0 == " " || $0 == "\t" }) else { return nil }
             headers.append((l[..<colon].lowercased(), trimmingSpaces(l[l.index(after: colon)...])))
         }
-        let length = headers.first { $0.0 == "content-length" }.flatMap { Int($0.1) } ?? 0
-        if headers.contains(where: { $0.0 == "transfer-encoding" }) { return nil }
+        // Framing as a strict recipient reads it: one Content-Length of digits, or
+        // Transfer-Encoding exactly chunked, never both.
+        let lengths = headers.filter { $0.0 == "content-length" }
+        let codings = headers.filter { $0.0 == "transfer-encoding" }
+        if !codings.isEmpty {
+            guard lengths.isEmpty, codings.count == 1, codings[0].1 == "chunked" else { return nil }
+            switch chunkedBody(from: end + 4) {
+            case .invalid: return nil
+            case .partial: return .some(nil)
+            case .whole(let body, let next):
+                bytes.removeFirst(next)
+                return .some((first, headers, body))
+            }
+        }
+        guard lengths.count <= 1 else { return nil }
+        let length: Int
+        if let l = lengths.first {
+            guard !l.1.isEmpty, l.1.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), l.1.count < 12, let n = Int(l.1) else { return nil }
+            length = n
+        } else {
+            length = 0
+        }
         guard bytes.count >= end + 4 + length else { return .some(nil) }
         let body = Array(bytes[(end + 4)..<(end + 4 + length)])
         bytes.removeFirst(end + 4 + length)
         return .some((first, headers, body))
+    }
+
+    enum Chunks { case whole([UInt8], next: Int), partial, invalid }
+
+    /// A chunked body starting at `start`, read by RFC 9112 section 7.1 (hex sizes, extensions
+    /// after ';', trailers), strictly: anything else is invalid.
+    func chunkedBody(from start: Int) -> Chunks {
+        var i = start
+        var body: [UInt8] = []
+        func lineEnd(_ from: Int) -> Int? {
+            guard from < bytes.count else { return nil }
+            for j in from..<(bytes.count - 1) where bytes[j] == 13 && bytes[j + 1] == 10 { return j }
+            return nil
+        }
+        func isHex(_ b: UInt8) -> Bool { (48...57).contains(b) || (97...102).contains(b) || (65...70).contains(b) }
+        while true {
+            guard let e = lineEnd(i) else { return bytes.count - i > 4096 ? .invalid : .partial }
+            let line = bytes[i..<e]
+            let digits = line.prefix { $0 != UInt8(ascii: ";") }
+            guard !digits.isEmpty, digits.count <= 8, digits.allSatisfy(isHex),
+                  line.allSatisfy({ $0 >= 0x20 && $0 != 0x7F }) else { return .invalid }
+            let size = Int(String(decoding: digits, as: UTF8.self), radix: 16)!
+            i = e + 2
+            if size == 0 {
+                while true {
+                    guard let t = lineEnd(i) else { return .partial }
+                    if t == i { return .whole(body, next: t + 2) }
+                    guard bytes[i..<t].contains(UInt8(ascii: ":")) else { return .invalid }
+                    i = t + 2
+                }
+            }
+            guard bytes.count >= i + size + 2 else { return .partial }
+            guard bytes[i + size] == 13, bytes[i + size + 1] == 10 else { return .invalid }
+            body += bytes[i..<(i + size)]
+            i += size + 2
+        }
     }
 
     func headEnd() -> Int? {
@@ -283,8 +374,8 @@ struct MessageReader {
 
 func trimmingSpaces(_ s: Substring) -> String {
     var s = s
-    while s.first == " " { s = s.dropFirst() }
-    while s.last == " " { s = s.dropLast() }
+    while s.first == " " || s.first == "\t" { s = s.dropFirst() }
+    while s.last == " " || s.last == "\t" { s = s.dropLast() }
     return String(s)
 }
 
@@ -417,7 +508,13 @@ final class HTTPUpstreamActor {
                 guard let message = c.reader.next() else { w.fail("upstream: a request Weir forwarded is not HTTP/1.1 it can frame"); return }
                 guard let (line, _, requestBody) = message else { break }
                 let parts = line.split(separator: " ")
-                guard parts.count == 3, parts[2] == "HTTP/1.1", parts[1].hasPrefix("/c") else { w.fail("upstream: bad request line \(line)"); return }
+                guard parts.count == 3, parts[2] == "HTTP/1.1" else { w.fail("upstream: bad request line \(line)"); return }
+                // A path no well-behaved client asked for is a hostile client's, and must be one
+                // a strict server reads from that client's bytes: else Weir framed something
+                // else as a request (a request hidden in a body: smuggled).
+                if !parts[1].hasPrefix("/c") && !w.hostileRequested.contains(String(parts[1])) {
+                    w.fail("upstream: a request no strict server reads from what its client sent: \(line)"); return
+                }
                 if w.random.chance(0.01) {
                     // Reset before answering: Weir retries or answers 502.
                     w.upstreamResets += 1
@@ -426,7 +523,7 @@ final class HTTPUpstreamActor {
                     break
                 }
                 c.served += 1
-                let body = String(parts[1]) + (parts[0] == "PUT" ? " \(bodyHash(requestBody))" : "")
+                let body = String(parts[1]) + (parts[0] == "GET" ? "" : " \(bodyHash(requestBody))")
                 c.outgoing += Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
                 // A pooled connection the upstream closes right after an answer (nginx's
                 // keepalive_requests), without saying so.
@@ -495,6 +592,116 @@ final class TCPClientActor {
             done = true
         } else if ending && w.random.chance(0.01) {
             w.cut += 1
+            k.closeWorld(fd)
+            done = true
+        }
+    }
+}
+
+/// A client that sends what attackers and broken clients send to an HTTP listener: the smuggling
+/// shapes of RFC 9112 section 11 (Content-Length beside Transfer-Encoding, two lengths, codings
+/// that are almost chunked, obs-fold, bare LF, chunk sizes that overflow, Connection naming a
+/// framing header), each with a second request hidden in its body, and valid requests with
+/// random bytes flipped. Weir may answer or refuse, but its answers must frame, a 200 must be
+/// for one of this client's own paths, and the hidden request must never reach an upstream
+/// (the upstreams fail the run if one does).
+final class HostileClientActor {
+    let id: Int
+    let fd: Int32
+    var outgoing: [UInt8]
+    var reader = MessageReader()
+    var done = false
+    var waited = 0
+    var requested: Set<String> = []
+
+    /// The paths a strict server reads from `bytes` as requests (up to the first it cannot frame).
+    static func requestPaths(_ bytes: [UInt8]) -> Set<String> {
+        var reader = MessageReader(bytes: bytes, skipsEmptyLines: true)
+        var paths: Set<String> = []
+        while let m = reader.next(), let (line, _, _) = m {
+            let parts = line.split(separator: " ")
+            if parts.count == 3 { paths.insert(String(parts[1])) }
+        }
+        return paths
+    }
+
+    init(id: Int, fd: Int32, random: inout SimRandom) {
+        self.id = id
+        self.fd = fd
+        let p = "/h\(id)/1"
+        let h = "GET /smuggled/h\(id) HTTP/1.1\r\nHost: sim\r\n\r\n"
+        let n = h.utf8.count
+        let chunk = String(n, radix: 16) + "\r\n" + h + "\r\n0\r\n\r\n"
+        let shapes = [
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\(chunk)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nContent-Length: 0\r\nContent-Length: \(n)\r\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nContent-Length: \(n), 0\r\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding: xchunked\r\n\r\n\(chunk)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding: chunked, identity\r\n\r\n\(chunk)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding : chunked\r\nContent-Length: 0\r\n\r\n\(chunk)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 0\r\n\r\n\(chunk)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nContent-Length: 0\r\nTransfer-Encoding:\tchunked\r\n\r\n\(chunk)",
+            "POST \(p) HTTP/1.1\nHost: sim\nContent-Length: \(n)\n\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\nTransfer-Encoding: chunked\r\n\r\n\(chunk)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n\(h)\r\n0\r\n\r\n",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding: chunked\r\n\r\n\(String(n, radix: 16)) x\r\n\(h)\r\n0\r\n\r\n",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nTransfer-Encoding: chunked\r\n\r\n0\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nConnection: content-length\r\nContent-Length: \(n)\r\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n\(chunk)",
+            "GET \(p) HTTP/1.1\r\nHost: sim\r\nContent-Length: \(n)\r\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nContent-Length: +\(n)\r\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\rHost: sim\r\nContent-Length: \(n)\r\n\r\n\(h)",
+            "POST \(p) HTTP/1.1\r\nHost: sim\r\nContent-Length: \(n)\r\n\r\n\(h)",
+        ]
+        // Steered by a fuzzer, some send its bytes as they are, after a request line or not.
+        var bytes = random.tape != nil && random.chance(0.5)
+            ? (random.chance(0.5) ? Array("POST \(p) HTTP/1.1\r\n".utf8) : []) + random.bytes(random.below(600))
+            : Array(shapes[random.below(shapes.count)].utf8)
+        // Half the time some bytes after the request line are flipped, inserted or dropped as well.
+        let line = (bytes.firstIndex(of: 10) ?? 0) + 1
+        if random.chance(0.5) {
+            for _ in 0..<(1 + random.below(4)) where bytes.count > line {
+                let at = line + random.below(bytes.count - line)
+                let b = UInt8(truncatingIfNeeded: random.next())
+                switch random.below(3) {
+                case 0: bytes[at] = b
+                case 1: bytes.insert(b, at: at)
+                default: bytes.remove(at: at)
+                }
+            }
+        }
+        // And then, often, a plain request that must still be framed right.
+        if random.chance(0.5) { bytes += Array("GET /h\(id)/2 HTTP/1.1\r\nHost: sim\r\n\r\n".utf8) }
+        outgoing = bytes
+        // A flipped byte can make the hidden request a real one (a Content-Length misspelt):
+        // what a strict server would read as requests is this client's to ask for.
+        requested = HostileClientActor.requestPaths(bytes)
+        if getenv("WEIR_SIM_DEBUG") != nil { print("hostile client \(id) sends \(String(decoding: bytes, as: UTF8.self).debugDescription)") }
+    }
+
+    func act(_ w: World, ending: Bool) {
+        let k = w.kernel
+        if !outgoing.isEmpty {
+            let n = 1 + w.random.below(outgoing.count)
+            if k.write(fd, Array(outgoing.prefix(n))) { outgoing.removeFirst(n) } else { outgoing.removeAll() }
+        }
+        let (bytes, ended, reset) = k.read(fd, max: 1 + w.random.below(4000))
+        reader.bytes += bytes
+        while true {
+            guard let message = reader.next() else { return w.fail("hostile client \(id): a response Weir sent is not HTTP/1.1 it can frame") }
+            guard let (line, _, body) = message else { break }
+            w.responses += 1
+            if line.hasPrefix("HTTP/1.1 200") {
+                let got = String(decoding: body, as: UTF8.self)
+                let path = String(got.prefix { $0 != " " })
+                if !requested.contains(path) { return w.fail("hostile client \(id): got the response for \(got)") }
+            } else {
+                w.errorResponses += 1
+            }
+        }
+        waited += 1
+        if reset || ended || waited > 2000 || (ending && waited > 100) {
             k.closeWorld(fd)
             done = true
         }
