@@ -1,10 +1,11 @@
 // The xDS client: one Aggregated Discovery Service stream (state of the world) to the control
 // plane, on the control side only (a Swift concurrency task; never on a shard). LDS and CDS are
 // wildcard; EDS and RDS ask for the names the clusters and listeners need, the full list re-sent
-// when it changes. Every response is translated with everything else Weir holds and compiled
-// whole: accepted, it is published and ACKed; refused, the previous resources stay and the NACK
-// names the resource and the field. The stream reconnects with jittered backoff and sends the
-// versions it holds.
+// when it changes. A response is applied resource by resource, as Envoy does: each one is
+// translated with everything else Weir holds; one that is refused (by translation or by the
+// compiler) keeps its previous version (or stays out), the others are compiled and published,
+// and the NACK names every refused resource and its field. The stream reconnects with jittered
+// backoff and sends the versions it holds.
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -25,6 +26,12 @@ public struct XDSStats: Sendable {
     public var rejected: [String: Int] = [:]
     public var versions: [String: String] = [:]
     public var lastError = ""
+    /// Resources refused in the last response of each type (type -> name -> why).
+    public var refused: [String: [String: String]] = [:]
+    /// Accepted and ignored fields and skipped filters: type -> field -> resources now carrying it,
+    /// and how many accepted resource versions carried it (weir_xds_ignored_total).
+    public var ignored: [String: [String: Set<String>]] = [:]
+    public var ignoredTotal: [String: [String: Int]] = [:]
     /// Every resource held: its type, name, the version of the response that last changed it,
     /// when, and whether it is active, warming or activated by initial_fetch_timeout.
     public var resources: [ResourceState] = []
@@ -40,9 +47,9 @@ public struct ResourceState: Sendable {
 
 public final class ADSClient: @unchecked Sendable {
     public let settings: XDSSettings
-    /// Translates and compiles the dynamic documents with the static file: nil when applied, else
-    /// why not (the NACK's error_detail).
-    let apply: @Sendable (_ listeners: [ListenerDocument], _ clusters: [ClusterDocument]) -> String?
+    /// Translates and compiles the dynamic documents with the static file: no errors when
+    /// applied, else why not (errors positioned in a resource, `xds:KIND/NAME`, name it).
+    let apply: @Sendable (_ listeners: [ListenerDocument], _ clusters: [ClusterDocument]) -> [ConfigError]
     private let statsBox = Mutex(XDSStats())
     public var stats: XDSStats { statsBox.withLock { $0 } }
 
@@ -65,9 +72,15 @@ public final class ADSClient: @unchecked Sendable {
     private var versions: [XDSType: String] = [:]
     private var nonces: [XDSType: String] = [:]
     private var subscribed: [XDSType: [String]] = [:]
+    /// Clusters the control plane sent that were refused with no version to keep: listeners
+    /// that use them wait (warming) instead of failing on an unknown name.
+    private var refusedClusters = Set<String>()
     private let stopped = Atomic<Bool>(false)
 
-    public init(settings: XDSSettings, apply: @escaping @Sendable ([ListenerDocument], [ClusterDocument]) -> String?) {
+    /// (type, field) pairs logged once already.
+    private var loggedIgnored = Set<String>()
+
+    public init(settings: XDSSettings, apply: @escaping @Sendable ([ListenerDocument], [ClusterDocument]) -> [ConfigError]) {
         self.settings = settings
         self.apply = apply
     }
@@ -116,8 +129,10 @@ public final class ADSClient: @unchecked Sendable {
     /// are activated now), else why not (nothing changed).
     private func activate(_ keys: [String]) -> String? {
         do {
-            let t = try translate(resources, activate: activated.union(keys))
-            if let why = apply(t.listeners, t.clusters) { return why }
+            let t = translateEach(resources, activate: activated.union(keys), refused: refusedClusters)
+            if let e = t.rejected.first { throw e }
+            let errors = apply(t.listeners, t.clusters)
+            if !errors.isEmpty { return errors.map(\.description).joined(separator: "; ") }
             lastTranslation = t
             activated.formUnion(keys)
             lastActivated = activated
@@ -259,68 +274,160 @@ public final class ADSClient: @unchecked Sendable {
         let t0 = monotonicNanoseconds()
         var candidate = resources
         var decodeError: String? = nil
+        var responseNames = Set<String>()
         do {
             switch type {
             case .listener:
                 candidate.listeners = try decodeAll(response.resources, EnvoyListener.self, type) { $0.name }
+                responseNames = Set(candidate.listeners.keys)
                 let keep = Set(candidate.rdsNames)
                 candidate.routes = candidate.routes.filter { keep.contains($0.key) }
             case .cluster:
                 candidate.clusters = try decodeAll(response.resources, EnvoyCluster.self, type) { $0.name }
+                responseNames = Set(candidate.clusters.keys)
                 let keep = Set(candidate.edsNames)
                 candidate.loadAssignments = candidate.loadAssignments.filter { keep.contains($0.key) }
             case .endpoint:
-                for (k, v) in try decodeAll(response.resources, EnvoyLoadAssignment.self, type, { $0.clusterName }) { candidate.loadAssignments[k] = v }
+                for (k, v) in try decodeAll(response.resources, EnvoyLoadAssignment.self, type, { $0.clusterName }) { candidate.loadAssignments[k] = v; responseNames.insert(k) }
             case .route:
-                for (k, v) in try decodeAll(response.resources, EnvoyRouteConfiguration.self, type, { $0.name }) { candidate.routes[k] = v }
+                for (k, v) in try decodeAll(response.resources, EnvoyRouteConfiguration.self, type, { $0.name }) { candidate.routes[k] = v; responseNames.insert(k) }
             }
         } catch {
             decodeError = "\(error)"
         }
-        var verdict = decodeError
-        var translation: Translation? = nil
-        let t1 = monotonicNanoseconds()
-        var t2 = t1
-        if verdict == nil {
-            do {
-                let same = lastTranslation != nil && lastActivated == activated
-                let t = try translate(candidate, activate: activated, previous: lastTranslation,
-                                      reuseClusters: same && (type == .route || type == .listener),
-                                      reuseListeners: same && type == .endpoint)
-                if !t.warming.isEmpty { Log.info("xds: warming \(t.warming.map { "\($0.key) (\($0.why))" }.joined(separator: ", "))") }
-                t2 = monotonicNanoseconds()
-                verdict = apply(t.listeners, t.clusters)
-                translation = t
-            } catch {
-                verdict = "\(error)"
-            }
-        }
         let short = type.short
-        if let why = verdict {
+        func nack(_ why: String) {
             Log.warning("xds: NACK \(short) version \(response.versionInfo): \(why)")
             statsBox.withLock { $0.rejected[short, default: 0] += 1; $0.lastError = why }
             out.yield(request(type, names: subscribed[type] ?? [], node: false, nonce: response.nonce, error: why))
             nonces[type] = response.nonce
-            return
         }
+        if let decodeError { return nack(decodeError) }
+        // Resource by resource: a refused one keeps its previous version (or stays out, and a
+        // refused cluster's name stays known, so listeners that use it wait instead of failing).
+        var refused: [String: String] = [:]
+        var refusedClusters = type == .cluster ? Set<String>() : self.refusedClusters
+        func revert(_ name: String) {
+            switch type {
+            case .listener: candidate.listeners[name] = resources.listeners[name]
+            case .cluster:
+                candidate.clusters[name] = resources.clusters[name]
+                if candidate.clusters[name] == nil { refusedClusters.insert(name) }
+            case .endpoint: candidate.loadAssignments[name] = resources.loadAssignments[name]
+            case .route: candidate.routes[name] = resources.routes[name]
+            }
+        }
+        func refuse(_ name: String, _ why: String) {
+            if refused[name] == nil { refused[name] = why }
+            revert(name)
+        }
+        var translation: Translation? = nil
+        let t1 = monotonicNanoseconds()
+        var t2 = t1
+        for round in 1...8 {
+            let same = lastTranslation != nil && lastActivated == activated
+            let t = translateEach(candidate, activate: activated, previous: lastTranslation,
+                                  reuseClusters: same && (type == .route || type == .listener),
+                                  reuseListeners: same && type == .endpoint, refused: refusedClusters)
+            var progress = false
+            var other: [String] = []
+            for e in t.rejected {
+                if let name = e.involved[type] { refuse(name, e.description); progress = true } else { other.append(e.description) }
+            }
+            // A refusal this response cannot have caused (another type's resource): Weir's
+            // state is inconsistent; refuse the response whole, as before.
+            if !other.isEmpty { return nack(other.joined(separator: "; ")) }
+            if progress && round < 8 { continue }
+            t2 = monotonicNanoseconds()
+            let errors = apply(t.listeners, t.clusters)
+            if errors.isEmpty {
+                if !t.warming.isEmpty { Log.info("xds: warming \(t.warming.map { "\($0.key) (\($0.why))" }.joined(separator: ", "))") }
+                translation = t
+                break
+            }
+            // Compiler errors name their resource in their position (xds:KIND/NAME).
+            for err in errors {
+                let file = err.position.file
+                guard file.hasPrefix("xds:"), let slash = file.firstIndex(of: "/") else { other.append(err.description); continue }
+                let kind = String(file[file.index(file.startIndex, offsetBy: 4)..<slash])
+                let name = String(file[file.index(after: slash)...])
+                switch (kind, type) {
+                case ("listener", .listener), ("cluster", .cluster), ("route", .route): refuse(name, err.description)
+                case ("cluster", .endpoint):
+                    if let c = candidate.clusters[name] { refuse(edsName(c), err.description) } else { other.append(err.description) }
+                case ("route", .listener):
+                    let users = candidate.listeners.filter { candidate.rdsNames(of: $0.value).contains(name) }.map(\.key)
+                    if users.isEmpty { other.append(err.description) }
+                    for u in users { refuse(u, err.description) }
+                default: other.append(err.description)
+                }
+            }
+            if !other.isEmpty || round == 8 { return nack((other.isEmpty ? errors.map(\.description) : other).joined(separator: "; ")) }
+        }
+        guard let translation else { return nack("resources could not be applied") }
         noteChanges(type, version: response.versionInfo, old: resources, new: candidate)
         resources = candidate
-        if let translation {
-            lastTranslation = translation
-            lastActivated = activated
-            noteWarming(translation)
-        }
-        versions[type] = response.versionInfo
+        self.refusedClusters = refusedClusters
+        lastTranslation = translation
+        lastActivated = activated
+        noteWarming(translation)
+        noteIgnored(translation.notes, type: type, accepted: responseNames.subtracting(refused.keys))
         nonces[type] = response.nonce
-        statsBox.withLock { $0.accepted[short, default: 0] += 1; $0.versions[short] = response.versionInfo }
         let t3 = monotonicNanoseconds()
         func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.1f", Double(b - a) / 1e6) }
-        Log.info("xds: ACK \(short) version \(response.versionInfo) (\(response.resources.count) resource(s)) in \(ms(t0, t3)) ms: decode \(ms(t0, t1)), translate \(ms(t1, t2)), compile and publish \(ms(t2, t3))")
-        out.yield(request(type, names: subscribed[type] ?? [], node: false))
+        if refused.isEmpty {
+            versions[type] = response.versionInfo
+            statsBox.withLock { $0.accepted[short, default: 0] += 1; $0.versions[short] = response.versionInfo; $0.refused[short] = [:] }
+            Log.info("xds: ACK \(short) version \(response.versionInfo) (\(response.resources.count) resource(s)) in \(ms(t0, t3)) ms: decode \(ms(t0, t1)), translate \(ms(t1, t2)), compile and publish \(ms(t2, t3))")
+            out.yield(request(type, names: subscribed[type] ?? [], node: false))
+        } else {
+            // The rest is applied; the NACK keeps the version last accepted whole and names
+            // every refused resource.
+            let why = errorDetail(refused)
+            Log.warning("xds: NACK \(short) version \(response.versionInfo): \(refused.count) of \(response.resources.count) resource(s) refused, the rest applied: \(why)")
+            statsBox.withLock { $0.rejected[short, default: 0] += 1; $0.lastError = why; $0.refused[short] = refused }
+            out.yield(request(type, names: subscribed[type] ?? [], node: false, nonce: response.nonce, error: why))
+        }
         // Subscriptions follow what the clusters and listeners need now.
         let eds = resources.edsNames, rds = resources.rdsNames
         if eds != (subscribed[.endpoint] ?? []) { out.yield(request(.endpoint, names: eds, node: false)) }
         if rds != (subscribed[.route] ?? []) { out.yield(request(.route, names: rds, node: false)) }
+    }
+
+    /// Every refused resource and why, sorted by name, at most 8 KiB (then how many more).
+    func errorDetail(_ refused: [String: String]) -> String {
+        var out = ""
+        let sorted = refused.sorted { $0.key < $1.key }
+        for (i, (_, why)) in sorted.enumerated() {
+            let piece = (out.isEmpty ? "" : "; ") + why
+            if out.utf8.count + piece.utf8.count > 8192 { return out + "; and \(sorted.count - i) more" }
+            out += piece
+        }
+        return out
+    }
+
+    /// Publishes what the held resources carry that is accepted and ignored, counts it for the
+    /// resources this response of `type` carried, and logs each (type, field) once.
+    func noteIgnored(_ notes: Notes, type: XDSType, accepted: Set<String>) {
+        var lines: [String] = []
+        statsBox.withLock { st in
+            st.ignored = [:]
+            for (t, fields) in notes.ignored {
+                for (field, names) in fields {
+                    st.ignored[t.short, default: [:]][field] = names
+                    if t == type {
+                        let n = names.intersection(accepted).count
+                        if n > 0 { st.ignoredTotal[t.short, default: [:]][field, default: 0] += n }
+                    }
+                    let key = "\(t.short) \(field)"
+                    if !loggedIgnored.contains(key) {
+                        loggedIgnored.insert(key)
+                        lines.append("xds: accepting and ignoring \(key) (\(names.count) resource(s), e.g. '\(names.sorted().first ?? "")'; see docs/xds.md)")
+                    }
+                }
+            }
+        }
+        for l in lines.sorted() { Log.info(l) }
     }
 
     func decodeAll<M: SwiftProtobuf.Message>(_ list: [Google_Protobuf_Any], _: M.Type, _ type: XDSType, _ name: (M) -> String) throws -> [String: M] {
@@ -350,6 +457,14 @@ extension ADSClient {
             out += "weir_xds_updates_total{type=\"\(type)\",result=\"accepted\"} \(s.accepted[type] ?? 0)\n"
             out += "weir_xds_updates_total{type=\"\(type)\",result=\"rejected\"} \(s.rejected[type] ?? 0)\n"
         }
+        out += "# HELP weir_xds_refused_resources Resources refused in the last response of their type (the rest of it was applied).\n# TYPE weir_xds_refused_resources gauge\n"
+        for type in XDSType.allCases.map(\.short) { out += "weir_xds_refused_resources{type=\"\(type)\"} \(s.refused[type]?.count ?? 0)\n" }
+        out += "# HELP weir_xds_ignored_total Accepted resources that carried a field or filter Weir accepts and ignores (docs/xds.md).\n# TYPE weir_xds_ignored_total counter\n"
+        for (type, fields) in s.ignoredTotal.sorted(by: { $0.key < $1.key }) {
+            for (field, n) in fields.sorted(by: { $0.key < $1.key }) {
+                out += "weir_xds_ignored_total{type=\"\(type)\",field=\"\(field.replacingOccurrences(of: "\"", with: "'"))\"} \(n)\n"
+            }
+        }
         return out
     }
 
@@ -370,7 +485,18 @@ extension ADSClient {
         let resources = s.resources.map {
             "{\"type\":\(q($0.type)),\"name\":\(q($0.name)),\"version\":\(q($0.version)),\"last_updated\":\(q(iso.string(from: $0.updated))),\"state\":\(q($0.state))}"
         }.joined(separator: ",")
+        var refused: [String] = []
+        for (type, list) in s.refused.sorted(by: { $0.key < $1.key }) {
+            for (name, why) in list.sorted(by: { $0.key < $1.key }) { refused.append("{\"type\":\(q(type)),\"name\":\(q(name)),\"error\":\(q(why))}") }
+        }
+        var ignored: [String] = []
+        for (type, fields) in s.ignored.sorted(by: { $0.key < $1.key }) {
+            for (field, names) in fields.sorted(by: { $0.key < $1.key }) {
+                ignored.append("{\"type\":\(q(type)),\"field\":\(q(field)),\"resources\":[\(names.sorted().map(q).joined(separator: ","))]}")
+            }
+        }
         return "{\"control_plane\":\(q(settings.address.description)),\"node\":\(q(settings.nodeID)),\"connected\":\(s.connected),"
-            + "\"versions\":{\(versions)},\"resources\":[\(resources)],\"last_error\":\(q(s.lastError))}"
+            + "\"versions\":{\(versions)},\"resources\":[\(resources)],\"refused\":[\(refused.joined(separator: ","))],"
+            + "\"ignored\":[\(ignored.joined(separator: ","))],\"last_error\":\(q(s.lastError))}"
     }
 }

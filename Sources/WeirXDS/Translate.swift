@@ -1,8 +1,10 @@
 // xDS resources to Weir's intermediate form: the same ListenerDocument and ClusterDocument a YAML
-// file produces, so an update compiles into the same immutable snapshot (and is refused whole
-// with the same errors). Fields whose meaning Weir does not implement are refused by name, never
-// ignored: each message is copied, the fields Weir reads are cleared, and anything left over is
-// reported.
+// file produces, so an update compiles into the same immutable snapshot. Each message is copied,
+// the fields Weir reads are cleared, and anything left over refuses the resource, naming it and
+// the field. Two kinds of field are cleared without being honoured, each one listed where it is
+// cleared (`notes.ignore`), counted and shown in /config_dump: those that change neither where a
+// request goes nor who may send it (access logs, tracing, statistics, labels), and filters that
+// only observe (Filters.swift). Everything that could weaken policy is refused (docs/xds.md).
 import SwiftProtobuf
 import WeirConfig
 import WeirCore
@@ -28,7 +30,25 @@ public enum XDSType: String, CaseIterable, Sendable {
 public struct XDSError: Error, CustomStringConvertible, Sendable {
     public var resource: String
     public var message: String
+    /// The resources whose combination failed, by type (a cluster and its load assignment, a
+    /// listener and its route configuration): an update of one type refuses its own one.
+    public var involved: [XDSType: String] = [:]
     public var description: String { "\(resource): \(message)" }
+}
+
+/// What a resource carries that Weir accepts without honouring (fields and skipped filters),
+/// by type and resource name: logged once per type and field, counted, listed in /config_dump.
+public final class Notes: @unchecked Sendable {
+    public private(set) var ignored: [XDSType: [String: Set<String>]] = [:]
+    var type: XDSType = .listener
+    var name = ""
+    public init() {}
+    /// Notes from here on are about this resource.
+    func about(_ t: XDSType, _ n: String) { type = t; name = n }
+    func ignore(_ field: String) { ignored[type, default: [:]][field, default: []].insert(name) }
+    func merge(_ other: Notes) {
+        for (t, fields) in other.ignored { for (f, names) in fields { ignored[t, default: [:]][f, default: []].formUnion(names) } }
+    }
 }
 
 public typealias EnvoyListener = Envoy_Config_Listener_V3_Listener
@@ -86,16 +106,21 @@ public struct Translation {
     public var listeners: [ListenerDocument] = []
     public var clusters: [ClusterDocument] = []
     public var warming: [(key: String, why: String)] = []
+    /// Resources refused, each with the resources involved; left out of the documents.
+    public var rejected: [XDSError] = []
+    /// What the documents' resources carry that is accepted and ignored.
+    public var notes = Notes()
     /// Keys in `activate` used while still incomplete (they stay activated until complete).
     public var activatedIncomplete = Set<String>()
     /// The cluster half: documents, warming clusters, activated incomplete clusters, and the
     /// names of the active ones.
-    var clusterPart: (docs: [ClusterDocument], warming: [(key: String, why: String)], activated: Set<String>, active: Set<String>) = ([], [], [], [])
-    /// Each listener's translation, before readiness is decided.
-    var listenerResults: [String: ListenerTranslation] = [:]
+    var clusterPart: (docs: [ClusterDocument], warming: [(key: String, why: String)], activated: Set<String>, active: Set<String>,
+                      rejected: [XDSError], notes: Notes) = ([], [], [], [], [], Notes())
+    /// Each listener's translation (or refusal) and its notes, before readiness is decided.
+    var listenerResults: [String: (result: Result<ListenerTranslation, XDSError>, notes: Notes)] = [:]
     /// Each cluster's document with the Cluster and assignment it came from: an update that
     /// leaves both equal reuses the document (EDS resends every assignment to change one).
-    var clusterCache: [String: (cluster: EnvoyCluster, assignment: EnvoyLoadAssignment?, doc: ClusterDocument)] = [:]
+    var clusterCache: [String: (cluster: EnvoyCluster, assignment: EnvoyLoadAssignment?, doc: ClusterDocument, notes: Notes)] = [:]
 }
 
 /// Translates the resources that are complete (warm) into listener and cluster documents.
@@ -110,6 +135,17 @@ public struct Translation {
 /// (listeners depend on LDS, RDS and the cluster names, which EDS does not change).
 public func translate(_ r: XDSResources, activate: Set<String> = [], previous: Translation? = nil,
                       reuseClusters: Bool = false, reuseListeners: Bool = false) throws -> Translation {
+    let t = translateEach(r, activate: activate, previous: previous, reuseClusters: reuseClusters, reuseListeners: reuseListeners)
+    if let e = t.rejected.first { throw e }
+    return t
+}
+
+/// `translate`, resource by resource: a resource that cannot be translated is left out and
+/// listed in `rejected` (the caller decides what stands in for it). `refused` names clusters the
+/// control plane sent that were refused: listeners that use them wait (warming), as for a
+/// cluster still warming, rather than failing on an unknown name.
+public func translateEach(_ r: XDSResources, activate: Set<String> = [], previous: Translation? = nil,
+                          reuseClusters: Bool = false, reuseListeners: Bool = false, refused: Set<String> = []) -> Translation {
     var out = Translation()
     if reuseClusters, let p = previous {
         out.clusterPart = p.clusterPart
@@ -126,35 +162,58 @@ public func translate(_ r: XDSResources, activate: Set<String> = [], previous: T
             }
             let cla = r.loadAssignments[edsName(c)]
             let doc: ClusterDocument
+            let notes: Notes
             if let hit = previous?.clusterCache[name], hit.cluster.isEqualTo(message: c),
                (hit.assignment == nil && cla == nil) || (hit.assignment.map { a in cla.map { a.isEqualTo(message: $0) } ?? false } ?? false) {
                 doc = hit.doc
+                notes = hit.notes
             } else {
-                doc = try translateCluster(c, cla)
+                notes = Notes()
+                do { doc = try translateCluster(c, cla, notes: notes) } catch {
+                    var e = error as? XDSError ?? XDSError(resource: "cluster '\(name)'", message: "\(error)")
+                    e.involved[.cluster] = name
+                    if cla != nil { e.involved[.endpoint] = edsName(c) }
+                    out.clusterPart.rejected.append(e)
+                    continue
+                }
             }
-            out.clusterCache[name] = (c, cla, doc)
+            out.clusterCache[name] = (c, cla, doc, notes)
             out.clusterPart.docs.append(doc)
+            out.clusterPart.notes.merge(notes)
             out.clusterPart.active.insert(name)
         }
     }
     out.clusters = out.clusterPart.docs
     out.warming = out.clusterPart.warming
     out.activatedIncomplete = out.clusterPart.activated
+    out.rejected = out.clusterPart.rejected
+    out.notes.merge(out.clusterPart.notes)
     let active = out.clusterPart.active
-    let known = Set(r.clusters.keys)
+    let known = Set(r.clusters.keys).union(refused)
     for name in r.listeners.keys.sorted() {
         let l = r.listeners[name]!
         let key = "listener \(name)"
-        let result: ListenerTranslation
-        if reuseListeners, let cached = previous?.listenerResults[name] { result = cached } else {
-            result = try translateListener(l, routes: r.routes, knownClusters: known)
+        let cached: (result: Result<ListenerTranslation, XDSError>, notes: Notes)
+        if reuseListeners, let hit = previous?.listenerResults[name] { cached = hit } else {
+            let notes = Notes()
+            do { cached = (.success(try translateListener(l, routes: r.routes, knownClusters: known, notes: notes)), notes) } catch {
+                var e = error as? XDSError ?? XDSError(resource: "listener '\(name)'", message: "\(error)")
+                e.involved[.listener] = name
+                cached = (.failure(e), notes)
+            }
         }
-        out.listenerResults[name] = result
+        out.listenerResults[name] = cached
+        let result: ListenerTranslation
+        switch cached.result {
+        case .failure(let e): out.rejected.append(e); continue
+        case .success(let t): result = t
+        }
+        out.notes.merge(cached.notes)
         switch result {
         case .ready(let doc, let uses):
             if let missing = uses.first(where: { !active.contains($0) }) {
                 guard activate.contains(key) else {
-                    out.warming.append((key, "cluster \(missing) warming"))
+                    out.warming.append((key, refused.contains(missing) ? "cluster \(missing) refused" : "cluster \(missing) warming"))
                     continue
                 }
                 out.activatedIncomplete.insert(key)
@@ -179,9 +238,11 @@ enum ListenerTranslation {
     case waitingForRoutes(String, ListenerDocument)
 }
 
-func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>) throws -> ListenerTranslation {
+func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>,
+                       notes: Notes = Notes()) throws -> ListenerTranslation {
     let what = "listener '\(l.name)'"
-    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m) }
+    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: [.listener: l.name]) }
+    notes.about(.listener, l.name)
     let p = position("listener", l.name)
     var doc = ListenerDocument(position: p)
     doc.name = located(l.name, p)
@@ -198,7 +259,15 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     var chainRest = chain
     chainRest.filters = []
     if let extra = leftover(chainRest) { throw fail("filter_chains[0]: unsupported field(s) \(extra)") }
-    guard chain.filters.count == 1 else { throw fail("filter_chains[0].filters: exactly one network filter (http_connection_manager or tcp_proxy) is supported") }
+    guard let filter = chain.filters.last else { throw fail("filter_chains[0].filters: needs http_connection_manager or tcp_proxy last") }
+    // Filters before the last one: only those Weir knowingly skips (Filters.swift).
+    for (i, f) in chain.filters.dropLast().enumerated() {
+        let t = filterType(f.typedConfig)
+        switch networkFilterVerdict(t) {
+        case .skip: notes.ignore("network filter \(t.name)")
+        case .refuse(let why): throw fail("filter_chains[0].filters[\(i)] '\(f.name)' (\(t.name)): refused: \(why)")
+        }
+    }
     var rest = l
     rest.name = ""
     rest.clearAddress()
@@ -206,8 +275,8 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     rest.statPrefix = ""
     rest.clearMetadata()
     rest.trafficDirection = .unspecified
+    if !l.accessLog.isEmpty { notes.ignore("access_log"); rest.accessLog = [] }
     if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
-    let filter = chain.filters[0]
     if filter.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy") {
         let tcp: TCPProxy
         do { tcp = try TCPProxy(unpackingAny: filter.typedConfig) } catch { throw fail("tcp_proxy: cannot decode: \(error)") }
@@ -215,6 +284,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
         tcpRest.statPrefix = ""
         tcpRest.clusterSpecifier = nil
         tcpRest.clearIdleTimeout()
+        if !tcp.accessLog.isEmpty { notes.ignore("tcp_proxy.access_log"); tcpRest.accessLog = [] }
         if let extra = leftover(tcpRest) { throw fail("tcp_proxy: unsupported field(s) \(extra)") }
         doc.proto = located("tcp", p)
         if tcp.hasIdleTimeout { doc.idleTimeout = located(seconds(tcp.idleTimeout), p) }
@@ -245,15 +315,52 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     }
     let hcm: HCM
     do { hcm = try HCM(unpackingAny: filter.typedConfig) } catch { throw fail("http_connection_manager: cannot decode: \(error)") }
-    for f in hcm.httpFilters where !f.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.http.router.v3.Router") && f.name != "envoy.filters.http.router" {
-        throw fail("http_connection_manager.http_filters: '\(f.name)' is not supported (only the router)")
+    // The router last; before it only filters Weir knowingly skips, and any refused one named
+    // (every one is checked, so a refused filter is named even behind another refusal).
+    func isRouter(_ f: Envoy_Extensions_Filters_Network_HttpConnectionManager_V3_HttpFilter) -> Bool {
+        f.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.http.router.v3.Router") || (f.name == "envoy.filters.http.router" && f.typedConfig.typeURL.isEmpty)
     }
+    // No filters at all: the router alone (what Weir always had).
+    if let last = hcm.httpFilters.last, !isRouter(last) { throw fail("http_connection_manager.http_filters: the router must be the last filter") }
+    var refusals: [String] = []
+    for (i, f) in hcm.httpFilters.dropLast().enumerated() {
+        let t = filterType(f.typedConfig)
+        if f.isOptional && !refusedFilters.keys.contains(t.name) { notes.ignore("optional http filter \(t.name)"); continue }
+        switch httpFilterVerdict(t) {
+        case .skip: notes.ignore("http filter \(t.name)")
+        case .refuse(let why): refusals.append("http_filters[\(i)] '\(f.name)' (\(t.name)): refused: \(why)")
+        }
+    }
+    if !refusals.isEmpty { throw fail("http_connection_manager." + refusals.joined(separator: "; ")) }
     var hcmRest = hcm
     hcmRest.statPrefix = ""
     hcmRest.codecType = .auto
     hcmRest.httpFilters = []
     hcmRest.routeSpecifier = nil
     if case .stripAnyHostPort? = hcm.stripPortMode { hcmRest.stripPortMode = nil }
+    // Accepted and ignored: they change neither where a request goes nor who may send it.
+    if !hcm.accessLog.isEmpty { notes.ignore("http_connection_manager.access_log"); hcmRest.accessLog = [] }
+    if hcm.hasTracing { notes.ignore("http_connection_manager.tracing"); hcmRest.clearTracing() }
+    if hcm.hasRequestIDExtension { notes.ignore("http_connection_manager.request_id_extension"); hcmRest.clearRequestIDExtension() }
+    if !hcm.serverName.isEmpty { notes.ignore("http_connection_manager.server_name"); hcmRest.serverName = "" }
+    if hcm.hasStreamIdleTimeout { notes.ignore("http_connection_manager.stream_idle_timeout"); hcmRest.clearStreamIdleTimeout() }
+    if hcm.hasUseRemoteAddress { notes.ignore("http_connection_manager.use_remote_address"); hcmRest.clearUseRemoteAddress() }
+    if hcm.xffNumTrustedHops != 0 { notes.ignore("http_connection_manager.xff_num_trusted_hops"); hcmRest.xffNumTrustedHops = 0 }
+    if hcm.hasGenerateRequestID { notes.ignore("http_connection_manager.generate_request_id"); hcmRest.clearGenerateRequestID() }
+    // What Weir does: escaped slashes stay as they are; an explicit false is the default.
+    if hcm.pathWithEscapedSlashesAction == .keepUnchanged { hcmRest.pathWithEscapedSlashesAction = .implementationSpecificDefault }
+    if hcm.hasNormalizePath && !hcm.normalizePath.value { hcmRest.clearNormalizePath() }
+    if hcm.hasNormalizePath && hcm.normalizePath.value {
+        throw fail("http_connection_manager.normalize_path: true is not implemented yet, and ignoring it would let a path such as /a/../admin match a route it should not; refused")
+    }
+    // Weir passes an Upgrade through (a websocket is a tunnel after the 101); other upgrade
+    // types and per-upgrade filters are refused.
+    for u in hcm.upgradeConfigs {
+        guard u.upgradeType.lowercased() == "websocket", u.filters.isEmpty, !u.hasEnabled || u.enabled.value else {
+            throw fail("http_connection_manager.upgrade_configs: only websocket (enabled, with no filters) is supported, not '\(u.upgradeType)'")
+        }
+    }
+    hcmRest.upgradeConfigs = []
     if let extra = leftover(hcmRest) { throw fail("http_connection_manager: unsupported field(s) \(extra)") }
     doc.proto = located("http", p)
     // Envoy matches virtual host domains against the Host with its port unless told to strip it.
@@ -272,19 +379,42 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     default:
         throw fail("http_connection_manager: needs rds or route_config")
     }
-    let (routeDocs, uses) = try translateRoutes(config, listener: l.name, knownClusters: knownClusters)
-    doc.routes = routeDocs
+    let translated: (docs: [RouteDocument], uses: [String], stripPort: Bool)
+    do {
+        translated = try translateRoutes(config, listener: l.name, knownClusters: knownClusters, notes: notes)
+    } catch var e as XDSError {
+        e.involved[.listener] = l.name
+        if case .rds? = hcm.routeSpecifier { e.involved[.route] = config.name }
+        throw e
+    }
+    notes.about(.listener, l.name)
+    if translated.stripPort { doc.http?["strip_host_port"] = located("true", p) }
+    doc.routes = translated.docs
     doc.routesPosition = p
-    return .ready(doc, uses: uses)
+    return .ready(doc, uses: translated.uses)
 }
 
-func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownClusters: Set<String>) throws -> ([RouteDocument], [String]) {
+/// A route configuration's routes, the clusters they use, and whether the Host's port is ignored
+/// when matching domains (ignore_port_in_host_matching).
+func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownClusters: Set<String>,
+                     notes: Notes = Notes()) throws -> (docs: [RouteDocument], uses: [String], stripPort: Bool) {
     let what = "route_configuration '\(config.name)'"
-    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m) }
+    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: [.route: config.name]) }
+    notes.about(.route, config.name)
     var configRest = config
     configRest.name = ""
     configRest.virtualHosts = []
+    // validate_clusters false: a route to a cluster Weir does not hold answers 503 (no cluster)
+    // when asked, as in Envoy; unset, such a route refuses the configuration.
+    let lenient = config.hasValidateClusters && !config.validateClusters.value
+    configRest.clearValidateClusters()
+    configRest.ignorePortInHostMatching = false
+    if config.maxDirectResponseBodySizeBytes.value > 0 {
+        // A bound on direct_response bodies, which come inline here; checked below.
+        configRest.clearMaxDirectResponseBodySizeBytes()
+    }
     if let extra = leftover(configRest) { throw fail("unsupported field(s) \(extra)") }
+    let maxDirect = config.hasMaxDirectResponseBodySizeBytes ? Int(config.maxDirectResponseBodySizeBytes.value) : 4096
     let p = position("route", config.name)
     var out: [RouteDocument] = []
     var uses: [String] = []
@@ -293,6 +423,8 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
         vhRest.name = ""
         vhRest.domains = []
         vhRest.routes = []
+        // A request header telling the upstream which attempt this is; information only.
+        if vh.includeRequestAttemptCount { notes.ignore("virtual_host.include_request_attempt_count"); vhRest.includeRequestAttemptCount = false }
         if let extra = leftover(vhRest) { throw fail("virtual_host '\(vh.name)': unsupported field(s) \(extra)") }
         let hosts = vh.domains.contains("*") ? [] : vh.domains
         for (i, route) in vh.routes.enumerated() {
@@ -356,6 +488,9 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             switch route.action {
             case .route(let a)?:
                 switch a.clusterSpecifier {
+                case .cluster(let c)? where !knownClusters.contains(c) && lenient:
+                    d.directResponse = ["status": located("503", p), "body": located("no cluster \(c)\n", p)]
+                    d.directResponsePosition = p
                 case .cluster(let c)?:
                     guard knownClusters.contains(c) else { throw fail("\(at): cluster '\(c)' is not a known cluster") }
                     d.cluster = located(c, p)
@@ -395,6 +530,8 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
                 }
                 if a.hasRetryPolicy { d.retries = try translateRetryPolicy(a.retryPolicy, at, p, fail) }
                 var aRest = a
+                // gRPC's timeout header needs HTTP/2, which Weir does not speak yet.
+                if a.hasMaxGrpcTimeout { notes.ignore("route.max_grpc_timeout"); aRest.clearMaxGrpcTimeout() }
                 aRest.clusterSpecifier = nil
                 aRest.clearTimeout()
                 aRest.clearIdleTimeout()
@@ -403,10 +540,20 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
                 aRest.clearRetryPolicy()
                 aRest.hashPolicy = []
                 if let extra = leftover(aRest) { throw fail("\(at): route: unsupported field(s) \(extra)") }
+                if d.directResponse != nil {
+                    // The 503 for a cluster Weir does not hold keeps only the route's match.
+                    let matched = d
+                    d = RouteDocument(position: p)
+                    d.match = matched.match
+                    d.matchHeaders = matched.matchHeaders
+                    d.directResponse = matched.directResponse
+                    d.directResponsePosition = p
+                }
             case .directResponse(let dr)?:
                 var map = ["status": located(String(dr.status), p)]
                 if dr.hasBody {
                     guard case .inlineString(let body)? = dr.body.specifier else { throw fail("\(at): direct_response body must be inline_string") }
+                    guard body.utf8.count <= maxDirect else { throw fail("\(at): direct_response body of \(body.utf8.count) bytes is over max_direct_response_body_size_bytes (\(maxDirect))") }
                     map["body"] = located(body, p)
                 }
                 d.directResponse = map
@@ -452,6 +599,7 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             var routeRest = route
             routeRest.name = ""
             routeRest.clearMetadata()
+            if route.hasDecorator { notes.ignore("route.decorator"); routeRest.clearDecorator() }
             routeRest.clearMatch()
             routeRest.action = nil
             routeRest.requestHeadersToAdd = []
@@ -462,29 +610,45 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             out.append(d)
         }
     }
-    return (out, uses)
+    return (out, uses, config.ignorePortInHostMatching)
 }
 
-func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> ClusterDocument {
+func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Notes = Notes()) throws -> ClusterDocument {
     let what = "cluster '\(c.name)'"
-    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m) }
+    var involved: [XDSType: String] = [.cluster: c.name]
+    if c.type == .eds { involved[.endpoint] = edsName(c) }
+    func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: involved) }
+    notes.about(.cluster, c.name)
     let p = position("cluster", c.name)
     var d = ClusterDocument(position: p)
     d.name = located(c.name, p)
+    if c.type == .originalDst {
+        throw fail("type ORIGINAL_DST (lb_policy CLUSTER_PROVIDED) is not implemented yet: Weir cannot connect to a connection's original destination")
+    }
     switch c.lbPolicy {
     case .roundRobin: d.balancer = located("round_robin", p)
     case .leastRequest: d.balancer = located("least_request", p)
     case .ringHash: d.balancer = located("ring_hash", p)
     case .maglev: d.balancer = located("maglev", p)
     case .random: d.balancer = located("random", p)
+    case .clusterProvided: throw fail("lb_policy CLUSTER_PROVIDED needs type ORIGINAL_DST")
+    case .loadBalancingPolicyConfig: throw fail("lb_policy LOAD_BALANCING_POLICY_CONFIG (load_balancing_policy) is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH, MAGLEV, RANDOM are)")
     default: throw fail("lb_policy \(c.lbPolicy) is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH, MAGLEV, RANDOM are)")
     }
     try translateLbConfig(c, into: &d, p, fail)
     if c.hasConnectTimeout { d.connectTimeout = located(seconds(c.connectTimeout), p) }
+    var localityWeighted = false
     if c.hasCommonLbConfig {
         if c.commonLbConfig.hasHealthyPanicThreshold { d.panicThreshold = located(String(Int(c.commonLbConfig.healthyPanicThreshold.value)), p) }
         var rest = c.commonLbConfig
         rest.clearHealthyPanicThreshold()
+        // Locality-weighted balancing picks a locality, then an endpoint in it: with one
+        // locality per priority (what istiod sends for a service) it is plain balancing, which
+        // translateEndpoints checks; several localities are refused there.
+        if case .localityWeightedLbConfig? = c.commonLbConfig.localityConfigSpecifier {
+            localityWeighted = true
+            rest.localityConfigSpecifier = nil
+        }
         if let extra = leftover(rest) { throw fail("common_lb_config: unsupported field(s) \(extra)") }
     }
     if c.hasOutlierDetection {
@@ -500,14 +664,20 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
         if let extra = leftover(rest) { throw fail("outlier_detection: unsupported field(s) \(extra)") }
     }
     if c.hasCircuitBreakers {
-        // Weir's limit is the pool's max_connections (per shard, per endpoint); the other
-        // thresholds have no counterpart yet and are refused rather than ignored.
+        // Weir's limit is the pool's max_connections (per shard, per endpoint). 4294967295 is
+        // how istiod says "no limit". The other thresholds (pending requests, requests,
+        // retries) only shed load with 503s; Weir has no such limit yet, so finite ones are
+        // accepted and ignored, and listed.
         for t in c.circuitBreakers.thresholds {
             guard t.priority == .default else { throw fail("circuit_breakers: only DEFAULT priority thresholds are supported") }
-            if t.hasMaxConnections { d.pool = ["max_connections": located(String(t.maxConnections.value), p)] }
+            if t.hasMaxConnections && t.maxConnections.value != UInt32.max { d.pool = ["max_connections": located(String(t.maxConnections.value), p)] }
             var tRest = t
             tRest.clearMaxConnections()
-            if let extra = leftover(tRest) { throw fail("circuit_breakers.thresholds: unsupported field(s) \(extra) (max_connections is supported)") }
+            if t.hasMaxPendingRequests { if t.maxPendingRequests.value != UInt32.max { notes.ignore("circuit_breakers.max_pending_requests") }; tRest.clearMaxPendingRequests() }
+            if t.hasMaxRequests { if t.maxRequests.value != UInt32.max { notes.ignore("circuit_breakers.max_requests") }; tRest.clearMaxRequests() }
+            if t.hasMaxRetries { if t.maxRetries.value != UInt32.max { notes.ignore("circuit_breakers.max_retries") }; tRest.clearMaxRetries() }
+            if t.trackRemaining { notes.ignore("circuit_breakers.track_remaining"); tRest.trackRemaining = false }
+            if let extra = leftover(tRest) { throw fail("circuit_breakers.thresholds: unsupported field(s) \(extra)") }
         }
         var cbRest = c.circuitBreakers
         cbRest.thresholds = []
@@ -519,6 +689,21 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
         d.healthCheckPosition = p
     }
     var rest = c
+    try translateProtocolOptions(c, into: &d, p, notes, fail)
+    rest.typedExtensionProtocolOptions = [:]
+    for (i, f) in c.filters.enumerated() {
+        let t = filterType(f.typedConfig)
+        switch clusterFilterVerdict(t) {
+        case .skip: notes.ignore("cluster filter \(t.name)")
+        case .refuse(let why): throw fail("filters[\(i)] '\(f.name)' (\(t.name)): refused: \(why)")
+        }
+    }
+    rest.filters = []
+    // Which transport socket each endpoint uses is decided with the endpoints (below).
+    let matches = c.transportSocketMatches
+    rest.transportSocketMatches = []
+    let defaultSocket: Envoy_Config_Core_V3_TransportSocket? = c.hasTransportSocket ? c.transportSocket : nil
+    rest.clearTransportSocket()
     rest.name = ""
     rest.clearMetadata()  // labels for filters and subsets Weir does not have; they change nothing
     rest.altStatName = ""
@@ -535,7 +720,11 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
     let assignment: EnvoyLoadAssignment
     switch c.type {
-    case .static: assignment = c.loadAssignment
+    case .static:
+        // A static cluster with no endpoints (Istio's BlackHoleCluster) answers 503 and closes
+        // TCP connections.
+        d.mayBeEmpty = true
+        assignment = c.loadAssignment
     case .eds:
         d.mayBeEmpty = true
         guard let cla else { return d }  // warming, and kept only when the caller asked for it
@@ -545,8 +734,63 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?) throws -> 
     if assignment.policy.hasOverprovisioningFactor {
         d.overprovisioningFactor = located(Int(assignment.policy.overprovisioningFactor.value), p)
     }
-    d.endpoints = try translateEndpoints(assignment, cluster: c.name, p)
+    d.endpoints = try translateEndpoints(assignment, cluster: c.name, p, localityWeighted: localityWeighted, notes: notes) { e in
+        try checkTransportSocket(for: e, matches, defaultSocket, cluster: c.name, fail)
+    }
+    notes.about(.cluster, c.name)
     return d
+}
+
+/// The transport socket an endpoint uses: the first of the cluster's transport_socket_matches
+/// whose `match` the endpoint's `envoy.transport_socket_match` metadata holds, else the cluster's
+/// transport_socket. Plaintext (none, or raw_buffer) is what Weir does; anything else (Istio's
+/// mTLS to `tlsMode: istio` endpoints) is refused: sending plaintext would drop the identity
+/// check the control plane asked for.
+func checkTransportSocket(for e: Envoy_Config_Endpoint_V3_LbEndpoint, _ matches: [EnvoyCluster.TransportSocketMatch],
+                          _ fallback: Envoy_Config_Core_V3_TransportSocket?, cluster: String, _ fail: (String) -> XDSError) throws {
+    let labels = e.metadata.filterMetadata["envoy.transport_socket_match"]?.fields ?? [:]
+    var chosen = fallback
+    var chosenName = "transport_socket"
+    for m in matches where m.match.fields.allSatisfy({ labels[$0.key] == $0.value }) {
+        chosen = m.hasTransportSocket ? m.transportSocket : nil
+        chosenName = "transport_socket_matches '\(m.name)'"
+        break
+    }
+    guard let socket = chosen else { return }
+    let type = socket.typedConfig.typeURL.split(separator: "/").last.map(String.init) ?? ""
+    if type == "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" || (type.isEmpty && socket.name == "envoy.transport_sockets.raw_buffer") { return }
+    var address = "an endpoint"
+    if case .endpoint(let ep)? = e.hostIdentifier, case .socketAddress(let sa)? = ep.address.address { address = "endpoint \(sa.address):\(sa.portValue)" }
+    throw fail("\(address) uses \(chosenName) (\(type.isEmpty ? socket.name : type)): upstream TLS from xDS is not implemented yet, and plaintext would drop the peer identity check; refused")
+}
+
+/// typed_extension_protocol_options: Envoy's upstream HTTP protocol options, read from the wire
+/// (Weir does not carry their generated type). HTTP/1.1 explicitly, as downstream, or auto: what
+/// Weir does (HTTP/1.1 to upstreams). An explicit HTTP/2 upstream is accepted and listed (Weir
+/// speaks HTTP/1.1 to it and such requests fail; nothing goes elsewhere). idle_timeout is the
+/// pool's. Anything else is refused.
+func translateProtocolOptions(_ c: EnvoyCluster, into d: inout ClusterDocument, _ p: SourcePosition, _ notes: Notes,
+                              _ fail: (String) -> XDSError) throws {
+    for (key, any) in c.typedExtensionProtocolOptions.sorted(by: { $0.key < $1.key }) {
+        let at = "typed_extension_protocol_options['\(key)']"
+        guard key == "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+              any.typeURL.hasSuffix("/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"), let o = RawProto(any.value) else {
+            throw fail("\(at): only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported")
+        }
+        if let unknown = o.numbers.subtracting([1, 3, 4, 5]).min() {
+            throw fail("\(at): field \(unknown) is not supported (common_http_protocol_options.idle_timeout, explicit_http_config, use_downstream_protocol_config and auto_config are)")
+        }
+        if let common = o.message(1) {
+            if let extra = common.numbers.subtracting([1]).min() { throw fail("\(at).common_http_protocol_options: field \(extra) is not supported (idle_timeout is)") }
+            if let t = common.message(1) {
+                let ns = Int64(t.varint(1) ?? 0) * 1_000_000_000 + Int64(t.varint(2) ?? 0)
+                if ns > 0 { d.pool = (d.pool ?? [:]).merging(["idle_timeout": located("\(ns / 1_000_000)ms", p)]) { $1 } }
+            }
+        }
+        if let explicit = o.message(3), explicit.numbers.contains(2) || explicit.numbers.contains(3) {
+            notes.ignore("typed_extension_protocol_options.explicit_http_config (HTTP/2 or HTTP/3 upstream)")
+        }
+    }
 }
 
 /// A route's retry_policy as `retries:` keys. Conditions that cannot arise through an HTTP/1.1
@@ -708,12 +952,21 @@ func translateLbConfig(_ c: EnvoyCluster, into d: inout ClusterDocument, _ p: So
 
 /// Healthy and unknown endpoints with their priorities (UNHEALTHY, DRAINING and TIMEOUT ones are
 /// left out); the compiled cluster spills from a priority to the next as Envoy does.
-func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: SourcePosition) throws -> [EndpointDocument] {
-    func fail(_ m: String) -> XDSError { XDSError(resource: "cluster_load_assignment '\(cla.clusterName.isEmpty ? cluster : cla.clusterName)'", message: m) }
+func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: SourcePosition, localityWeighted: Bool = false,
+                        notes: Notes = Notes(), check: (Envoy_Config_Endpoint_V3_LbEndpoint) throws -> Void = { _ in }) throws -> [EndpointDocument] {
+    let name = cla.clusterName.isEmpty ? cluster : cla.clusterName
+    func fail(_ m: String) -> XDSError { XDSError(resource: "cluster_load_assignment '\(name)'", message: m, involved: [.endpoint: name, .cluster: cluster]) }
+    notes.about(.endpoint, name)
     var out: [EndpointDocument] = []
+    if localityWeighted {
+        let priorities = cla.endpoints.map(\.priority)
+        if Set(priorities).count != priorities.count {
+            throw fail("locality_weighted_lb_config with several localities in one priority is not supported (one locality per priority is)")
+        }
+    }
     for locality in cla.endpoints {
-        // Locality (a label), its weight (used only by locality-weighted balancing, which Weir's
-        // clusters never enable, as Envoy ignores it then too) and metadata inform nothing here.
+        // Locality (a label), its weight (used only by locality-weighted balancing, which with
+        // one locality per priority changes nothing) and metadata inform nothing here.
         var lRest = locality
         lRest.clearLocality(); lRest.clearMetadata(); lRest.lbEndpoints = []; lRest.clearLoadBalancingWeight(); lRest.priority = 0
         if let extra = leftover(lRest) { throw fail("endpoints (locality): unsupported field(s) \(extra)") }
@@ -724,11 +977,19 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
             case .unhealthy, .draining, .timeout: continue
             default: break
             }
+            do { try check(lb) } catch var err as XDSError {
+                err.resource = "cluster_load_assignment '\(name)'"
+                err.involved[.endpoint] = name
+                throw err
+            }
             var lbRest = lb
             lbRest.hostIdentifier = nil; lbRest.healthStatus = .unknown; lbRest.clearMetadata(); lbRest.clearLoadBalancingWeight()
             if let extra = leftover(lbRest) { throw fail("lb_endpoints: unsupported field(s) \(extra)") }
             var eRest = e
             eRest.clearAddress(); eRest.hostname = ""
+            // An empty health_check_config (Envoy fills one in when it dumps its config) means
+            // the endpoint's own address; anything in it is refused.
+            if e.hasHealthCheckConfig && e.healthCheckConfig.isEqualTo(message: Envoy_Config_Endpoint_V3_Endpoint.HealthCheckConfig()) { eRest.clearHealthCheckConfig() }
             if let extra = leftover(eRest) { throw fail("lb_endpoints.endpoint: unsupported field(s) \(extra)") }
             var saRest = sa
             saRest.address = ""; saRest.portSpecifier = nil

@@ -184,14 +184,14 @@ struct Run: ParsableCommand {
             // Listeners and clusters also come from a control plane: each update is compiled with
             // the file's static part and published whole, or NACKed.
             let client = ADSClient(settings: xds) { listeners, clusters in
-                server.reloadLock.withLock { _ -> String? in
+                server.reloadLock.withLock { _ -> [ConfigError] in
                     do {
                         try publishMerged(server, dynamic: (listeners, clusters), reason: "xds")
-                        return nil
+                        return []
                     } catch let e as ConfigErrors {
-                        return e.errors.map(\.description).joined(separator: "; ")
+                        return e.errors
                     } catch {
-                        return "\(error)"
+                        return [ConfigError(SourcePosition(file: "xds", line: 1, column: 1), "\(error)")]
                     }
                 }
             }

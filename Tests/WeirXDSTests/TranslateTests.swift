@@ -120,11 +120,11 @@ let endpointsJSON = """
                   {"match": {"prefix": "/"}, "route": {"cluster": "app", "hash_policy": \(hashPolicy)}}]}]}
                 """)
         }
-        let (docs, _) = try translateRoutes(try routes(#"[{"header": {"header_name": "X-User"}}]"#), listener: "l", knownClusters: ["app"])
+        let (docs, _, _) = try translateRoutes(try routes(#"[{"header": {"header_name": "X-User"}}]"#), listener: "l", knownClusters: ["app"])
         #expect(docs.first?.hashKey?.value == "header:X-User")
-        let (cookie, _) = try translateRoutes(try routes(#"[{"cookie": {"name": "session"}}]"#), listener: "l", knownClusters: ["app"])
+        let (cookie, _, _) = try translateRoutes(try routes(#"[{"cookie": {"name": "session"}}]"#), listener: "l", knownClusters: ["app"])
         #expect(cookie.first?.hashKey?.value == "cookie:session")
-        let (ip, _) = try translateRoutes(try routes(#"[{"connection_properties": {"source_ip": true}}]"#), listener: "l", knownClusters: ["app"])
+        let (ip, _, _) = try translateRoutes(try routes(#"[{"connection_properties": {"source_ip": true}}]"#), listener: "l", knownClusters: ["app"])
         #expect(ip.first?.hashKey?.value == "source_ip")
         #expect(refusal { _ = try translateRoutes(try routes(#"[{"cookie": {"name": "s", "ttl": "10s"}}]"#), listener: "l", knownClusters: ["app"]) }
             .contains("does not generate cookies"))
@@ -137,7 +137,7 @@ let endpointsJSON = """
             {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
               {"match": {"safe_regex": {"regex": "/u/[0-9]+"}}, "route": {"cluster": "app"}}]}]}
             """)
-        let (docs, _) = try translateRoutes(config, listener: "l", knownClusters: ["app"])
+        let (docs, _, _) = try translateRoutes(config, listener: "l", knownClusters: ["app"])
         #expect(docs.first?.match["path_regex"]?.value == "/u/[0-9]+")
         let bad = try EnvoyRouteConfiguration(jsonString: """
             {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
@@ -192,11 +192,19 @@ let endpointsJSON = """
         #expect(refusal { _ = try translateCluster(grpc, nil) }.contains("only http_health_check and tcp_health_check"))
     }
 
-    @Test func circuitBreakersOtherThanMaxConnectionsAreRefused() throws {
+    @Test func circuitBreakersBeyondMaxConnectionsAreAcceptedAndListed() throws {
         let ok = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"max_connections": 100}]}}"#)
         #expect(try translateCluster(ok, nil).pool?["max_connections"]?.value == "100")
+        // They only shed load with 503s: accepted, ignored, and listed as such.
         let requests = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"max_connections": 100, "max_requests": 10}]}}"#)
-        #expect(refusal { _ = try translateCluster(requests, nil) }.contains("maxRequests"))
+        let notes = Notes()
+        _ = try translateCluster(requests, nil, notes: notes)
+        #expect(notes.ignored[.cluster]?["circuit_breakers.max_requests"] == ["c"])
+        // 4294967295, istiod's "no limit", leaves the pool alone and is nothing to list.
+        let istio = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"max_connections": 4294967295, "max_pending_requests": 4294967295, "max_requests": 4294967295, "max_retries": 4294967295}]}}"#)
+        let none = Notes()
+        #expect(try translateCluster(istio, nil, notes: none).pool == nil)
+        #expect(none.ignored.isEmpty)
         let high = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"priority": "HIGH", "max_connections": 1}]}}"#)
         #expect(refusal { _ = try translateCluster(high, nil) }.contains("only DEFAULT priority"))
     }
@@ -210,10 +218,10 @@ let endpointsJSON = """
         }
         // Istio's default (its typed_config, an empty PreviousHostsPredicate, left out here).
         let config = try routes(#"{"retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", "num_retries": 2, "retriable_status_codes": [503], "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}], "host_selection_retry_max_attempts": "5"}"#)
-        let (docs, _) = try translateRoutes(config, listener: "l", knownClusters: ["app"])
+        let (docs, _, _) = try translateRoutes(config, listener: "l", knownClusters: ["app"])
         let retries = try #require(docs.first?.retries)
         #expect(retries["on"]?.value == "connect_failure,503" && retries["attempts"]?.value == "2" && retries["non_idempotent"]?.value == "true")
-        let (fivexx, _) = try translateRoutes(try routes(#"{"retry_on": "5xx", "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}}"#), listener: "l", knownClusters: ["app"])
+        let (fivexx, _, _) = try translateRoutes(try routes(#"{"retry_on": "5xx", "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}}"#), listener: "l", knownClusters: ["app"])
         #expect(fivexx.first?.retries?["on"]?.value == "5xx,reset" && fivexx.first?.retries?["backoff"]?.value == "100ms")
         #expect(refusal { _ = try translateRoutes(try routes(#"{"retry_on": "5xx", "per_try_timeout": "1s"}"#), listener: "l", knownClusters: ["app"]) }
             .contains("perTryTimeout"))

@@ -1,0 +1,149 @@
+// Resources in the shape istiod sends (fields and filters counted from real sidecar dumps; see
+// ../shared/istio when present), replayed by the test management server: they are applied
+// resource by resource, what Weir accepts and ignores is listed, and what it refuses is named
+// in the NACK while the rest serves.
+import Foundation
+import Testing
+import WeirDemo
+
+/// Istio's own filter configs travel inside a udpa TypedStruct.
+func typedStruct(_ type: String, _ value: String = "{}") -> String {
+    #"{"@type": "type.googleapis.com/udpa.type.v1.TypedStruct", "type_url": "type.googleapis.com/\#(type)", "value": \#(value)}"#
+}
+
+/// An outbound cluster as istiod writes it: EDS, LEAST_REQUEST, "no limit" circuit breakers,
+/// locality-weighted balancing, HTTP protocol options, the mTLS/plaintext socket matches, the
+/// metadata-exchange upstream filter, metadata.
+func istioCluster(_ name: String) -> String {
+    """
+    {"name": "\(name)", "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}, "service_name": "\(name)"},
+     "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
+     "circuit_breakers": {"thresholds": [{"max_connections": 4294967295, "max_pending_requests": 4294967295, "max_requests": 4294967295, "max_retries": 4294967295, "track_remaining": true}]},
+     "common_lb_config": {"locality_weighted_lb_config": {}},
+     "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+       "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "use_downstream_protocol_config": {"http_protocol_options": {}}}},
+     "transport_socket_matches": [
+       {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", "sni": "outbound_.80_._.\(name)",
+         "common_tls_context": {"alpn_protocols": ["istio-peer-exchange", "istio"], "tls_certificate_sds_secret_configs": [{"name": "default"}]}}}},
+       {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}],
+     "filters": [{"name": "istio.metadata_exchange", "typed_config": \(typedStruct("envoy.tcp.metadataexchange.config.MetadataExchange", #"{"protocol": "istio-peer-exchange"}"#))}],
+     "metadata": {"filter_metadata": {"istio": {"services": [{"host": "\(name)", "name": "app", "namespace": "default"}]}}}}
+    """
+}
+
+func istioEndpoints(_ name: String, port: UInt16, mtls: Bool = false) -> String {
+    let socketMatch = mtls ? #", "envoy.transport_socket_match": {"tlsMode": "istio"}"# : ""
+    return """
+    {"cluster_name": "\(name)", "endpoints": [{"locality": {}, "load_balancing_weight": 1, "lb_endpoints": [
+      {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": \(port)}}, "health_check_config": {}},
+       "health_status": "HEALTHY", "load_balancing_weight": 1,
+       "metadata": {"filter_metadata": {"istio": {"workload": "app;default;app;v1;Kubernetes"}\(socketMatch)}}}]}],
+     "policy": {"overprovisioning_factor": 140}}
+    """
+}
+
+/// An outbound HTTP listener's connection manager as istiod writes it, with the HTTP filters in
+/// Istio's order; `extraFilter` goes before the router.
+func istioListener(_ name: String, port: UInt16, routes: String, extraFilter: String? = nil) -> String {
+    let router = #"{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}"#
+    let filters = [
+        #"{"name": "istio.metadata_exchange", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {"vm_config": {"runtime": "envoy.wasm.runtime.null", "code": {"local": {"inline_string": "envoy.wasm.metadata_exchange"}}}, "configuration": \#(typedStruct("envoy.tcp.metadataexchange.config.MetadataExchange"))}}}"#,
+        #"{"name": "envoy.filters.http.grpc_stats", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig", "emit_filter_state": true, "stats_for_all_methods": false}}"#,
+        #"{"name": "istio.alpn", "typed_config": \#(typedStruct("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", #"{"alpn_override": [{"alpn_override": ["istio-http/1.0", "istio"]}]}"#))}"#,
+        #"{"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}"#,
+        #"{"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}"#,
+        #"{"name": "istio.stats", "typed_config": \#(typedStruct("stats.PluginConfig"))}"#,
+    ] + (extraFilter.map { [$0] } ?? []) + [router]
+    return """
+    {"name": "\(name)", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(port)}}, "traffic_direction": "OUTBOUND",
+     "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": "/dev/stdout"}}],
+     "filter_chains": [{"filters": [
+       {"name": "istio.stats", "typed_config": \(typedStruct("stats.PluginConfig"))},
+       {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+         "stat_prefix": "outbound_0.0.0.0_\(port)", "rds": {"route_config_name": "\(routes)", "config_source": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}},
+         "http_filters": [\(filters.joined(separator: ","))],
+         "tracing": {"random_sampling": {"value": 1}}, "stream_idle_timeout": "0s", "use_remote_address": false,
+         "upgrade_configs": [{"upgrade_type": "websocket"}], "normalize_path": false, "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+         "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": "/dev/stdout"}}]}}]}]}
+    """
+}
+
+func istioRoutes(_ name: String, cluster: String) -> String {
+    """
+    {"name": "\(name)", "validate_clusters": false, "ignore_port_in_host_matching": true, "max_direct_response_body_size_bytes": 1048576,
+     "virtual_hosts": [
+       {"name": "app.default.svc.cluster.local:80", "domains": ["app.default.svc.cluster.local", "app"], "include_request_attempt_count": true, "routes": [
+         {"name": "gone", "match": {"prefix": "/gone"}, "route": {"cluster": "outbound|80||gone.default.svc.cluster.local", "timeout": "0s"}},
+         {"name": "default", "match": {"prefix": "/"}, "decorator": {"operation": "app:80/*"},
+          "route": {"cluster": "\(cluster)", "timeout": "0s", "max_grpc_timeout": "0s",
+            "retry_policy": {"retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", "num_retries": 2,
+              "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}], "host_selection_retry_max_attempts": "5", "retriable_status_codes": [503]}}}]},
+       {"name": "allow_any", "domains": ["*"], "include_request_attempt_count": true, "routes": [
+         {"name": "allow_any", "match": {"prefix": "/"}, "direct_response": {"status": 502, "body": {"inline_string": "no passthrough\\n"}}}]}]}
+    """
+}
+
+@Suite(.serialized) struct IstioShapeTests {
+    @Test func istioShapedResourcesApplyResourceByResourceAndRefusalsAreNamed() throws {
+        let cp = try XDSControlPlane()
+        let app = try HTTPUpstream(name: "app"), secure = try HTTPUpstream(name: "secure")
+        let port = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: """
+            admin: { address: 127.0.0.1:\(adminPort) }
+            node: { id: "sidecar~127.0.0.1~app-1.default~default.svc.cluster.local", cluster: app.default }
+            xds: { address: "127.0.0.1:\(cp.port)", initial_fetch_timeout: 30s }
+            """)
+        defer { weir.stop() }
+        let appCluster = "outbound|80||app.default.svc.cluster.local", secureCluster = "outbound|80||secure.default.svc.cluster.local"
+        // CDS: two outbound clusters, the black hole, and an ORIGINAL_DST passthrough Weir
+        // cannot honour yet: refused by name, the rest applied.
+        cp.push("CDS", version: "c1", """
+            [\(istioCluster(appCluster)), \(istioCluster(secureCluster)),
+             {"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"},
+             {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s"}]
+            """)
+        let cds = cp.waitForRequest { $0.hasPrefix("REQ CDS") && $0.contains("error=cluster") }
+        #expect(cds?.contains("cluster 'PassthroughCluster': type ORIGINAL_DST") == true, "\(cds ?? "no NACK")")
+        #expect(cds?.contains("version=c1") == false, "a partial NACK keeps the version last accepted whole")
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ EDS") && $0.contains(appCluster) && $0.contains(secureCluster) } != nil,
+                "the applied clusters ask for their endpoints")
+        // EDS: the secure service's endpoint asks for Istio mTLS, which Weir cannot do yet.
+        cp.push("EDS", version: "e1", "[\(istioEndpoints(appCluster, port: app.port)), \(istioEndpoints(secureCluster, port: secure.port, mtls: true))]")
+        let eds = cp.waitForRequest { $0.hasPrefix("REQ EDS") && $0.contains("error=cluster_load_assignment") }
+        #expect(eds?.contains("'\(secureCluster)'") == true && eds?.contains("tlsMode-istio") == true, "\(eds ?? "no NACK")")
+        #expect(eds?.contains("'\(appCluster)'") == false)
+        // LDS: one listener in Istio's shape, and one with a Lua filter (refused, named).
+        let lua = #"{"name": "envoy.lua", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "default_source_code": {"inline_string": "function envoy_on_request(h) end"}}}"#
+        let other = try freePort()
+        cp.push("LDS", version: "l1", "[\(istioListener("0.0.0.0_80", port: port, routes: "80")), \(istioListener("lua", port: other, routes: "80", extraFilter: lua))]")
+        let lds = cp.waitForRequest { $0.hasPrefix("REQ LDS") && $0.contains("error=listener") }
+        #expect(lds?.contains("listener 'lua'") == true && lds?.contains("Lua") == true && lds?.contains("0.0.0.0_80") == false, "\(lds ?? "no NACK")")
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("names=80") } != nil)
+        cp.push("RDS", version: "r1", "[\(istioRoutes("80", cluster: appCluster))]")
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("version=r1") && $0.hasSuffix("error=") } != nil, "the routes are ACKed")
+        #expect(weir.waitForLog("xds: ACK RDS version r1"))
+
+        // Traffic: the service by name (its port ignored), a route to a cluster Weir does not
+        // hold (503), and everything else to the catch-all.
+        var r = try HTTPClient(port: port).request("GET /hello HTTP/1.1\r\nHost: app.default.svc.cluster.local:80\r\n\r\n")
+        #expect(r.status == 200 && r.text.hasPrefix("app /hello"), "\(r.status) \(r.text)")
+        r = try HTTPClient(port: port).request("GET /gone HTTP/1.1\r\nHost: app\r\n\r\n")
+        #expect(r.status == 503, "validate_clusters false: a route to an unknown cluster answers 503: \(r.status)")
+        r = try HTTPClient(port: port).request("GET / HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+        #expect(r.status == 502 && r.text == "no passthrough\n", "\(r.status) \(r.text)")
+        #expect((try? TestClient(loopback(other), timeoutSeconds: 1)) == nil, "the refused listener is not bound")
+
+        // What was accepted and ignored is listed and counted; what was refused is named.
+        let dump = admin(adminPort, "GET", "/config_dump").1
+        #expect(dump.contains(#""field":"http filter stats.PluginConfig""#), "\(dump.prefix(3000))")
+        #expect(dump.contains(#""field":"cluster filter envoy.tcp.metadataexchange.config.MetadataExchange""#))
+        #expect(dump.contains(#""name":"PassthroughCluster","error":"#))
+        let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
+        #expect((stats[#"weir_xds_ignored_total{field="http_connection_manager.tracing",type="LDS"}"#] ?? 0) >= 1)
+        #expect(stats[#"weir_xds_refused_resources{type="CDS"}"#] == 1)
+        #expect(weir.waitForLog("xds: accepting and ignoring LDS access_log"))
+    }
+}
