@@ -306,7 +306,13 @@ public enum HTTPParser {
                     guard d >= UInt8(ascii: "0") && d <= UInt8(ascii: "9") else { s.error = HTTPError(.badRequest, "bad Content-Length"); return false }
                     n = n * 10 + UInt64(d - UInt8(ascii: "0"))
                 }
-                if let old = s.contentLength, old != n { s.error = HTTPError(.badRequest, "differing Content-Length values"); return false }
+                // RFC 9110 section 8.6: a list of equal values must be refused or rewritten to one
+                // value before forwarding; Weir forwards fields as received, so it refuses them
+                // (an upstream that reads "5, 5" differently would frame the body differently).
+                if let old = s.contentLength {
+                    s.error = HTTPError(.badRequest, old != n ? "differing Content-Length values" : "Content-Length given more than once")
+                    return false
+                }
                 s.contentLength = n
                 return true
             }
