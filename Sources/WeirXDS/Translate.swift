@@ -361,6 +361,18 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
         }
     }
     hcmRest.upgradeConfigs = []
+    // X-Forwarded-Client-Cert. Weir's xDS listeners are plaintext (a chain's transport_socket is
+    // refused), so there is never a client certificate to add: SANITIZE (the default) and
+    // SANITIZE_SET remove a client's XFCC (an upstream trusting it could be told any identity),
+    // the forwarding modes pass it on as received.
+    let sanitizeXFCC: Bool
+    switch hcm.forwardClientCertDetails {
+    case .sanitize, .sanitizeSet: sanitizeXFCC = true
+    case .forwardOnly, .appendForward, .alwaysForwardOnly: sanitizeXFCC = false
+    default: throw fail("http_connection_manager.forward_client_cert_details \(hcm.forwardClientCertDetails) is not supported")
+    }
+    hcmRest.forwardClientCertDetails = .sanitize
+    if hcm.hasSetCurrentClientCertDetails { notes.ignore("http_connection_manager.set_current_client_cert_details (no client certificates on plaintext listeners)"); hcmRest.clearSetCurrentClientCertDetails() }
     if let extra = leftover(hcmRest) { throw fail("http_connection_manager: unsupported field(s) \(extra)") }
     doc.proto = located("http", p)
     // Envoy matches virtual host domains against the Host with its port unless told to strip it.
@@ -390,6 +402,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     notes.about(.listener, l.name)
     if translated.stripPort { doc.http?["strip_host_port"] = located("true", p) }
     doc.routes = translated.docs
+    if sanitizeXFCC { for i in doc.routes.indices { doc.routes[i].requestHeadersToRemove.append(located("x-forwarded-client-cert", p)) } }
     doc.routesPosition = p
     return .ready(doc, uses: translated.uses)
 }

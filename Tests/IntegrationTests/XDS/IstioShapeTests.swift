@@ -128,8 +128,9 @@ func istioRoutes(_ name: String, cluster: String) -> String {
 
         // Traffic: the service by name (its port ignored), a route to a cluster Weir does not
         // hold (503), and everything else to the catch-all.
-        var r = try HTTPClient(port: port).request("GET /hello HTTP/1.1\r\nHost: app.default.svc.cluster.local:80\r\n\r\n")
+        var r = try HTTPClient(port: port).request("GET /hello HTTP/1.1\r\nHost: app.default.svc.cluster.local:80\r\nX-Forwarded-Client-Cert: By=spiffe://evil\r\n\r\n")
         #expect(r.status == 200 && r.text.hasPrefix("app /hello"), "\(r.status) \(r.text)")
+        #expect(!r.text.lowercased().contains("x-forwarded-client-cert"), "SANITIZE (the default) removes a client's XFCC: \(r.text)")
         r = try HTTPClient(port: port).request("GET /gone HTTP/1.1\r\nHost: app\r\n\r\n")
         #expect(r.status == 503, "validate_clusters false: a route to an unknown cluster answers 503: \(r.status)")
         r = try HTTPClient(port: port).request("GET / HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
