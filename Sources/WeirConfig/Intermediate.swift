@@ -72,6 +72,11 @@ public struct TLSDocument: Sendable {
     public var position: SourcePosition
     public var certificates: [CertificateDocument] = []
     public var minVersion: Located<String>?
+    public var maxVersion: Located<String>?
+    /// TLS 1.2 cipher suites (OpenSSL names, ':'-separated), TLS 1.3 suites, key exchange groups.
+    public var ciphers: Located<String>?
+    public var cipherSuites: Located<String>?
+    public var curves: Located<String>?
     public var alpn: [Located<String>] = []
     public var clientCA: Located<String>?
     public var ticketKeyRotation: Located<Int64>?

@@ -106,12 +106,42 @@ public func openSSLErrors() -> String {
 
 extension Compiler {
     static let tlsVersions = ["1.2", "1.3"]
+    /// Mozilla's "intermediate" profile: forward secrecy and AEAD only (no CBC, so no LUCKY13
+    /// class of attacks), ECDSA and RSA certificates; TLS 1.3 suites are OpenSSL's (all AEAD).
+    /// The profile's DHE suites are left out: Weir loads no DH parameters.
+    public static let defaultCiphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        + "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    public static let defaultCurves = "X25519:P-256:P-384"
+
+    /// min/max version, ciphers, TLS 1.3 suites and groups on a context; false (with `bad`
+    /// told) when OpenSSL refuses a list, naming it.
+    static func applyTLSParameters(_ ctx: OpaquePointer, min: String, max: String, ciphers: Located<String>?, suites: Located<String>?,
+                                   curves: Located<String>?, at position: SourcePosition, _ bad: (SourcePosition, String) -> Void) -> Bool {
+        func version(_ v: String) -> Int32 { v == "1.3" ? weir_tls1_3_version() : weir_tls1_2_version() }
+        _ = weir_ssl_ctx_set_min_proto(ctx, version(min))
+        _ = weir_ssl_ctx_set_max_proto(ctx, version(max))
+        var ok = true
+        ERR_clear_error()
+        if SSL_CTX_set_cipher_list(ctx, ciphers?.value ?? defaultCiphers) != 1 {
+            bad(ciphers?.position ?? position, "ciphers: OpenSSL accepts none of '\(ciphers?.value ?? defaultCiphers)' (\(openSSLErrors()))"); ok = false
+        }
+        if let s = suites, SSL_CTX_set_ciphersuites(ctx, s.value) != 1 {
+            bad(s.position, "ciphersuites: OpenSSL refuses '\(s.value)' (\(openSSLErrors())); TLS 1.3 names look like TLS_AES_128_GCM_SHA256"); ok = false
+        }
+        if weir_ssl_ctx_set_groups_list(ctx, curves?.value ?? defaultCurves) != 1 {
+            bad(curves?.position ?? position, "curves: OpenSSL refuses '\(curves?.value ?? defaultCurves)' (\(openSSLErrors()))"); ok = false
+        }
+        return ok
+    }
 
     static func compileTLS(_ d: TLSDocument, listener: String, fail: (SourcePosition, String) -> Void) -> TLSContext? {
         var ok = true
         func bad(_ p: SourcePosition, _ m: String) { fail(p, "listener '\(listener)' tls: \(m)"); ok = false }
         let minVersion = d.minVersion?.value ?? "1.2"
         if !tlsVersions.contains(minVersion) { bad(d.minVersion!.position, "min_version must be \"1.2\" or \"1.3\", not '\(minVersion)'") }
+        let maxVersion = d.maxVersion?.value ?? "1.3"
+        if !tlsVersions.contains(maxVersion) { bad(d.maxVersion!.position, "max_version must be \"1.2\" or \"1.3\", not '\(maxVersion)'") }
+        else if maxVersion < minVersion { bad(d.maxVersion!.position, "max_version \(maxVersion) is below min_version \(minVersion)") }
         for p in d.alpn where p.value.isEmpty || p.value.utf8.count > 255 { bad(p.position, "an alpn protocol must be 1 to 255 bytes") }
         if d.certificates.isEmpty { bad(d.position, "needs at least one entry under 'certificates'") }
         var contexts: [OpaquePointer] = []
@@ -137,7 +167,8 @@ extension Compiler {
                 if X509_cmp_current_time(X509_get0_notAfter(x)) < 0 { bad(cert.position, "certificate \(cert.value) has expired"); usable = false }
                 else if X509_cmp_current_time(X509_get0_notBefore(x)) > 0 { bad(cert.position, "certificate \(cert.value) is not valid yet"); usable = false }
             }
-            _ = weir_ssl_ctx_set_min_proto(ctx, minVersion == "1.3" ? weir_tls1_3_version() : weir_tls1_2_version())
+            if !applyTLSParameters(ctx, min: minVersion, max: maxVersion, ciphers: d.ciphers, suites: d.cipherSuites, curves: d.curves,
+                                   at: d.position, bad) { usable = false }
             _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
             // Resumption is by stateless tickets (keys per context, so a reload rotates them):
             // OpenSSL's own session cache would only add a locked table walked every 255
@@ -206,7 +237,7 @@ extension Compiler {
         var ok = true
         func bad(_ p: SourcePosition, _ m: String) { fail(p, "cluster '\(cluster)' tls: \(m)"); ok = false }
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { bad(position, "cannot create a TLS context: \(openSSLErrors())"); return nil }
-        _ = weir_ssl_ctx_set_min_proto(ctx, weir_tls1_2_version())
+        _ = applyTLSParameters(ctx, min: "1.2", max: "1.3", ciphers: nil, suites: nil, curves: nil, at: position, bad)
         _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
         var verify = true
         if let v = t["verify"] {

@@ -190,7 +190,8 @@ struct Reader {
         }
         if let t = f["tls"] {
             var d = TLSDocument(position: pos(t.value))
-            let tf = fields(t.value, allowed: ["certificates", "min_version", "alpn", "client_ca", "ticket_key_rotation"], what: "tls")
+            let tf = fields(t.value, allowed: ["certificates", "min_version", "max_version", "ciphers", "ciphersuites", "curves", "alpn", "client_ca",
+                                               "ticket_key_rotation"], what: "tls")
             for n in list(tf["certificates"], "certificates") {
                 var c = CertificateDocument(position: pos(n))
                 let cf = fields(n, allowed: ["cert", "key", "server_names"], what: "a certificate")
@@ -203,6 +204,20 @@ struct Reader {
                 d.certificates.append(c)
             }
             d.minVersion = string(tf["min_version"], "min_version")
+            d.maxVersion = string(tf["max_version"], "max_version")
+            // A list or one ':'-separated string, as OpenSSL and Envoy write them.
+            func names(_ key: String) -> Located<String>? {
+                guard let n = tf[key] else { return nil }
+                if let v = n.value.string { return Located(v, at: pos(n.value)) }
+                let items = list(n, key).compactMap { s -> String? in
+                    if let v = s.string { return v }
+                    fail(s, "\(key) must list names"); return nil
+                }
+                return Located(items.joined(separator: ":"), at: pos(n.value))
+            }
+            d.ciphers = names("ciphers")
+            d.cipherSuites = names("ciphersuites")
+            d.curves = names("curves")
             d.alpn = list(tf["alpn"], "alpn").compactMap { s in
                 if let v = s.string { return Located(v, at: pos(s)) }
                 fail(s, "alpn must list protocol names"); return nil

@@ -211,6 +211,36 @@ func sClient(_ port: UInt16, _ arguments: [String], request: String? = nil) thro
         #expect((stats["weir_tls_handshake_failures_total{listener=\"secure\",reason=\"version\"}"] ?? 0) >= 1)
     }
 
+    /// The default is Mozilla's intermediate profile: no CBC suites (testssl.sh flagged them and
+    /// LUCKY13 on the old OpenSSL default), forward secrecy only; the lists and versions are
+    /// configurable, and a list OpenSSL refuses is a config error naming it.
+    @Test func cipherSuitesFollowTheIntermediateProfileAndAreConfigurable() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort()
+        var weir = try WeirProcess(yaml: config(port: port, upstream: up, certs: certs))
+        let cbc = try sClient(port, ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA", "-servername", "a.example.com"])
+        #expect(!cbc.contains("Cipher is ECDHE-RSA-AES128-SHA"), "a CBC suite is not offered by default: \(cbc.suffix(400))")
+        let rsaKex = try sClient(port, ["-tls1_2", "-cipher", "AES128-GCM-SHA256", "-servername", "a.example.com"])
+        #expect(!rsaKex.contains("Cipher is AES128-GCM-SHA256"), "no suite without forward secrecy")
+        let gcm = try sClient(port, ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256", "-servername", "a.example.com"])
+        #expect(gcm.contains("Cipher is ECDHE-RSA-AES128-GCM-SHA256"), "\(gcm.suffix(400))")
+        let v13 = try sClient(port, ["-tls1_3", "-servername", "a.example.com"])
+        #expect(v13.contains("TLSv1.3"))
+        weir.stop()
+        weir = try WeirProcess(yaml: config(port: port, upstream: up, certs: certs,
+                                            tlsExtra: "      max_version: \"1.2\"\n      ciphers: [ECDHE-RSA-AES128-SHA, ECDHE-RSA-AES128-GCM-SHA256]\n      curves: P-256"))
+        defer { weir.stop() }
+        let chosen = try sClient(port, ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA", "-servername", "a.example.com"])
+        #expect(chosen.contains("Cipher is ECDHE-RSA-AES128-SHA"), "ciphers: configured suites are offered: \(chosen.suffix(400))")
+        let no13 = try sClient(port, ["-tls1_3", "-servername", "a.example.com"])
+        #expect(!no13.contains("Cipher is TLS_"), "max_version 1.2 refuses TLS 1.3")
+        let file = certs.path("ciphers.yaml")
+        try config(port: port, upstream: up, certs: certs, tlsExtra: "      ciphers: [NOT-A-CIPHER]").write(toFile: file, atomically: true, encoding: .utf8)
+        let (status, output) = try runWeir(["check", "--config", file])
+        #expect(status == 1 && output.contains("ciphers: OpenSSL accepts none of 'NOT-A-CIPHER'"), "\(output)")
+    }
+
     @Test func clientCertificatesAreRequiredAndVerified() throws {
         let certs = try TestCertificates()
         let up = try HTTPUpstream(name: "up")
