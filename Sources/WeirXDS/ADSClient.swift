@@ -280,13 +280,9 @@ public final class ADSClient: @unchecked Sendable {
             case .listener:
                 candidate.listeners = try decodeAll(response.resources, EnvoyListener.self, type) { $0.name }
                 responseNames = Set(candidate.listeners.keys)
-                let keep = Set(candidate.rdsNames)
-                candidate.routes = candidate.routes.filter { keep.contains($0.key) }
             case .cluster:
                 candidate.clusters = try decodeAll(response.resources, EnvoyCluster.self, type) { $0.name }
                 responseNames = Set(candidate.clusters.keys)
-                let keep = Set(candidate.edsNames)
-                candidate.loadAssignments = candidate.loadAssignments.filter { keep.contains($0.key) }
             case .endpoint:
                 for (k, v) in try decodeAll(response.resources, EnvoyLoadAssignment.self, type, { $0.clusterName }) { candidate.loadAssignments[k] = v; responseNames.insert(k) }
             case .route:
@@ -334,10 +330,14 @@ public final class ADSClient: @unchecked Sendable {
             for e in t.rejected {
                 if let name = e.involved[type] { refuse(name, e.description); progress = true } else { other.append(e.description) }
             }
-            // A refusal this response cannot have caused (another type's resource): Weir's
-            // state is inconsistent; refuse the response whole, as before.
+            // A refusal no resource of this response can take (say a CDS response removes a
+            // cluster a tcp_proxy listener still uses): refused whole, as before. Envoy would
+            // apply it and close such connections; docs/xds.md says so.
             if !other.isEmpty { return nack(other.joined(separator: "; ")) }
-            if progress && round < 8 { continue }
+            if progress {
+                if round < 8 { continue }
+                return nack("refusals did not settle: \(errorDetail(refused))")
+            }
             t2 = monotonicNanoseconds()
             let errors = apply(t.listeners, t.clusters)
             if errors.isEmpty {
@@ -356,15 +356,32 @@ public final class ADSClient: @unchecked Sendable {
                 case ("cluster", .endpoint):
                     if let c = candidate.clusters[name] { refuse(edsName(c), err.description) } else { other.append(err.description) }
                 case ("route", .listener):
-                    let users = candidate.listeners.filter { candidate.rdsNames(of: $0.value).contains(name) }.map(\.key)
+                    // Routes from RDS or inline: the listeners that carry them.
+                    let users = candidate.listeners.filter {
+                        candidate.rdsNames(of: $0.value).contains(name) || candidate.inlineRouteNames(of: $0.value).contains(name)
+                    }.map(\.key)
                     if users.isEmpty { other.append(err.description) }
                     for u in users { refuse(u, err.description) }
+                case ("listener", .route):
+                    // A listener's routes as a whole (none at all, say): the configurations it uses.
+                    let used = candidate.listeners[name].map { candidate.rdsNames(of: $0) } ?? []
+                    if used.isEmpty { other.append(err.description) }
+                    for r in used { refuse(r, err.description) }
                 default: other.append(err.description)
                 }
             }
             if !other.isEmpty || round == 8 { return nack((other.isEmpty ? errors.map(\.description) : other).joined(separator: "; ")) }
         }
         guard let translation else { return nack("resources could not be applied") }
+        // Routes and endpoints no listener or cluster needs any more go (after the refusals, so
+        // a listener or cluster kept at its previous version keeps what it uses).
+        if type == .listener {
+            let keep = Set(candidate.rdsNames)
+            candidate.routes = candidate.routes.filter { keep.contains($0.key) }
+        } else if type == .cluster {
+            let keep = Set(candidate.edsNames)
+            candidate.loadAssignments = candidate.loadAssignments.filter { keep.contains($0.key) }
+        }
         noteChanges(type, version: response.versionInfo, old: resources, new: candidate)
         resources = candidate
         self.refusedClusters = refusedClusters

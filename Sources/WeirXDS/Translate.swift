@@ -74,6 +74,17 @@ public struct XDSResources: Sendable {
     /// RDS names the listeners need.
     public var rdsNames: [String] { Set(listeners.values.flatMap { rdsNames(of: $0) }).sorted() }
 
+    /// Names of the route configurations a listener carries inline.
+    func inlineRouteNames(of l: EnvoyListener) -> [String] {
+        var names: [String] = []
+        for chain in l.filterChains {
+            for f in chain.filters where f.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") {
+                if let hcm = try? HCM(unpackingAny: f.typedConfig), case .routeConfig(let c)? = hcm.routeSpecifier { names.append(c.name) }
+            }
+        }
+        return names
+    }
+
     /// RDS names one listener needs.
     func rdsNames(of l: EnvoyListener) -> [String] {
         var names: [String] = []
@@ -97,7 +108,16 @@ func leftover<M: SwiftProtobuf.Message>(_ message: M) -> String? {
     return (try? message.jsonString()) ?? "\(message)"
 }
 
-func seconds(_ d: Google_Protobuf_Duration) -> Int64 { d.seconds * 1_000_000_000 + Int64(d.nanos) }
+/// A duration in nanoseconds, saturating (a control plane's absurd or negative value must reach
+/// the compiler's range checks, never trap on overflow).
+func seconds(_ d: Google_Protobuf_Duration) -> Int64 { nanoseconds(seconds: d.seconds, nanos: Int64(d.nanos)) }
+
+func nanoseconds(seconds: Int64, nanos: Int64) -> Int64 {
+    let (scaled, over) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+    if over { return seconds < 0 ? .min : .max }
+    let (sum, over2) = scaled.addingReportingOverflow(nanos)
+    return over2 ? (nanos < 0 ? .min : .max) : sum
+}
 
 /// What `translate` produced: the documents to compile, and the resources left warming (keys
 /// "cluster NAME" and "listener NAME", with why). It also keeps its parts for the next
@@ -154,6 +174,14 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
         for name in r.clusters.keys.sorted() {
             let c = r.clusters[name]!
             if c.type == .eds && r.loadAssignments[edsName(c)] == nil {
+                // Its own fields are checked now (a bad one is refused with the cluster, not
+                // later with its endpoints).
+                do { _ = try translateCluster(c, nil) } catch {
+                    var e = error as? XDSError ?? XDSError(resource: "cluster '\(name)'", message: "\(error)")
+                    e.involved = [.cluster: name]
+                    out.clusterPart.rejected.append(e)
+                    continue
+                }
                 guard activate.contains("cluster \(name)") else {
                     out.clusterPart.warming.append(("cluster \(name)", "endpoints \(edsName(c))"))
                     continue
@@ -189,14 +217,14 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
     out.rejected = out.clusterPart.rejected
     out.notes.merge(out.clusterPart.notes)
     let active = out.clusterPart.active
-    let known = Set(r.clusters.keys).union(refused)
+    let known = Set(r.clusters.keys)
     for name in r.listeners.keys.sorted() {
         let l = r.listeners[name]!
         let key = "listener \(name)"
         let cached: (result: Result<ListenerTranslation, XDSError>, notes: Notes)
         if reuseListeners, let hit = previous?.listenerResults[name] { cached = hit } else {
             let notes = Notes()
-            do { cached = (.success(try translateListener(l, routes: r.routes, knownClusters: known, notes: notes)), notes) } catch {
+            do { cached = (.success(try translateListener(l, routes: r.routes, knownClusters: known, refusedClusters: refused, notes: notes)), notes) } catch {
                 var e = error as? XDSError ?? XDSError(resource: "listener '\(name)'", message: "\(error)")
                 e.involved[.listener] = name
                 cached = (.failure(e), notes)
@@ -213,7 +241,7 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
         case .ready(let doc, let uses):
             if let missing = uses.first(where: { !active.contains($0) }) {
                 guard activate.contains(key) else {
-                    out.warming.append((key, refused.contains(missing) ? "cluster \(missing) refused" : "cluster \(missing) warming"))
+                    out.warming.append((key, "cluster \(missing) warming"))
                     continue
                 }
                 out.activatedIncomplete.insert(key)
@@ -239,7 +267,8 @@ enum ListenerTranslation {
 }
 
 func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>,
-                       notes: Notes = Notes()) throws -> ListenerTranslation {
+                       refusedClusters: Set<String> = [], notes: Notes = Notes()) throws -> ListenerTranslation {
+    func unknown(_ c: String) -> String { refusedClusters.contains(c) ? "was refused (see its NACK)" : "is not a known cluster" }
     let what = "listener '\(l.name)'"
     func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: [.listener: l.name]) }
     notes.about(.listener, l.name)
@@ -290,14 +319,14 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
         if tcp.hasIdleTimeout { doc.idleTimeout = located(seconds(tcp.idleTimeout), p) }
         switch tcp.clusterSpecifier {
         case .cluster(let cluster)?:
-            guard knownClusters.contains(cluster) else { throw fail("tcp_proxy.cluster '\(cluster)' is not a known cluster") }
+            guard knownClusters.contains(cluster) else { throw fail("tcp_proxy.cluster '\(cluster)' \(unknown(cluster))") }
             doc.cluster = located(cluster, p)
             return .ready(doc, uses: [cluster])
         case .weightedClusters(let w)?:
             var uses: [String] = []
             doc.weightedClustersPosition = p
             doc.weightedClusters = try w.clusters.map { cw in
-                guard knownClusters.contains(cw.name) else { throw fail("tcp_proxy.weighted_clusters: '\(cw.name)' is not a known cluster") }
+                guard knownClusters.contains(cw.name) else { throw fail("tcp_proxy.weighted_clusters: '\(cw.name)' \(unknown(cw.name))") }
                 guard !cw.hasMetadataMatch else { throw fail("tcp_proxy.weighted_clusters: metadata_match is not supported") }
                 uses.append(cw.name)
                 var wd = WeightedClusterDocument(position: p)
@@ -325,7 +354,6 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     var refusals: [String] = []
     for (i, f) in hcm.httpFilters.dropLast().enumerated() {
         let t = filterType(f.typedConfig)
-        if f.isOptional && !refusedFilters.keys.contains(t.name) { notes.ignore("optional http filter \(t.name)"); continue }
         switch httpFilterVerdict(t) {
         case .skip: notes.ignore("http filter \(t.name)")
         case .refuse(let why): refusals.append("http_filters[\(i)] '\(f.name)' (\(t.name)): refused: \(why)")
@@ -393,7 +421,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     }
     let translated: (docs: [RouteDocument], uses: [String], stripPort: Bool)
     do {
-        translated = try translateRoutes(config, listener: l.name, knownClusters: knownClusters, notes: notes)
+        translated = try translateRoutes(config, listener: l.name, knownClusters: knownClusters, refusedClusters: refusedClusters, notes: notes)
     } catch var e as XDSError {
         e.involved[.listener] = l.name
         if case .rds? = hcm.routeSpecifier { e.involved[.route] = config.name }
@@ -410,7 +438,8 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
 /// A route configuration's routes, the clusters they use, and whether the Host's port is ignored
 /// when matching domains (ignore_port_in_host_matching).
 func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownClusters: Set<String>,
-                     notes: Notes = Notes()) throws -> (docs: [RouteDocument], uses: [String], stripPort: Bool) {
+                     refusedClusters: Set<String> = [], notes: Notes = Notes()) throws -> (docs: [RouteDocument], uses: [String], stripPort: Bool) {
+    func unknown(_ c: String) -> String { refusedClusters.contains(c) ? "was refused (see its NACK)" : "is not a known cluster" }
     let what = "route_configuration '\(config.name)'"
     func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: [.route: config.name]) }
     notes.about(.route, config.name)
@@ -502,16 +531,16 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             case .route(let a)?:
                 switch a.clusterSpecifier {
                 case .cluster(let c)? where !knownClusters.contains(c) && lenient:
-                    d.directResponse = ["status": located("503", p), "body": located("no cluster \(c)\n", p)]
+                    d.directResponse = ["status": located("503", p), "body": located(refusedClusters.contains(c) ? "cluster \(c) refused\n" : "no cluster \(c)\n", p)]
                     d.directResponsePosition = p
                 case .cluster(let c)?:
-                    guard knownClusters.contains(c) else { throw fail("\(at): cluster '\(c)' is not a known cluster") }
+                    guard knownClusters.contains(c) else { throw fail("\(at): cluster '\(c)' \(unknown(c))") }
                     d.cluster = located(c, p)
                     uses.append(c)
                 case .weightedClusters(let w)?:
                     d.weightedClustersPosition = p
                     d.weightedClusters = try w.clusters.map { cw in
-                        guard knownClusters.contains(cw.name) else { throw fail("\(at): weighted cluster '\(cw.name)' is not a known cluster") }
+                        guard knownClusters.contains(cw.name) else { throw fail("\(at): weighted cluster '\(cw.name)' \(unknown(cw.name))") }
                         uses.append(cw.name)
                         var wd = WeightedClusterDocument(position: p)
                         wd.cluster = located(cw.name, p)
@@ -698,7 +727,7 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
     }
     if let hc = c.healthChecks.first {
         guard c.healthChecks.count == 1 else { throw fail("health_checks: one health check is supported") }
-        d.healthCheck = try translateHealthCheck(hc, fail)
+        d.healthCheck = try translateHealthCheck(hc, p, fail)
         d.healthCheckPosition = p
     }
     var rest = c
@@ -796,12 +825,20 @@ func translateProtocolOptions(_ c: EnvoyCluster, into d: inout ClusterDocument, 
         if let common = o.message(1) {
             if let extra = common.numbers.subtracting([1]).min() { throw fail("\(at).common_http_protocol_options: field \(extra) is not supported (idle_timeout is)") }
             if let t = common.message(1) {
-                let ns = Int64(t.varint(1) ?? 0) * 1_000_000_000 + Int64(t.varint(2) ?? 0)
+                let ns = nanoseconds(seconds: Int64(truncatingIfNeeded: t.varint(1) ?? 0), nanos: Int64(Int32(truncatingIfNeeded: t.varint(2) ?? 0)))
                 if ns > 0 { d.pool = (d.pool ?? [:]).merging(["idle_timeout": located("\(ns / 1_000_000)ms", p)]) { $1 } }
             }
         }
-        if let explicit = o.message(3), explicit.numbers.contains(2) || explicit.numbers.contains(3) {
-            notes.ignore("typed_extension_protocol_options.explicit_http_config (HTTP/2 or HTTP/3 upstream)")
+        // Each message once (protobuf merges repeats, which this reader does not), and the
+        // HTTP/1 options empty: their fields change how requests are written.
+        if o.fields.count != o.numbers.count { throw fail("\(at): a field given twice is not supported") }
+        for n in [3, 4, 5] {
+            guard let m = o.message(n) else { continue }
+            if m.fields.count != m.numbers.count { throw fail("\(at): a field given twice is not supported") }
+            if let h1 = m.bytes(1), !h1.isEmpty { throw fail("\(at): http_protocol_options with settings is not supported (only an empty one)") }
+            if n == 3 && (m.numbers.contains(2) || m.numbers.contains(3)) {
+                notes.ignore("typed_extension_protocol_options.explicit_http_config (HTTP/2 or HTTP/3 upstream)")
+            }
         }
     }
 }
@@ -850,8 +887,7 @@ func translateRetryPolicy(_ rp: Envoy_Config_Route_V3_RetryPolicy, _ at: String,
 
 /// One health check as `health_check:` keys. Envoy's TCP payloads are hex; Weir's are text, so a
 /// payload that is not UTF-8 text is refused.
-func translateHealthCheck(_ hc: Envoy_Config_Core_V3_HealthCheck, _ fail: (String) -> XDSError) throws -> [String: Located<String>] {
-    let p = position("health_check", "")
+func translateHealthCheck(_ hc: Envoy_Config_Core_V3_HealthCheck, _ p: SourcePosition, _ fail: (String) -> XDSError) throws -> [String: Located<String>] {
     var map: [String: Located<String>] = [:]
     func ms(_ d: Google_Protobuf_Duration) -> Located<String> { located("\(seconds(d) / 1_000_000)ms", p) }
     if hc.hasInterval { map["interval"] = ms(hc.interval) }

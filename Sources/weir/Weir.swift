@@ -189,7 +189,7 @@ struct Run: ParsableCommand {
                         try publishMerged(server, dynamic: (listeners, clusters), reason: "xds")
                         return []
                     } catch let e as ConfigErrors {
-                        return e.errors
+                        return e.errors.isEmpty ? [ConfigError(SourcePosition(file: "xds", line: 1, column: 1), "the configuration could not be compiled")] : e.errors
                     } catch {
                         return [ConfigError(SourcePosition(file: "xds", line: 1, column: 1), "\(error)")]
                     }

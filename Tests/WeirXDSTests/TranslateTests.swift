@@ -192,6 +192,17 @@ let endpointsJSON = """
         #expect(refusal { _ = try translateCluster(grpc, nil) }.contains("only http_health_check and tcp_health_check"))
     }
 
+    @Test func absurdDurationsAndWaitingClustersAreRefusedNotTrapped() throws {
+        // A control plane's huge timeout saturates into the compiler's range check.
+        let huge = try cluster(#"{"name": "c", "type": "STATIC", "connect_timeout": "315576000000s"}"#)
+        #expect(try translateCluster(huge, nil).connectTimeout?.value == Int64.max)
+        // An EDS cluster still waiting for its endpoints has its own fields checked at once.
+        var r = XDSResources()
+        r.clusters["w"] = try cluster(#"{"name": "w", "type": "EDS", "lb_policy": "CLUSTER_PROVIDED"}"#)
+        let t = translateEach(r)
+        #expect(t.rejected.first?.involved[.cluster] == "w" && t.rejected.first?.involved[.endpoint] == nil, "\(t.rejected)")
+    }
+
     @Test func circuitBreakersBeyondMaxConnectionsAreAcceptedAndListed() throws {
         let ok = try cluster(#"{"name": "c", "type": "STATIC", "circuit_breakers": {"thresholds": [{"max_connections": 100}]}}"#)
         #expect(try translateCluster(ok, nil).pool?["max_connections"]?.value == "100")

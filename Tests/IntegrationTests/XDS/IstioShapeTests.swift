@@ -82,7 +82,7 @@ func istioRoutes(_ name: String, cluster: String) -> String {
             "retry_policy": {"retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", "num_retries": 2,
               "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}], "host_selection_retry_max_attempts": "5", "retriable_status_codes": [503]}}}]},
        {"name": "allow_any", "domains": ["*"], "include_request_attempt_count": true, "routes": [
-         {"name": "allow_any", "match": {"prefix": "/"}, "direct_response": {"status": 502, "body": {"inline_string": "no passthrough\\n"}}}]}]}
+         {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster", "timeout": "0s"}}]}]}
     """
 }
 
@@ -133,8 +133,10 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(!r.text.lowercased().contains("x-forwarded-client-cert"), "SANITIZE (the default) removes a client's XFCC: \(r.text)")
         r = try HTTPClient(port: port).request("GET /gone HTTP/1.1\r\nHost: app\r\n\r\n")
         #expect(r.status == 503, "validate_clusters false: a route to an unknown cluster answers 503: \(r.status)")
+        // Istio's catch-all goes to PassthroughCluster, which was refused: 503, and the
+        // listener serves everything else.
         r = try HTTPClient(port: port).request("GET / HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
-        #expect(r.status == 502 && r.text == "no passthrough\n", "\(r.status) \(r.text)")
+        #expect(r.status == 503 && r.text == "cluster PassthroughCluster refused\n", "\(r.status) \(r.text)")
         #expect((try? TestClient(loopback(other), timeoutSeconds: 1)) == nil, "the refused listener is not bound")
 
         // What was accepted and ignored is listed and counted; what was refused is named.
@@ -146,5 +148,12 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect((stats[#"weir_xds_ignored_total{field="http_connection_manager.tracing",type="LDS"}"#] ?? 0) >= 1)
         #expect(stats[#"weir_xds_refused_resources{type="CDS"}"#] == 1)
         #expect(weir.waitForLog("xds: accepting and ignoring LDS access_log"))
+
+        // A refused update keeps the listener's previous version, routes and all: l2 moves the
+        // listener to other routes and adds a Lua filter; it keeps serving from routes "80".
+        cp.push("LDS", version: "l2", "[\(istioListener("0.0.0.0_80", port: port, routes: "81", extraFilter: lua))]")
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ LDS") && $0.contains("error=listener '0.0.0.0_80'") } != nil)
+        r = try HTTPClient(port: port).request("GET /still HTTP/1.1\r\nHost: app\r\n\r\n")
+        #expect(r.status == 200 && r.text.hasPrefix("app /still"), "\(r.status) \(r.text)")
     }
 }
