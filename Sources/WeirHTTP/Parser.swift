@@ -298,6 +298,12 @@ public enum HTTPParser {
     static func interpret(_ buf: UnsafeRawBufferPointer, _ name: ByteRange, _ value: ByteRange, _ s: inout FieldSummary) {
         switch name.count {
         case 14 where equalsIgnoringCase(buf, name, "content-length"):
+            // One number: not a list, not even "5, " (empty list elements would be skipped, and
+            // the field would go on as received).
+            for k in Int(value.start)..<Int(value.end) where buf[k] == UInt8(ascii: ",") {
+                s.error = HTTPError(.badRequest, "Content-Length must be one number")
+                return
+            }
             _ = forEachListElement(buf, value) { e in
                 var n: UInt64 = 0
                 guard e.count <= 19 else { s.error = HTTPError(.badRequest, "Content-Length too large"); return false }
