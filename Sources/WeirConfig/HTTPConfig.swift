@@ -74,10 +74,14 @@ public final class HTTPListener: Sendable {
     public let requestHeaderTimeoutNanoseconds: Int64
     /// A file that gets one JSON line per request, or nil.
     public let accessLog: String?
+    /// normalize_path: targets are made canonical (PathNormalizer) before routing and forwarding.
+    public let normalizesPath: Bool
 
-    init(routes: RouteTable, actions: [Route], limits: HTTPLimits, requestHeaderTimeoutNanoseconds: Int64, accessLog: String?) {
+    init(routes: RouteTable, actions: [Route], limits: HTTPLimits, requestHeaderTimeoutNanoseconds: Int64, accessLog: String?,
+         normalizesPath: Bool = false) {
         self.routes = routes; self.actions = actions; self.limits = limits
         self.requestHeaderTimeoutNanoseconds = requestHeaderTimeoutNanoseconds; self.accessLog = accessLog
+        self.normalizesPath = normalizesPath
     }
 }
 
@@ -132,6 +136,7 @@ extension Compiler {
         var headerTimeout: Int64 = 10_000_000_000
         var accessLog: String? = nil
         var stripPort = true
+        var normalizePath = false
         for (key, v) in (l.http ?? [:]).sorted(by: { $0.key < $1.key }) {
             func size(_ range: ClosedRange<Int>) -> Int? {
                 guard let n = parseByteSize(v.value), range.contains(n) else {
@@ -145,6 +150,12 @@ extension Compiler {
                 case "true": stripPort = true
                 case "false": stripPort = false
                 default: bad(v.position, "strip_host_port must be true or false")
+                }
+            case "normalize_path":
+                switch v.value {
+                case "true": normalizePath = true
+                case "false": normalizePath = false
+                default: bad(v.position, "normalize_path must be true or false")
                 }
             case "request_header_timeout":
                 if let ns = parseDurationNanoseconds(v.value), (1_000_000...3_600_000_000_000).contains(ns) { headerTimeout = ns }
@@ -182,7 +193,7 @@ extension Compiler {
         }
         guard ok else { return nil }
         return HTTPListener(routes: RouteTable(matches, stripsPort: stripPort), actions: actions, limits: limits,
-                            requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog)
+                            requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog, normalizesPath: normalizePath)
     }
 
     /// `weighted_clusters:` (on an http route or a tcp listener): each entry's cluster resolved by

@@ -185,7 +185,7 @@ struct Reader {
         l.clientHelloTimeout = duration(f["client_hello_timeout"], "client_hello_timeout")
         if let h = f["http"] {
             l.httpPosition = pos(h.value)
-            l.http = flatMapping(h.value, allowed: ["strip_host_port", "request_header_timeout", "max_request_line_bytes", "max_header_bytes",
+            l.http = flatMapping(h.value, allowed: ["strip_host_port", "normalize_path", "request_header_timeout", "max_request_line_bytes", "max_header_bytes",
                                                    "max_headers", "max_body_bytes", "access_log"], what: "http")
         }
         if let t = f["tls"] {

@@ -377,10 +377,8 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     if hcm.hasGenerateRequestID { notes.ignore("http_connection_manager.generate_request_id"); hcmRest.clearGenerateRequestID() }
     // What Weir does: escaped slashes stay as they are; an explicit false is the default.
     if hcm.pathWithEscapedSlashesAction == .keepUnchanged { hcmRest.pathWithEscapedSlashesAction = .implementationSpecificDefault }
-    if hcm.hasNormalizePath && !hcm.normalizePath.value { hcmRest.clearNormalizePath() }
-    if hcm.hasNormalizePath && hcm.normalizePath.value {
-        throw fail("http_connection_manager.normalize_path: true is not implemented yet, and ignoring it would let a path such as /a/../admin match a route it should not; refused")
-    }
+    let normalizePath = hcm.hasNormalizePath && hcm.normalizePath.value
+    hcmRest.clearNormalizePath()
     // Weir passes an Upgrade through (a websocket is a tunnel after the 101); other upgrade
     // types and per-upgrade filters are refused.
     for u in hcm.upgradeConfigs {
@@ -405,6 +403,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     doc.proto = located("http", p)
     // Envoy matches virtual host domains against the Host with its port unless told to strip it.
     doc.http = ["strip_host_port": located(hcm.stripAnyHostPort ? "true" : "false", p)]
+    if normalizePath { doc.http?["normalize_path"] = located("true", p) }
     doc.httpPosition = p
     let config: EnvoyRouteConfiguration
     switch hcm.routeSpecifier {

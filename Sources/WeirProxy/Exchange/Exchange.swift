@@ -112,6 +112,29 @@ enum ResponseProgress: Equatable {
 }
 
 extension Shard {
+    /// normalize_path: the target made canonical in place (PathNormalizer). A shorter target
+    /// leaves a gap before " HTTP/1.1": the method, space and target move right over it, so the
+    /// head starts that much later and still ends where it did (the body after it stays put),
+    /// and the head is parsed again at its new start. False for a malformed escape (400).
+    func normalizeTarget(_ head: inout RequestHead, _ base: inout UnsafeMutableRawPointer, _ offset: inout Int, _ http: HTTPListener) -> Bool {
+        let ts = Int(head.target.start), te = Int(head.target.end)
+        switch PathNormalizer.normalize((base + ts).assumingMemoryBound(to: UInt8.self), count: te - ts) {
+        case .unchanged: return true
+        case .invalid: return false
+        case .normalized(let n):
+            let saved = (te - ts) - n
+            guard saved > 0 else { return true }  // the same length: every range still holds
+            // Left of the gap, right-aligned onto it: method, space, the new target.
+            (base + saved).copyMemory(from: base, byteCount: ts + n)
+            base += saved
+            offset += saved
+            guard case .complete(let h) = HTTPParser.parseRequest(UnsafeRawBufferPointer(start: base, count: head.headLength - saved),
+                                                                limits: http.limits, headers: headers) else { return false }
+            head = h
+            return true
+        }
+    }
+
     func countRequest(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.ex.retries == 0 && !c.pointee.ex.freeRetryUsed, c.pointee.listenerSlot >= 0 else { return }
         control.named.listeners[Int(c.pointee.listenerSlot)].requests += 1
@@ -120,6 +143,10 @@ extension Shard {
     func startRequest(_ c: UnsafeMutablePointer<Connection>, _ head: RequestHead, base: UnsafeMutableRawPointer, offset: Int) {
         countRequest(c)
         let http = httpListener(c)
+        var head = head, base = base, offset = offset
+        if http.normalizesPath && !normalizeTarget(&head, &base, &offset, http) {
+            return localResponse(c, status: 400, close: true)
+        }
         if logScratch != nil {
             keepForLog(c, UnsafeRawBufferPointer(start: base, count: head.headLength),
                        method: ByteRangeLike(start: Int(head.methodRange.start), end: Int(head.methodRange.end)),
