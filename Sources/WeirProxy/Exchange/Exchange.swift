@@ -115,12 +115,11 @@ extension Shard {
     /// normalize_path: the target made canonical in place (PathNormalizer). A shorter target
     /// leaves a gap before " HTTP/1.1": the method, space and target move right over it, so the
     /// head starts that much later and still ends where it did (the body after it stays put),
-    /// and the head is parsed again at its new start. False for a malformed escape (400).
+    /// and the head is parsed again at its new start (false, a 400, only if that parse fails).
     func normalizeTarget(_ head: inout RequestHead, _ base: inout UnsafeMutableRawPointer, _ offset: inout Int, _ http: HTTPListener) -> Bool {
         let ts = Int(head.target.start), te = Int(head.target.end)
         switch PathNormalizer.normalize((base + ts).assumingMemoryBound(to: UInt8.self), count: te - ts) {
         case .unchanged: return true
-        case .invalid: return false
         case .normalized(let n):
             let saved = (te - ts) - n
             guard saved > 0 else { return true }  // the same length: every range still holds

@@ -169,4 +169,49 @@ func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
         }
         #expect(compared == requests.count)
     }
+
+    /// normalize_path as Envoy does it: the same odd paths through both proxies must meet the
+    /// same route and reach the upstream as the same path (dot segments, escaped dots, escaped
+    /// slashes, backslashes, the query, malformed escapes).
+    @Test func weirAndEnvoyNormalizePathsAlike() throws {
+        let cp = try XDSControlPlane()
+        let up = try HTTPUpstream(name: "app")
+        let port = try freePort(), envoyAdmin = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 1
+            node: { id: weir-oracle }
+            xds: { address: "127.0.0.1:\(cp.port)" }
+            """)
+        defer { weir.stop() }
+        let envoy = try EnvoyProcess(controlPlanePort: cp.port, adminPort: envoyAdmin)
+        defer { envoy.stop() }
+        cp.push("CDS", version: "c1", """
+            [{"name": "app", "type": "STATIC", "connect_timeout": "1s", "load_assignment": \(xdsEndpoints("app", [up.port]))}]
+            """)
+        let listener = xdsListener("web", port: port, routeConfig: "routes")
+            .replacingOccurrences(of: #""stat_prefix": "web","#, with: #""stat_prefix": "web", "normalize_path": true,"#)
+        cp.push("LDS", version: "l1", "[\(listener)]")
+        cp.push("RDS", version: "r1", """
+            [{"name": "routes", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+              {"match": {"prefix": "/admin"}, "direct_response": {"status": 403, "body": {"inline_string": "no"}}},
+              {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]}]
+            """)
+        #expect(weir.waitForLog("xds: ACK RDS version r1"))
+        let weirAddress = SocketAddress(ipv4: 127, 0, 0, 1, port: port), envoyAddress = SocketAddress(ipv4: 127, 0, 0, 2, port: port)
+        #expect(waitForListener(weirAddress, seconds: 10))
+        #expect(waitForListener(envoyAddress, seconds: 30), "Envoy's listener from LDS; its log:\n\(envoy.log)")
+        let paths = ["/a/../admin", "/a/./b", "/%2e%2e/admin", "/a/%2E%2e/admin", "/%61dmin", "/a%2fb", "/a%2Fb/../c", "/a%20b",
+                     "/a/b/..", "/a/.", "/..", "/../../x", "/a/b/../../c/./d/", "/x/../ok?q=/../z", "/a..b/.c", "//a//b",
+                     "/a%zz", "/a%2", "/%7euser", "/a\\..\\admin", "/a\\b"]
+        func outcome(_ address: SocketAddress, _ path: String) -> String {
+            guard let c = try? HTTPClient(address: address, timeoutSeconds: 5),
+                  let r = try? c.request("GET \(path) HTTP/1.1\r\nHost: h\r\n\r\n") else { return "no answer" }
+            if r.status == 200 { return "upstream saw " + (r.text.split(separator: "\n").first.map(String.init) ?? "") }
+            return "\(r.status)"
+        }
+        for p in paths {
+            let w = outcome(weirAddress, p), e = outcome(envoyAddress, p)
+            #expect(w == e, "\(p): Weir \(w), Envoy \(e)")
+        }
+    }
 }
