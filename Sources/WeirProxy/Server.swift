@@ -70,6 +70,8 @@ final class ShardControl: @unchecked Sendable {
 
 public struct StartError: Error, CustomStringConvertible {
     public let description: String
+    /// The listener whose address could not be bound, when that is what failed.
+    public var listener: String? = nil
 }
 
 /// The running data plane.
@@ -180,8 +182,10 @@ public final class Server: @unchecked Sendable {
     /// (closing what it bound) when any address cannot be bound, so a reload changes nothing.
     func bindNewListeners(_ snapshot: Snapshot) throws {
         var opened: [(SocketAddress, [Int32])] = []
+        var current: String? = nil
         do {
             for l in snapshot.listeners where boundAddresses[l.address] == nil && !sockets.has(l.address) {
+                current = l.name
                 var address = l.address
                 if address.port != 0 { try Sockets.checkFree(address) }
                 var fds: [Int32] = []
@@ -196,7 +200,7 @@ public final class Server: @unchecked Sendable {
             }
         } catch {
             for (a, fds) in opened { fds.forEach { close($0) }; boundAddresses[a] = nil }
-            throw StartError(description: "listener: \(error)")
+            throw StartError(description: "listener\(current.map { " '\($0)'" } ?? ""): \(error)", listener: current)
         }
         for (a, fds) in opened { sockets.put(a, fds: fds) }
     }

@@ -351,23 +351,25 @@ public final class ADSClient: @unchecked Sendable {
                 guard file.hasPrefix("xds:"), let slash = file.firstIndex(of: "/") else { other.append(err.description); continue }
                 let kind = String(file[file.index(file.startIndex, offsetBy: 4)..<slash])
                 let name = String(file[file.index(after: slash)...])
+                // The message names its resource already, or gets it in front (not the position).
+                let why = err.message.contains("'\(name)'") ? err.message : "\(kind) '\(name)': \(err.message)"
                 switch (kind, type) {
-                case ("listener", .listener), ("cluster", .cluster), ("route", .route): refuse(name, err.description)
+                case ("listener", .listener), ("cluster", .cluster), ("route", .route): refuse(name, why)
                 case ("cluster", .endpoint):
-                    if let c = candidate.clusters[name] { refuse(edsName(c), err.description) } else { other.append(err.description) }
+                    if let c = candidate.clusters[name] { refuse(edsName(c), why) } else { other.append(why) }
                 case ("route", .listener):
                     // Routes from RDS or inline: the listeners that carry them.
                     let users = candidate.listeners.filter {
                         candidate.rdsNames(of: $0.value).contains(name) || candidate.inlineRouteNames(of: $0.value).contains(name)
                     }.map(\.key)
-                    if users.isEmpty { other.append(err.description) }
-                    for u in users { refuse(u, err.description) }
+                    if users.isEmpty { other.append(why) }
+                    for u in users { refuse(u, why) }
                 case ("listener", .route):
                     // A listener's routes as a whole (none at all, say): the configurations it uses.
                     let used = candidate.listeners[name].map { candidate.rdsNames(of: $0) } ?? []
-                    if used.isEmpty { other.append(err.description) }
-                    for r in used { refuse(r, err.description) }
-                default: other.append(err.description)
+                    if used.isEmpty { other.append(why) }
+                    for r in used { refuse(r, why) }
+                default: other.append(why)
                 }
             }
             if !other.isEmpty || round == 8 { return nack((other.isEmpty ? errors.map(\.description) : other).joined(separator: "; ")) }

@@ -190,6 +190,9 @@ struct Run: ParsableCommand {
                         return []
                     } catch let e as ConfigErrors {
                         return e.errors.isEmpty ? [ConfigError(SourcePosition(file: "xds", line: 1, column: 1), "the configuration could not be compiled")] : e.errors
+                    } catch let e as StartError where e.listener != nil {
+                        // A port that cannot be bound refuses its listener, not the whole response.
+                        return [ConfigError(SourcePosition(file: "xds:listener/\(e.listener!)", line: 1, column: 1), e.description)]
                     } catch {
                         return [ConfigError(SourcePosition(file: "xds", line: 1, column: 1), "\(error)")]
                     }

@@ -155,5 +155,12 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(cp.waitForRequest { $0.hasPrefix("REQ LDS") && $0.contains("error=listener '0.0.0.0_80'") } != nil)
         r = try HTTPClient(port: port).request("GET /still HTTP/1.1\r\nHost: app\r\n\r\n")
         #expect(r.status == 200 && r.text.hasPrefix("app /still"), "\(r.status) \(r.text)")
+
+        // A listener whose port cannot be bound is refused by itself; the others are applied.
+        cp.push("LDS", version: "l3", "[\(istioListener("0.0.0.0_80", port: port, routes: "80")), \(istioListener("busy", port: app.port, routes: "80"))]")
+        let busy = cp.waitForRequest { $0.hasPrefix("REQ LDS") && $0.contains("error=listener 'busy'") }
+        #expect(busy != nil && busy?.contains("0.0.0.0_80") == false, "\(cp.requests.suffix(2))")
+        r = try HTTPClient(port: port).request("GET /after HTTP/1.1\r\nHost: app\r\n\r\n")
+        #expect(r.status == 200 && r.text.hasPrefix("app /after"), "\(r.status) \(r.text)")
     }
 }
