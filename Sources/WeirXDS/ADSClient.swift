@@ -385,12 +385,14 @@ public final class ADSClient: @unchecked Sendable {
             candidate.loadAssignments = candidate.loadAssignments.filter { keep.contains($0.key) }
         }
         noteChanges(type, version: response.versionInfo, old: resources, new: candidate)
+        // Counted once per new version of a resource, not per state-of-the-world resend.
+        let changedNames = responseNames.subtracting(refused.keys).filter { !same(type, $0, resources, candidate) }
         resources = candidate
         self.refusedClusters = refusedClusters
         lastTranslation = translation
         lastActivated = activated
         noteWarming(translation)
-        noteIgnored(translation.notes, type: type, accepted: responseNames.subtracting(refused.keys))
+        noteIgnored(translation.notes, type: type, accepted: changedNames)
         nonces[type] = response.nonce
         let t3 = monotonicNanoseconds()
         func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.1f", Double(b - a) / 1e6) }
@@ -411,6 +413,17 @@ public final class ADSClient: @unchecked Sendable {
         let eds = resources.edsNames, rds = resources.rdsNames
         if eds != (subscribed[.endpoint] ?? []) { out.yield(request(.endpoint, names: eds, node: false)) }
         if rds != (subscribed[.route] ?? []) { out.yield(request(.route, names: rds, node: false)) }
+    }
+
+    /// Whether resource `name` of `type` is the same message in `a` and `b`.
+    func same(_ type: XDSType, _ name: String, _ a: XDSResources, _ b: XDSResources) -> Bool {
+        func eq<M: SwiftProtobuf.Message>(_ x: M?, _ y: M?) -> Bool { x.map { m in y.map { m.isEqualTo(message: $0) } ?? false } ?? (y == nil) }
+        switch type {
+        case .listener: return eq(a.listeners[name], b.listeners[name])
+        case .cluster: return eq(a.clusters[name], b.clusters[name])
+        case .endpoint: return eq(a.loadAssignments[name], b.loadAssignments[name])
+        case .route: return eq(a.routes[name], b.routes[name])
+        }
     }
 
     /// Every refused resource and why, sorted by name, at most 8 KiB (then how many more).
@@ -478,7 +491,7 @@ extension ADSClient {
         }
         out += "# HELP weir_xds_refused_resources Resources refused in the last response of their type (the rest of it was applied).\n# TYPE weir_xds_refused_resources gauge\n"
         for type in XDSType.allCases.map(\.short) { out += "weir_xds_refused_resources{type=\"\(type)\"} \(s.refused[type]?.count ?? 0)\n" }
-        out += "# HELP weir_xds_ignored_total Accepted resources that carried a field or filter Weir accepts and ignores (docs/xds.md).\n# TYPE weir_xds_ignored_total counter\n"
+        out += "# HELP weir_xds_ignored_total Accepted new versions of resources that carried a field or filter Weir accepts and ignores (docs/xds.md).\n# TYPE weir_xds_ignored_total counter\n"
         for (type, fields) in s.ignoredTotal.sorted(by: { $0.key < $1.key }) {
             for (field, n) in fields.sorted(by: { $0.key < $1.key }) {
                 out += "weir_xds_ignored_total{type=\"\(type)\",field=\"\(field.replacingOccurrences(of: "\"", with: "'"))\"} \(n)\n"
