@@ -5,9 +5,33 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <openssl/pem.h>
+#include <openssl/ocsp.h>
+#include <string.h>
 
 static inline long weir_ssl_ctx_set_min_proto(SSL_CTX *ctx, int version) { return SSL_CTX_set_min_proto_version(ctx, version); }
 static inline long weir_ssl_ctx_set_max_proto(SSL_CTX *ctx, int version) { return SSL_CTX_set_max_proto_version(ctx, version); }
+/* OCSP stapling: the status callback, and a copy of the DER response handed to the connection
+ * (OpenSSL takes ownership of the copy). */
+static inline long weir_ssl_ctx_set_status_cb(SSL_CTX *ctx, int (*cb)(SSL *, void *), void *arg) {
+    SSL_CTX_set_tlsext_status_arg(ctx, arg);
+    return SSL_CTX_set_tlsext_status_cb(ctx, cb);
+}
+static inline int weir_ssl_staple(SSL *ssl, const unsigned char *der, long length) {
+    unsigned char *copy = OPENSSL_malloc(length);
+    if (copy == NULL) return 0;
+    memcpy(copy, der, length);
+    if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, length) != 1) { OPENSSL_free(copy); return 0; }
+    return 1;
+}
+/* -1: not an OCSP response; else its response status (0: successful). */
+static inline int weir_ocsp_response_status(const unsigned char *der, long length) {
+    const unsigned char *p = der;
+    OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, length);
+    if (r == NULL) return -1;
+    int status = OCSP_response_status(r);
+    OCSP_RESPONSE_free(r);
+    return status;
+}
 static inline long weir_ssl_ctx_set_groups_list(SSL_CTX *ctx, const char *list) { return SSL_CTX_set1_groups_list(ctx, list); }
 static inline long weir_ssl_ctx_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
 static inline long weir_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*cb)(SSL *, int *, void *), void *arg) {

@@ -88,6 +88,8 @@ public struct CertificateDocument: Sendable {
     public var cert: Located<String>?
     public var key: Located<String>?
     public var serverNames: [Located<String>] = []
+    /// A DER OCSP response to staple for this certificate (read when the snapshot compiles).
+    public var ocspStaple: Located<String>?
     public init(position: SourcePosition) { self.position = position }
 }
 

@@ -22,11 +22,14 @@ public final class TLSContext: @unchecked Sendable {
     public let summaries: [String]
     /// Session ticket keys shared by every certificate's context, rotated on a timer.
     let ticketKeys: OpaquePointer?
+    /// Per context: the DER OCSP response stapled to its handshakes, if any.
+    let staples: [[UInt8]?]
     public let ticketKeyRotationSeconds: Int
 
     init(contexts: [OpaquePointer], exact: [String: Int], wildcard: [String: Int], defaultIndex: Int, alpn: [String],
-         minVersion: String, clientCA: String?, summaries: [String], ticketKeyRotationSeconds: Int) {
+         minVersion: String, clientCA: String?, summaries: [String], ticketKeyRotationSeconds: Int, staples: [[UInt8]?] = []) {
         self.contexts = contexts; self.exact = exact; self.wildcard = wildcard; self.defaultIndex = defaultIndex
+        self.staples = staples
         self.alpn = alpn; self.minVersion = minVersion; self.clientCA = clientCA; self.summaries = summaries
         self.ticketKeyRotationSeconds = ticketKeyRotationSeconds
         ticketKeys = weir_ticket_keys_new(ticketKeyRotationSeconds)
@@ -39,6 +42,7 @@ public final class TLSContext: @unchecked Sendable {
         for ctx in contexts {
             weir_ssl_ctx_set_servername_callback(ctx, tlsServerNameCallback, arg)
             if !alpn.isEmpty { SSL_CTX_set_alpn_select_cb(ctx, tlsALPNCallback, arg) }
+            if staples.contains(where: { $0 != nil }) { _ = weir_ssl_ctx_set_status_cb(ctx, tlsStatusCallback, arg) }
         }
     }
 
@@ -74,6 +78,19 @@ let tlsServerNameCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<
     guard let name = SSL_get_servername(ssl, weir_nametype_host()) else { return weir_tlsext_err_ok() }
     let i = tls.select(String(cString: name).lowercased())
     if SSL_get_SSL_CTX(ssl) != tls.contexts[i] { SSL_set_SSL_CTX(ssl, tls.contexts[i]) }
+    return weir_tlsext_err_ok()
+}
+
+/// OCSP stapling: a client that asks for the certificate's status gets the response configured
+/// for the certificate its server name chose (SNI runs first), or none.
+let tlsStatusCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Int32 = { ssl, arg in
+    guard let ssl, let arg else { return weir_tlsext_err_noack() }
+    let tls = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+    let current = SSL_get_SSL_CTX(ssl)
+    guard let i = tls.contexts.firstIndex(where: { $0 == current }), i < tls.staples.count, let der = tls.staples[i] else {
+        return weir_tlsext_err_noack()
+    }
+    _ = der.withUnsafeBufferPointer { weir_ssl_staple(ssl, $0.baseAddress, $0.count) }
     return weir_tlsext_err_ok()
 }
 
@@ -148,6 +165,7 @@ extension Compiler {
         var exact: [String: Int] = [:], wildcard: [String: Int] = [:]
         var defaultIndex: Int? = nil
         var summaries: [String] = []
+        var staples: [[UInt8]?] = []
         defer { if !ok { for c in contexts { SSL_CTX_free(c) } } }
         for c in d.certificates {
             guard let cert = c.cert, let key = c.key else { bad(c.position, "a certificate needs 'cert' and 'key' (PEM file paths)"); continue }
@@ -185,9 +203,25 @@ extension Compiler {
                     _ = SSL_CTX_set_session_id_context(ctx, "weir", 4)
                 }
             }
+            var staple: [UInt8]? = nil
+            if let s = c.ocspStaple {
+                if let f = fopen(s.value, "rb") {
+                    var bytes: [UInt8] = []
+                    var chunk = [UInt8](repeating: 0, count: 16384)
+                    while true { let n = fread(&chunk, 1, chunk.count, f); if n <= 0 { break }; bytes += chunk[0..<n] }
+                    fclose(f)
+                    let status = bytes.withUnsafeBufferPointer { weir_ocsp_response_status($0.baseAddress, $0.count) }
+                    if status < 0 { bad(s.position, "ocsp_staple \(s.value) is not a DER OCSP response"); usable = false }
+                    else if status != 0 { bad(s.position, "ocsp_staple \(s.value) is an OCSP response with status \(status), not successful"); usable = false }
+                    else { staple = bytes }
+                } else {
+                    bad(s.position, "cannot read ocsp_staple \(s.value)"); usable = false
+                }
+            }
             if !usable { SSL_CTX_free(ctx); continue }
             let index = contexts.count
             contexts.append(ctx)
+            staples.append(staple)
             if c.serverNames.isEmpty {
                 if defaultIndex != nil { bad(c.position, "only one certificate may leave out server_names (the default)") }
                 defaultIndex = index
@@ -215,7 +249,7 @@ extension Compiler {
         guard ok else { return nil }
         return TLSContext(contexts: contexts, exact: exact, wildcard: wildcard, defaultIndex: defaultIndex ?? 0,
                           alpn: d.alpn.map(\.value), minVersion: minVersion, clientCA: d.clientCA?.value, summaries: summaries,
-                          ticketKeyRotationSeconds: rotation)
+                          ticketKeyRotationSeconds: rotation, staples: staples)
     }
 }
 

@@ -194,9 +194,10 @@ struct Reader {
                                                "ticket_key_rotation"], what: "tls")
             for n in list(tf["certificates"], "certificates") {
                 var c = CertificateDocument(position: pos(n))
-                let cf = fields(n, allowed: ["cert", "key", "server_names"], what: "a certificate")
+                let cf = fields(n, allowed: ["cert", "key", "server_names", "ocsp_staple"], what: "a certificate")
                 c.cert = string(cf["cert"], "cert")
                 c.key = string(cf["key"], "key")
+                c.ocspStaple = string(cf["ocsp_staple"], "ocsp_staple")
                 c.serverNames = list(cf["server_names"], "server_names").compactMap { s in
                     if let v = s.string { return Located(v, at: pos(s)) }
                     fail(s, "server_names must list names"); return nil

@@ -241,6 +241,29 @@ func sClient(_ port: UInt16, _ arguments: [String], request: String? = nil) thro
         #expect(status == 1 && output.contains("ciphers: OpenSSL accepts none of 'NOT-A-CIPHER'"), "\(output)")
     }
 
+    /// OCSP stapling from a file: a client asking for the certificate's status gets the
+    /// configured response; a certificate without one sends none; a file that is not a
+    /// successful OCSP response is a config error.
+    @Test func ocspResponsesAreStapledFromAFile() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let port = try freePort()
+        let yaml = config(port: port, upstream: up, certs: certs).replacingOccurrences(
+            of: "server_names: [a.example.com, \"*.a.example.com\"] }",
+            with: "server_names: [a.example.com, \"*.a.example.com\"], ocsp_staple: \(certs.path("a.ocsp")) }")
+        #expect(yaml.contains("ocsp_staple"))
+        let weir = try WeirProcess(yaml: yaml)
+        defer { weir.stop() }
+        let stapled = try sClient(port, ["-status", "-servername", "a.example.com"])
+        #expect(stapled.contains("OCSP Response Status: successful"), "\(stapled.prefix(1200))")
+        let none = try sClient(port, ["-status", "-servername", "default.example.com"])
+        #expect(none.contains("OCSP response: no response sent"), "\(none.prefix(1200))")
+        let file = certs.path("staple.yaml")
+        try yaml.replacingOccurrences(of: certs.path("a.ocsp"), with: certs.path("a.pem")).write(toFile: file, atomically: true, encoding: .utf8)
+        let (status, output) = try runWeir(["check", "--config", file])
+        #expect(status == 1 && output.contains("is not a DER OCSP response"), "\(output)")
+    }
+
     @Test func clientCertificatesAreRequiredAndVerified() throws {
         let certs = try TestCertificates()
         let up = try HTTPUpstream(name: "up")

@@ -7,6 +7,7 @@
 #   client.pem/.key        a client certificate signed by the CA
 #   rogue.pem/.key         a client certificate signed by nobody we trust
 #   expired.pem/.key       signed by the CA, valid only in 2020
+#   a.ocsp                 a DER OCSP response for a.pem (for ocsp_staple)
 set -euo pipefail
 dir=$1
 mkdir -p "$dir"
@@ -42,3 +43,8 @@ EOF
 q openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem \
   -startdate 20200101000000Z -enddate 20200102000000Z
 test -s expired.pem
+# An OCSP response for a.pem, as a responder would staple it (signed by the CA; a.pem is not in
+# the CA's index, so its status is "unknown", but the response itself is a successful one).
+q openssl ocsp -issuer ca.pem -cert a.pem -reqout a.ocsp-request -no_nonce
+q openssl ocsp -index index.txt -CA ca.pem -rsigner ca.pem -rkey ca.key -reqin a.ocsp-request -respout a.ocsp -ndays 2
+test -s a.ocsp
