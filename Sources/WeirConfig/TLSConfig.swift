@@ -187,6 +187,9 @@ extension Compiler {
             }
             if !applyTLSParameters(ctx, min: minVersion, max: maxVersion, ciphers: d.ciphers, suites: d.cipherSuites, curves: d.curves,
                                    at: d.position, bad) { usable = false }
+            // The server's order (its list is strongest first): a client cannot steer the
+            // choice to the weakest suite both allow.
+            _ = weir_ssl_ctx_prefer_server_ciphers(ctx)
             _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
             // Resumption is by stateless tickets (keys per context, so a reload rotates them):
             // OpenSSL's own session cache would only add a locked table walked every 255
