@@ -38,14 +38,19 @@ func normalized(_ target: String) -> String? {
         #expect(normalized("/a\\..\\admin") == "/admin")
         #expect(normalized("/a/../b?x=/../y&%2e") == "/b?x=/../y&%2e")
         #expect(normalized("/ok?q") == "/ok?q")
-        #expect(normalized("http://h/a/../b") == "http://h/a/../b", "only origin-form targets")
+        #expect(normalized("http://h/a/../b") == "http://h/a/../b", "only paths (the proxy finds the path of an absolute-form target)")
         #expect(normalized("*") == "*")
+    }
+
+    @Test func escapesThatDecodingBuildsAreDecodedToo() {
+        #expect(normalized("/%2%65%2%65/admin") == "/admin", "a fixpoint, not one pass")
+        #expect(normalized("/%252e") == "/%252e", "%25 is not unreserved: a double-encoded dot stays")
     }
 
     /// The result is never longer, is already canonical, and never starts with "..".
     @Test func normalizingIsIdempotentOnRandomPaths() {
         var rng = SystemRandomNumberGenerator()
-        let pieces = ["/", ".", "..", "a", "%2e", "%2E", "%2f", "\\", "b", "%41", "?", "x"]
+        let pieces = ["/", ".", "..", "a", "%2e", "%2E", "%2f", "\\", "b", "%41", "?", "x", "%", "%2", "%6", "5", "e", "1"]
         for _ in 0..<3000 {
             let path = "/" + (0..<Int.random(in: 0...10, using: &rng)).map { _ in pieces.randomElement(using: &rng)! }.joined()
             let once = normalized(path)!

@@ -118,13 +118,23 @@ extension Shard {
     /// and the head is parsed again at its new start (false, a 400, only if that parse fails).
     func normalizeTarget(_ head: inout RequestHead, _ base: inout UnsafeMutableRawPointer, _ offset: inout Int, _ http: HTTPListener) -> Bool {
         let ts = Int(head.target.start), te = Int(head.target.end)
-        switch PathNormalizer.normalize((base + ts).assumingMemoryBound(to: UInt8.self), count: te - ts) {
+        // The path: the whole origin-form target, or what follows the authority of an
+        // absolute-form one (routes match that path too, and it is forwarded as it stands).
+        var ps = ts
+        let t = UnsafeRawBufferPointer(start: base + ts, count: te - ts)
+        if t.first != UInt8(ascii: "/") {
+            guard let sep = (0..<max(0, t.count - 2)).first(where: { t[$0] == UInt8(ascii: ":") && t[$0 + 1] == UInt8(ascii: "/") && t[$0 + 2] == UInt8(ascii: "/") }) else { return true }
+            guard let slash = ((sep + 3)..<t.count).first(where: { t[$0] == UInt8(ascii: "/") || t[$0] == UInt8(ascii: "?") }),
+                  t[slash] == UInt8(ascii: "/") else { return true }
+            ps = ts + slash
+        }
+        switch PathNormalizer.normalize((base + ps).assumingMemoryBound(to: UInt8.self), count: te - ps) {
         case .unchanged: return true
         case .normalized(let n):
-            let saved = (te - ts) - n
+            let saved = (te - ps) - n
             guard saved > 0 else { return true }  // the same length: every range still holds
             // Left of the gap, right-aligned onto it: method, space, the new target.
-            (base + saved).copyMemory(from: base, byteCount: ts + n)
+            (base + saved).copyMemory(from: base, byteCount: ps + n)
             base += saved
             offset += saved
             guard case .complete(let h) = HTTPParser.parseRequest(UnsafeRawBufferPointer(start: base, count: head.headLength - saved),

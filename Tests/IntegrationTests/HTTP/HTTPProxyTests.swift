@@ -277,7 +277,7 @@ import WeirDemo
         let weir = try WeirProcess(yaml: httpConfig(port: 0, upstreams: [a], routes: routes, listenerExtra: "    http: { normalize_path: true }"))
         defer { weir.stop() }
         let port = try weir.port("web")
-        for sneaky in ["/x/../admin", "/%2e%2e/admin", "/x\\..\\admin", "/%61dmin", "/./admin/."] {
+        for sneaky in ["/x/../admin", "/%2e%2e/admin", "/x\\..\\admin", "/%61dmin", "/./admin/.", "http://h/x/../admin", "/%2%65%2%65/admin"] {
             let r = try HTTPClient(port: port).request("GET \(sneaky) HTTP/1.1\r\nHost: h\r\n\r\n")
             #expect(r.status == 403, "\(sneaky) must meet the /admin route: \(r.status) \(r.text)")
         }
