@@ -609,7 +609,8 @@ public final class SimIO: IOBackend {
     public func cancelAll(fd: Int32, userData: UserData) { kernel.cancels.append((0, fd, true, userData.raw)) }
 
     public func close(fd: Int32) {
-        guard let s = kernel.sockets[fd] else { return }
+        // A real kernel would close whatever now has that number (another connection's socket).
+        guard let s = kernel.sockets[fd] else { preconditionFailure("close of fd \(fd), which the shard does not hold") }
         precondition(!s.world, "the shard closed a socket it does not own")
         precondition(!kernel.pending.contains { $0.fd == fd } && !kernel.queued.contains { $0.fd == fd },
                      "fd \(fd) closed with an operation pending on it")
@@ -640,7 +641,7 @@ public final class SimIO: IOBackend {
     public func makePipe(bytes: Int) -> (read: Int32, write: Int32)? { kernel.makePipe() }
     public func splice(from: Int32, to: Int32, count: Int) -> Int { kernel.splice(from: from, to: to, count: count) }
     public func closePipe(fd: Int32) {
-        guard let s = kernel.sockets[fd] else { return }
+        guard let s = kernel.sockets[fd] else { preconditionFailure("close of pipe fd \(fd), which the shard does not hold") }
         precondition(s.kind == .pipeRead || s.kind == .pipeWrite, "closePipe on a socket")
         precondition(!kernel.pending.contains { $0.fd == fd } && !kernel.queued.contains { $0.fd == fd },
                      "pipe \(fd) closed with an operation pending on it")
