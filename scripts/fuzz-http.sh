@@ -15,6 +15,9 @@ case "$target" in
   ConnectionFuzz) corpus=corpus/connection ;;
   *) echo "fuzz-http.sh: unknown target '$target' (HTTPParserFuzz, MatcherFuzz or ConnectionFuzz)" >&2; exit 2 ;;
 esac
+# SwiftPM keeps this package's build plan when a file is added to the main package (../), and
+# then fails to find the new type: drop the plan so it is made again (the build stays incremental).
+rm -f .build/release.yaml .build/release/description.json
 swift build -c release --product "$target" -Xswiftc -sanitize=fuzzer,address >/dev/null
 mkdir -p ".corpus-run/$target"
 bin=$(swift build -c release --show-bin-path)/$target
