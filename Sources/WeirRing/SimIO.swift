@@ -261,6 +261,11 @@ public final class SimKernel {
             precondition(sockets[op.fd].map { !$0.world } ?? false, "an operation on fd \(op.fd), which the shard does not hold")
         }
         precondition(!op.reads || !readArmed(on: op.fd), "a second receive armed on fd \(op.fd) while one waits")
+        // Two sends on one socket at once would interleave their bytes in whatever order they run.
+        if case .send = op {
+            precondition(!(pending + queued).contains { if case .send = $0 { return $0.fd == op.fd } else { return false } },
+                         "a second send queued on fd \(op.fd) while one is in flight")
+        }
         queued.append(op)
     }
 
