@@ -9,18 +9,10 @@ xds-protos does not carry (Istio's own filters) are wrapped in a udpa TypedStruc
 itself does for several of them.
 Usage: istio_replay.py DIR UPSTREAM_PORT LISTENER_BASE > commands
 """
-import importlib, json, pkgutil, sys
+import json, os, sys
 from google.protobuf import symbol_database
-
-def import_all():
-    import envoy, udpa, xds
-    for pkg in (envoy, udpa, xds):
-        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-            if m.name.endswith("_pb2"):
-                try:
-                    importlib.import_module(m.name)
-                except Exception:
-                    pass
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../Tests/IntegrationTests/Support"))
+from xds_types import import_all
 
 def known(type_url):
     try:

@@ -4,6 +4,7 @@
 // ALPN, a minimum version and optional client certificates. Shards only create SSL objects from
 // these contexts; a reload builds new contexts for new connections while open ones keep theirs.
 import COpenSSL
+import Foundation
 import CWeirTLS
 import WeirCore
 
@@ -208,11 +209,8 @@ extension Compiler {
             }
             var staple: [UInt8]? = nil
             if let s = c.ocspStaple {
-                if let f = fopen(s.value, "rb") {
-                    var bytes: [UInt8] = []
-                    var chunk = [UInt8](repeating: 0, count: 16384)
-                    while true { let n = fread(&chunk, 1, chunk.count, f); if n <= 0 { break }; bytes += chunk[0..<n] }
-                    fclose(f)
+                if let data = FileManager.default.contents(atPath: s.value) {
+                    let bytes = [UInt8](data)
                     let status = bytes.withUnsafeBufferPointer { weir_ocsp_response_status($0.baseAddress, $0.count) }
                     if status < 0 { bad(s.position, "ocsp_staple \(s.value) is not a DER OCSP response"); usable = false }
                     else if status != 0 { bad(s.position, "ocsp_staple \(s.value) is an OCSP response with status \(status), not successful"); usable = false }

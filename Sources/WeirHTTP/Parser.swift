@@ -298,31 +298,24 @@ public enum HTTPParser {
     static func interpret(_ buf: UnsafeRawBufferPointer, _ name: ByteRange, _ value: ByteRange, _ s: inout FieldSummary) {
         switch name.count {
         case 14 where equalsIgnoringCase(buf, name, "content-length"):
-            // One number: not a list, not even "5, " (empty list elements would be skipped, and
-            // the field would go on as received).
-            for k in Int(value.start)..<Int(value.end) where buf[k] == UInt8(ascii: ",") {
-                s.error = HTTPError(.badRequest, "Content-Length must be one number")
+            // One number (the value is already trimmed): not a list, not even "5, 5" or "5, ".
+            // RFC 9110 section 8.6 lets a recipient refuse such a list or rewrite it to one value
+            // before forwarding; Weir forwards fields as received, so it refuses them (an upstream
+            // that reads "5, 5" differently would frame the body differently), and a second field.
+            if value.count == 0 { s.error = HTTPError(.badRequest, "empty Content-Length"); return }
+            guard value.count <= 19 else { s.error = HTTPError(.badRequest, "Content-Length too large"); return }
+            var n: UInt64 = 0
+            for k in Int(value.start)..<Int(value.end) {
+                let d = buf[k]
+                if d == UInt8(ascii: ",") { s.error = HTTPError(.badRequest, "Content-Length must be one number"); return }
+                guard d >= UInt8(ascii: "0") && d <= UInt8(ascii: "9") else { s.error = HTTPError(.badRequest, "bad Content-Length"); return }
+                n = n * 10 + UInt64(d - UInt8(ascii: "0"))
+            }
+            if let old = s.contentLength {
+                s.error = HTTPError(.badRequest, old != n ? "differing Content-Length values" : "Content-Length given more than once")
                 return
             }
-            _ = forEachListElement(buf, value) { e in
-                var n: UInt64 = 0
-                guard e.count <= 19 else { s.error = HTTPError(.badRequest, "Content-Length too large"); return false }
-                for k in Int(e.start)..<Int(e.end) {
-                    let d = buf[k]
-                    guard d >= UInt8(ascii: "0") && d <= UInt8(ascii: "9") else { s.error = HTTPError(.badRequest, "bad Content-Length"); return false }
-                    n = n * 10 + UInt64(d - UInt8(ascii: "0"))
-                }
-                // RFC 9110 section 8.6: a list of equal values must be refused or rewritten to one
-                // value before forwarding; Weir forwards fields as received, so it refuses them
-                // (an upstream that reads "5, 5" differently would frame the body differently).
-                if let old = s.contentLength {
-                    s.error = HTTPError(.badRequest, old != n ? "differing Content-Length values" : "Content-Length given more than once")
-                    return false
-                }
-                s.contentLength = n
-                return true
-            }
-            if value.count == 0 { s.error = HTTPError(.badRequest, "empty Content-Length") }
+            s.contentLength = n
         case 17 where equalsIgnoringCase(buf, name, "transfer-encoding"):
             s.transferEncoding = true
             _ = forEachListElement(buf, value) { e in

@@ -193,19 +193,9 @@ public struct RouteTable: Sendable {
     /// The host (Host field, or the authority of an absolute-form target), without port, and
     /// the path without the query.
     static func hostAndPath(_ head: RequestHead, _ buf: UnsafeRawBufferPointer, stripPort: Bool = true) -> (ByteRange, ByteRange) {
-        var host = head.host ?? ByteRange.empty
-        var pathStart = Int(head.target.start)
+        let (authority, pathStart) = head.authorityAndPathStart(buf)
+        let host = authority ?? head.host ?? ByteRange.empty
         let end = Int(head.target.end)
-        if buf[pathStart] != UInt8(ascii: "/") && buf[pathStart] != UInt8(ascii: "*") {
-            // absolute-form: scheme "://" authority path
-            var i = pathStart
-            while i + 2 < end && !(buf[i] == UInt8(ascii: ":") && buf[i + 1] == UInt8(ascii: "/") && buf[i + 2] == UInt8(ascii: "/")) { i += 1 }
-            let authorityStart = i + 3
-            var j = authorityStart
-            while j < end && buf[j] != UInt8(ascii: "/") && buf[j] != UInt8(ascii: "?") { j += 1 }
-            host = ByteRange(authorityStart, j)
-            pathStart = j
-        }
         // Strip a port, but not the colons inside an IPv6 literal ("[::1]:8080").
         var h = Int(host.end)
         var k = h - 1
@@ -214,6 +204,21 @@ public struct RouteTable: Sendable {
         var q = pathStart
         while q < end && buf[q] != UInt8(ascii: "?") { q += 1 }
         return (ByteRange(Int(host.start), h), ByteRange(pathStart, q))
+    }
+}
+
+extension RequestHead {
+    /// Where the target's path starts, and the authority of an absolute-form target
+    /// ("scheme://authority/path"); an origin-form target is all path.
+    public func authorityAndPathStart(_ buf: UnsafeRawBufferPointer) -> (authority: ByteRange?, pathStart: Int) {
+        let start = Int(target.start), end = Int(target.end)
+        guard start < end, buf[start] != UInt8(ascii: "/") && buf[start] != UInt8(ascii: "*") else { return (nil, start) }
+        var i = start
+        while i + 2 < end && !(buf[i] == UInt8(ascii: ":") && buf[i + 1] == UInt8(ascii: "/") && buf[i + 2] == UInt8(ascii: "/")) { i += 1 }
+        let authorityStart = min(i + 3, end)
+        var j = authorityStart
+        while j < end && buf[j] != UInt8(ascii: "/") && buf[j] != UInt8(ascii: "?") { j += 1 }
+        return (ByteRange(authorityStart, j), j)
     }
 }
 

@@ -35,7 +35,6 @@ public final class SimTape {
     let bytes: [UInt8]
     var at = 0
     public init(_ bytes: [UInt8]) { self.bytes = bytes }
-    public var used: Int { at }
 }
 
 /// SplitMix64: the simulation's one source of chance, so a seed replays exactly.
@@ -247,10 +246,13 @@ public final class SimKernel {
         closeSocket(fd)
     }
 
-    /// Whether an operation that takes bytes from `fd` is queued or pending.
-    func readArmed(on fd: Int32) -> Bool {
-        pending.contains { $0.fd == fd && $0.reads } || queued.contains { $0.fd == fd && $0.reads }
+    /// Whether an operation on `fd` that `matches` is queued or pending.
+    func waiting(on fd: Int32, _ matches: (Op) -> Bool = { _ in true }) -> Bool {
+        pending.contains { $0.fd == fd && matches($0) } || queued.contains { $0.fd == fd && matches($0) }
     }
+
+    /// Whether an operation that takes bytes from `fd` is queued or pending.
+    func readArmed(on fd: Int32) -> Bool { waiting(on: fd) { $0.reads } }
 
     /// Queues an operation from the shard, refusing a second reader of one socket.
     func queue(_ op: Op) {
@@ -263,8 +265,7 @@ public final class SimKernel {
         precondition(!op.reads || !readArmed(on: op.fd), "a second receive armed on fd \(op.fd) while one waits")
         // Two sends on one socket at once would interleave their bytes in whatever order they run.
         if case .send = op {
-            precondition(!(pending + queued).contains { if case .send = $0 { return $0.fd == op.fd } else { return false } },
-                         "a second send queued on fd \(op.fd) while one is in flight")
+            precondition(!waiting(on: op.fd) { if case .send = $0 { true } else { false } }, "a second send queued on fd \(op.fd) while one is in flight")
         }
         queued.append(op)
     }
@@ -617,7 +618,7 @@ public final class SimIO: IOBackend {
         // A real kernel would close whatever now has that number (another connection's socket).
         guard let s = kernel.sockets[fd] else { preconditionFailure("close of fd \(fd), which the shard does not hold") }
         precondition(!s.world, "the shard closed a socket it does not own")
-        precondition(!kernel.pending.contains { $0.fd == fd } && !kernel.queued.contains { $0.fd == fd },
+        precondition(!kernel.waiting(on: fd),
                      "fd \(fd) closed with an operation pending on it")
         if let p = kernel.sockets[s.peer] { p.finReceived = true; p.peer = -1 }
         kernel.closeSocket(fd)
@@ -648,7 +649,7 @@ public final class SimIO: IOBackend {
     public func closePipe(fd: Int32) {
         guard let s = kernel.sockets[fd] else { preconditionFailure("close of pipe fd \(fd), which the shard does not hold") }
         precondition(s.kind == .pipeRead || s.kind == .pipeWrite, "closePipe on a socket")
-        precondition(!kernel.pending.contains { $0.fd == fd } && !kernel.queued.contains { $0.fd == fd },
+        precondition(!kernel.waiting(on: fd),
                      "pipe \(fd) closed with an operation pending on it")
         kernel.sockets[s.peer]?.peer = -1
         kernel.closeSocket(fd)

@@ -72,8 +72,8 @@ public final class ADSClient: @unchecked Sendable {
     private var versions: [XDSType: String] = [:]
     private var nonces: [XDSType: String] = [:]
     private var subscribed: [XDSType: [String]] = [:]
-    /// Clusters the control plane sent that were refused with no version to keep: listeners
-    /// that use them wait (warming) instead of failing on an unknown name.
+    /// Clusters the control plane sent that were refused with no version to keep: what names
+    /// them is told so (a 503 under validate_clusters false, else a refusal saying why).
     private var refusedClusters = Set<String>()
     private let stopped = Atomic<Bool>(false)
 
@@ -169,14 +169,17 @@ public final class ADSClient: @unchecked Sendable {
     }
 
     /// Records, for the type a response carried, the resources it changed (and drops those gone
-    /// from any type).
-    func noteChanges(_ type: XDSType, version: String, old: XDSResources, new: XDSResources) {
+    /// from any type); returns the names of those changed.
+    @discardableResult
+    func noteChanges(_ type: XDSType, version: String, old: XDSResources, new: XDSResources) -> Set<String> {
         let now = Date()
+        var changedNow = Set<String>()
         func track<M: SwiftProtobuf.Message>(_ t: XDSType, _ o: [String: M], _ n: [String: M]) {
             var m = (changed[t] ?? [:]).filter { n[$0.key] != nil }
             if t == type {
                 for (name, msg) in n where o[name].map({ !$0.isEqualTo(message: msg) }) ?? true || m[name] == nil {
                     m[name] = (version, now)
+                    changedNow.insert(name)
                 }
             }
             changed[t] = m
@@ -185,6 +188,7 @@ public final class ADSClient: @unchecked Sendable {
         track(.cluster, old.clusters, new.clusters)
         track(.endpoint, old.loadAssignments, new.loadAssignments)
         track(.route, old.routes, new.routes)
+        return changedNow
     }
 
     public func stop() { stopped.store(true, ordering: .relaxed) }
@@ -299,8 +303,8 @@ public final class ADSClient: @unchecked Sendable {
             nonces[type] = response.nonce
         }
         if let decodeError { return nack(decodeError) }
-        // Resource by resource: a refused one keeps its previous version (or stays out, and a
-        // refused cluster's name stays known, so listeners that use it wait instead of failing).
+        // Resource by resource: a refused one keeps its previous version, or stays out (a refused
+        // cluster's name is remembered, so what names it says it was refused).
         var refused: [String: String] = [:]
         var refusedClusters = type == .cluster ? Set<String>() : self.refusedClusters
         func revert(_ name: String) {
@@ -384,9 +388,9 @@ public final class ADSClient: @unchecked Sendable {
             let keep = Set(candidate.edsNames)
             candidate.loadAssignments = candidate.loadAssignments.filter { keep.contains($0.key) }
         }
-        noteChanges(type, version: response.versionInfo, old: resources, new: candidate)
-        // Counted once per new version of a resource, not per state-of-the-world resend.
-        let changedNames = responseNames.subtracting(refused.keys).filter { !same(type, $0, resources, candidate) }
+        // Ignored fields are counted once per new version of a resource, not per resend.
+        let changedNames = noteChanges(type, version: response.versionInfo, old: resources, new: candidate)
+            .intersection(responseNames).subtracting(refused.keys)
         resources = candidate
         self.refusedClusters = refusedClusters
         lastTranslation = translation
@@ -413,17 +417,6 @@ public final class ADSClient: @unchecked Sendable {
         let eds = resources.edsNames, rds = resources.rdsNames
         if eds != (subscribed[.endpoint] ?? []) { out.yield(request(.endpoint, names: eds, node: false)) }
         if rds != (subscribed[.route] ?? []) { out.yield(request(.route, names: rds, node: false)) }
-    }
-
-    /// Whether resource `name` of `type` is the same message in `a` and `b`.
-    func same(_ type: XDSType, _ name: String, _ a: XDSResources, _ b: XDSResources) -> Bool {
-        func eq<M: SwiftProtobuf.Message>(_ x: M?, _ y: M?) -> Bool { x.map { m in y.map { m.isEqualTo(message: $0) } ?? false } ?? (y == nil) }
-        switch type {
-        case .listener: return eq(a.listeners[name], b.listeners[name])
-        case .cluster: return eq(a.clusters[name], b.clusters[name])
-        case .endpoint: return eq(a.loadAssignments[name], b.loadAssignments[name])
-        case .route: return eq(a.routes[name], b.routes[name])
-        }
     }
 
     /// Every refused resource and why, sorted by name, at most 8 KiB (then how many more).

@@ -74,26 +74,22 @@ public struct XDSResources: Sendable {
     /// RDS names the listeners need.
     public var rdsNames: [String] { Set(listeners.values.flatMap { rdsNames(of: $0) }).sorted() }
 
-    /// Names of the route configurations a listener carries inline.
-    func inlineRouteNames(of l: EnvoyListener) -> [String] {
-        var names: [String] = []
-        for chain in l.filterChains {
-            for f in chain.filters where f.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") {
-                if let hcm = try? HCM(unpackingAny: f.typedConfig), case .routeConfig(let c)? = hcm.routeSpecifier { names.append(c.name) }
-            }
+    /// The route specifiers of a listener's connection managers.
+    func routeSpecifiers(of l: EnvoyListener) -> [HCM.OneOf_RouteSpecifier] {
+        l.filterChains.flatMap { chain in
+            chain.filters.filter { $0.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") }
+                .compactMap { (try? HCM(unpackingAny: $0.typedConfig))?.routeSpecifier }
         }
-        return names
     }
 
     /// RDS names one listener needs.
     func rdsNames(of l: EnvoyListener) -> [String] {
-        var names: [String] = []
-        for chain in l.filterChains {
-            for f in chain.filters where f.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") {
-                if let hcm = try? HCM(unpackingAny: f.typedConfig), case .rds(let rds)? = hcm.routeSpecifier { names.append(rds.routeConfigName) }
-            }
-        }
-        return names
+        routeSpecifiers(of: l).compactMap { if case .rds(let rds) = $0 { rds.routeConfigName } else { nil } }
+    }
+
+    /// Names of the route configurations a listener carries inline.
+    func inlineRouteNames(of l: EnvoyListener) -> [String] {
+        routeSpecifiers(of: l).compactMap { if case .routeConfig(let c) = $0 { c.name } else { nil } }
     }
 }
 
@@ -162,8 +158,8 @@ public func translate(_ r: XDSResources, activate: Set<String> = [], previous: T
 
 /// `translate`, resource by resource: a resource that cannot be translated is left out and
 /// listed in `rejected` (the caller decides what stands in for it). `refused` names clusters the
-/// control plane sent that were refused: listeners that use them wait (warming), as for a
-/// cluster still warming, rather than failing on an unknown name.
+/// control plane sent that were refused: a route to one answers 503 under validate_clusters
+/// false, and otherwise refuses its resource with a message that says the cluster was refused.
 public func translateEach(_ r: XDSResources, activate: Set<String> = [], previous: Translation? = nil,
                           reuseClusters: Bool = false, reuseListeners: Bool = false, refused: Set<String> = []) -> Translation {
     var out = Translation()
@@ -268,7 +264,7 @@ enum ListenerTranslation {
 
 func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>,
                        refusedClusters: Set<String> = [], notes: Notes = Notes()) throws -> ListenerTranslation {
-    func unknown(_ c: String) -> String { refusedClusters.contains(c) ? "was refused (see its NACK)" : "is not a known cluster" }
+    func unknown(_ c: String) -> String { unknownCluster(c, refusedClusters) }
     let what = "listener '\(l.name)'"
     func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: [.listener: l.name]) }
     notes.about(.listener, l.name)
@@ -434,11 +430,16 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     return .ready(doc, uses: translated.uses)
 }
 
+/// Why a cluster a listener or route names is not there.
+func unknownCluster(_ c: String, _ refused: Set<String>) -> String {
+    refused.contains(c) ? "was refused (see its NACK)" : "is not a known cluster"
+}
+
 /// A route configuration's routes, the clusters they use, and whether the Host's port is ignored
 /// when matching domains (ignore_port_in_host_matching).
 func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownClusters: Set<String>,
                      refusedClusters: Set<String> = [], notes: Notes = Notes()) throws -> (docs: [RouteDocument], uses: [String], stripPort: Bool) {
-    func unknown(_ c: String) -> String { refusedClusters.contains(c) ? "was refused (see its NACK)" : "is not a known cluster" }
+    func unknown(_ c: String) -> String { unknownCluster(c, refusedClusters) }
     let what = "route_configuration '\(config.name)'"
     func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: [.route: config.name]) }
     notes.about(.route, config.name)
@@ -450,10 +451,8 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
     let lenient = config.hasValidateClusters && !config.validateClusters.value
     configRest.clearValidateClusters()
     configRest.ignorePortInHostMatching = false
-    if config.maxDirectResponseBodySizeBytes.value > 0 {
-        // A bound on direct_response bodies, which come inline here; checked below.
-        configRest.clearMaxDirectResponseBodySizeBytes()
-    }
+    // A bound on direct_response bodies, which come inline here; checked below.
+    configRest.clearMaxDirectResponseBodySizeBytes()
     if let extra = leftover(configRest) { throw fail("unsupported field(s) \(extra)") }
     let maxDirect = config.hasMaxDirectResponseBodySizeBytes ? Int(config.maxDirectResponseBodySizeBytes.value) : 4096
     let p = position("route", config.name)
@@ -776,7 +775,7 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
         d.overprovisioningFactor = located(Int(assignment.policy.overprovisioningFactor.value), p)
     }
     d.endpoints = try translateEndpoints(assignment, cluster: c.name, p, localityWeighted: localityWeighted, notes: notes) { e in
-        try checkTransportSocket(for: e, matches, defaultSocket, cluster: c.name, fail)
+        try checkTransportSocket(for: e, matches, defaultSocket, fail)
     }
     notes.about(.cluster, c.name)
     return d
@@ -788,7 +787,7 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
 /// mTLS to `tlsMode: istio` endpoints) is refused: sending plaintext would drop the identity
 /// check the control plane asked for.
 func checkTransportSocket(for e: Envoy_Config_Endpoint_V3_LbEndpoint, _ matches: [EnvoyCluster.TransportSocketMatch],
-                          _ fallback: Envoy_Config_Core_V3_TransportSocket?, cluster: String, _ fail: (String) -> XDSError) throws {
+                          _ fallback: Envoy_Config_Core_V3_TransportSocket?, _ fail: (String) -> XDSError) throws {
     let labels = e.metadata.filterMetadata["envoy.transport_socket_match"]?.fields ?? [:]
     var chosen = fallback
     var chosenName = "transport_socket"

@@ -1,5 +1,6 @@
 // The weir command: run, check, demo, version.
 import ArgumentParser
+import Foundation
 import Synchronization
 import WeirAdmin
 import WeirConfig
@@ -63,15 +64,8 @@ struct Simulate: ParsableCommand {
         Log.bootstrap()
         Log.level = .critical
         if let tape {
-            guard let f = fopen(tape, "rb") else { throw ValidationError("--tape: cannot read \(tape)") }
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = fread(&chunk, 1, chunk.count, f)
-                if n <= 0 { break }
-                bytes += chunk[0..<n]
-            }
-            fclose(f)
+            guard let data = FileManager.default.contents(atPath: tape) else { throw ValidationError("--tape: cannot read \(tape)") }
+            let bytes = [UInt8](data)
             let report = Simulation.run(seed: UInt64(bytes.first ?? 0), steps: steps, tape: Array(bytes.dropFirst()))
             print(report)
             if report.failure != nil { throw ExitCode(1) }

@@ -117,17 +117,10 @@ extension Shard {
     /// head starts that much later and still ends where it did (the body after it stays put),
     /// and the head is parsed again at its new start (false, a 400, only if that parse fails).
     func normalizeTarget(_ head: inout RequestHead, _ base: inout UnsafeMutableRawPointer, _ offset: inout Int, _ http: HTTPListener) -> Bool {
-        let ts = Int(head.target.start), te = Int(head.target.end)
+        let te = Int(head.target.end)
         // The path: the whole origin-form target, or what follows the authority of an
         // absolute-form one (routes match that path too, and it is forwarded as it stands).
-        var ps = ts
-        let t = UnsafeRawBufferPointer(start: base + ts, count: te - ts)
-        if t.first != UInt8(ascii: "/") {
-            guard let sep = (0..<max(0, t.count - 2)).first(where: { t[$0] == UInt8(ascii: ":") && t[$0 + 1] == UInt8(ascii: "/") && t[$0 + 2] == UInt8(ascii: "/") }) else { return true }
-            guard let slash = ((sep + 3)..<t.count).first(where: { t[$0] == UInt8(ascii: "/") || t[$0] == UInt8(ascii: "?") }),
-                  t[slash] == UInt8(ascii: "/") else { return true }
-            ps = ts + slash
-        }
+        let ps = head.authorityAndPathStart(UnsafeRawBufferPointer(start: base, count: head.headLength)).pathStart
         switch PathNormalizer.normalize((base + ps).assumingMemoryBound(to: UInt8.self), count: te - ps) {
         case .unchanged: return true
         case .normalized(let n):

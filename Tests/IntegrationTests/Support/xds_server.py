@@ -36,15 +36,8 @@ from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
 
 if __import__("os").environ.get("XDS_IMPORT_ALL"):
     # Replaying captured resources (scripts/istio_replay.py): every type xds-protos carries.
-    import importlib, pkgutil
-    import envoy, udpa, xds
-    for pkg in (envoy, udpa, xds):
-        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-            if m.name.endswith("_pb2"):
-                try:
-                    importlib.import_module(m.name)
-                except Exception:
-                    pass
+    from xds_types import import_all
+    import_all()
 
 TYPES = {
     "CDS": ("type.googleapis.com/envoy.config.cluster.v3.Cluster", cluster_pb2.Cluster),
