@@ -47,26 +47,14 @@ public enum Compiler {
         var listeners: [Listener] = []
         var listenerDefined: [String: SourcePosition] = [:]
         var listenerAddresses: [SocketAddress: String] = [:]
-        for l in doc.listeners {
-            guard let name = l.name else { fail(l.position, "a listener needs a 'name'"); continue }
-            if let first = listenerDefined[name.value] {
-                fail(name.position, "duplicate listener name '\(name.value)' (also defined at \(first.file):\(first.line))"); continue
-            }
-            listenerDefined[name.value] = name.position
-            guard let addressText = l.address else { fail(l.position, "listener '\(name.value)' needs an 'address'"); continue }
-            let address: SocketAddress
-            do { address = try SocketAddress.parse(addressText.value) } catch {
-                fail(addressText.position, "listener '\(name.value)': \(error)"); continue
-            }
-            if let other = listenerAddresses[address] {
-                fail(addressText.position, "listener '\(name.value)' has the same address as listener '\(other)'"); continue
-            }
-            listenerAddresses[address] = name.value
+        /// A listener's own settings (protocol, cluster or routes, TLS), or a chain's: the
+        /// Listener that serves its connections, or nil (and errors).
+        func compileBody(_ l: ListenerDocument, name: Located<String>, address: SocketAddress) -> Listener? {
             let proto: ListenerProtocol
             switch l.proto?.value ?? "tcp" {
             case "tcp": proto = .tcp
             case "http": proto = .http
-            case let other: fail(l.proto!.position, "protocol must be 'tcp' or 'http', not '\(other)'"); continue
+            case let other: fail(l.proto!.position, "protocol must be 'tcp' or 'http', not '\(other)'"); return nil
             }
             if let b = l.backlog, !(1...65535).contains(b.value) { fail(b.position, "backlog must be 1 to 65535") }
             if let t = l.idleTimeout, t.value < 1_000_000 { fail(t.position, "idle_timeout must be at least 1ms") }
@@ -74,45 +62,43 @@ public enum Compiler {
             var tls: TLSContext? = nil
             if let t = l.tls {
                 if !l.routes.isEmpty && proto == .tcp {
-                    fail(t.position, "listener '\(name.value)': routes by sni pass TLS through untouched; remove 'tls' (or the routes) to terminate it here"); continue
+                    fail(t.position, "listener '\(name.value)': routes by sni pass TLS through untouched; remove 'tls' (or the routes) to terminate it here"); return nil
                 }
-                guard let context = compileTLS(t, listener: name.value, fail: fail) else { continue }
+                guard let context = compileTLS(t, listener: name.value, fail: fail) else { return nil }
                 tls = context
             }
             if let w = l.weightedClusters, proto == .http || !l.routes.isEmpty {
                 _ = w
                 fail(l.weightedClustersPosition ?? l.position, "listener '\(name.value)': weighted_clusters on a listener is for tcp listeners without routes; \(proto == .http ? "http listeners split by weight in a route" : "give either 'weighted_clusters' or 'routes'")")
-                continue
+                return nil
             }
             if proto == .http {
                 guard let http = compileHTTPListener(l, name: name.value, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
-                                                     clusters: clusters, fail: fail) else { continue }
+                                                     clusters: clusters, fail: fail) else { return nil }
                 if http.limits.maxHeaderBytes > limits.bufferBytes - 4096 {
                     fail(l.httpPosition ?? l.position, "listener '\(name.value)': max_header_bytes (\(http.limits.maxHeaderBytes)) must be at most limits.buffer_bytes - 4KiB (\(limits.bufferBytes - 4096)): a request head is parsed in one receive buffer")
-                    continue
+                    return nil
                 }
                 var listener = Listener(name: name.value, address: address, proto: .http, clusterIndex: -1,
                                         idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultHTTPIdleTimeoutNanoseconds, backlog: backlog)
                 listener.http = http
                 listener.tls = tls
-                listeners.append(listener)
-                continue
+                return listener
             }
-            if let h = l.http { _ = h; fail(l.httpPosition ?? l.position, "listener '\(name.value)': 'http' settings need protocol: http"); continue }
+            if let h = l.http { _ = h; fail(l.httpPosition ?? l.position, "listener '\(name.value)': 'http' settings need protocol: http"); return nil }
             if !l.routes.isEmpty {
-                guard l.cluster == nil else { fail(l.cluster!.position, "listener '\(name.value)': give either 'cluster' or 'routes', not both"); continue }
+                guard l.cluster == nil else { fail(l.cluster!.position, "listener '\(name.value)': give either 'cluster' or 'routes', not both"); return nil }
                 guard let routes = compileSNIRoutes(l, name: name.value, clusterIndex: clusterIndex, invalidClusters: invalidClusters,
-                                                    clusters: clusters, fail: fail) else { continue }
+                                                    clusters: clusters, fail: fail) else { return nil }
                 var listener = Listener(name: name.value, address: address, proto: .tcp,
                                         clusterIndex: routes.first { $0.names.isEmpty }?.clusterIndex ?? -1,
                                         idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds, backlog: backlog)
                 listener.sniRoutes = routes
                 if let t = l.clientHelloTimeout {
                     if (1_000_000...300_000_000_000).contains(t.value) { listener.clientHelloTimeoutNanoseconds = t.value }
-                    else { fail(t.position, "listener '\(name.value)': client_hello_timeout must be 1ms to 5m"); continue }
+                    else { fail(t.position, "listener '\(name.value)': client_hello_timeout must be 1ms to 5m"); return nil }
                 }
-                listeners.append(listener)
-                continue
+                return listener
             }
             /// The cluster a tcp listener sends to, checked; nil (and an error) when it cannot.
             func tcpCluster(_ clusterName: Located<String>) -> Int? {
@@ -134,24 +120,51 @@ public enum Compiler {
             }
             var weights: ClusterWeights? = nil
             if let w = l.weightedClusters {
-                if let c = l.cluster { fail(c.position, "listener '\(name.value)': give either 'cluster' or 'weighted_clusters', not both"); continue }
+                if let c = l.cluster { fail(c.position, "listener '\(name.value)': give either 'cluster' or 'weighted_clusters', not both"); return nil }
                 guard let compiled = compileWeights(w, at: l.weightedClustersPosition ?? l.position, cluster: tcpCluster,
-                                                    bad: { fail($0, "listener '\(name.value)': \($1)") }) else { continue }
+                                                    bad: { fail($0, "listener '\(name.value)': \($1)") }) else { return nil }
                 weights = compiled
             }
             var ci = weights?.clusters[0] ?? -1
             if weights == nil {
                 guard let clusterName = l.cluster else {
-                    fail(l.position, "listener '\(name.value)' needs a 'cluster' (or 'weighted_clusters', or 'routes' by server name)"); continue
+                    fail(l.position, "listener '\(name.value)' needs a 'cluster' (or 'weighted_clusters', or 'routes' by server name)"); return nil
                 }
-                guard let i = tcpCluster(clusterName) else { continue }
+                guard let i = tcpCluster(clusterName) else { return nil }
                 ci = i
             }
             var listener = Listener(name: name.value, address: address, proto: proto, clusterIndex: ci,
                                     idleTimeoutNanoseconds: l.idleTimeout?.value ?? defaultIdleTimeoutNanoseconds, backlog: backlog)
             listener.tls = tls
             listener.clusterWeights = weights
-            listeners.append(listener)
+            return listener
+        }
+        for l in doc.listeners {
+            guard let name = l.name else { fail(l.position, "a listener needs a 'name'"); continue }
+            if let first = listenerDefined[name.value] {
+                fail(name.position, "duplicate listener name '\(name.value)' (also defined at \(first.file):\(first.line))"); continue
+            }
+            listenerDefined[name.value] = name.position
+            guard let addressText = l.address else { fail(l.position, "listener '\(name.value)' needs an 'address'"); continue }
+            let address: SocketAddress
+            do { address = try SocketAddress.parse(addressText.value) } catch {
+                fail(addressText.position, "listener '\(name.value)': \(error)"); continue
+            }
+            if let other = listenerAddresses[address] {
+                fail(addressText.position, "listener '\(name.value)' has the same address as listener '\(other)'"); continue
+            }
+            listenerAddresses[address] = name.value
+            let bind = l.bindToPort?.value ?? true
+            let handOff = l.useOriginalDestination?.value ?? false
+            if l.chains.isEmpty {
+                guard var listener = compileBody(l, name: name, address: address) else { continue }
+                listener.bindToPort = bind
+                listener.useOriginalDestination = handOff
+                listeners.append(listener)
+                continue
+            }
+            compileChains(l, name: name, address: address, bindToPort: bind, useOriginalDestination: handOff,
+                          into: &listeners, body: compileBody, fail: fail)
         }
         var xds: XDSSettings? = nil
         if let x = doc.xds {
@@ -270,7 +283,18 @@ public enum Compiler {
         if let a = c.connectAttempts, !connectAttemptsRange.contains(a.value) {
             fail(a.position, "cluster '\(name)': connect_attempts must be \(connectAttemptsRange.lowerBound) to \(connectAttemptsRange.upperBound)"); ok = false
         }
-        if c.endpoints.isEmpty && !c.mayBeEmpty { fail(c.position, "cluster '\(name)' has no endpoints"); ok = false }
+        let originalDestination = c.originalDestination?.value ?? false
+        if originalDestination {
+            // Its endpoint is each connection's original destination: nothing to list or probe.
+            if let e = c.endpoints.first { fail(e.position, "cluster '\(name)' is original_destination: it lists no endpoints (each connection goes where its client asked)"); ok = false }
+            if let h = c.healthCheckPosition { fail(h, "cluster '\(name)' is original_destination: it has no endpoints to health-check"); ok = false }
+        } else if c.endpoints.isEmpty && !c.mayBeEmpty { fail(c.position, "cluster '\(name)' has no endpoints"); ok = false }
+        var sourceAddress: SocketAddress? = nil
+        if let a = c.sourceAddress {
+            // An IP alone binds any port; IP:PORT a fixed one.
+            sourceAddress = (try? SocketAddress.parse(a.value)) ?? (try? SocketAddress.parse(a.value.contains(":") ? "[\(a.value)]:0" : "\(a.value):0"))
+            if sourceAddress == nil { fail(a.position, "cluster '\(name)': source_address '\(a.value)' is not an IP (or IP:PORT)"); ok = false }
+        }
         var overprovisioning = 140
         if let o = c.overprovisioningFactor {
             if (100...1000).contains(o.value) { overprovisioning = o.value }
@@ -313,6 +337,6 @@ public enum Compiler {
         return Cluster(name: name, balancer: kind, options: options, slowStart: slowStart,
                        connectTimeoutNanoseconds: c.connectTimeout?.value ?? defaultConnectTimeoutNanoseconds,
                        connectAttempts: c.connectAttempts?.value ?? 3, endpoints: endpoints, health: health, pool: pool, tls: upstreamTLS, table: unchanged,
-                       overprovisioningPercent: overprovisioning)
+                       overprovisioningPercent: overprovisioning, originalDestination: originalDestination, sourceAddress: sourceAddress)
     }
 }

@@ -506,6 +506,23 @@ extension Listener {
     /// Where the listener sends traffic, for logs and `weir check`: "cluster x", or for HTTP the
     /// routes and the clusters they reach.
     public func targetSummary(in snapshot: Snapshot) -> String {
+        if let chains {
+            let prefix = self.name.count + 1
+            func name(_ t: Int) -> String { t >= 0 ? String(snapshot.listeners[t].name.dropFirst(prefix)) : "(refused: closed)" }
+            let inspect = [chains.inspectTLS ? "tls" : nil, chains.inspectHTTP ? "http" : nil].compactMap { $0 }
+            return "\(chains.targets.count) chains (\(chains.targets.map(name).joined(separator: ", ")))"
+                + (chains.defaultTarget.map { ", default \(name($0))" } ?? ", no default")
+                + (inspect.isEmpty ? "" : ", inspecting \(inspect.joined(separator: "+"))")
+                + (useOriginalDestination ? ", hands off by original destination" : "")
+        }
+        return (useOriginalDestination ? "hands off by original destination, else " : "") + Listener.summary(self, snapshot)
+    }
+
+    static func summary(_ l: Listener, _ snapshot: Snapshot) -> String {
+        let sniRoutes = l.sniRoutes, http = l.http, clusterIndex = l.clusterIndex
+        if clusterIndex >= 0 && snapshot.clusters[clusterIndex].originalDestination && http == nil {
+            return "cluster \(snapshot.clusters[clusterIndex].name) (original destination)"
+        }
         if !sniRoutes.isEmpty {
             return "by server name: " + sniRoutes.map { r in
                 (r.names.isEmpty ? "any" : r.names.map { n -> String in

@@ -64,6 +64,43 @@ public struct ListenerDocument: Sendable {
     /// tcp listeners: `weighted_clusters:` instead of `cluster:`.
     public var weightedClusters: [WeightedClusterDocument]? = nil
     public var weightedClustersPosition: SourcePosition?
+    /// `bind_to_port: false`: served only through hand-off (see useOriginalDestination).
+    public var bindToPort: Located<Bool>?
+    public var useOriginalDestination: Located<Bool>?
+    /// `chains:` (filter chains): each serves the connections its match selects, with its own
+    /// protocol, cluster, routes and TLS; the listener's own such settings must be absent.
+    public var chains: [ChainDocument] = []
+    public var chainsPosition: SourcePosition?
+    /// Listener inspectors (`inspectors: [tls, http]`); from YAML, nil means whichever the
+    /// chains' matches need.
+    public var inspectors: [Located<String>]? = nil
+    public var inspectTimeout: Located<Int64>?
+    public var continueOnInspectTimeout: Located<Bool>?
+    public init(position: SourcePosition) { self.position = position }
+}
+
+/// One filter chain as written: its match (nil: the default chain, used when no chain matches),
+/// and the settings of the listener that serves it (no name or address of its own). `refused`
+/// (from xDS): Weir cannot serve this chain; connections it would get are closed.
+public struct ChainDocument: Sendable {
+    public var position: SourcePosition
+    public var name: Located<String>?
+    public var match: ChainMatchDocument?
+    public var body: ListenerDocument
+    public var refused: String? = nil
+    public init(position: SourcePosition, body: ListenerDocument) { self.position = position; self.body = body }
+}
+
+public struct ChainMatchDocument: Sendable {
+    public var position: SourcePosition
+    public var destinationPort: Located<Int>?
+    /// "10.0.0.0/8", "::/0".
+    public var destinationPrefixes: [Located<String>] = []
+    public var serverNames: [Located<String>] = []
+    public var transportProtocol: Located<String>?
+    public var applicationProtocols: [Located<String>] = []
+    public var sourcePrefixes: [Located<String>] = []
+    public var sourcePorts: [Located<Int>] = []
     public init(position: SourcePosition) { self.position = position }
 }
 
@@ -183,6 +220,11 @@ public struct ClusterDocument: Sendable {
     /// A cluster without endpoints is an error in a file, but normal from xDS (an EDS cluster
     /// scaled to zero, or activated by initial_fetch_timeout before its endpoints arrived).
     public var mayBeEmpty = false
+    /// `original_destination: true` (ORIGINAL_DST): no endpoints; each connection goes to its
+    /// own original destination.
+    public var originalDestination: Located<Bool>?
+    /// `source_address`: upstream sockets bind to it first (IP, or IP:PORT).
+    public var sourceAddress: Located<String>?
     public init(position: SourcePosition) { self.position = position }
 }
 

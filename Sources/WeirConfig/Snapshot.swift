@@ -41,11 +41,18 @@ public final class Cluster: Sendable {
     public let overprovisioningPercent: Int
     /// More than one priority level.
     public var hasLevels: Bool { !eligibility.cumulativeLoad.isEmpty }
+    /// ORIGINAL_DST: no endpoints of its own; each connection goes to the address its client
+    /// asked for (the accepted socket's original destination).
+    public let originalDestination: Bool
+    /// Upstream sockets bind to this address first (upstream_bind_config; port 0 for any), or nil.
+    public let sourceAddress: SocketAddress?
 
     init(name: String, balancer: BalancerKind, options: BalancerOptions, slowStart: SlowStart?,
          connectTimeoutNanoseconds: Int64, connectAttempts: Int, endpoints: [Endpoint], health: HealthPolicy,
          pool: PoolSettings = PoolSettings(), tls: UpstreamTLS? = nil, available: [Bool]? = nil, table: BalancerTable? = nil,
-         overprovisioningPercent: Int = 140) {
+         overprovisioningPercent: Int = 140, originalDestination: Bool = false, sourceAddress: SocketAddress? = nil) {
+        self.originalDestination = originalDestination
+        self.sourceAddress = sourceAddress
         self.overprovisioningPercent = overprovisioningPercent
         self.pool = pool
         self.tls = tls
@@ -66,7 +73,7 @@ public final class Cluster: Sendable {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
                 health: health, pool: pool, tls: tls, available: available, table: table,
-                overprovisioningPercent: overprovisioningPercent)
+                overprovisioningPercent: overprovisioningPercent, originalDestination: originalDestination, sourceAddress: sourceAddress)
     }
 
     /// The same cluster with other availability; the balancer tables are shared, not rebuilt.
@@ -74,7 +81,7 @@ public final class Cluster: Sendable {
         Cluster(name: name, balancer: balancer, options: options, slowStart: slowStart,
                 connectTimeoutNanoseconds: connectTimeoutNanoseconds, connectAttempts: connectAttempts, endpoints: endpoints,
                 health: health, pool: pool, tls: tls, available: available, table: table,
-                overprovisioningPercent: overprovisioningPercent)
+                overprovisioningPercent: overprovisioningPercent, originalDestination: originalDestination, sourceAddress: sourceAddress)
     }
 }
 
@@ -97,6 +104,20 @@ public struct Listener: Sendable {
     /// tcp listeners splitting connections across clusters by weight (`weighted_clusters`), or
     /// nil for one cluster (`clusterIndex`).
     public var clusterWeights: ClusterWeights? = nil
+    /// false: no socket of its own; it serves connections another listener hands it (by
+    /// original destination). A chain's listener never binds.
+    public var bindToPort = true
+    /// Each connection goes to the listener of its original destination (SO_ORIGINAL_DST, else
+    /// the address it reached): exact address first, then the unspecified address on its port;
+    /// this listener serves it only when there is none (Envoy's use_original_dst).
+    public var useOriginalDestination = false
+    /// Connections are served by the listener of the chain they match (filter_chains), not by
+    /// this one's own settings (which are then unused).
+    public var chains: FilterChains? = nil
+    /// A chain's listener: the index of the listener it is a chain of.
+    public var chainOf: Int? = nil
+    /// Whether it has sockets of its own.
+    public var binds: Bool { bindToPort && chainOf == nil }
 }
 
 public struct ClusterWeights: Sendable {
@@ -172,6 +193,9 @@ public final class Snapshot: Sendable {
     public let listeners: [Listener]
     public let clusters: [Cluster]
     public let admin: AdminSettings?
+    /// Listeners that are not chains, by address: where a connection is handed by its original
+    /// destination.
+    public let listenerByAddress: [AddressKey: Int]
     /// Reload when the file changes (checked twice a second).
     public let watchConfig: Bool
     /// Listeners and clusters also come from this control plane (xDS), or nil.
@@ -187,6 +211,17 @@ public final class Snapshot: Sendable {
         self.generation = generation; self.source = source; self.shards = shards
         self.drainTimeoutNanoseconds = drainTimeoutNanoseconds; self.logLevel = logLevel
         self.limits = limits; self.listeners = listeners; self.clusters = clusters
+        var byAddress: [AddressKey: Int] = [:]
+        for (i, l) in listeners.enumerated() where l.chainOf == nil { byAddress[AddressKey(l.address)] = i }
+        listenerByAddress = byAddress
+    }
+
+    /// The listener a connection with this original destination is handed to, if any besides
+    /// `from`: one at that exact address, else one at the unspecified address of its port.
+    @inlinable public func handOff(_ destination: AddressKey, from: Int) -> Int? {
+        if let i = listenerByAddress[destination], i != from { return i }
+        if let i = listenerByAddress[destination.anyAddress], i != from { return i }
+        return nil
     }
 
     /// This snapshot carrying what `previous` knew about endpoints it shares (same cluster name

@@ -107,6 +107,24 @@ struct Reader {
         return Located(ns, at: pos(f.value))
     }
 
+    mutating func bool(_ f: (key: Node, value: Node)?, _ name: String) -> Located<Bool>? {
+        guard let f else { return nil }
+        guard case .scalar(let s) = f.value, s.string == "true" || s.string == "false" else {
+            fail(f.value, "'\(name)' must be true or false"); return nil
+        }
+        return Located(s.string == "true", at: pos(f.value))
+    }
+
+    /// A list of strings (one string alone counts as a list of one).
+    mutating func strings(_ f: (key: Node, value: Node)?, _ name: String) -> [Located<String>] {
+        guard let f else { return [] }
+        if case .scalar(let s) = f.value { return [Located(s.string, at: pos(f.value))] }
+        return list(f, name).compactMap { n in
+            if let v = n.string { return Located(v, at: pos(n)) }
+            fail(n, "'\(name)' must list strings"); return nil
+        }
+    }
+
     mutating func bytes(_ f: (key: Node, value: Node)?, _ name: String) -> Located<Int>? {
         guard let f else { return nil }
         guard case .scalar(let s) = f.value, let b = parseByteSize(s.string) else {
@@ -169,11 +187,58 @@ struct Reader {
         return doc
     }
 
+    static let listenerBodyKeys = ["protocol", "cluster", "weighted_clusters", "idle_timeout", "http", "routes", "tls", "client_hello_timeout"]
+
     mutating func listener(_ node: Node) -> ListenerDocument {
         var l = ListenerDocument(position: pos(node))
-        let f = fields(node, allowed: ["name", "address", "protocol", "cluster", "weighted_clusters", "idle_timeout", "backlog", "http", "routes", "tls", "client_hello_timeout"], what: "a listener")
+        let f = fields(node, allowed: ["name", "address", "backlog", "bind_to_port", "use_original_destination", "chains", "default_chain",
+                                       "inspectors", "inspect_timeout", "continue_on_inspect_timeout"] + Reader.listenerBodyKeys, what: "a listener")
         l.name = string(f["name"], "name")
         l.address = string(f["address"], "address")
+        l.backlog = int(f["backlog"], "backlog")
+        l.bindToPort = bool(f["bind_to_port"], "bind_to_port")
+        l.useOriginalDestination = bool(f["use_original_destination"], "use_original_destination")
+        if let c = f["chains"] {
+            l.chainsPosition = pos(c.value)
+            for n in list(c, "chains") { l.chains.append(chain(n, isDefault: false)) }
+        }
+        if let d = f["default_chain"] { l.chains.append(chain(d.value, isDefault: true)) }
+        if let i = f["inspectors"] { l.inspectors = strings(i, "inspectors") }
+        l.inspectTimeout = duration(f["inspect_timeout"], "inspect_timeout")
+        l.continueOnInspectTimeout = bool(f["continue_on_inspect_timeout"], "continue_on_inspect_timeout")
+        listenerBody(f, into: &l)
+        return l
+    }
+
+    /// One of `chains:` (a name, a match, and what a listener would say) or `default_chain:`.
+    mutating func chain(_ node: Node, isDefault: Bool) -> ChainDocument {
+        let f = fields(node, allowed: (isDefault ? ["name"] : ["name", "match"]) + Reader.listenerBodyKeys, what: isDefault ? "default_chain" : "a chain")
+        var body = ListenerDocument(position: pos(node))
+        listenerBody(f, into: &body)
+        var c = ChainDocument(position: pos(node), body: body)
+        c.name = string(f["name"], "name")
+        if isDefault { return c }
+        var m = ChainMatchDocument(position: pos(f["match"]?.value ?? node))
+        if let mf = f["match"] {
+            let g = fields(mf.value, allowed: ["destination_port", "prefix_ranges", "server_names", "transport_protocol", "application_protocols",
+                                               "source_prefix_ranges", "source_ports"], what: "match")
+            m.destinationPort = int(g["destination_port"], "destination_port")
+            m.destinationPrefixes = strings(g["prefix_ranges"], "prefix_ranges")
+            m.serverNames = strings(g["server_names"], "server_names")
+            m.transportProtocol = string(g["transport_protocol"], "transport_protocol")
+            m.applicationProtocols = strings(g["application_protocols"], "application_protocols")
+            m.sourcePrefixes = strings(g["source_prefix_ranges"], "source_prefix_ranges")
+            m.sourcePorts = list(g["source_ports"], "source_ports").compactMap { n in
+                if let v = n.string.flatMap({ Int($0) }) { return Located(v, at: pos(n)) }
+                fail(n, "source_ports must list port numbers"); return nil
+            }
+        }
+        c.match = m
+        return c
+    }
+
+    /// What a listener and a chain share: protocol, cluster or routes, TLS, HTTP settings.
+    mutating func listenerBody(_ f: [String: (key: Node, value: Node)], into l: inout ListenerDocument) {
         l.proto = string(f["protocol"], "protocol")
         l.cluster = string(f["cluster"], "cluster")
         if let w = f["weighted_clusters"] {
@@ -181,7 +246,6 @@ struct Reader {
             l.weightedClusters = weightedClusters(w)
         }
         l.idleTimeout = duration(f["idle_timeout"], "idle_timeout")
-        l.backlog = int(f["backlog"], "backlog")
         l.clientHelloTimeout = duration(f["client_hello_timeout"], "client_hello_timeout")
         if let h = f["http"] {
             l.httpPosition = pos(h.value)
@@ -231,7 +295,6 @@ struct Reader {
             l.routesPosition = pos(r.value)
             for node in list(r, "routes") { l.routes.append(route(node)) }
         }
-        return l
     }
 
     /// `weighted_clusters: [{ cluster: a, weight: 90 }, ...]` on a route or a tcp listener.
@@ -351,7 +414,9 @@ struct Reader {
         var c = ClusterDocument(position: pos(node))
         let f = fields(node, allowed: ["name", "balancer", "balancer_options", "slow_start", "connect_timeout",
                                        "connect_attempts", "health_check", "outlier_detection", "panic_threshold",
-                                       "pool", "tls", "endpoints", "overprovisioning_factor"], what: "a cluster")
+                                       "pool", "tls", "endpoints", "overprovisioning_factor", "original_destination", "source_address"], what: "a cluster")
+        c.originalDestination = bool(f["original_destination"], "original_destination")
+        c.sourceAddress = string(f["source_address"], "source_address")
         c.name = string(f["name"], "name")
         c.balancer = string(f["balancer"], "balancer")
         c.connectTimeout = duration(f["connect_timeout"], "connect_timeout")

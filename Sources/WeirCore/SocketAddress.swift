@@ -159,3 +159,98 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     public func with(port: UInt16) -> SocketAddress { SocketAddress(bytes: bytes, port: port) }
 }
+
+/// An IP address and port as two words and a flag: what a shard reads from a socket it accepted
+/// and compares against listeners and filter chain matches, without the heap (a SocketAddress
+/// keeps its bytes in an array). IPv4 sits in the low 32 bits of `low`.
+public struct AddressKey: Hashable, Sendable {
+    public var isIPv6: Bool
+    public var high: UInt64
+    public var low: UInt64
+    public var port: UInt16
+
+    public init(isIPv6: Bool, high: UInt64, low: UInt64, port: UInt16) {
+        self.isIPv6 = isIPv6; self.high = high; self.low = low; self.port = port
+    }
+
+    public init(_ a: SocketAddress) {
+        var high: UInt64 = 0, low: UInt64 = 0
+        for (i, b) in a.bytes.enumerated() {
+            if a.bytes.count == 16 && i < 8 { high = high << 8 | UInt64(b) } else { low = low << 8 | UInt64(b) }
+        }
+        self.init(isIPv6: a.family == .inet6, high: high, low: low, port: a.port)
+    }
+
+    /// Reads a sockaddr the kernel filled; nil for a family that is not IP.
+    public init?(storage: UnsafeRawPointer) {
+        switch Int32(storage.load(as: sa_family_t.self)) {
+        case AF_INET:
+            let sin = storage.load(as: sockaddr_in.self)
+            self.init(isIPv6: false, high: 0, low: UInt64(UInt32(bigEndian: sin.sin_addr.s_addr)), port: UInt16(bigEndian: sin.sin_port))
+        case AF_INET6:
+            let sin6 = storage.load(as: sockaddr_in6.self)
+            var high: UInt64 = 0, low: UInt64 = 0
+            withUnsafeBytes(of: sin6.sin6_addr) { b in
+                for i in 0..<8 { high = high << 8 | UInt64(b[i]) }
+                for i in 8..<16 { low = low << 8 | UInt64(b[i]) }
+            }
+            self.init(isIPv6: true, high: high, low: low, port: UInt16(bigEndian: sin6.sin6_port))
+        default:
+            return nil
+        }
+    }
+
+    /// The same address on another port (0: the wildcard port a listener table never holds).
+    public func with(port: UInt16) -> AddressKey { AddressKey(isIPv6: isIPv6, high: high, low: low, port: port) }
+
+    /// The unspecified address of this family (0.0.0.0 or ::) on this port.
+    public var anyAddress: AddressKey { AddressKey(isIPv6: isIPv6, high: 0, low: 0, port: port) }
+
+    public var socketAddress: SocketAddress {
+        if isIPv6 {
+            let h = (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * $0)) }
+            let l = (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * $0)) }
+            return SocketAddress(bytes: h + l, port: port)
+        }
+        return SocketAddress(bytes: (0..<4).map { UInt8(truncatingIfNeeded: low >> (24 - 8 * $0)) }, port: port)
+    }
+}
+
+/// An address prefix (`10.0.0.0/8`, `::/0`), as filter chain matches name them.
+public struct AddressPrefix: Hashable, Sendable, CustomStringConvertible {
+    public let isIPv6: Bool
+    public let high: UInt64
+    public let low: UInt64
+    public let length: Int
+
+    /// `address` is an IP without port; `length` 0 to 32 (IPv4) or 128 (IPv6). Bits past the
+    /// length are cleared, as Envoy does.
+    public init?(address: String, length: Int) {
+        let probe = address.contains(":") ? "[\(address)]:0" : "\(address):0"
+        guard let a = try? SocketAddress.parse(probe) else { return nil }
+        let key = AddressKey(a)
+        let bits = key.isIPv6 ? 128 : 32
+        guard (0...bits).contains(length) else { return nil }
+        isIPv6 = key.isIPv6
+        self.length = length
+        (high, low) = AddressPrefix.mask(key, length)
+    }
+
+    static func mask(_ a: AddressKey, _ length: Int) -> (UInt64, UInt64) {
+        if !a.isIPv6 {
+            let m: UInt64 = length == 0 ? 0 : (0xFFFF_FFFF << (32 - length)) & 0xFFFF_FFFF
+            return (0, a.low & m)
+        }
+        let hm: UInt64 = length >= 64 ? ~0 : (length == 0 ? 0 : ~0 << (64 - length))
+        let lm: UInt64 = length <= 64 ? 0 : (length >= 128 ? ~0 : ~0 << (128 - length))
+        return (a.high & hm, a.low & lm)
+    }
+
+    public func contains(_ a: AddressKey) -> Bool {
+        guard a.isIPv6 == isIPv6 else { return false }
+        let (h, l) = AddressPrefix.mask(a, length)
+        return h == high && l == low
+    }
+
+    public var description: String { "\(AddressKey(isIPv6: isIPv6, high: high, low: low, port: 0).socketAddress.hostText)/\(length)" }
+}

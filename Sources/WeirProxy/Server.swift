@@ -30,7 +30,7 @@ final class ListenerSockets: Sendable {
 
     /// Closes sockets no shard will take because their listener is gone from `snapshot`.
     func closeUnwanted(keeping snapshot: Snapshot) {
-        let wanted = Set(snapshot.listeners.map(\.address))
+        let wanted = Set(snapshot.listeners.filter(\.binds).map(\.address))
         table.withLock { t in
             for (address, fds) in t where !wanted.contains(address) {
                 for fd in fds where fd >= 0 { close(fd) }
@@ -147,8 +147,9 @@ public final class Server: @unchecked Sendable {
         let checker = try HealthChecker(store: store, reports: reports, io: io, wakeShards: { controls.forEach { $0.waker.wake() } })
         try checker.start()
         health = checker
-        for l in store.snapshot.listeners {
-            Log.info("listener \(l.name) on \(boundAddresses[l.address] ?? l.address) (\(l.proto.rawValue)) -> \(l.targetSummary(in: store.snapshot))")
+        for l in store.snapshot.listeners where l.chainOf == nil {
+            let at = l.binds ? "\(boundAddresses[l.address] ?? l.address)" : "\(l.address) (not bound: reached by hand-off)"
+            Log.info("listener \(l.name) on \(at) (\(l.proto.rawValue)) -> \(l.targetSummary(in: store.snapshot))")
         }
     }
 
@@ -184,7 +185,7 @@ public final class Server: @unchecked Sendable {
         var opened: [(SocketAddress, [Int32])] = []
         var current: String? = nil
         do {
-            for l in snapshot.listeners where boundAddresses[l.address] == nil && !sockets.has(l.address) {
+            for l in snapshot.listeners where l.binds && boundAddresses[l.address] == nil && !sockets.has(l.address) {
                 current = l.name
                 var address = l.address
                 if address.port != 0 { try Sockets.checkFree(address) }
@@ -219,7 +220,7 @@ public final class Server: @unchecked Sendable {
         let published = store.publish { current in next.inheritingEndpointState(from: current, now: now) }!
         controls.forEach { $0.waker.wake() }
         sockets.closeUnwanted(keeping: published)
-        let kept = Set(published.listeners.map(\.address))
+        let kept = Set(published.listeners.filter(\.binds).map(\.address))
         for a in boundAddresses.keys where !kept.contains(a) { boundAddresses[a] = nil }
         Log.info("reload: generation \(published.generation) published from \(published.source)")
         return published

@@ -240,6 +240,13 @@ public struct ShardStats: Sendable {
     /// name, and because the ClientHello did not arrive within client_hello_timeout.
     public var sniUnrouted = 0
     public var sniTimeouts = 0
+    /// Listeners with filter chains: connections closed because no chain (and no default) fit,
+    /// because the chain that fit is one Weir refused, because the inspectors ran out of time,
+    /// and ORIGINAL_DST connections that would have looped back into a listener of Weir's own.
+    public var chainUnmatched = 0
+    public var chainRefused = 0
+    public var inspectTimeouts = 0
+    public var originalDestinationLoops = 0
     public init() {}
 
     /// One line for the log.
@@ -269,6 +276,10 @@ public struct ShardStats: Sendable {
         r.poolOverflows = a.poolOverflows + b.poolOverflows
         r.sniUnrouted = a.sniUnrouted + b.sniUnrouted
         r.sniTimeouts = a.sniTimeouts + b.sniTimeouts
+        r.chainUnmatched = a.chainUnmatched + b.chainUnmatched
+        r.chainRefused = a.chainRefused + b.chainRefused
+        r.inspectTimeouts = a.inspectTimeouts + b.inspectTimeouts
+        r.originalDestinationLoops = a.originalDestinationLoops + b.originalDestinationLoops
         return r
     }
 }

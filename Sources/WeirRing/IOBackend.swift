@@ -86,6 +86,14 @@ public protocol IOBackend: AnyObject {
     func shutdown(fd: Int32, how: Int32)
     /// The peer's address (getpeername); 0, or -1 with errno.
     func peerName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32
+    /// The socket's own address (getsockname); 0, or -1 with errno.
+    func localName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32
+    /// Where an accepted connection was going before a NAT redirect brought it here
+    /// (SO_ORIGINAL_DST, set by iptables REDIRECT); 0, or -1 when there was none.
+    func originalDestination(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32
+    /// Binds an upstream socket to a source address before it connects (port 0: the kernel
+    /// picks one at connect time, so one source IP serves more than 64k upstreams); 0 or -errno.
+    func bindSource(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t) -> Int32
     /// Monotonic time in nanoseconds (coarse: the cheap, tick-grained clock).
     func clock(coarse: Bool) -> Int64
 
@@ -109,6 +117,24 @@ extension IOBackend {
     @inlinable public func peerName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32 {
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         return storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+    }
+    @inlinable public func localName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32 {
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    public func originalDestination(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32 {
+        // SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST (IPv6) are both 80; the family of the
+        // socket's own address says which level asks.
+        guard localName(fd: fd, into: storage) == 0 else { return -1 }
+        let level = Int32(storage.pointee.ss_family) == AF_INET6 ? Int32(IPPROTO_IPV6) : Int32(IPPROTO_IP)
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return getsockopt(fd, level, 80, storage, &len)
+    }
+    public func bindSource(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t) -> Int32 {
+        var one: Int32 = 1
+        // IP_BIND_ADDRESS_NO_PORT (24): the port is chosen at connect, per destination.
+        _ = setsockopt(fd, Int32(IPPROTO_IP), 24, &one, socklen_t(MemoryLayout<Int32>.size))
+        return Glibc.bind(fd, address, length) == 0 ? 0 : -errno
     }
     @inlinable public func clock(coarse: Bool) -> Int64 { monotonicNanoseconds(coarse: coarse) }
     public func setNonBlocking(fd: Int32) { _ = weir_set_nonblock(fd) }

@@ -87,6 +87,11 @@ public final class SimKernel {
         var reset = false
         var writeShut = false
         var peerAddress: SocketAddress?
+        var localAddress: SocketAddress?
+        /// Accepted streams: where a simulated NAT redirect says the client was going.
+        var originalDestination: SocketAddress?
+        /// Upstream sockets: the source address they were bound to.
+        var boundSource: SocketAddress?
         /// Listeners: connections waiting for accept.
         var backlog: [Int32] = []
         /// Pipes: what the read end holds at most (its inbox holds the bytes).
@@ -173,9 +178,11 @@ public final class SimKernel {
     }
 
     /// A world client connects to `address`: the connection waits in that listener's backlog.
-    public func connect(to address: SocketAddress, from client: SocketAddress) -> Int32? {
+    /// `originalDestination`: the connection looks redirected there (SO_ORIGINAL_DST).
+    public func connect(to address: SocketAddress, from client: SocketAddress, originalDestination: SocketAddress? = nil) -> Int32? {
         guard let lfd = listeners[address], let l = sockets[lfd] else { return nil }
         let (a, b) = pair(worldEnd: true, otherWorld: l.world, local: client, remote: address)
+        sockets[b]?.originalDestination = originalDestination
         l.backlog.append(b)
         return a
     }
@@ -191,6 +198,8 @@ public final class SimKernel {
         let a = Socket(kind: .stream, world: worldEnd), b = Socket(kind: .stream, world: otherWorld)
         a.peerAddress = remote
         b.peerAddress = local
+        a.localAddress = local
+        b.localAddress = remote
         let fa = newFD(a), fb = newFD(b)
         a.peer = fb
         b.peer = fa
@@ -457,6 +466,9 @@ public final class SimKernel {
             s.kind = .stream
             s.peer = wfd
             s.peerAddress = address
+            s.localAddress = s.boundSource ?? SocketAddress(ipv4: 10, 9, 9, 9, port: UInt16(truncatingIfNeeded: fd))
+            w.peerAddress = s.localAddress
+            w.localAddress = address
             w.peer = fd
             l.backlog.append(wfd)
             completions.append((ud, 0, 0)); completions.append((tud, -ECANCELED, 0))
@@ -640,6 +652,24 @@ public final class SimIO: IOBackend {
         guard let a = kernel.sockets[fd]?.peerAddress else { return -1 }
         storage.pointee = sockaddr_storage()
         _ = a.fill(&storage.pointee)
+        return 0
+    }
+    public func localName(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32 {
+        guard let a = kernel.sockets[fd]?.localAddress else { return -1 }
+        storage.pointee = sockaddr_storage()
+        _ = a.fill(&storage.pointee)
+        return 0
+    }
+    public func originalDestination(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32 {
+        guard let a = kernel.sockets[fd]?.originalDestination else { return -1 }
+        storage.pointee = sockaddr_storage()
+        _ = a.fill(&storage.pointee)
+        return 0
+    }
+    public func bindSource(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t) -> Int32 {
+        guard let s = kernel.sockets[fd] else { preconditionFailure("bind of fd \(fd), which the shard does not hold") }
+        precondition(s.kind == .unconnected && s.boundSource == nil, "bind of a socket that is connected or bound")
+        s.boundSource = SocketAddress(storage: UnsafeRawPointer(address).assumingMemoryBound(to: sockaddr_storage.self))
         return 0
     }
     public func clock(coarse: Bool) -> Int64 { kernel.now }

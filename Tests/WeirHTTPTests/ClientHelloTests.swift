@@ -6,7 +6,7 @@ let capturedHello = ClientHello.sample
 
 func sni(_ bytes: [UInt8]) -> String? {
     bytes.withUnsafeBytes { b -> String? in
-        guard case .hello(let name) = ClientHello.parse(b) else { return "not a hello" }
+        guard case .hello(let name, _) = ClientHello.parse(b) else { return "not a hello" }
         return name.map { String(decoding: b[Int($0.start)..<Int($0.end)], as: UTF8.self) }
     }
 }

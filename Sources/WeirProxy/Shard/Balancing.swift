@@ -55,7 +55,7 @@ extension Shard {
     func noteConnect(_ c: UnsafeMutablePointer<Connection>, failed: Bool) {
         guard c.pointee.snapshot?.takeUnretainedValue() === snapshot else { return }
         let ci = Int(c.pointee.clusterIndex), ep = Int(c.pointee.endpointIndex)
-        guard ep < failureStreaks[ci].count else { return }
+        guard ep >= 0, ep < failureStreaks[ci].count else { return }
         if !failed { failureStreaks[ci][ep] = 0; return }
         failureStreaks[ci][ep] += 1
         let cluster = snapshot.clusters[ci]

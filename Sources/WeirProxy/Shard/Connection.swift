@@ -74,6 +74,9 @@ enum BodyState: UInt8 {
 /// open from its accept: its exchanges have their own phases).
 enum ConnectionState: UInt8 {
     case free
+    /// A listener with filter chains: its inspectors read the first bytes (until
+    /// `helloDeadline`, when it is set) to choose the chain whose session takes the connection.
+    case inspecting
     /// tcp listener with SNI routes: reading the ClientHello (until `helloDeadline`) to pick a
     /// route; nothing is connected yet.
     case peeking
@@ -84,7 +87,7 @@ enum ConnectionState: UInt8 {
     case closing
 
     /// Client bytes are queued, not sent: there is no upstream yet.
-    var beforeUpstream: Bool { self == .peeking || self == .connecting }
+    var beforeUpstream: Bool { self == .inspecting || self == .peeking || self == .connecting }
 }
 
 /// Which protocol's session a connection runs: chosen at accept from its listener, never changed.
@@ -116,7 +119,7 @@ struct Connection {
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0
     var connectTimeout = __kernel_timespec()
-    /// While `peeking`: when the ClientHello must have arrived.
+    /// While `inspecting` or `peeking`: when the first bytes must have arrived (0: no limit).
     var helloDeadline: Int64 = 0
     /// Its protocol; an HTTP connection's current exchange is `ex`.
     var kind = SessionKind.tcp

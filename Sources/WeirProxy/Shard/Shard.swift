@@ -316,6 +316,11 @@ final class Shard<IO: IOBackend> {
                 if now > c.pointee.helloDeadline { control.stats.pointee.sniTimeouts += 1; abort(c) }
                 continue
             }
+            if c.pointee.state == .inspecting {
+                if c.pointee.helloDeadline > 0 && now > c.pointee.helloDeadline { inspectTimedOut(c) }
+                else if now - c.pointee.lastActivity > c.pointee.idleTimeout { control.stats.pointee.idleTimeouts += 1; abort(c) }
+                continue
+            }
             guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { continue }
             control.stats.pointee.idleTimeouts += 1
             abort(c)
@@ -331,7 +336,7 @@ final class Shard<IO: IOBackend> {
     func adopt(_ next: Snapshot) {
         var wanted: [SocketAddress: Int] = [:]
         if !draining && !cutting {
-            for (i, l) in next.listeners.enumerated() { wanted[l.address] = i }
+            for (i, l) in next.listeners.enumerated() where l.binds { wanted[l.address] = i }
         }
         for i in listeners.indices where !listeners[i].closing {
             if let li = wanted.removeValue(forKey: listeners[i].address) {
@@ -434,9 +439,8 @@ final class Shard<IO: IOBackend> {
         if !hasMore(flags: flags) { listeners[slot].acceptArmed = false }
         if res >= 0 {
             if listeners[slot].closing { ring.close(fd: res) }
-            else if listeners[slot].listenerIndex >= 0 && snapshot.listeners[listeners[slot].listenerIndex].proto == .http {
-                openHTTP(fd: res, listener: listeners[slot].listenerIndex)
-            } else { openConnection(fd: res, listener: listeners[slot].listenerIndex) }
+            else if listeners[slot].listenerIndex >= 0 { acceptConnection(fd: res, listener: listeners[slot].listenerIndex) }
+            else { ring.close(fd: res) }
         } else if res != -ECANCELED {
             // EMFILE, ENFILE, ENOMEM: the kernel stops the multishot; re-arming below tries again
             // on the next completion rather than spinning.

@@ -16,17 +16,27 @@ import Glibc
 extension Shard {
     func openHTTP(fd: Int32, listener li: Int) {
         guard let c = takeSlot(fd: fd, listener: li) else { return }
-        let listener = snapshot.listeners[li]
+        startHTTP(c, listener: li)
+    }
+
+    /// Starts the HTTP/1 session of listener `li` on a connection (just accepted, or handed over
+    /// by a filter chain with the bytes its inspectors read queued on flow 0).
+    func startHTTP(_ c: UnsafeMutablePointer<Connection>, listener li: Int) {
+        let listener = snapshotOf(c).listeners[li]
         c.pointee.kind = .http
         c.pointee.state = .open
         c.pointee.listenerIndex = Int32(li)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
-        fillClientAddress(c, fd: fd)
-        if let tls = listener.tls, !startTLS(c, tls) {
-            Log.warning("shard \(index): cannot start TLS: \(openSSLErrors())")
-            return closeHTTP(c)
+        fillClientAddress(c, fd: c.pointee.downstreamFD)
+        if let tls = listener.tls {
+            guard startTLS(c, tls) else {
+                Log.warning("shard \(index): cannot start TLS: \(openSSLErrors())")
+                return closeHTTP(c)
+            }
+            guard decryptQueued(c), c.pointee.state == .open else { return }
         }
-        armRecv(c, 0)
+        if c.flow(0).pointee.recv == .idle { armRecv(c, 0) }
+        if c.flow(0).pointee.queued > 0 || c.flow(0).pointee.sourceEnded { processRequest(c) }
     }
 
     /// Records the client's address as text (for X-Forwarded-For) and its hash (for source_ip).

@@ -69,7 +69,7 @@ extension Shard {
                 }
                 flow.pointee.bytes += Int64(res)
                 c.pointee.lastActivity = now
-                if c.pointee.state == .peeking { helloArrived(c) }
+                if c.pointee.state == .peeking { helloArrived(c) } else if c.pointee.state == .inspecting { inspectArrived(c) }
                 if c.pointee.state.beforeUpstream && flow.pointee.recv == .armed && flow.pointee.queued >= queueCap {
                     flow.pointee.recv = .cancelling
                     ring.cancel(ud, on: sourceFD(c, f), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
@@ -80,7 +80,7 @@ extension Shard {
             switch res {
             case 0:
                 flow.pointee.sourceEnded = true
-                if c.pointee.state == .peeking { helloArrived(c) }
+                if c.pointee.state == .peeking { helloArrived(c) } else if c.pointee.state == .inspecting { inspectArrived(c) }
             case -ENOBUFS:
                 starve(c, 0)
             case -ECANCELED: break

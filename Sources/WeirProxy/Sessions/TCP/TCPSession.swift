@@ -15,25 +15,34 @@ import Glibc
 extension Shard {
     func openConnection(fd: Int32, listener li: Int) {
         guard let c = takeSlot(fd: fd, listener: li) else { return }
-        let listener = snapshot.listeners[li]
+        startTCP(c, listener: li)
+    }
+
+    /// Starts the TCP session of listener `li` on a connection (just accepted, or handed over by
+    /// a filter chain with the bytes its inspectors read still queued on flow 0).
+    func startTCP(_ c: UnsafeMutablePointer<Connection>, listener li: Int) {
+        let listener = snapshotOf(c).listeners[li]
         c.pointee.state = .connecting
+        c.pointee.listenerIndex = Int32(li)
         c.pointee.idleTimeout = listener.idleTimeoutNanoseconds
         if let tls = listener.tls {
             // Terminated TLS: the handshake runs while the upstream connects.
-            guard startTLS(c, tls) else { return abort(c) }
-            armRecv(c, 0)
+            guard startTLS(c, tls), decryptQueued(c) else { return abort(c) }
+            if c.pointee.state == .closing { return }
+            if c.flow(0).pointee.recv == .idle { armRecv(c, 0) }
         }
         if !listener.sniRoutes.isEmpty {
             // Route by the ClientHello's server name: read it first, connect after.
             c.pointee.state = .peeking
-            c.pointee.listenerIndex = Int32(li)
             c.pointee.helloDeadline = now + listener.clientHelloTimeoutNanoseconds
-            armRecv(c, 0)
+            if c.flow(0).pointee.recv == .idle { armRecv(c, 0) }
+            if c.flow(0).pointee.queued > 0 { helloArrived(c) }
             return
         }
+        let snap = snapshotOf(c)
         let ci = listener.clusterWeights.map { $0.pick(random.next()) } ?? listener.clusterIndex
         c.pointee.clusterIndex = Int32(ci)
-        if snapshot.clusters[ci].balancer.usesHash { c.pointee.hash = sourceIPHash(fd) }
+        if snap.clusters[ci].balancer.usesHash { c.pointee.hash = sourceIPHash(c.pointee.downstreamFD) }
         startConnect(c, slot: slot(of: c))
     }
 
@@ -57,7 +66,7 @@ extension Shard {
                 if flow.pointee.queued > 1 && compact(flow) { continue }
                 if len - off < buffers.bufferBytes && !flow.pointee.sourceEnded { return }
             case .notTLS: break
-            case .hello(let n): name = n
+            case .hello(let n, _): name = n
             }
             let snap = c.pointee.snapshot!.takeUnretainedValue()
             let routes = snap.listeners[Int(c.pointee.listenerIndex)].sniRoutes
@@ -77,6 +86,7 @@ extension Shard {
         let snap = c.pointee.snapshot!.takeUnretainedValue()
         let ci = Int(c.pointee.clusterIndex)
         let cluster = snap.clusters[ci]
+        if cluster.originalDestination { return startOriginalDestinationConnect(c, slot: slot, cluster: cluster) }
         let pick: Int?
         if snap === snapshot {
             var context = PickContext(hash: c.pointee.hash, random: random)
@@ -100,13 +110,27 @@ extension Shard {
             control.named.endpoints[Int(c.pointee.endpointSlot)].active += 1
         }
         startActive(c)
-        let fd = ring.tcpSocket(family: endpoint.address.family)
+        c.pointee.addressLength = endpoint.address.fill(&c.pointee.address)
+        connectUpstream(c, slot: slot, cluster: cluster, family: endpoint.address.family)
+    }
+
+    /// Connects to the client's original destination (ORIGINAL_DST): one endpoint, no balancer.
+    func startOriginalDestinationConnect(_ c: UnsafeMutablePointer<Connection>, slot: Int, cluster: Cluster) {
+        guard let family = originalDestination(c) else { return abort(c) }
+        c.pointee.addressLength = socklen_t(family == .inet ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        connectUpstream(c, slot: slot, cluster: cluster, family: family)
+    }
+
+    /// Opens the upstream socket (bound to the cluster's source address, if any) and connects
+    /// it to `c.address` with the cluster's timeout.
+    func connectUpstream(_ c: UnsafeMutablePointer<Connection>, slot: Int, cluster: Cluster, family: SocketAddress.Family) {
+        let fd = ring.tcpSocket(family: family)
         guard fd >= 0 else {
             Log.warning("shard \(index): socket() for upstream failed: \(String(cString: strerror(errno)))")
             return abort(c)
         }
         c.pointee.upstreamFD = fd
-        c.pointee.addressLength = endpoint.address.fill(&c.pointee.address)
+        if let source = cluster.sourceAddress, !bindSource(fd, source) { return abort(c) }
         let t = cluster.connectTimeoutNanoseconds
         c.pointee.connectTimeout = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
         c.pointee.inflight += 1
@@ -150,7 +174,8 @@ extension Shard {
         noteConnect(c, failed: true)
         ring.close(fd: c.pointee.upstreamFD)
         c.pointee.upstreamFD = -1
-        c.pointee.exclusions.insert(Int(c.pointee.endpointIndex))
+        // ORIGINAL_DST has one destination: its attempts go to it again.
+        if c.pointee.endpointIndex >= 0 { c.pointee.exclusions.insert(Int(c.pointee.endpointIndex)) }
         c.pointee.attempts += 1
         let cluster = c.pointee.snapshot!.takeUnretainedValue().clusters[Int(c.pointee.clusterIndex)]
         if Int(c.pointee.attempts) < cluster.connectAttempts {
