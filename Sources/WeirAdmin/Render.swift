@@ -119,9 +119,11 @@ enum AdminRender {
                [("reason=\"pool_full\"", Int64(totals.poolOverflows)), ("reason=\"head_buffers\"", Int64(totals.headBuffersExhausted))])
         family("weir_sni_unrouted_total", "counter", "TLS passthrough connections closed: no route for their server name (or a ClientHello timeout).",
                [("reason=\"no_route\"", Int64(totals.sniUnrouted)), ("reason=\"timeout\"", Int64(totals.sniTimeouts))])
-        family("weir_filter_chain_closed_total", "counter", "Connections closed before a session: no filter chain fit, the chain that fit was refused, the inspectors timed out, or an original destination looped back to Weir.",
+        family("weir_filter_chain_closed_total", "counter", "Connections closed before a session: no filter chain fit, the chain that fit was refused, or the inspectors timed out without continue_on_inspect_timeout.",
                [("reason=\"no_chain\"", Int64(totals.chainUnmatched)), ("reason=\"refused_chain\"", Int64(totals.chainRefused)),
-                ("reason=\"inspect_timeout\"", Int64(totals.inspectTimeouts)), ("reason=\"original_destination_loop\"", Int64(totals.originalDestinationLoops))])
+                ("reason=\"inspect_timeout\"", Int64(totals.inspectTimeouts))])
+        family("weir_original_destination_loops_total", "counter", "ORIGINAL_DST connections whose destination was a listener of Weir's own (no NAT redirect): closed (tcp) or answered 503 (http).",
+               [("", Int64(totals.originalDestinationLoops))])
         family("weir_buffer_ring_dry_total", "counter", "Times a receive stopped because a shard's buffer pool was empty.", [("", Int64(totals.bufferRingDry))])
         family("weir_config_generation", "gauge", "The running snapshot's generation.", [("", Int64(snap.generation))])
         family("weir_reloads_total", "counter", "Config reloads by result.",

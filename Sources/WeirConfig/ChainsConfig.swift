@@ -72,9 +72,15 @@ extension Compiler {
         }
         let timeout = l.inspectTimeout?.value ?? defaultInspectTimeoutNanoseconds
         if let t = l.inspectTimeout, !(0...300_000_000_000).contains(t.value) { fail(t.position, "inspect_timeout must be 0 (no limit) to 5m") }
-        listeners[selector].chains = FilterChains(matches: matches, targets: targets, defaultTarget: defaultTarget,
-                                                  inspectTLS: inspectTLS, inspectHTTP: inspectHTTP, inspectTimeoutNanoseconds: timeout,
-                                                  continueOnTimeout: l.continueOnInspectTimeout?.value ?? false)
+        var chains = FilterChains(matches: matches, targets: targets, defaultTarget: defaultTarget,
+                                  inspectTLS: inspectTLS, inspectHTTP: inspectHTTP, inspectTimeoutNanoseconds: timeout,
+                                  continueOnTimeout: l.continueOnInspectTimeout?.value ?? false)
+        func ports(_ ranges: [ClosedRange<Int>]) -> [ClosedRange<UInt16>] {
+            ranges.map { UInt16(clamping: $0.lowerBound)...UInt16(clamping: $0.upperBound) }
+        }
+        chains.tlsOffPorts = ports(l.tlsInspectorOffPorts)
+        chains.httpOffPorts = ports(l.httpInspectorOffPorts)
+        listeners[selector].chains = chains
     }
 
     static func compileMatch(_ m: ChainMatchDocument, listener: String, fail: (SourcePosition, String) -> Void) -> ChainMatch? {

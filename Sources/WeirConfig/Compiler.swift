@@ -166,6 +166,14 @@ public enum Compiler {
             compileChains(l, name: name, address: address, bindToPort: bind, useOriginalDestination: handOff,
                           into: &listeners, body: compileBody, fail: fail)
         }
+        // A chain's listener is named LISTENER/CHAIN: one may not clash with a listener's name.
+        var named: [String: Int] = [:]
+        for (i, l) in listeners.enumerated() {
+            if let other = named[l.name] {
+                let chain = listeners[i].chainOf != nil ? i : other
+                fail(listenerDefined[l.name] ?? doc.position, "listener name '\(l.name)' is also the name of a filter chain (listener '\(listeners[listeners[chain].chainOf!].name)', chain '\(l.name)'); rename one")
+            } else { named[l.name] = i }
+        }
         var xds: XDSSettings? = nil
         if let x = doc.xds {
             let pos = doc.xdsPosition ?? doc.position
@@ -288,12 +296,15 @@ public enum Compiler {
             // Its endpoint is each connection's original destination: nothing to list or probe.
             if let e = c.endpoints.first { fail(e.position, "cluster '\(name)' is original_destination: it lists no endpoints (each connection goes where its client asked)"); ok = false }
             if let h = c.healthCheckPosition { fail(h, "cluster '\(name)' is original_destination: it has no endpoints to health-check"); ok = false }
+            if c.tls != nil { fail(c.tlsPosition ?? c.position, "cluster '\(name)' is original_destination: TLS to original destinations is not supported"); ok = false }
         } else if c.endpoints.isEmpty && !c.mayBeEmpty { fail(c.position, "cluster '\(name)' has no endpoints"); ok = false }
         var sourceAddress: SocketAddress? = nil
         if let a = c.sourceAddress {
             // An IP alone binds any port; IP:PORT a fixed one.
             sourceAddress = (try? SocketAddress.parse(a.value)) ?? (try? SocketAddress.parse(a.value.contains(":") ? "[\(a.value)]:0" : "\(a.value):0"))
-            if sourceAddress == nil { fail(a.position, "cluster '\(name)': source_address '\(a.value)' is not an IP (or IP:PORT)"); ok = false }
+            if sourceAddress == nil { fail(a.position, "cluster '\(name)': source_address '\(a.value)' is not an IP"); ok = false }
+            // One fixed source port could serve one upstream connection at a time.
+            else if sourceAddress!.port != 0 { fail(a.position, "cluster '\(name)': source_address takes an IP (or IP:0), not a fixed port"); ok = false }
         }
         var overprovisioning = 140
         if let o = c.overprovisioningFactor {

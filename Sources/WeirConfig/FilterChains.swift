@@ -51,6 +51,10 @@ public struct FilterChains: Sendable {
     /// whether a connection that ran out of time is still given a chain (with what is known).
     public var inspectTimeoutNanoseconds: Int64
     public var continueOnTimeout: Bool
+    /// Destination ports an inspector does not run for (xDS filter_disabled; Istio turns the
+    /// HTTP inspector off for ports it knows are server-first).
+    public var tlsOffPorts: [ClosedRange<UInt16>] = []
+    public var httpOffPorts: [ClosedRange<UInt16>] = []
 
     public init(matches: [ChainMatch], targets: [Int], defaultTarget: Int?, inspectTLS: Bool, inspectHTTP: Bool,
                 inspectTimeoutNanoseconds: Int64 = 0, continueOnTimeout: Bool = false) {
@@ -63,6 +67,17 @@ public struct FilterChains: Sendable {
     /// before a chain is chosen (a server-first protocol on a plain port is not held up).
     public var readsFirstBytes: Bool {
         (inspectTLS || inspectHTTP) && matches.contains { $0.needsTLSInspection }
+    }
+
+    /// The inspectors that run for a connection to `port`.
+    @inlinable public func inspectors(port: UInt16) -> (tls: Bool, http: Bool) {
+        (inspectTLS && !tlsOffPorts.contains { $0.contains(port) }, inspectHTTP && !httpOffPorts.contains { $0.contains(port) })
+    }
+
+    /// Whether a connection to `port` is read before its chain is chosen.
+    public func readsFirstBytes(port: UInt16) -> Bool {
+        let (tls, http) = inspectors(port: port)
+        return (tls || http) && matches.contains { $0.needsTLSInspection }
     }
 
     /// The listener that serves a connection: its chain's, the default chain's, or nil (close it).
@@ -98,7 +113,7 @@ public struct FilterChains: Sendable {
                   step({ m in m.destinationPrefixes.isEmpty ? nil : ChainMatch.longest(m.destinationPrefixes, facts.destination) }),
                   step({ m in m.serverNames.isEmpty ? nil : ChainMatch.serverNameScore(m.serverNames, facts.serverName) }),
                   step({ m in m.transportProtocol.map { $0 == (facts.isTLS ? "tls" : "raw_buffer") ? 0 : -1 } }),
-                  step({ m in m.applicationProtocols.isEmpty ? nil : (ChainMatch.offered(m.applicationProtocols, facts.alpn) ? 0 : -1) }),
+                  step({ m in m.applicationProtocols.isEmpty ? nil : ChainMatch.alpnScore(m.applicationProtocols, facts.alpn) }),
                   step({ m in m.sourcePrefixes.isEmpty ? nil : ChainMatch.longest(m.sourcePrefixes, facts.source) }),
                   step({ m in m.sourcePorts.isEmpty ? nil : (m.sourcePorts.contains(facts.source.port) ? 0 : -1) })
             else { return nil }
@@ -141,17 +156,31 @@ extension ChainMatch {
         return true
     }
 
-    /// Whether one of `protocols` is in the wire-form list `alpn`.
-    static func offered(_ protocols: [String], _ alpn: UnsafeRawBufferPointer) -> Bool {
-        var p = 0
+    /// How early in the client's ALPN list (wire form, in its order of preference) the first
+    /// protocol this chain lists comes, higher for earlier; -1 when it lists none of them. As in
+    /// Envoy, the client's first protocol that any chain lists decides.
+    static func alpnScore(_ protocols: [String], _ alpn: UnsafeRawBufferPointer) -> Int {
+        var p = 0, position = 0
         while p < alpn.count {
             let length = Int(alpn[p])
             p += 1
-            guard p + length <= alpn.count else { return false }
+            guard p + length <= alpn.count else { return -1 }
             let offeredName = UnsafeRawBufferPointer(rebasing: alpn[p..<(p + length)])
-            if protocols.contains(where: { $0.utf8.elementsEqual(offeredName) }) { return true }
+            if protocols.contains(where: { $0.utf8.elementsEqual(offeredName) }) { return 1000 - position }
             p += length
+            position += 1
         }
-        return false
+        return -1
+    }
+}
+
+extension Snapshot {
+    /// The match of the chain listener `li` serves (nil for the default chain, or a listener
+    /// that is no chain): a keep-alive connection moves to a new snapshot's chain of the same
+    /// name only if it still matches the same way.
+    public func chainMatch(of li: Int) -> ChainMatch?? {
+        guard let parent = listeners[li].chainOf, let chains = listeners[parent].chains else { return .none }
+        guard let i = chains.targets.firstIndex(of: li) else { return .some(nil) }
+        return .some(chains.matches[i])
     }
 }

@@ -76,6 +76,9 @@ public struct ListenerDocument: Sendable {
     public var inspectors: [Located<String>]? = nil
     public var inspectTimeout: Located<Int64>?
     public var continueOnInspectTimeout: Located<Bool>?
+    /// Destination ports each inspector does not run for (xDS filter_disabled).
+    public var tlsInspectorOffPorts: [ClosedRange<Int>] = []
+    public var httpInspectorOffPorts: [ClosedRange<Int>] = []
     public init(position: SourcePosition) { self.position = position }
 }
 

@@ -194,6 +194,12 @@ public struct AddressKey: Hashable, Sendable {
                 for i in 0..<8 { high = high << 8 | UInt64(b[i]) }
                 for i in 8..<16 { low = low << 8 | UInt64(b[i]) }
             }
+            // An IPv4 client on a dual-stack socket (::ffff:a.b.c.d) is an IPv4 address: IPv4
+            // prefixes and listeners match it.
+            if high == 0 && low >> 32 == 0xFFFF {
+                self.init(isIPv6: false, high: 0, low: low & 0xFFFF_FFFF, port: UInt16(bigEndian: sin6.sin6_port))
+                return
+            }
             self.init(isIPv6: true, high: high, low: low, port: UInt16(bigEndian: sin6.sin6_port))
         default:
             return nil

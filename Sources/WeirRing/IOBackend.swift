@@ -123,10 +123,17 @@ extension IOBackend {
         return storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
     }
     public func originalDestination(fd: Int32, into storage: UnsafeMutablePointer<sockaddr_storage>) -> Int32 {
-        // SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST (IPv6) are both 80; the family of the
-        // socket's own address says which level asks.
+        // SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST (IPv6) are both 80; the connection's
+        // own family says which level asks (an IPv4 client on a dual-stack socket has a
+        // v4-mapped address and an IPv4 NAT entry).
         guard localName(fd: fd, into: storage) == 0 else { return -1 }
-        let level = Int32(storage.pointee.ss_family) == AF_INET6 ? Int32(IPPROTO_IPV6) : Int32(IPPROTO_IP)
+        var level = Int32(IPPROTO_IP)
+        if Int32(storage.pointee.ss_family) == AF_INET6 {
+            let mapped = UnsafeRawPointer(storage).withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                withUnsafeBytes(of: p.pointee.sin6_addr) { b in (0..<10).allSatisfy { b[$0] == 0 } && b[10] == 0xFF && b[11] == 0xFF }
+            }
+            if !mapped { level = Int32(IPPROTO_IPV6) }
+        }
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         return getsockopt(fd, level, 80, storage, &len)
     }

@@ -76,7 +76,7 @@ public struct XDSResources: Sendable {
 
     /// The route specifiers of a listener's connection managers.
     func routeSpecifiers(of l: EnvoyListener) -> [HCM.OneOf_RouteSpecifier] {
-        l.filterChains.flatMap { chain in
+        (l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : [])).flatMap { chain in
             chain.filters.filter { $0.typedConfig.typeURL.hasSuffix(".HttpConnectionManager") }
                 .compactMap { (try? HCM(unpackingAny: $0.typedConfig))?.routeSpecifier }
         }
@@ -279,29 +279,158 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     guard case .portValue(let port)? = sa.portSpecifier, port > 0 else { throw fail("address.socket_address.port_value is required") }
     let host = sa.address.contains(":") ? "[\(sa.address)]" : sa.address
     doc.address = located("\(host):\(port)", p)
-    guard l.filterChains.count == 1 else { throw fail("filter_chains: exactly one filter chain is supported, not \(l.filterChains.count)") }
-    let chain = l.filterChains[0]
+    var rest = l
+    rest.name = ""
+    rest.clearAddress()
+    rest.filterChains = []
+    rest.clearDefaultFilterChain()
+    rest.statPrefix = ""
+    rest.clearMetadata()
+    rest.trafficDirection = .unspecified
+    rest.clearBindToPort()
+    rest.clearUseOriginalDst()
+    rest.listenerFilters = []
+    rest.clearListenerFiltersTimeout()
+    rest.continueOnListenerFiltersTimeout = false
+    if !l.accessLog.isEmpty { notes.ignore("access_log"); rest.accessLog = [] }
+    if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
+    if l.hasBindToPort { doc.bindToPort = located(l.bindToPort.value, p) }
+    if l.hasUseOriginalDst { doc.useOriginalDestination = located(l.useOriginalDst.value, p) }
+    let flat = l.filterChains.count == 1 && !l.filterChains[0].hasFilterChainMatch && !l.hasDefaultFilterChain
+        && !l.filterChains[0].hasTransportSocket && l.listenerFilters.isEmpty
+    if flat {
+        let (uses, waiting) = try translateChain(l.filterChains[0], label: "filter_chains[0]", into: &doc, listener: l.name, routes: routes,
+                                                 knownClusters: knownClusters, refusedClusters: refusedClusters, notes: notes, fail: fail)
+        if let waiting { return .waitingForRoutes(waiting, doc) }
+        return .ready(doc, uses: uses)
+    }
+    guard !l.filterChains.isEmpty || l.hasDefaultFilterChain else { throw fail("filter_chains: a listener needs at least one filter chain") }
+    try translateListenerFilters(l, into: &doc, notes: notes, fail: fail)
+    var uses: [String] = [], waiting: String? = nil, names = Set<String>()
+    let all = l.filterChains.enumerated().map { (label: "filter_chains[\($0.offset)]", chain: $0.element, isDefault: false) }
+        + (l.hasDefaultFilterChain ? [(label: "default_filter_chain", chain: l.defaultFilterChain, isDefault: true)] : [])
+    for (label, fc, isDefault) in all {
+        var chain = ChainDocument(position: p, body: ListenerDocument(position: p))
+        // Names need not be unique in xDS (Istio sends two "virtualInbound" chains): the label tells them apart.
+        var name = fc.name.isEmpty ? (isDefault ? "default" : label) : fc.name
+        if !names.insert(name).inserted { name += " (\(label))"; names.insert(name) }
+        chain.name = located(name, p)
+        if !isDefault {
+            chain.match = try translateChainMatch(fc.filterChainMatch, label: label, p, fail: fail)
+        } else if fc.hasFilterChainMatch, leftover(fc.filterChainMatch) != nil {
+            throw fail("default_filter_chain: a filter_chain_match means nothing on the default chain")
+        }
+        if fc.hasTransportSocket {
+            // TLS on a chain needs its certificates from SDS, which Weir does not speak yet: the
+            // chain stays in the match (a connection it would get is closed, never given to a
+            // plaintext chain), and the rest of the listener serves.
+            let t = fc.transportSocket.typedConfig.typeURL.split(separator: "/").last.map(String.init) ?? fc.transportSocket.name
+            chain.refused = "\(label).transport_socket \(t): TLS with SDS certificates is not implemented yet"
+            notes.ignore("filter chain transport_socket (\(t)); its connections are closed")
+        } else {
+            let (u, w) = try translateChain(fc, label: label, into: &chain.body, listener: l.name, routes: routes, knownClusters: knownClusters,
+                                            refusedClusters: refusedClusters, notes: notes, fail: fail)
+            uses += u
+            if let w { waiting = waiting ?? w; chain.body.mayHaveNoRoutes = true }
+        }
+        doc.chains.append(chain)
+    }
+    notes.about(.listener, l.name)
+    if let waiting { return .waitingForRoutes(waiting, doc) }
+    return .ready(doc, uses: uses)
+}
+
+/// listener_filters: the TLS and HTTP inspectors (each may be disabled for destination port
+/// ranges, as Istio does for declared server-first ports) and original_dst, which Weir's chain
+/// matching always does (a redirected connection is matched by where it was going).
+func translateListenerFilters(_ l: EnvoyListener, into doc: inout ListenerDocument, notes: Notes, fail: (String) -> XDSError) throws {
+    let p = doc.position
+    var inspectors: [Located<String>] = []
+    for (i, f) in l.listenerFilters.enumerated() {
+        guard case .typedConfig(let any)? = f.configType else { throw fail("listener_filters[\(i)] '\(f.name)': only typed_config is supported (not config_discovery)") }
+        let t = filterType(any).name
+        var off: [ClosedRange<Int>] = []
+        if f.hasFilterDisabled { off = try portRanges(f.filterDisabled, "listener_filters[\(i)].filter_disabled", fail) }
+        switch t {
+        case "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
+            inspectors.append(located("tls", p)); doc.tlsInspectorOffPorts = off
+        case "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector":
+            inspectors.append(located("http", p)); doc.httpInspectorOffPorts = off
+        case "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":
+            if !off.isEmpty { throw fail("listener_filters[\(i)] original_dst: filter_disabled is not supported on it") }
+        case "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol":
+            throw fail("listener_filters[\(i)] proxy_protocol: refused: Weir does not read the PROXY protocol yet")
+        default:
+            throw fail("listener_filters[\(i)] '\(f.name)' (\(t)): refused: Weir does not implement it")
+        }
+    }
+    doc.inspectors = inspectors
+    // Envoy's default is 15s; 0s means no limit.
+    doc.inspectTimeout = located(l.hasListenerFiltersTimeout ? seconds(l.listenerFiltersTimeout) : 15_000_000_000, p)
+    doc.continueOnInspectTimeout = located(l.continueOnListenerFiltersTimeout, p)
+}
+
+/// The destination port ranges of a filter_disabled predicate: one range, or an or_match of them.
+func portRanges(_ m: Envoy_Config_Listener_V3_ListenerFilterChainMatchPredicate, _ at: String, _ fail: (String) -> XDSError) throws -> [ClosedRange<Int>] {
+    switch m.rule {
+    case .destinationPortRange(let r)?:
+        // Int32Range is [start, end).
+        guard r.start >= 0, r.end > r.start, r.end <= 65536 else { throw fail("\(at): destination_port_range [\(r.start), \(r.end)) is not a port range") }
+        return [Int(r.start)...Int(r.end - 1)]
+    case .orMatch(let set)?:
+        return try set.rules.flatMap { try portRanges($0, at, fail) }
+    default:
+        throw fail("\(at): only destination_port_range (or an or_match of them) is supported")
+    }
+}
+
+func translateChainMatch(_ m: Envoy_Config_Listener_V3_FilterChainMatch, label: String, _ p: SourcePosition, fail: (String) -> XDSError) throws -> ChainMatchDocument {
+    var d = ChainMatchDocument(position: p)
+    var rest = m
+    rest.clearDestinationPort()
+    rest.prefixRanges = []
+    rest.sourcePrefixRanges = []
+    rest.sourcePorts = []
+    rest.serverNames = []
+    rest.transportProtocol = ""
+    rest.applicationProtocols = []
+    // Weir's direct source is the source (it reads no PROXY protocol), and ANY is the default.
+    if let extra = leftover(rest) { throw fail("\(label).filter_chain_match: unsupported field(s) \(extra) (Weir cannot evaluate them)") }
+    func cidr(_ c: Envoy_Config_Core_V3_CidrRange) -> Located<String> {
+        located("\(c.addressPrefix)/\(c.hasPrefixLen ? Int(c.prefixLen.value) : (c.addressPrefix.contains(":") ? 128 : 32))", p)
+    }
+    if m.hasDestinationPort { d.destinationPort = located(Int(m.destinationPort.value), p) }
+    d.destinationPrefixes = m.prefixRanges.map(cidr)
+    d.sourcePrefixes = m.sourcePrefixRanges.map(cidr)
+    d.sourcePorts = m.sourcePorts.map { located(Int($0), p) }
+    d.serverNames = m.serverNames.map { located($0, p) }
+    if !m.transportProtocol.isEmpty { d.transportProtocol = located(m.transportProtocol, p) }
+    d.applicationProtocols = m.applicationProtocols.map { located($0, p) }
+    return d
+}
+
+/// One filter chain's network filters into the listener (or chain) document `doc`: what it
+/// uses, and the RDS name it still waits for.
+func translateChain(_ chain: Envoy_Config_Listener_V3_FilterChain, label: String, into doc: inout ListenerDocument, listener lname: String,
+                    routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>, refusedClusters: Set<String>, notes: Notes,
+                    fail: (String) -> XDSError) throws -> (uses: [String], waiting: String?) {
+    func unknown(_ c: String) -> String { unknownCluster(c, refusedClusters) }
+    let p = doc.position
     var chainRest = chain
     chainRest.filters = []
-    if let extra = leftover(chainRest) { throw fail("filter_chains[0]: unsupported field(s) \(extra)") }
-    guard let filter = chain.filters.last else { throw fail("filter_chains[0].filters: needs http_connection_manager or tcp_proxy last") }
+    chainRest.name = ""
+    chainRest.clearFilterChainMatch()
+    chainRest.clearMetadata()
+    if let extra = leftover(chainRest) { throw fail("\(label): unsupported field(s) \(extra)") }
+    guard let filter = chain.filters.last else { throw fail("\(label).filters: needs http_connection_manager or tcp_proxy last") }
     // Filters before the last one: only those Weir knowingly skips (Filters.swift).
     for (i, f) in chain.filters.dropLast().enumerated() {
         let t = filterType(f.typedConfig)
         switch networkFilterVerdict(t) {
         case .skip: notes.ignore("network filter \(t.name)")
-        case .refuse(let why): throw fail("filter_chains[0].filters[\(i)] '\(f.name)' (\(t.name)): refused: \(why)")
+        case .refuse(let why): throw fail("\(label).filters[\(i)] '\(f.name)' (\(t.name)): refused: \(why)")
         }
     }
-    var rest = l
-    rest.name = ""
-    rest.clearAddress()
-    rest.filterChains = []
-    rest.statPrefix = ""
-    rest.clearMetadata()
-    rest.trafficDirection = .unspecified
-    if !l.accessLog.isEmpty { notes.ignore("access_log"); rest.accessLog = [] }
-    if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
     if filter.typedConfig.typeURL.hasSuffix("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy") {
         let tcp: TCPProxy
         do { tcp = try TCPProxy(unpackingAny: filter.typedConfig) } catch { throw fail("tcp_proxy: cannot decode: \(error)") }
@@ -317,7 +446,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
         case .cluster(let cluster)?:
             guard knownClusters.contains(cluster) else { throw fail("tcp_proxy.cluster '\(cluster)' \(unknown(cluster))") }
             doc.cluster = located(cluster, p)
-            return .ready(doc, uses: [cluster])
+            return ([cluster], nil)
         case .weightedClusters(let w)?:
             var uses: [String] = []
             doc.weightedClustersPosition = p
@@ -330,7 +459,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
                 wd.weight = located(Int(cw.weight), p)
                 return wd
             }
-            return .ready(doc, uses: uses)
+            return (uses, nil)
         default:
             throw fail("tcp_proxy: needs cluster or weighted_clusters")
         }
@@ -406,7 +535,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     case .rds(let rds)?:
         guard let c = routes[rds.routeConfigName] else {
             doc.routesPosition = p
-            return .waitingForRoutes(rds.routeConfigName, doc)
+            return ([], rds.routeConfigName)
         }
         config = c
     case .routeConfig(let inline)?:
@@ -416,18 +545,18 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     }
     let translated: (docs: [RouteDocument], uses: [String], stripPort: Bool)
     do {
-        translated = try translateRoutes(config, listener: l.name, knownClusters: knownClusters, refusedClusters: refusedClusters, notes: notes)
+        translated = try translateRoutes(config, listener: lname, knownClusters: knownClusters, refusedClusters: refusedClusters, notes: notes)
     } catch var e as XDSError {
-        e.involved[.listener] = l.name
+        e.involved[.listener] = lname
         if case .rds? = hcm.routeSpecifier { e.involved[.route] = config.name }
         throw e
     }
-    notes.about(.listener, l.name)
+    notes.about(.listener, lname)
     if translated.stripPort { doc.http?["strip_host_port"] = located("true", p) }
     doc.routes = translated.docs
     if sanitizeXFCC { for i in doc.routes.indices { doc.routes[i].requestHeadersToRemove.append(located("x-forwarded-client-cert", p)) } }
     doc.routesPosition = p
-    return .ready(doc, uses: translated.uses)
+    return (translated.uses, nil)
 }
 
 /// Why a cluster a listener or route names is not there.
@@ -663,9 +792,13 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
     var d = ClusterDocument(position: p)
     d.name = located(c.name, p)
     if c.type == .originalDst {
-        throw fail("type ORIGINAL_DST (lb_policy CLUSTER_PROVIDED) is not implemented yet: Weir cannot connect to a connection's original destination")
+        // Each connection goes to its own original destination (Istio's PassthroughCluster and
+        // inbound clusters); there is nothing to balance.
+        guard c.lbPolicy == .clusterProvided else { throw fail("type ORIGINAL_DST needs lb_policy CLUSTER_PROVIDED, not \(c.lbPolicy)") }
+        d.originalDestination = located(true, p)
     }
     switch c.lbPolicy {
+    case .clusterProvided where c.type == .originalDst: break
     case .roundRobin: d.balancer = located("round_robin", p)
     case .leastRequest: d.balancer = located("least_request", p)
     case .ringHash: d.balancer = located("ring_hash", p)
@@ -723,6 +856,20 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
         cbRest.thresholds = []
         if let extra = leftover(cbRest) { throw fail("circuit_breakers: unsupported field(s) \(extra)") }
     }
+    if c.hasUpstreamBindConfig {
+        // Istio's inbound clusters bind 127.0.0.6, so the pod's iptables rules let Weir's own
+        // connections to the application through instead of redirecting them back.
+        let b = c.upstreamBindConfig
+        var bRest = b
+        bRest.clearSourceAddress()
+        if let extra = leftover(bRest) { throw fail("upstream_bind_config: unsupported field(s) \(extra) (source_address is supported)") }
+        guard b.hasSourceAddress, case .portValue(let port)? = b.sourceAddress.portSpecifier ?? .portValue(0) else {
+            throw fail("upstream_bind_config: needs source_address with a port_value (0 for any)")
+        }
+        let host = b.sourceAddress.address.contains(":") ? "[\(b.sourceAddress.address)]" : b.sourceAddress.address
+        d.sourceAddress = located("\(host):\(port)", p)
+    }
+    if c.hasCleanupInterval { notes.ignore("cleanup_interval (original-destination hosts are per connection)") }
     if let hc = c.healthChecks.first {
         guard c.healthChecks.count == 1 else { throw fail("health_checks: one health check is supported") }
         d.healthCheck = try translateHealthCheck(hc, p, fail)
@@ -757,9 +904,17 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
     rest.clearOutlierDetection()
     rest.clearCircuitBreakers()
     rest.healthChecks = []
+    rest.clearUpstreamBindConfig()
+    rest.clearCleanupInterval()
     if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
     let assignment: EnvoyLoadAssignment
     switch c.type {
+    case .originalDst:
+        guard c.loadAssignment.endpoints.isEmpty else { throw fail("type ORIGINAL_DST: load_assignment must be empty (each connection's destination is its endpoint)") }
+        // The destination carries no metadata: the cluster's default transport socket applies.
+        _ = try checkTransportSocket(for: Envoy_Config_Endpoint_V3_LbEndpoint(), matches, defaultSocket, fail)
+        notes.about(.cluster, c.name)
+        return d
     case .static:
         // A static cluster with no endpoints (Istio's BlackHoleCluster) answers 503 and closes
         // TCP connections.

@@ -3,6 +3,7 @@
 import CURing
 import WeirBalance
 import WeirConfig
+import WeirCore
 import WeirHTTP
 #if canImport(Glibc)
 import Glibc
@@ -119,6 +120,9 @@ struct Connection {
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0
     var connectTimeout = __kernel_timespec()
+    /// Where the client was going (its original destination, else the listener's address), read
+    /// once at accept on listeners that hand off or choose chains; nil elsewhere.
+    var destination: AddressKey? = nil
     /// While `inspecting` or `peeking`: when the first bytes must have arrived (0: no limit).
     var helloDeadline: Int64 = 0
     /// Its protocol; an HTTP connection's current exchange is `ex`.

@@ -49,6 +49,7 @@ extension Shard {
         let snap = snapshotOf(c)
         let ci = Int(c.pointee.clusterIndex)
         let cluster = snap.clusters[ci]
+        if cluster.originalDestination { return connectOriginalDestination(c, cluster, parsed: parsed) }
         guard let ep = pickEndpoint(c, snap: snap, hash: c.pointee.ex.hash) else {
             return localResponse(c, status: 503, close: false)
         }
@@ -75,12 +76,35 @@ extension Shard {
             control.stats.pointee.poolOverflows += 1
             return localResponse(c, status: 503, close: false)
         }
+        guard let u = openUpstream(c, cluster, family: endpoint.address.family, pool: pool) else { return localResponse(c, status: 503, close: false) }
+        u.pointee.addressLength = endpoint.address.fill(&u.pointee.address)
+        startUpstreamConnect(u, cluster)
+    }
+
+    /// ORIGINAL_DST: each request opens a connection to where its client was going, closed
+    /// after the exchange (there is no endpoint to pool it under).
+    func connectOriginalDestination(_ c: UnsafeMutablePointer<Connection>, _ cluster: Cluster, parsed: RequestHead?) {
+        c.pointee.endpointIndex = -1
+        c.pointee.endpointSlot = -1
+        c.pointee.ex.reused = false
+        var storage = sockaddr_storage()
+        guard let family = originalDestination(c, into: &storage),
+              let u = openUpstream(c, cluster, family: family, pool: -1) else { return localResponse(c, status: 503, close: false) }
+        u.pointee.address = storage
+        u.pointee.addressLength = socklen_t(family == .inet ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        startUpstreamConnect(u, cluster)
+    }
+
+    /// A new upstream slot and socket (bound to the cluster's source address), lent to `c`;
+    /// nil (counted) when the slab is full or no socket can be had.
+    func openUpstream(_ c: UnsafeMutablePointer<Connection>, _ cluster: Cluster, family: SocketAddress.Family, pool: Int32) -> UnsafeMutablePointer<Upstream>? {
         guard upstreamFreeCount > 0 else {
             control.stats.pointee.poolOverflows += 1
-            return localResponse(c, status: 503, close: false)
+            return nil
         }
-        let fd = ring.tcpSocket(family: endpoint.address.family)
-        guard fd >= 0 else { return localResponse(c, status: 503, close: false) }
+        let fd = ring.tcpSocket(family: family)
+        guard fd >= 0 else { return nil }
+        if let source = cluster.sourceAddress, source.family == family, !bindSource(fd, source) { ring.close(fd: fd); return nil }
         upstreamFreeCount -= 1
         let idx = Int(upstreamFree[upstreamFreeCount])
         upstreamHighWater = max(upstreamHighWater, idx + 1)
@@ -97,15 +121,19 @@ extension Shard {
         u.pointee.owner = Int32(slot(of: c))
         u.pointee.ownerGeneration = c.pointee.generation
         c.pointee.ex.upstream = Int32(idx)
-        u.pointee.addressLength = endpoint.address.fill(&u.pointee.address)
+        return u
+    }
+
+    /// Connects an upstream just opened to `u.address`, with the cluster's timeout.
+    func startUpstreamConnect(_ u: UnsafeMutablePointer<Upstream>, _ cluster: Cluster) {
         let t = cluster.connectTimeoutNanoseconds
         u.pointee.connectTimeout = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
         u.pointee.inflight += 1
         let raw = UnsafeMutableRawPointer(u)
-        ring.connect(fd: fd, address: (raw + MemoryLayout<Upstream>.offset(of: \Upstream.address)!).assumingMemoryBound(to: sockaddr.self),
+        ring.connect(fd: u.pointee.fd, address: (raw + MemoryLayout<Upstream>.offset(of: \Upstream.address)!).assumingMemoryBound(to: sockaddr.self),
                      length: u.pointee.addressLength,
                      timeout: (raw + MemoryLayout<Upstream>.offset(of: \Upstream.connectTimeout)!).assumingMemoryBound(to: __kernel_timespec.self),
-                     userData: UserData(op: Op.upConnect, slot: idx, generation: gen),
+                     userData: UserData(op: Op.upConnect, slot: u - upstreams, generation: u.pointee.generation),
                      timeoutUserData: UserData(op: Op.ignore, slot: 0, generation: 0))
     }
 

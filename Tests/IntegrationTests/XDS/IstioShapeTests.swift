@@ -5,6 +5,7 @@
 import Foundation
 import Testing
 import WeirDemo
+import WeirHTTP
 
 /// Istio's own filter configs travel inside a udpa TypedStruct.
 func typedStruct(_ type: String, _ value: String = "{}") -> String {
@@ -98,15 +99,18 @@ func istioRoutes(_ name: String, cluster: String) -> String {
             """)
         defer { weir.stop() }
         let appCluster = "outbound|80||app.default.svc.cluster.local", secureCluster = "outbound|80||secure.default.svc.cluster.local"
-        // CDS: two outbound clusters, the black hole, and an ORIGINAL_DST passthrough Weir
-        // cannot honour yet: refused by name, the rest applied.
+        // CDS: two outbound clusters, the black hole, the ORIGINAL_DST passthrough, and one
+        // Weir cannot honour (an original destination from a header): refused by name, the
+        // rest applied.
         cp.push("CDS", version: "c1", """
             [\(istioCluster(appCluster)), \(istioCluster(secureCluster)),
              {"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"},
-             {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s"}]
+             {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s"},
+             {"name": "ByHeader", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "original_dst_lb_config": {"use_http_header": true}}]
             """)
         let cds = cp.waitForRequest { $0.hasPrefix("REQ CDS") && $0.contains("error=cluster") }
-        #expect(cds?.contains("cluster 'PassthroughCluster': type ORIGINAL_DST") == true, "\(cds ?? "no NACK")")
+        #expect(cds?.contains("cluster 'ByHeader': original_dst_lb_config is not supported") == true, "\(cds ?? "no NACK")")
+        #expect(cds?.contains("PassthroughCluster") == false, "\(cds ?? "no NACK")")
         #expect(cds?.contains("version=c1") == false, "a partial NACK keeps the version last accepted whole")
         #expect(cp.waitForRequest { $0.hasPrefix("REQ EDS") && $0.contains(appCluster) && $0.contains(secureCluster) } != nil,
                 "the applied clusters ask for their endpoints")
@@ -133,20 +137,21 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(!r.text.lowercased().contains("x-forwarded-client-cert"), "SANITIZE (the default) removes a client's XFCC: \(r.text)")
         r = try HTTPClient(port: port).request("GET /gone HTTP/1.1\r\nHost: app\r\n\r\n")
         #expect(r.status == 503, "validate_clusters false: a route to an unknown cluster answers 503: \(r.status)")
-        // Istio's catch-all goes to PassthroughCluster, which was refused: 503, and the
-        // listener serves everything else.
+        // Istio's catch-all goes to PassthroughCluster, the client's original destination. Without
+        // a NAT redirect that is this listener itself: passing it through would loop, so 503.
         r = try HTTPClient(port: port).request("GET / HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
-        #expect(r.status == 503 && r.text == "cluster PassthroughCluster refused\n", "\(r.status) \(r.text)")
+        #expect(r.status == 503, "\(r.status) \(r.text)")
         #expect((try? TestClient(loopback(other), timeoutSeconds: 1)) == nil, "the refused listener is not bound")
 
         // What was accepted and ignored is listed and counted; what was refused is named.
         let dump = admin(adminPort, "GET", "/config_dump").1
         #expect(dump.contains(#""field":"http filter stats.PluginConfig""#), "\(dump.prefix(3000))")
         #expect(dump.contains(#""field":"cluster filter envoy.tcp.metadataexchange.config.MetadataExchange""#))
-        #expect(dump.contains(#""name":"PassthroughCluster","error":"#))
+        #expect(dump.contains(#""name":"ByHeader","error":"#))
         let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
         #expect((stats[#"weir_xds_ignored_total{field="http_connection_manager.tracing",type="LDS"}"#] ?? 0) >= 1)
         #expect(stats[#"weir_xds_refused_resources{type="CDS"}"#] == 1)
+        #expect(stats["weir_original_destination_loops_total{}"] == 1)
         #expect(weir.waitForLog("xds: accepting and ignoring LDS access_log"))
 
         // A refused update keeps the listener's previous version, routes and all: l2 moves the
@@ -162,5 +167,82 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(busy != nil && busy?.contains("0.0.0.0_80") == false, "\(cp.requests.suffix(2))")
         r = try HTTPClient(port: port).request("GET /after HTTP/1.1\r\nHost: app\r\n\r\n")
         #expect(r.status == 200 && r.text.hasPrefix("app /after"), "\(r.status) \(r.text)")
+    }
+
+    /// Istio's protocol-sniffing shapes over xDS: an outbound listener with the tls and http
+    /// inspectors, an HTTP chain for raw_buffer http/1.1 and h2c, and a tcp_proxy default chain;
+    /// and virtualInbound's chains (original_dst filter, a refused mTLS chain that closes what it
+    /// would get, plaintext HTTP and TCP). Bound on loopback here; the NAT hand-off itself is
+    /// FilterChainIntegrationTests' namespace test.
+    @Test func istioSniffingChainsServeHTTPAndTCPAndTheirMTLSChainFailsClosed() throws {
+        let cp = try XDSControlPlane()
+        let app = try HTTPUpstream(name: "app")
+        let echo = try EchoServer(name: "echo")
+        defer { echo.stop() }
+        let port = try freePort(), inbound = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: """
+            admin: { address: 127.0.0.1:\(adminPort) }
+            node: { id: "sidecar~127.0.0.1~app-1.default~default.svc.cluster.local", cluster: app.default }
+            xds: { address: "127.0.0.1:\(cp.port)", initial_fetch_timeout: 30s }
+            """)
+        defer { weir.stop() }
+        let appCluster = "outbound|80||app.default.svc.cluster.local", tcpCluster = "outbound|9000||echo.default.svc.cluster.local"
+        func staticCluster(_ name: String, _ port: UInt16) -> String {
+            #"{"name": "\#(name)", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "\#(name)", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": \#(port)}}}}]}]}}"#
+        }
+        cp.push("CDS", version: "c1", """
+            [\(staticCluster(appCluster, app.port)), \(staticCluster(tcpCluster, echo.address.port)),
+             {"name": "InboundPassthroughClusterIpv4", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s",
+              "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}}]
+            """)
+        let tcpProxy = { (cluster: String) in
+            #"{"name": "envoy.filters.network.tcp_proxy", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "\#(cluster)", "cluster": "\#(cluster)"}}"#
+        }
+        let hcm = #"{"name": "envoy.filters.network.http_connection_manager", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", "stat_prefix": "s", "rds": {"route_config_name": "80", "config_source": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}}, "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}"#
+        let inspectors = #""listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}, {"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"}}], "listener_filters_timeout": "0s", "continue_on_listener_filters_timeout": true"#
+        let mtls = #""transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "common_tls_context": {"tls_certificate_sds_secret_configs": [{"name": "default"}]}, "require_client_certificate": true}}"#
+        cp.push("LDS", version: "l1", """
+            [{"name": "0.0.0.0_80", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(port)}}, "traffic_direction": "OUTBOUND", \(inspectors),
+              "filter_chains": [{"filter_chain_match": {"transport_protocol": "raw_buffer", "application_protocols": ["http/1.1", "h2c"]}, "filters": [\(hcm)]}],
+              "default_filter_chain": {"filters": [{"name": "istio.stats", "typed_config": \(typedStruct("stats.PluginConfig"))}, \(tcpProxy(tcpCluster))]}},
+             {"name": "virtualInbound", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(inbound)}}, "traffic_direction": "INBOUND",
+              "listener_filters": [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}},
+                {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}},
+                {"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"},
+                 "filter_disabled": {"destination_port_range": {"start": 9080, "end": 9081}}}],
+              "listener_filters_timeout": "0s", "continue_on_listener_filters_timeout": true,
+              "filter_chains": [
+                {"name": "virtualInbound-blackhole", "filter_chain_match": {"destination_port": 15006}, "filters": [\(tcpProxy(tcpCluster))]},
+                {"name": "virtualInbound", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}], "transport_protocol": "tls", "application_protocols": ["istio-peer-exchange", "istio"]}, \(mtls), "filters": [\(tcpProxy("InboundPassthroughClusterIpv4"))]},
+                {"name": "virtualInbound", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}], "transport_protocol": "raw_buffer"}, "filters": [\(tcpProxy(tcpCluster))]},
+                {"name": "virtualInbound-catchall-http", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}], "transport_protocol": "raw_buffer", "application_protocols": ["http/1.0", "http/1.1", "h2c"]}, "filters": [\(hcm)]}]}]
+            """)
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ RDS") && $0.contains("names=80") } != nil, "\(cp.requests.suffix(4))\n\(weir.log.suffix(3000))")
+        cp.push("RDS", version: "r1", "[\(istioRoutes("80", cluster: appCluster))]")
+        #expect(weir.waitForLog("xds: ACK RDS version r1"))
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ LDS") && $0.contains("version=l1") && $0.hasSuffix("error=") } != nil,
+                "every listener is ACKed: \(cp.requests.suffix(3))")
+
+        // Outbound: HTTP by the inspector to the HTTP chain, anything else to the tcp_proxy default.
+        let r = try HTTPClient(port: port).request("GET /sniffed HTTP/1.1\r\nHost: app\r\n\r\n")
+        #expect(r.status == 200 && r.text.hasPrefix("app /sniffed"), "\(r.status) \(r.text)")
+        #expect(echoOnce(loopback(port), [0x00] + pseudoRandomBytes(50_000, seed: 3)), "raw TCP to the default chain")
+        // Inbound: plaintext HTTP to the catch-all HTTP chain, raw TCP to the TCP chain, and TLS
+        // that asks for Istio's mTLS is closed (its chain needs SDS certificates).
+        let h = try HTTPClient(port: inbound).request("GET /in HTTP/1.1\r\nHost: app\r\n\r\n")
+        #expect(h.status == 200 && h.text.hasPrefix("app /in"), "\(h.status) \(h.text)")
+        #expect(echoOnce(loopback(inbound), [0x01, 0x02] + pseudoRandomBytes(10_000, seed: 4)), "raw TCP inbound")
+        // (openssl offers ALPN "istio" as Istio's client sidecars do; the handshake cannot finish.)
+        let out = try sClient(inbound, ["-alpn", "istio-peer-exchange,istio", "-servername", "app"])
+        #expect(!out.contains("BEGIN CERTIFICATE") && !out.contains("Protocol  :"), "\(out)")
+        // TLS with other ALPN fits no inbound chain (they want istio ALPN or plaintext): closed.
+        let tls = try TestClient(loopback(inbound), timeoutSeconds: 5)
+        _ = tls.write(ClientHello.sample)
+        #expect(tls.readToEnd().bytes.isEmpty, "no chain fits: closed")
+        let dump = admin(adminPort, "GET", "/config_dump").1
+        #expect(dump.contains("filter chain transport_socket (envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext); its connections are closed"), "\(dump.prefix(2000))")
+        let stats = try parsePrometheus(admin(adminPort, "GET", "/stats/prometheus").1)
+        #expect(stats[#"weir_filter_chain_closed_total{reason="refused_chain"}"#] == 1)
+        #expect(stats[#"weir_filter_chain_closed_total{reason="no_chain"}"#] == 1)
     }
 }

@@ -35,7 +35,7 @@ extension Shard {
             }
             guard decryptQueued(c), c.pointee.state == .open else { return }
         }
-        if c.flow(0).pointee.recv == .idle { armRecv(c, 0) }
+        if c.flow(0).pointee.recv == .idle && !c.flow(0).pointee.sourceEnded { armRecv(c, 0) }
         if c.flow(0).pointee.queued > 0 || c.flow(0).pointee.sourceEnded { processRequest(c) }
     }
 
@@ -109,8 +109,12 @@ extension Shard {
     func beginExchange(_ c: UnsafeMutablePointer<Connection>) {
         let old = snapshotOf(c)
         if old !== snapshot {
-            let name = old.listeners[Int(c.pointee.listenerIndex)].name
-            if let li = snapshot.listeners.firstIndex(where: { $0.name == name && $0.proto == .http }) {
+            let oldIndex = Int(c.pointee.listenerIndex)
+            let name = old.listeners[oldIndex].name
+            // A chain's connection follows its chain only while the chain still matches the way
+            // it did (chains are named by position when xDS gives no name).
+            if let li = snapshot.listeners.firstIndex(where: { $0.name == name && $0.proto == .http }),
+               old.chainMatch(of: oldIndex) == snapshot.chainMatch(of: li) {
                 c.pointee.snapshot?.release()
                 c.pointee.snapshot = Unmanaged.passRetained(snapshot)
                 c.pointee.listenerIndex = Int32(li)

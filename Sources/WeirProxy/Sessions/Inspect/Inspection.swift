@@ -19,11 +19,11 @@ extension Shard {
         guard listener.useOriginalDestination || listener.chains != nil else {
             return listener.proto == .http ? openHTTP(fd: fd, listener: li) : openConnection(fd: fd, listener: li)
         }
+        guard let destination = destinationKey(fd) else { ring.close(fd: fd); return }
         var target = li
-        if listener.useOriginalDestination, let key = destinationKey(fd), let other = snapshot.handOff(key, from: li) {
-            target = other
-        }
+        if listener.useOriginalDestination, let other = snapshot.handOff(destination, from: li) { target = other }
         guard let c = takeSlot(fd: fd, listener: target) else { return }
+        c.pointee.destination = destination
         c.pointee.listenerIndex = Int32(target)
         c.pointee.idleTimeout = snapshot.listeners[target].idleTimeoutNanoseconds
         chooseChainOrStart(c, listener: target)
@@ -32,7 +32,7 @@ extension Shard {
     /// Starts listener `li`'s session, or (a listener with chains) inspects or picks the chain.
     func chooseChainOrStart(_ c: UnsafeMutablePointer<Connection>, listener li: Int) {
         guard let chains = snapshotOf(c).listeners[li].chains else { return startSession(c, listener: li) }
-        if chains.readsFirstBytes {
+        if chains.readsFirstBytes(port: c.pointee.destination?.port ?? 0) {
             c.pointee.state = .inspecting
             c.pointee.helloDeadline = chains.inspectTimeoutNanoseconds > 0 ? now + chains.inspectTimeoutNanoseconds : 0
             return armRecv(c, 0)
@@ -62,6 +62,7 @@ extension Shard {
         let li = Int(c.pointee.listenerIndex)
         guard let chains = snapshotOf(c).listeners[li].chains else { return abort(c) }
         let flow = c.flow(0)
+        let (tls, http) = chains.inspectors(port: c.pointee.destination?.port ?? 0)
         while true {
             guard flow.pointee.queued > 0 else {
                 // Closed before a byte came: nothing to serve.
@@ -72,11 +73,11 @@ extension Shard {
             let len = Int(bufferLength[bid])
             let buf = UnsafeRawBufferPointer(start: bufferPointer(bid), count: len)
             let full = len >= buffers.bufferBytes || flow.pointee.sourceEnded
-            if chains.inspectTLS, case .incomplete = ClientHello.parse(buf, limit: buffers.bufferBytes) {
+            if tls, case .incomplete = ClientHello.parse(buf, limit: buffers.bufferBytes) {
                 if flow.pointee.queued > 1 && compact(flow) { continue }
                 if !full { return }
             }
-            if chains.inspectHTTP && !(chains.inspectTLS && buf.first == 0x16), case .incomplete = HTTPSniffer.sniff(buf, limit: buffers.bufferBytes) {
+            if http && !(tls && buf.first == 0x16), case .incomplete = HTTPSniffer.sniff(buf, limit: buffers.bufferBytes) {
                 if flow.pointee.queued > 1 && compact(flow) { continue }
                 if !full { return }
             }
@@ -87,9 +88,11 @@ extension Shard {
 
     /// The inspectors ran out of time: close, or choose with what is known.
     func inspectTimedOut(_ c: UnsafeMutablePointer<Connection>) {
-        control.stats.pointee.inspectTimeouts += 1
         let li = Int(c.pointee.listenerIndex)
-        guard let chains = snapshotOf(c).listeners[li].chains, chains.continueOnTimeout else { return abort(c) }
+        guard let chains = snapshotOf(c).listeners[li].chains, chains.continueOnTimeout else {
+            control.stats.pointee.inspectTimeouts += 1
+            return abort(c)
+        }
         c.pointee.helloDeadline = 0
         let flow = c.flow(0)
         let buf = flow.pointee.queued > 0
@@ -101,16 +104,19 @@ extension Shard {
     /// (the head of flow 0, or nil), then starts that chain's session.
     func chainChosen(_ c: UnsafeMutablePointer<Connection>, _ chains: FilterChains, bytes: UnsafeRawBufferPointer?, timedOut: Bool = false) {
         let fd = c.pointee.downstreamFD
-        guard let destination = destinationKey(fd) else { return abort(c) }
+        // A connection whose addresses cannot be read (reset already) is closed: choosing with
+        // a stand-in address could give it a chain meant for other sources.
         var storage = sockaddr_storage()
-        let source = ring.peerName(fd: fd, into: &storage) == 0 ? withUnsafePointer(to: &storage) { AddressKey(storage: $0) } : nil
-        var facts = ConnectionFacts(destination: destination, source: source ?? destination.with(port: 0))
+        guard let destination = c.pointee.destination, ring.peerName(fd: fd, into: &storage) == 0,
+              let source = withUnsafePointer(to: &storage, { AddressKey(storage: $0) }) else { return abort(c) }
+        var facts = ConnectionFacts(destination: destination, source: source)
+        let (tls, http) = chains.inspectors(port: destination.port)
         if let buf = bytes {
-            if chains.inspectTLS, case .hello(let name, let alpn) = ClientHello.parse(buf, limit: buffers.bufferBytes) {
+            if tls, case .hello(let name, let alpn) = ClientHello.parse(buf, limit: buffers.bufferBytes) {
                 facts.isTLS = true
                 if let name { facts.serverName = UnsafeRawBufferPointer(rebasing: buf[Int(name.start)..<Int(name.end)]) }
                 if let alpn { facts.alpn = UnsafeRawBufferPointer(rebasing: buf[Int(alpn.start)..<Int(alpn.end)]) }
-            } else if chains.inspectHTTP {
+            } else if http {
                 facts.alpn = HTTPSniffer.sniff(buf, limit: buffers.bufferBytes).alpn
             }
         }
@@ -132,12 +138,10 @@ extension Shard {
         return withUnsafePointer(to: &storage) { AddressKey(storage: $0) }
     }
 
-    /// Writes the client's original destination into the connection's connect address and
-    /// returns its family; nil (counted) when there is none, or when it is one of Weir's own
-    /// bound listeners (without a NAT redirect the destination is the listener itself, and
-    /// connecting to it would loop).
-    func originalDestination(_ c: UnsafeMutablePointer<Connection>) -> SocketAddress.Family? {
-        var storage = sockaddr_storage()
+    /// Writes the client's original destination into `storage` and returns its family; nil
+    /// (counted) when there is none, or when it is one of Weir's own bound listeners (without a
+    /// NAT redirect the destination is the listener itself, and connecting to it would loop).
+    func originalDestination(_ c: UnsafeMutablePointer<Connection>, into storage: inout sockaddr_storage) -> SocketAddress.Family? {
         let fd = c.pointee.downstreamFD
         guard ring.originalDestination(fd: fd, into: &storage) == 0 || ring.localName(fd: fd, into: &storage) == 0,
               let key = withUnsafePointer(to: &storage, { AddressKey(storage: $0) }) else { return nil }
@@ -146,9 +150,7 @@ extension Shard {
             control.stats.pointee.originalDestinationLoops += 1
             return nil
         }
-        let pointer = UnsafeMutableRawPointer(c).advanced(by: MemoryLayout<Connection>.offset(of: \Connection.address)!)
-        pointer.copyMemory(from: &storage, byteCount: MemoryLayout<sockaddr_storage>.size)
-        return key.isIPv6 ? .inet6 : .inet
+        return Int32(storage.ss_family) == AF_INET6 ? .inet6 : .inet
     }
 
     /// Binds an upstream socket to a cluster's source address (upstream_bind_config).

@@ -29,14 +29,14 @@ extension Shard {
             // Terminated TLS: the handshake runs while the upstream connects.
             guard startTLS(c, tls), decryptQueued(c) else { return abort(c) }
             if c.pointee.state == .closing { return }
-            if c.flow(0).pointee.recv == .idle { armRecv(c, 0) }
+            if c.flow(0).pointee.recv == .idle && !c.flow(0).pointee.sourceEnded { armRecv(c, 0) }
         }
         if !listener.sniRoutes.isEmpty {
             // Route by the ClientHello's server name: read it first, connect after.
             c.pointee.state = .peeking
             c.pointee.helloDeadline = now + listener.clientHelloTimeoutNanoseconds
-            if c.flow(0).pointee.recv == .idle { armRecv(c, 0) }
-            if c.flow(0).pointee.queued > 0 { helloArrived(c) }
+            if c.flow(0).pointee.recv == .idle && !c.flow(0).pointee.sourceEnded { armRecv(c, 0) }
+            if c.flow(0).pointee.queued > 0 || c.flow(0).pointee.sourceEnded { helloArrived(c) }
             return
         }
         let snap = snapshotOf(c)
@@ -116,7 +116,9 @@ extension Shard {
 
     /// Connects to the client's original destination (ORIGINAL_DST): one endpoint, no balancer.
     func startOriginalDestinationConnect(_ c: UnsafeMutablePointer<Connection>, slot: Int, cluster: Cluster) {
-        guard let family = originalDestination(c) else { return abort(c) }
+        var storage = sockaddr_storage()
+        guard let family = originalDestination(c, into: &storage) else { return abort(c) }
+        c.pointee.address = storage
         c.pointee.addressLength = socklen_t(family == .inet ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
         connectUpstream(c, slot: slot, cluster: cluster, family: family)
     }
@@ -130,7 +132,9 @@ extension Shard {
             return abort(c)
         }
         c.pointee.upstreamFD = fd
-        if let source = cluster.sourceAddress, !bindSource(fd, source) { return abort(c) }
+        // A source of the other family cannot be bound (an IPv6 destination, an IPv4 source):
+        // the kernel picks the source then.
+        if let source = cluster.sourceAddress, source.family == family, !bindSource(fd, source) { return abort(c) }
         let t = cluster.connectTimeoutNanoseconds
         c.pointee.connectTimeout = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
         c.pointee.inflight += 1
