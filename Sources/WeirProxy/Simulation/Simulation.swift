@@ -47,7 +47,19 @@ public enum Simulation {
       - { name: web, address: "10.0.0.1:80", protocol: http, cluster: app, http: { max_header_bytes: 4KiB, max_request_line_bytes: 2KiB } }
       - { name: raw, address: "10.0.0.1:7", protocol: tcp, cluster: echo }
       - { name: sni, address: "10.0.0.1:443", protocol: tcp, client_hello_timeout: 2s, routes: [{ match: { sni: api.example.com }, cluster: echo }] }
+      - name: mux
+        address: "10.0.0.1:8443"
+        inspect_timeout: 2s
+        chains:
+          - { name: web, match: { transport_protocol: raw_buffer, application_protocols: [http/1.1, http/1.0] }, protocol: http, cluster: app,
+              http: { max_header_bytes: 4KiB, max_request_line_bytes: 2KiB } }
+          - { name: api, match: { server_names: [api.example.com] }, cluster: echo }
+        default_chain: { cluster: echo }
+      - { name: virtual, address: "10.0.0.1:15001", use_original_destination: true, cluster: passthrough }
     clusters:
+      - name: passthrough
+        original_destination: true
+        connect_timeout: 1s
       - name: app
         connect_timeout: 1s
         connect_attempts: 2
@@ -72,6 +84,8 @@ public enum Simulation {
     static let web = SocketAddress(ipv4: 10, 0, 0, 1, port: 80)
     static let raw = SocketAddress(ipv4: 10, 0, 0, 1, port: 7)
     static let sni = SocketAddress(ipv4: 10, 0, 0, 1, port: 443)
+    static let mux = SocketAddress(ipv4: 10, 0, 0, 1, port: 8443)
+    static let virtual = SocketAddress(ipv4: 10, 0, 0, 1, port: 15001)
     /// A real ClientHello naming api.Example.com.
     static let hello = ClientHello.sample
     static let apps = [SocketAddress(ipv4: 10, 0, 1, 1, port: 80), SocketAddress(ipv4: 10, 0, 1, 2, port: 80)]
@@ -102,6 +116,8 @@ public enum Simulation {
         sockets.put(web, fds: [kernel.listen(web, world: false)])
         sockets.put(raw, fds: [kernel.listen(raw, world: false)])
         sockets.put(sni, fds: [kernel.listen(sni, world: false)])
+        sockets.put(mux, fds: [kernel.listen(mux, world: false)])
+        sockets.put(virtual, fds: [kernel.listen(virtual, world: false)])
         for a in apps { world.upstreams.append(HTTPUpstreamActor(listener: kernel.listen(a, world: true))) }
         world.echoListener = kernel.listen(echo, world: true)
         let shard: Shard<SimIO>
@@ -236,6 +252,45 @@ final class World {
                         tcpClients.append(TCPClientActor(fd: fd, toSend: Array(Simulation.hello.prefix(1 + random.below(Simulation.hello.count - 1))), refused: true))
                     default:
                         tcpClients.append(TCPClientActor(fd: fd, toSend: Array("GET / HTTP/1.1\r\n\r\n".utf8), refused: true))
+                    }
+                }
+            }
+            if clients.count < 14 && random.chance(0.03) {
+                // HTTP through the listener whose chains sniff it.
+                httpStarted += 1
+                if let fd = kernel.connect(to: Simulation.mux, from: SocketAddress(ipv4: 10, 5, 0, UInt8(httpStarted % 250), port: UInt16(1000 + httpStarted % 60000))) {
+                    clients.append(HTTPClientActor(id: httpStarted, fd: fd, plan: 1 + random.below(8), pipeline: 1 + random.below(3), patient: random.chance(0.8)))
+                }
+            }
+            if hostile.count < 3 && random.chance(0.01) {
+                httpStarted += 1
+                if let fd = kernel.connect(to: Simulation.mux, from: SocketAddress(ipv4: 10, 5, 1, 1, port: UInt16(4000 + httpStarted % 60000))) {
+                    let c = HostileClientActor(id: httpStarted, fd: fd, random: &random)
+                    hostile.append(c)
+                    hostileRequested.formUnion(c.requested)
+                }
+            }
+            if tcpClients.count < 8 && random.chance(0.04) {
+                // The chains' other ways: the TLS chain by server name (echo), raw bytes to the
+                // default chain, nothing at all, half a hello; and connections handed over by
+                // original destination (to the echo, or to this listener), or straight to the
+                // virtual listener (a loop: closed, nothing echoed).
+                tcpStarted += 1
+                let source = SocketAddress(ipv4: 10, 6, 0, 1, port: UInt16(5000 + tcpStarted % 60000))
+                let choice = random.below(7)
+                let target = choice >= 4 ? Simulation.virtual : Simulation.mux
+                let original: SocketAddress? = choice == 4 ? Simulation.echo : choice == 5 ? Simulation.mux : nil
+                if let fd = kernel.connect(to: target, from: source, originalDestination: original) {
+                    var noise = [UInt8](repeating: 0, count: 1 + random.below(4000))
+                    for i in noise.indices { noise[i] = UInt8(truncatingIfNeeded: random.next()) }
+                    noise[0] = 0
+                    switch choice {
+                    case 0: tcpClients.append(TCPClientActor(fd: fd, toSend: Simulation.hello + noise))
+                    case 1: tcpClients.append(TCPClientActor(fd: fd, toSend: noise))
+                    case 2: kernel.closeWorld(fd)
+                    case 3: tcpClients.append(TCPClientActor(fd: fd, toSend: Array(Simulation.hello.prefix(1 + random.below(Simulation.hello.count - 1)))))
+                    case 4, 5: tcpClients.append(TCPClientActor(fd: fd, toSend: noise))
+                    default: tcpClients.append(TCPClientActor(fd: fd, toSend: noise, refused: true))
                     }
                 }
             }
