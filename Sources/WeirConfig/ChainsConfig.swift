@@ -58,15 +58,18 @@ extension Compiler {
             matches.append(compiled)
             targets.append(target)
         }
+        // Without `inspectors:` (YAML), whatever the matches need, and the original destination.
         var inspectTLS = matches.contains { $0.needsTLSInspection }
         var inspectHTTP = matches.contains { !$0.applicationProtocols.isEmpty }
+        var original = true
         if let list = l.inspectors {
-            inspectTLS = false; inspectHTTP = false
+            inspectTLS = false; inspectHTTP = false; original = false
             for n in list {
                 switch n.value {
                 case "tls": inspectTLS = true
                 case "http": inspectHTTP = true
-                default: fail(n.position, "inspectors are 'tls' and 'http', not '\(n.value)'")
+                case "original_dst": original = true
+                default: fail(n.position, "inspectors are 'tls', 'http' and 'original_dst', not '\(n.value)'")
                 }
             }
         }
@@ -78,6 +81,7 @@ extension Compiler {
         func ports(_ ranges: [ClosedRange<Int>]) -> [ClosedRange<UInt16>] {
             ranges.map { UInt16(clamping: $0.lowerBound)...UInt16(clamping: $0.upperBound) }
         }
+        chains.matchOriginalDestination = original
         chains.tlsOffPorts = ports(l.tlsInspectorOffPorts)
         chains.httpOffPorts = ports(l.httpInspectorOffPorts)
         listeners[selector].chains = chains

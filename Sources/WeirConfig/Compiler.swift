@@ -171,7 +171,8 @@ public enum Compiler {
         for (i, l) in listeners.enumerated() {
             if let other = named[l.name] {
                 let chain = listeners[i].chainOf != nil ? i : other
-                fail(listenerDefined[l.name] ?? doc.position, "listener name '\(l.name)' is also the name of a filter chain (listener '\(listeners[listeners[chain].chainOf!].name)', chain '\(l.name)'); rename one")
+                let parent = listeners[listeners[chain].chainOf!].name
+                fail(listenerDefined[l.name] ?? listenerDefined[parent] ?? doc.position, "listener name '\(l.name)' is also the name of a filter chain (listener '\(listeners[listeners[chain].chainOf!].name)', chain '\(l.name)'); rename one")
             } else { named[l.name] = i }
         }
         var xds: XDSSettings? = nil

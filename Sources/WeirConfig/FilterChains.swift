@@ -54,6 +54,10 @@ public struct FilterChains: Sendable {
     /// Destination ports an inspector does not run for (xDS filter_disabled; Istio turns the
     /// HTTP inspector off for ports it knows are server-first).
     public var tlsOffPorts: [ClosedRange<UInt16>] = []
+    /// Chains match a NAT-redirected connection by where it was going (SO_ORIGINAL_DST; Envoy's
+    /// original_dst listener filter), not by the address it reached. A connection handed over
+    /// by use_original_destination is matched by its original destination either way.
+    public var matchOriginalDestination = false
     public var httpOffPorts: [ClosedRange<UInt16>] = []
 
     public init(matches: [ChainMatch], targets: [Int], defaultTarget: Int?, inspectTLS: Bool, inspectHTTP: Bool,
@@ -166,7 +170,7 @@ extension ChainMatch {
             p += 1
             guard p + length <= alpn.count else { return -1 }
             let offeredName = UnsafeRawBufferPointer(rebasing: alpn[p..<(p + length)])
-            if protocols.contains(where: { $0.utf8.elementsEqual(offeredName) }) { return 1000 - position }
+            if protocols.contains(where: { $0.utf8.elementsEqual(offeredName) }) { return Int(UInt16.max) - position }
             p += length
             position += 1
         }

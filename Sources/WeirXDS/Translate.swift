@@ -243,13 +243,15 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
                 out.activatedIncomplete.insert(key)
             }
             out.listeners.append(doc)
-        case .waitingForRoutes(let routeName, var doc):
+        case .waitingForRoutes(let routeName, var doc, let uses):
+            // Warming for its routes, or for a cluster another chain uses.
             if activate.contains(key) {
                 doc.mayHaveNoRoutes = true
                 out.listeners.append(doc)
                 out.activatedIncomplete.insert(key)
             } else {
-                out.warming.append((key, "routes \(routeName)"))
+                let cluster = uses.first(where: { !active.contains($0) }).map { ", cluster \($0) warming" } ?? ""
+                out.warming.append((key, "routes \(routeName)\(cluster)"))
             }
         }
     }
@@ -259,7 +261,7 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
 enum ListenerTranslation {
     case ready(ListenerDocument, uses: [String])
     /// The listener as it would be without routes, for activation after initial_fetch_timeout.
-    case waitingForRoutes(String, ListenerDocument)
+    case waitingForRoutes(String, ListenerDocument, uses: [String])
 }
 
 func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>,
@@ -301,7 +303,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     if flat {
         let (uses, waiting) = try translateChain(l.filterChains[0], label: "filter_chains[0]", into: &doc, listener: l.name, routes: routes,
                                                  knownClusters: knownClusters, refusedClusters: refusedClusters, notes: notes, fail: fail)
-        if let waiting { return .waitingForRoutes(waiting, doc) }
+        if let waiting { return .waitingForRoutes(waiting, doc, uses: uses) }
         return .ready(doc, uses: uses)
     }
     guard !l.filterChains.isEmpty || l.hasDefaultFilterChain else { throw fail("filter_chains: a listener needs at least one filter chain") }
@@ -336,19 +338,21 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
         doc.chains.append(chain)
     }
     notes.about(.listener, l.name)
-    if let waiting { return .waitingForRoutes(waiting, doc) }
+    if let waiting { return .waitingForRoutes(waiting, doc, uses: uses) }
     return .ready(doc, uses: uses)
 }
 
 /// listener_filters: the TLS and HTTP inspectors (each may be disabled for destination port
-/// ranges, as Istio does for declared server-first ports) and original_dst, which Weir's chain
-/// matching always does (a redirected connection is matched by where it was going).
+/// ranges, as Istio does for declared server-first ports) and original_dst (chains match a
+/// redirected connection by where it was going, not by the listener's address).
 func translateListenerFilters(_ l: EnvoyListener, into doc: inout ListenerDocument, notes: Notes, fail: (String) -> XDSError) throws {
     let p = doc.position
     var inspectors: [Located<String>] = []
     for (i, f) in l.listenerFilters.enumerated() {
         guard case .typedConfig(let any)? = f.configType else { throw fail("listener_filters[\(i)] '\(f.name)': only typed_config is supported (not config_discovery)") }
-        let t = filterType(any).name
+        let type = filterType(any)
+        let t = type.name
+        if !type.empty { notes.ignore("listener filter \(t) settings (fingerprinting and buffer sizes change no routing)") }
         var off: [ClosedRange<Int>] = []
         if f.hasFilterDisabled { off = try portRanges(f.filterDisabled, "listener_filters[\(i)].filter_disabled", fail) }
         switch t {
@@ -358,6 +362,7 @@ func translateListenerFilters(_ l: EnvoyListener, into doc: inout ListenerDocume
             inspectors.append(located("http", p)); doc.httpInspectorOffPorts = off
         case "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":
             if !off.isEmpty { throw fail("listener_filters[\(i)] original_dst: filter_disabled is not supported on it") }
+            inspectors.append(located("original_dst", p))
         case "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol":
             throw fail("listener_filters[\(i)] proxy_protocol: refused: Weir does not read the PROXY protocol yet")
         default:
@@ -394,10 +399,12 @@ func translateChainMatch(_ m: Envoy_Config_Listener_V3_FilterChainMatch, label: 
     rest.serverNames = []
     rest.transportProtocol = ""
     rest.applicationProtocols = []
-    // Weir's direct source is the source (it reads no PROXY protocol), and ANY is the default.
+    // Left set, and so refused: address_suffix, suffix_len, direct_source_prefix_ranges and a
+    // source_type other than ANY (Weir does not evaluate them).
     if let extra = leftover(rest) { throw fail("\(label).filter_chain_match: unsupported field(s) \(extra) (Weir cannot evaluate them)") }
     func cidr(_ c: Envoy_Config_Core_V3_CidrRange) -> Located<String> {
-        located("\(c.addressPrefix)/\(c.hasPrefixLen ? Int(c.prefixLen.value) : (c.addressPrefix.contains(":") ? 128 : 32))", p)
+        // An unset prefix_len is 0 (Envoy's default): the range holds every address of its family.
+        located("\(c.addressPrefix)/\(c.hasPrefixLen ? Int(c.prefixLen.value) : 0)", p)
     }
     if m.hasDestinationPort { d.destinationPort = located(Int(m.destinationPort.value), p) }
     d.destinationPrefixes = m.prefixRanges.map(cidr)
@@ -863,6 +870,10 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
         var bRest = b
         bRest.clearSourceAddress()
         if let extra = leftover(bRest) { throw fail("upstream_bind_config: unsupported field(s) \(extra) (source_address is supported)") }
+        var aRest = b.sourceAddress
+        aRest.address = ""
+        aRest.portSpecifier = nil
+        if let extra = leftover(aRest) { throw fail("upstream_bind_config.source_address: unsupported field(s) \(extra)") }
         guard b.hasSourceAddress, case .portValue(let port)? = b.sourceAddress.portSpecifier ?? .portValue(0) else {
             throw fail("upstream_bind_config: needs source_address with a port_value (0 for any)")
         }

@@ -178,7 +178,7 @@ func chains(_ matches: [ChainMatch]) -> FilterChains {
         #expect(e.contains { $0.contains("transport_protocol must be 'tls' or 'raw_buffer', not 'quic'") })
         #expect(e.contains { $0.contains("'10.0.0.0/33' is not an address prefix") })
         let badInspector = Self.base.replacingOccurrences(of: "    chains:\n", with: "    inspectors: [tls, quic]\n    chains:\n")
-        #expect(errors(badInspector).contains { $0.contains("inspectors are 'tls' and 'http', not 'quic'") })
+        #expect(errors(badInspector).contains { $0.contains("inspectors are 'tls', 'http' and 'original_dst', not 'quic'") })
     }
 
     @Test func anOriginalDestinationClusterListsNoEndpoints() {

@@ -270,4 +270,50 @@ let endpointsJSON = """
         let snap = try compile(activated)
         #expect(snap.clusters.first?.endpoints.isEmpty == true, "activated by initial_fetch_timeout: no endpoints yet")
     }
+
+    /// An Istio-shaped inbound listener: chains by port, prefix (one without prefix_len, which
+    /// is /0), transport and ALPN, a refused mTLS chain, the three listener filters.
+    @Test func filterChainsTranslateAsEnvoyReadsThem() throws {
+        var r = XDSResources()
+        r.clusters["echo"] = try cluster(#"{"name": "echo", "type": "STATIC", "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}}}]}]}}"#)
+        r.clusters["passthrough"] = try cluster(#"{"name": "passthrough", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}}"#)
+        let tcp = { (c: String) in #"{"name": "tcp", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "s", "cluster": "\#(c)"}}"# }
+        let json = """
+            {"name": "virtualInbound", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+             "listener_filters": [
+               {"name": "o", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}},
+               {"name": "t", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}},
+               {"name": "h", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"},
+                "filter_disabled": {"or_match": {"rules": [{"destination_port_range": {"start": 9080, "end": 9082}}, {"destination_port_range": {"start": 3306, "end": 3307}}]}}}],
+             "listener_filters_timeout": "0s", "continue_on_listener_filters_timeout": true,
+             "filter_chains": [
+               {"name": "blackhole", "filter_chain_match": {"destination_port": 15006}, "filters": [\(tcp("echo"))]},
+               {"name": "virtualInbound", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "0.0.0.0"}], "transport_protocol": "tls"},
+                "transport_socket": {"name": "tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"}},
+                "filters": [\(tcp("passthrough"))]},
+               {"name": "virtualInbound", "filter_chain_match": {"prefix_ranges": [{"address_prefix": "0.0.0.0"}], "transport_protocol": "raw_buffer"}, "filters": [\(tcp("passthrough"))]}]}
+            """
+        r.listeners["virtualInbound"] = try EnvoyListener(jsonString: json)
+        let t = try translate(r)
+        let snap = try compile(t)
+        let l = try #require(snap.listeners.first { $0.name == "virtualInbound" })
+        let chains = try #require(l.chains)
+        #expect(chains.matches.count == 3 && chains.targets[1] == -1, "the mTLS chain is kept, refused")
+        #expect(chains.matches[1].destinationPrefixes.first?.length == 0, "no prefix_len: /0")
+        #expect(chains.inspectTLS && chains.inspectHTTP && chains.matchOriginalDestination && chains.inspectTimeoutNanoseconds == 0 && chains.continueOnTimeout)
+        #expect(chains.httpOffPorts == [9080...9081, 3306...3306])
+        #expect(chains.inspectors(port: 9081) == (true, false) && chains.inspectors(port: 9082) == (true, true))
+        #expect(snap.listeners.map(\.name).contains("virtualInbound/virtualInbound (filter_chains[2])"), "a repeated name is told apart")
+        let passthrough = try #require(snap.clusters.first { $0.name == "passthrough" })
+        #expect(passthrough.originalDestination && passthrough.sourceAddress?.description == "127.0.0.6:0")
+        #expect(t.notes.ignored[.listener]?.keys.contains { $0.hasPrefix("filter chain transport_socket") } == true)
+
+        // What Weir cannot evaluate refuses the listener, named.
+        let suffix = json.replacingOccurrences(of: #""destination_port": 15006"#, with: #""destination_port": 15006, "address_suffix": "::1""#)
+        r.listeners["virtualInbound"] = try EnvoyListener(jsonString: suffix)
+        #expect(refusal { _ = try translate(r) }.contains("filter_chains[0].filter_chain_match: unsupported field(s)"))
+        let proxyProtocol = json.replacingOccurrences(of: "envoy.extensions.filters.listener.original_dst.v3.OriginalDst", with: "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol")
+        r.listeners["virtualInbound"] = try EnvoyListener(jsonString: proxyProtocol)
+        #expect(refusal { _ = try translate(r) }.contains("proxy_protocol: refused"))
+    }
 }

@@ -19,7 +19,8 @@ extension Shard {
         guard listener.useOriginalDestination || listener.chains != nil else {
             return listener.proto == .http ? openHTTP(fd: fd, listener: li) : openConnection(fd: fd, listener: li)
         }
-        guard let destination = destinationKey(fd) else { ring.close(fd: fd); return }
+        let original = listener.useOriginalDestination || listener.chains?.matchOriginalDestination == true
+        guard let destination = destinationKey(fd, original: original) else { ring.close(fd: fd); return }
         var target = li
         if listener.useOriginalDestination, let other = snapshot.handOff(destination, from: li) { target = other }
         guard let c = takeSlot(fd: fd, listener: target) else { return }
@@ -130,11 +131,11 @@ extension Shard {
         startSession(c, listener: target)
     }
 
-    /// The address a client reached: the listener's own, or (redirected by NAT) where it was
-    /// going. Read from the kernel; no heap.
-    func destinationKey(_ fd: Int32) -> AddressKey? {
+    /// The address a client reached, or (`original`, and redirected by NAT) where it was going.
+    /// Read from the kernel; no heap.
+    func destinationKey(_ fd: Int32, original: Bool) -> AddressKey? {
         var storage = sockaddr_storage()
-        guard ring.originalDestination(fd: fd, into: &storage) == 0 || ring.localName(fd: fd, into: &storage) == 0 else { return nil }
+        guard (original && ring.originalDestination(fd: fd, into: &storage) == 0) || ring.localName(fd: fd, into: &storage) == 0 else { return nil }
         return withUnsafePointer(to: &storage) { AddressKey(storage: $0) }
     }
 
