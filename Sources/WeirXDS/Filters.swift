@@ -16,13 +16,15 @@ struct FilterType {
     let empty: Bool
     /// The configuration's bytes (nil inside a TypedStruct, whose value is a JSON-like Struct).
     let value: Data?
+    /// Inside a TypedStruct: its value, a google.protobuf.Struct.
+    var structValue: RawProto? = nil
 }
 
 func filterType(_ any: Google_Protobuf_Any) -> FilterType {
     func bare(_ url: String) -> String { url.split(separator: "/").last.map(String.init) ?? url }
     let name = bare(any.typeURL)
     if name == "udpa.type.v1.TypedStruct" || name == "xds.type.v3.TypedStruct", let raw = RawProto(any.value), let inner = raw.string(1) {
-        return FilterType(name: bare(inner), empty: (raw.bytes(2) ?? []).isEmpty, value: nil)
+        return FilterType(name: bare(inner), empty: (raw.bytes(2) ?? []).isEmpty, value: nil, structValue: raw.message(2))
     }
     return FilterType(name: name, empty: any.value.isEmpty, value: any.value)
 }
@@ -36,8 +38,19 @@ enum FilterVerdict: Equatable {
 /// Istio's built-in Wasm plugins on the null VM (compiled into Istio's Envoy, not Wasm code):
 /// metadata exchange and stats, both observers.
 func nullVMObserver(_ t: FilterType) -> String? {
-    guard let value = t.value, let wasm = RawProto(value), let config = wasm.message(1), let vm = config.message(3),
-          vm.string(2) == "envoy.wasm.runtime.null", let code = vm.message(3)?.message(1)?.string(3) else { return nil }
+    let runtime: String?, code: String?
+    if let value = t.value {
+        let vm = RawProto(value)?.message(1)?.message(3)
+        runtime = vm?.string(2)
+        code = vm?.message(3)?.message(1)?.string(3)
+    } else if let s = t.structValue {
+        // Older Istio (1.9) sends the Wasm config as a TypedStruct: the same fields, as a Struct.
+        runtime = s.structString(["config", "vm_config", "runtime"])
+        code = s.structString(["config", "vm_config", "code", "local", "inline_string"])
+    } else {
+        return nil
+    }
+    guard runtime == "envoy.wasm.runtime.null", let code else { return nil }
     switch code {
     case "envoy.wasm.metadata_exchange": return "Istio's metadata exchange (null VM)"
     case "envoy.wasm.stats": return "Istio's stats (null VM)"

@@ -60,4 +60,21 @@ struct RawProto {
     func string(_ n: Int) -> String? { bytes(n).flatMap { String(validating: $0, as: UTF8.self) } }
     func message(_ n: Int) -> RawProto? { bytes(n).flatMap { RawProto($0) } }
     func varint(_ n: Int) -> UInt64? { fields.last { $0.number == n && $0.wire == 0 }?.varint }
+    /// Every length-delimited occurrence of field `n` (a repeated field, or map entries).
+    func all(_ n: Int) -> [RawProto] { fields.filter { $0.number == n && $0.wire == 2 }.compactMap { RawProto($0.bytes) } }
+
+    /// A google.protobuf.Struct: the Value under `key` (its fields are map entries key 1, value 2).
+    func structField(_ key: String) -> RawProto? { all(1).first { $0.string(1) == key }?.message(2) }
+    /// Following nested Structs by keys (a Value's struct_value is field 5), the last Value's
+    /// string_value (field 3).
+    func structString(_ path: [String]) -> String? {
+        var current = self
+        for (i, key) in path.enumerated() {
+            guard let value = current.structField(key) else { return nil }
+            if i == path.count - 1 { return value.string(3) }
+            guard let inner = value.message(5) else { return nil }
+            current = inner
+        }
+        return nil
+    }
 }

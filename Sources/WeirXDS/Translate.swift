@@ -294,9 +294,18 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     rest.listenerFilters = []
     rest.clearListenerFiltersTimeout()
     rest.continueOnListenerFiltersTimeout = false
+    // Older Istio (1.9) says bind_to_port inside deprecated_v1; it means the same.
+    var bindToPort: Bool? = l.hasBindToPort ? l.bindToPort.value : nil
+    if l.hasDeprecatedV1 {
+        var dRest = l.deprecatedV1
+        dRest.clearBindToPort()
+        if let extra = leftover(dRest) { throw fail("deprecated_v1: unsupported field(s) \(extra)") }
+        if l.deprecatedV1.hasBindToPort { bindToPort = bindToPort ?? l.deprecatedV1.bindToPort.value }
+        rest.clearDeprecatedV1()
+    }
     if !l.accessLog.isEmpty { notes.ignore("access_log"); rest.accessLog = [] }
     if let extra = leftover(rest) { throw fail("unsupported field(s) \(extra)") }
-    if l.hasBindToPort { doc.bindToPort = located(l.bindToPort.value, p) }
+    if let bindToPort { doc.bindToPort = located(bindToPort, p) }
     if l.hasUseOriginalDst { doc.useOriginalDestination = located(l.useOriginalDst.value, p) }
     let flat = l.filterChains.count == 1 && !l.filterChains[0].hasFilterChainMatch && !l.hasDefaultFilterChain
         && !l.filterChains[0].hasTransportSocket && l.listenerFilters.isEmpty
@@ -708,6 +717,9 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
                 var aRest = a
                 // gRPC's timeout header needs HTTP/2, which Weir does not speak yet.
                 if a.hasMaxGrpcTimeout { notes.ignore("route.max_grpc_timeout"); aRest.clearMaxGrpcTimeout() }
+                // A cap on a stream's life (0s, Istio's value, is none); the route's timeout
+                // still bounds a request.
+                if a.hasMaxStreamDuration { notes.ignore("route.max_stream_duration"); aRest.clearMaxStreamDuration() }
                 aRest.clusterSpecifier = nil
                 aRest.clearTimeout()
                 aRest.clearIdleTimeout()
@@ -889,6 +901,14 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
     var rest = c
     try translateProtocolOptions(c, into: &d, p, notes, fail)
     rest.typedExtensionProtocolOptions = [:]
+    // Older Istio (1.9) writes the upstream protocol with the deprecated cluster fields: the
+    // downstream's protocol (HTTP/1.1 is all Weir's clients speak), or HTTP/2, which Weir does
+    // not speak upstream yet (as explicit_http_config above).
+    if c.protocolSelection == .useDownstreamProtocol { rest.protocolSelection = .useConfiguredProtocol }
+    if c.hasHTTP2ProtocolOptions {
+        if c.protocolSelection != .useDownstreamProtocol { notes.ignore("http2_protocol_options (HTTP/2 upstream)") }
+        rest.clearHTTP2ProtocolOptions()
+    }
     for (i, f) in c.filters.enumerated() {
         let t = filterType(f.typedConfig)
         switch clusterFilterVerdict(t) {
