@@ -18,6 +18,9 @@ ROOTS = [
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",
+    # SDS: Secret, and the TLS contexts that name secrets (listener chains, clusters).
+    "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
 ]
 OPTION_ONLY = ("validate/", "udpa/annotations/", "xds/annotations/", "envoy/annotations/")
 # Shipped with protoc itself (Debian's protobuf-compiler): well-known types come from there.

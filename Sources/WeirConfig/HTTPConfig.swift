@@ -231,9 +231,9 @@ extension Compiler {
         var prefixLength = 0
         if let h = r.match["host"] {
             for host in h.value.split(separator: ",").map(String.init) {
-                let bare = host.hasPrefix("*.") ? String(host.dropFirst(2)) : host
+                let bare = host.hasPrefix("*.") ? String(host.dropFirst(2)) : host.hasSuffix("*") ? String(host.dropLast()) : host
                 if bare.isEmpty || bare.contains("*") || !bare.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }) {
-                    bad(h.position, "host '\(host)' must be a name or '*.' followed by a domain")
+                    bad(h.position, "host '\(host)' must be a name, '*.' followed by a domain, or a prefix followed by '*'")
                 }
                 match.hosts.append(HostPattern(host))
             }
@@ -525,12 +525,7 @@ extension Listener {
         }
         if !sniRoutes.isEmpty {
             return "by server name: " + sniRoutes.map { r in
-                (r.names.isEmpty ? "any" : r.names.map { n -> String in
-                    switch n {
-                    case .exact(let b): return String(decoding: b, as: UTF8.self)
-                    case .suffix(let b): return "*" + String(decoding: b, as: UTF8.self)
-                    }
-                }.joined(separator: "|")) + " -> " + snapshot.clusters[r.clusterIndex].name
+                (r.names.isEmpty ? "any" : r.names.map(\.text).joined(separator: "|")) + " -> " + snapshot.clusters[r.clusterIndex].name
             }.joined(separator: ", ")
         }
         guard let http else { return "cluster \(snapshot.clusters[clusterIndex].name)" }
@@ -554,12 +549,7 @@ extension RouteMatch {
     public var summary: String {
         var parts: [String] = []
         if !hosts.isEmpty {
-            parts.append("host " + hosts.map { h -> String in
-                switch h {
-                case .exact(let b): return String(decoding: b, as: UTF8.self)
-                case .suffix(let b): return "*" + String(decoding: b, as: UTF8.self)
-                }
-            }.joined(separator: "|"))
+            parts.append("host " + hosts.map(\.text).joined(separator: "|"))
         }
         switch path {
         case .any: break

@@ -119,6 +119,8 @@ public struct TLSDocument: Sendable {
     public var curves: Located<String>?
     public var alpn: [Located<String>] = []
     public var clientCA: Located<String>?
+    /// From SDS: the client CA bundle as PEM text (`clientCA` then names the secret).
+    public var clientCAPEM: String? = nil
     public var ticketKeyRotation: Located<Int64>?
     public init(position: SourcePosition) { self.position = position }
 }
@@ -130,6 +132,9 @@ public struct CertificateDocument: Sendable {
     public var serverNames: [Located<String>] = []
     /// A DER OCSP response to staple for this certificate (read when the snapshot compiles).
     public var ocspStaple: Located<String>?
+    /// From SDS: the chain and key as PEM text instead of file paths (`cert`/`key` then name
+    /// the secret, for messages and summaries).
+    public var inlinePEM: (cert: String, key: String)? = nil
     public init(position: SourcePosition) { self.position = position }
 }
 

@@ -173,9 +173,13 @@ extension Compiler {
             guard let ctx = SSL_CTX_new(TLS_server_method()) else { bad(c.position, "cannot create a TLS context: \(openSSLErrors())"); continue }
             var usable = true
             ERR_clear_error()
-            if SSL_CTX_use_certificate_chain_file(ctx, cert.value) != 1 {
+            let loadedChain = c.inlinePEM.map { p in p.cert.withCString { weir_ctx_use_pem_chain(ctx, $0, p.cert.utf8.count) } }
+                ?? SSL_CTX_use_certificate_chain_file(ctx, cert.value)
+            let loadedKey = { c.inlinePEM.map { p in p.key.withCString { weir_ctx_use_pem_key(ctx, $0, p.key.utf8.count) } }
+                ?? SSL_CTX_use_PrivateKey_file(ctx, key.value, SSL_FILETYPE_PEM) }
+            if loadedChain != 1 {
                 bad(cert.position, "cannot load certificate \(cert.value): \(openSSLErrors())"); usable = false
-            } else if SSL_CTX_use_PrivateKey_file(ctx, key.value, SSL_FILETYPE_PEM) != 1 {
+            } else if loadedKey() != 1 {
                 let why = openSSLErrors()
                 if why.contains("mismatch") { bad(key.position, "key \(key.value) does not match certificate \(cert.value)") }
                 else { bad(key.position, "cannot load key \(key.value): \(why)") }
@@ -197,7 +201,14 @@ extension Compiler {
             // handshakes. One ticket per handshake is enough for a client to resume.
             _ = weir_ssl_ctx_session_cache_off(ctx)
             _ = SSL_CTX_set_num_tickets(ctx, 1)
-            if let ca = d.clientCA {
+            if let ca = d.clientCA, let pem = d.clientCAPEM {
+                if pem.withCString({ weir_ctx_trust_pem(ctx, $0, pem.utf8.count, 1) }) < 1 {
+                    bad(ca.position, "client CA \(ca.value) holds no certificate: \(openSSLErrors())"); usable = false
+                } else {
+                    SSL_CTX_set_verify(ctx, weir_verify_peer_required(), nil)
+                    _ = SSL_CTX_set_session_id_context(ctx, "weir", 4)
+                }
+            } else if let ca = d.clientCA {
                 if SSL_CTX_load_verify_locations(ctx, ca.value, nil) != 1 {
                     bad(ca.position, "cannot load client_ca \(ca.value): \(openSSLErrors())"); usable = false
                 } else {

@@ -7,10 +7,24 @@ public enum HostPattern: Equatable, Sendable {
     /// "*.example.com" stored as ".example.com": matches any host ending in it (not the bare
     /// domain, as in Envoy and nginx).
     case suffix([UInt8])
+    /// "example.com:*" stored as "example.com:": any host starting with it and longer (Envoy's
+    /// prefix wildcard; Istio's gateways name a host on any port this way).
+    case prefix([UInt8])
 
     public init(_ text: String) {
         let lower = Array(text.lowercased().utf8)
-        self = text.hasPrefix("*.") ? .suffix(Array(lower.dropFirst())) : .exact(lower)
+        if text.hasPrefix("*.") { self = .suffix(Array(lower.dropFirst())) }
+        else if text.count > 1 && text.hasSuffix("*") { self = .prefix(Array(lower.dropLast())) }
+        else { self = .exact(lower) }
+    }
+
+    /// As written.
+    public var text: String {
+        switch self {
+        case .exact(let b): return String(decoding: b, as: UTF8.self)
+        case .suffix(let b): return "*" + String(decoding: b, as: UTF8.self)
+        case .prefix(let b): return String(decoding: b, as: UTF8.self) + "*"
+        }
     }
 }
 
@@ -77,6 +91,8 @@ public struct RouteTable: Sendable {
     let exact: HostIndex
     let suffixes: HostIndex
     let anyHost: [Int32]
+    /// Routes naming a prefix wildcard: few (Istio writes "host:*"), so checked one by one.
+    let prefixed: [Int32]
     /// Match hosts without their port (Weir's default, and Envoy's strip_any_host_port), or with
     /// it, as Envoy does by default: there "example.com:8080" does not match "example.com".
     public let stripsPort: Bool
@@ -85,19 +101,21 @@ public struct RouteTable: Sendable {
         self.routes = routes
         self.stripsPort = stripsPort
         var exact: [UInt64: [Int32]] = [:], suffixes: [UInt64: [Int32]] = [:]
-        var anyHost: [Int32] = []
+        var anyHost: [Int32] = [], prefixed: [Int32] = []
         for (i, r) in routes.enumerated() {
             if r.hosts.isEmpty { anyHost.append(Int32(i)); continue }
             for h in r.hosts {
                 switch h {
                 case .exact(let b): b.withUnsafeBytes { exact[HostIndex.hash($0, 0, b.count), default: []].append(Int32(i)) }
                 case .suffix(let b): b.withUnsafeBytes { suffixes[HostIndex.hash($0, 0, b.count), default: []].append(Int32(i)) }
+                case .prefix: if prefixed.last != Int32(i) { prefixed.append(Int32(i)) }
                 }
             }
         }
         self.exact = HostIndex(exact)
         self.suffixes = HostIndex(suffixes)
         self.anyHost = anyHost
+        self.prefixed = prefixed
     }
 
     /// The index of the first route that matches, or nil (the proxy answers 404). The first
@@ -112,6 +130,7 @@ public struct RouteTable: Sendable {
             }
         }
         anyHost.withUnsafeBufferPointer { scan($0) }
+        if !prefixed.isEmpty { prefixed.withUnsafeBufferPointer { scan($0) } }
         if !exact.isEmpty || !suffixes.isEmpty {
             let start = Int(host.start), end = Int(host.end)
             exact.lookup(HostIndex.hash(source, start, end), scan)
@@ -179,6 +198,8 @@ public struct RouteTable: Sendable {
         case .exact(let h): return host.count == h.count && bytesEqual(buf, Int(host.start), h, caseInsensitive: true)
         case .suffix(let s):
             return host.count > s.count && bytesEqual(buf, Int(host.end) - s.count, s, caseInsensitive: true)
+        case .prefix(let p):
+            return host.count > p.count && bytesEqual(buf, Int(host.start), p, caseInsensitive: true)
         }
     }
 

@@ -188,6 +188,7 @@ public final class ADSClient: @unchecked Sendable {
         track(.cluster, old.clusters, new.clusters)
         track(.endpoint, old.loadAssignments, new.loadAssignments)
         track(.route, old.routes, new.routes)
+        track(.secret, old.secrets, new.secrets)
         return changedNow
     }
 
@@ -225,7 +226,7 @@ public final class ADSClient: @unchecked Sendable {
                 continuation.yield(request(type, names: [], node: first))
                 first = false
             }
-            for type in [XDSType.endpoint, .route] where !(subscribed[type] ?? []).isEmpty {
+            for type in [XDSType.endpoint, .route, .secret] where !(subscribed[type] ?? []).isEmpty {
                 continuation.yield(request(type, names: subscribed[type]!, node: false))
             }
             var options = CallOptions.defaults
@@ -291,6 +292,8 @@ public final class ADSClient: @unchecked Sendable {
                 for (k, v) in try decodeAll(response.resources, EnvoyLoadAssignment.self, type, { $0.clusterName }) { candidate.loadAssignments[k] = v; responseNames.insert(k) }
             case .route:
                 for (k, v) in try decodeAll(response.resources, EnvoyRouteConfiguration.self, type, { $0.name }) { candidate.routes[k] = v; responseNames.insert(k) }
+            case .secret:
+                for (k, v) in try decodeAll(response.resources, EnvoySecret.self, type, { $0.name }) { candidate.secrets[k] = v; responseNames.insert(k) }
             }
         } catch {
             decodeError = "\(error)"
@@ -315,6 +318,7 @@ public final class ADSClient: @unchecked Sendable {
                 if candidate.clusters[name] == nil { refusedClusters.insert(name) }
             case .endpoint: candidate.loadAssignments[name] = resources.loadAssignments[name]
             case .route: candidate.routes[name] = resources.routes[name]
+            case .secret: candidate.secrets[name] = resources.secrets[name]
             }
         }
         func refuse(_ name: String, _ why: String) {
@@ -327,7 +331,7 @@ public final class ADSClient: @unchecked Sendable {
         for round in 1...8 {
             let same = lastTranslation != nil && lastActivated == activated
             let t = translateEach(candidate, activate: activated, previous: lastTranslation,
-                                  reuseClusters: same && (type == .route || type == .listener),
+                                  reuseClusters: same && (type == .route || type == .listener || type == .secret),
                                   reuseListeners: same && type == .endpoint, refused: refusedClusters)
             var progress = false
             var other: [String] = []
@@ -368,6 +372,13 @@ public final class ADSClient: @unchecked Sendable {
                     }.map(\.key)
                     if users.isEmpty { other.append(why) }
                     for u in users { refuse(u, why) }
+                case ("listener", .secret):
+                    // A certificate or CA that does not load: the secrets that listener uses.
+                    let used = candidate.listeners[name].map { l in
+                        (l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : [])).flatMap { sdsNames(of: $0.transportSocket) }
+                    } ?? []
+                    if used.isEmpty { other.append(why) }
+                    for r in Set(used) { refuse(r, why) }
                 case ("listener", .route):
                     // A listener's routes as a whole (none at all, say): the configurations it uses.
                     let used = candidate.listeners[name].map { candidate.rdsNames(of: $0) } ?? []
@@ -384,6 +395,8 @@ public final class ADSClient: @unchecked Sendable {
         if type == .listener {
             let keep = Set(candidate.rdsNames)
             candidate.routes = candidate.routes.filter { keep.contains($0.key) }
+            let secrets = Set(candidate.sdsNames)
+            candidate.secrets = candidate.secrets.filter { secrets.contains($0.key) }
         } else if type == .cluster {
             let keep = Set(candidate.edsNames)
             candidate.loadAssignments = candidate.loadAssignments.filter { keep.contains($0.key) }
@@ -414,9 +427,10 @@ public final class ADSClient: @unchecked Sendable {
             out.yield(request(type, names: subscribed[type] ?? [], node: false, nonce: response.nonce, error: why))
         }
         // Subscriptions follow what the clusters and listeners need now.
-        let eds = resources.edsNames, rds = resources.rdsNames
+        let eds = resources.edsNames, rds = resources.rdsNames, sds = resources.sdsNames
         if eds != (subscribed[.endpoint] ?? []) { out.yield(request(.endpoint, names: eds, node: false)) }
         if rds != (subscribed[.route] ?? []) { out.yield(request(.route, names: rds, node: false)) }
+        if sds != (subscribed[.secret] ?? []) { out.yield(request(.secret, names: sds, node: false)) }
     }
 
     /// Every refused resource and why, sorted by name, at most 8 KiB (then how many more).

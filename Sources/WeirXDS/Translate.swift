@@ -15,6 +15,7 @@ public enum XDSType: String, CaseIterable, Sendable {
     case cluster = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
     case endpoint = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
     case route = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+    case secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
     public var short: String {
         switch self {
@@ -22,6 +23,7 @@ public enum XDSType: String, CaseIterable, Sendable {
         case .cluster: return "CDS"
         case .endpoint: return "EDS"
         case .route: return "RDS"
+        case .secret: return "SDS"
         }
     }
 }
@@ -64,7 +66,15 @@ public struct XDSResources: Sendable {
     public var clusters: [String: EnvoyCluster] = [:]
     public var loadAssignments: [String: EnvoyLoadAssignment] = [:]
     public var routes: [String: EnvoyRouteConfiguration] = [:]
+    public var secrets: [String: EnvoySecret] = [:]
     public init() {}
+
+    /// SDS names the listeners' TLS chains need.
+    public var sdsNames: [String] {
+        Set(listeners.values.flatMap { l in
+            (l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : [])).filter(\.hasTransportSocket).flatMap { WeirXDS.sdsNames(of: $0.transportSocket) }
+        }).sorted()
+    }
 
     /// EDS names the clusters need (their service name, or their own name).
     public var edsNames: [String] {
@@ -220,7 +230,7 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
         let cached: (result: Result<ListenerTranslation, XDSError>, notes: Notes)
         if reuseListeners, let hit = previous?.listenerResults[name] { cached = hit } else {
             let notes = Notes()
-            do { cached = (.success(try translateListener(l, routes: r.routes, knownClusters: known, refusedClusters: refused, notes: notes)), notes) } catch {
+            do { cached = (.success(try translateListener(l, routes: r.routes, secrets: r.secrets, knownClusters: known, refusedClusters: refused, notes: notes)), notes) } catch {
                 var e = error as? XDSError ?? XDSError(resource: "listener '\(name)'", message: "\(error)")
                 e.involved[.listener] = name
                 cached = (.failure(e), notes)
@@ -243,7 +253,7 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
                 out.activatedIncomplete.insert(key)
             }
             out.listeners.append(doc)
-        case .waitingForRoutes(let routeName, var doc, let uses):
+        case .waiting(let what, var doc, let uses):
             // Warming for its routes, or for a cluster another chain uses.
             if activate.contains(key) {
                 doc.mayHaveNoRoutes = true
@@ -251,7 +261,7 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
                 out.activatedIncomplete.insert(key)
             } else {
                 let cluster = uses.first(where: { !active.contains($0) }).map { ", cluster \($0) warming" } ?? ""
-                out.warming.append((key, "routes \(routeName)\(cluster)"))
+                out.warming.append((key, "\(what)\(cluster)"))
             }
         }
     }
@@ -261,10 +271,13 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
 enum ListenerTranslation {
     case ready(ListenerDocument, uses: [String])
     /// The listener as it would be without routes, for activation after initial_fetch_timeout.
-    case waitingForRoutes(String, ListenerDocument, uses: [String])
+    /// What it waits for ("routes NAME", "secret NAME"), and the listener as it would be
+    /// without it (no routes: 404; a chain without its certificate: closed), for activation
+    /// after initial_fetch_timeout.
+    case waiting(String, ListenerDocument, uses: [String])
 }
 
-func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], knownClusters: Set<String>,
+func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], secrets: [String: EnvoySecret] = [:], knownClusters: Set<String>,
                        refusedClusters: Set<String> = [], notes: Notes = Notes()) throws -> ListenerTranslation {
     func unknown(_ c: String) -> String { unknownCluster(c, refusedClusters) }
     let what = "listener '\(l.name)'"
@@ -312,7 +325,7 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
     if flat {
         let (uses, waiting) = try translateChain(l.filterChains[0], label: "filter_chains[0]", into: &doc, listener: l.name, routes: routes,
                                                  knownClusters: knownClusters, refusedClusters: refusedClusters, notes: notes, fail: fail)
-        if let waiting { return .waitingForRoutes(waiting, doc, uses: uses) }
+        if let waiting { return .waiting("routes \(waiting)", doc, uses: uses) }
         return .ready(doc, uses: uses)
     }
     guard !l.filterChains.isEmpty || l.hasDefaultFilterChain else { throw fail("filter_chains: a listener needs at least one filter chain") }
@@ -331,23 +344,31 @@ func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfigurat
         } else if fc.hasFilterChainMatch, leftover(fc.filterChainMatch) != nil {
             throw fail("default_filter_chain: a filter_chain_match means nothing on the default chain")
         }
+        var plaintext = !fc.hasTransportSocket
         if fc.hasTransportSocket {
-            // TLS on a chain needs its certificates from SDS, which Weir does not speak yet: the
-            // chain stays in the match (a connection it would get is closed, never given to a
-            // plaintext chain), and the rest of the listener serves.
-            let t = fc.transportSocket.typedConfig.typeURL.split(separator: "/").last.map(String.init) ?? fc.transportSocket.name
-            chain.refused = "\(label).transport_socket \(t): TLS with SDS certificates is not implemented yet"
-            notes.ignore("filter chain transport_socket (\(t)); its connections are closed")
-        } else {
-            let (u, w) = try translateChain(fc, label: label, into: &chain.body, listener: l.name, routes: routes, knownClusters: knownClusters,
-                                            refusedClusters: refusedClusters, notes: notes, fail: fail)
-            uses += u
-            if let w { waiting = waiting ?? w; chain.body.mayHaveNoRoutes = true }
+            let t = fc.transportSocket.typedConfig.typeURL
+            plaintext = t.hasSuffix("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") || (t.isEmpty && fc.transportSocket.name == "envoy.transport_sockets.raw_buffer")
+        }
+        var socketless = fc
+        socketless.clearTransportSocket()
+        let (u, w) = try translateChain(socketless, label: label, into: &chain.body, listener: l.name, routes: routes, knownClusters: knownClusters,
+                                        refusedClusters: refusedClusters, notes: notes, fail: fail)
+        uses += u
+        if let w { waiting = waiting ?? "routes \(w)"; chain.body.mayHaveNoRoutes = true }
+        if !plaintext {
+            switch try translateDownstreamTLS(fc.transportSocket, label: label, secrets: secrets, p, notes: notes, fail: fail) {
+            case .ready(let tls):
+                chain.body.tls = tls
+            case .waiting(let secret):
+                // Until its certificate arrives the chain closes what it gets (never plaintext).
+                chain.refused = "\(label): secret '\(secret)' has not arrived"
+                waiting = waiting ?? "secret \(secret)"
+            }
         }
         doc.chains.append(chain)
     }
     notes.about(.listener, l.name)
-    if let waiting { return .waitingForRoutes(waiting, doc, uses: uses) }
+    if let waiting { return .waiting(waiting, doc, uses: uses) }
     return .ready(doc, uses: uses)
 }
 

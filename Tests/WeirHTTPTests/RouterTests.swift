@@ -40,6 +40,19 @@ func req(_ method: String = "GET", _ target: String, host: String = "example.com
         #expect(route(table, req("GET", "http://x.example.org/p", host: "other")) == 2)
     }
 
+    @Test func aPrefixWildcardMatchesTheHostOnAnyPort() {
+        // Istio's gateways write "a.example.com" and "a.example.com:*" and match with the port.
+        var a = RouteMatch(); a.hosts = [HostPattern("a.example.com"), HostPattern("a.example.com:*")]
+        var other = RouteMatch(); other.hosts = [HostPattern("b.*")]
+        let t = RouteTable([a, other], stripsPort: false)
+        #expect(route(t, req("GET", "/", host: "a.example.com")) == 0)
+        #expect(route(t, req("GET", "/", host: "A.Example.com:8443")) == 0)
+        #expect(route(t, req("GET", "/", host: "a.example.com:")) == nil, "the wildcard matches at least one byte")
+        #expect(route(t, req("GET", "/", host: "a.example.comm")) == nil)
+        #expect(route(t, req("GET", "/", host: "b.anything")) == 1)
+        #expect(HostPattern("a.example.com:*").text == "a.example.com:*" && HostPattern("*.x.com").text == "*.x.com")
+    }
+
     @Test func headersAndMethods() {
         #expect(route(table, req("GET", "/x", extra: "X-Canary: yes\r\n")) == 3)
         #expect(route(table, req("GET", "/x", extra: "X-Canary: no\r\n")) == nil)

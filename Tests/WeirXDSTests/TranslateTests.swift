@@ -316,4 +316,30 @@ let endpointsJSON = """
         r.listeners["virtualInbound"] = try EnvoyListener(jsonString: proxyProtocol)
         #expect(refusal { _ = try translate(r) }.contains("proxy_protocol: refused"))
     }
+
+    /// A chain's DownstreamTlsContext names its certificate by SDS: the listener waits for the
+    /// secret (and would close that chain's connections if activated without it), then serves
+    /// it; what Weir cannot check about clients refuses the listener.
+    @Test func aChainsTLSComesFromSDSAndWaitsForIt() throws {
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "STATIC", "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}}}]}]}}"#)
+        let tls = #"{"name": "tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_certificate_sds_secret_configs": [{"name": "kubernetes://gw", "sds_config": {"ads": {}}}]}}}"#
+        let json = #"{"name": "gw", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8443}}, "filter_chains": [{"filter_chain_match": {"server_names": ["a.example.com"]}, "transport_socket": \#(tls), "filters": [{"name": "tcp", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "s", "cluster": "app"}}]}]}"#
+        r.listeners["gw"] = try EnvoyListener(jsonString: json)
+        #expect(r.sdsNames == ["kubernetes://gw"])
+        let waiting = try translate(r)
+        #expect(waiting.listeners.isEmpty && waiting.warming.first?.why == "secret kubernetes://gw")
+        let activated = try translate(r, activate: ["listener gw"])
+        #expect(activated.listeners.first?.chains.first?.refused?.contains("has not arrived") == true, "activated without it: closed, never plaintext")
+        r.secrets["kubernetes://gw"] = try EnvoySecret(jsonString: #"{"name": "kubernetes://gw", "tls_certificate": {"certificate_chain": {"inline_string": "PEM"}, "private_key": {"inline_string": "KEY"}}}"#)
+        let ready = try translate(r)
+        let chainTLS = try #require(ready.listeners.first?.chains.first?.body.tls)
+        #expect(chainTLS.certificates.first?.inlinePEM?.cert == "PEM" && chainTLS.alpn.map(\.value) == ["http/1.1"], "h2 is not offered")
+        // A PEM that does not load is the compiler's to refuse (named by its listener).
+        #expect(refusal { _ = try compile(ready) }.contains("cannot load certificate sds:kubernetes://gw"))
+
+        let san = tls.replacingOccurrences(of: #""tls_certificate_sds_secret_configs""#, with: #""validation_context": {"trusted_ca": {"inline_string": "CA"}, "match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/default/sa/app"}]}, "tls_certificate_sds_secret_configs""#)
+        r.listeners["gw"] = try EnvoyListener(jsonString: json.replacingOccurrences(of: tls, with: san))
+        #expect(refusal { _ = try translate(r) }.contains("subject alt name matchers are not implemented yet"))
+    }
 }

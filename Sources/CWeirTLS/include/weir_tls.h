@@ -15,4 +15,11 @@ void weir_ticket_keys_free(weir_ticket_keys *keys);
 /* Rotations so far (for tests and stats). */
 long weir_ticket_keys_rotations(weir_ticket_keys *keys);
 
+/* PEM from memory: a certificate chain (leaf first), a private key, CA certificates to trust
+ * (and, with `advertise`, name to clients as acceptable issuers). 1 (or the CA count) on
+ * success, 0 on failure with OpenSSL's error queue saying why. */
+int weir_ctx_use_pem_chain(SSL_CTX *ctx, const char *pem, long length);
+int weir_ctx_use_pem_key(SSL_CTX *ctx, const char *pem, long length);
+int weir_ctx_trust_pem(SSL_CTX *ctx, const char *pem, long length, int advertise);
+
 #endif

@@ -2,7 +2,7 @@
 """A small xDS management server (ADS, state of the world) for Weir's tests, on Envoy's real
 protos (PyPI xds-protos + grpcio). `xds_server.py [PORT]` prints "port N" when listening. Reads commands from stdin, one
 JSON object per line: {"type": "CDS"|"LDS"|"EDS"|"RDS", "version": "v1", "resources": [...]},
-resources in proto3 JSON. Each command replaces that type's resources and is pushed to the
+resources in proto3 JSON (SDS: Secret resources). Each command replaces that type's resources and is pushed to the
 connected stream. Every request Weir sends is printed as one line:
   REQ <type> version=<v> nonce=<n> names=<a,b> node=<the stream's node id> error=<error_detail message, lines joined by " | ">
 Exits when stdin closes.
@@ -32,6 +32,7 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
@@ -47,6 +48,7 @@ TYPES = {
     "LDS": ("type.googleapis.com/envoy.config.listener.v3.Listener", listener_pb2.Listener),
     "EDS": ("type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", endpoint_pb2.ClusterLoadAssignment),
     "RDS": ("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", route_pb2.RouteConfiguration),
+    "SDS": ("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", secret_pb2.Secret),
 }
 SHORT = {url: short for short, (url, _) in TYPES.items()}
 state = {}          # short -> (version, [Any])

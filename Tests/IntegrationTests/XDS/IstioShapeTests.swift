@@ -245,4 +245,61 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(stats[#"weir_filter_chain_closed_total{reason="refused_chain"}"#] == 1)
         #expect(stats[#"weir_filter_chain_closed_total{reason="no_chain"}"#] == 1)
     }
+
+    /// An ingress gateway's HTTPS listener as istiod sends it: a chain per host (server_names)
+    /// whose DownstreamTlsContext names its certificate by SDS, served over the same ADS stream.
+    /// The listener warms until its secret arrives; a new version of the secret is served to new
+    /// handshakes; a secret whose PEM does not load is refused by name and the last good one
+    /// keeps serving.
+    @Test func aGatewaysHTTPSChainsTakeTheirCertificatesFromSDSAndRotate() throws {
+        let certs = try TestCertificates()
+        let cp = try XDSControlPlane()
+        let app = try HTTPUpstream(name: "app")
+        let port = try freePort(), adminPort = try freePort()
+        let weir = try WeirProcess(yaml: """
+            admin: { address: 127.0.0.1:\(adminPort) }
+            node: { id: "router~127.0.0.1~gateway-1.istio-system~istio-system.svc.cluster.local", cluster: istio-ingressgateway }
+            xds: { address: "127.0.0.1:\(cp.port)", initial_fetch_timeout: 30s }
+            """)
+        defer { weir.stop() }
+        func jsonString(_ text: String) -> String {
+            String(decoding: try! JSONSerialization.data(withJSONObject: [text], options: [.fragmentsAllowed]), as: UTF8.self).dropFirst().dropLast().description
+        }
+        func secret(_ name: String, _ cert: String, _ key: String) throws -> String {
+            let c = try String(contentsOfFile: certs.path(cert), encoding: .utf8), k = try String(contentsOfFile: certs.path(key), encoding: .utf8)
+            return #"{"name": "\#(name)", "tls_certificate": {"certificate_chain": {"inline_string": \#(jsonString(c))}, "private_key": {"inline_string": \#(jsonString(k))}}}"#
+        }
+        cp.push("CDS", version: "c1", #"[{"name": "outbound|80||app.default.svc.cluster.local", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": \#(app.port)}}}}]}]}}]"#)
+        let hcm = #"{"name": "envoy.filters.network.http_connection_manager", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", "stat_prefix": "outbound_0.0.0.0_8443", "rds": {"route_config_name": "https.443.https.gateway.default", "config_source": {"ads": {}, "resource_api_version": "V3"}}, "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}], "forward_client_cert_details": "SANITIZE_SET", "use_remote_address": true}}"#
+        let tls = #"{"name": "envoy.transport_sockets.tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}, "tls_certificate_sds_secret_configs": [{"name": "kubernetes://a-cert", "sds_config": {"ads": {}, "resource_api_version": "V3"}}]}, "require_client_certificate": false}}"#
+        cp.push("LDS", version: "l1", """
+            [{"name": "0.0.0.0_8443", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(port)}},
+              "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+              "filter_chains": [{"filter_chain_match": {"server_names": ["a.example.com"]}, "transport_socket": \(tls), "filters": [\(hcm)]}]}]
+            """)
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ SDS") && $0.contains("names=kubernetes://a-cert") } != nil, "the certificate is asked for: \(cp.requests.suffix(4))")
+        cp.push("RDS", version: "r1", #"[{"name": "https.443.https.gateway.default", "virtual_hosts": [{"name": "a", "domains": ["a.example.com", "a.example.com:*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "outbound|80||app.default.svc.cluster.local"}}]}]}]"#)
+        #expect(weir.waitForLog("warming listener 0.0.0.0_8443 (secret kubernetes://a-cert)"), "\(weir.log.suffix(2000))")
+        #expect((try? TestClient(loopback(port), timeoutSeconds: 1)) == nil, "warming: not bound yet")
+
+        cp.push("SDS", version: "s1", "[\(try secret("kubernetes://a-cert", "a.pem", "a.key"))]")
+        #expect(weir.waitForLog("xds: ACK SDS version s1"), "\(weir.log.suffix(2000))")
+        #expect(secondsUntil(limit: 10) { (try? TestClient(loopback(port), timeoutSeconds: 1)) != nil } != nil, "bound once its certificate came")
+        var (status, out) = try curlTLS(port, name: "a.example.com", path: "/gw", certs: certs)
+        #expect(status == 0 && out.hasPrefix("app /gw") && out.hasSuffix("200"), "\(out)\n\(weir.log.suffix(2000))")
+        #expect(try sClient(port, ["-servername", "a.example.com", "-alpn", "h2,http/1.1"]).contains("ALPN protocol: http/1.1"), "h2 is not offered: Weir speaks HTTP/1.1")
+
+        // Rotation: the next version of the secret is what new handshakes get.
+        cp.push("SDS", version: "s2", "[\(try secret("kubernetes://a-cert", "default.pem", "default.key"))]")
+        #expect(weir.waitForLog("xds: ACK SDS version s2"))
+        #expect(secondsUntil(limit: 10) { ((try? sClient(port, ["-servername", "a.example.com"])) ?? "").contains("CN = default.example.com") } != nil)
+
+        // A secret whose key does not match its certificate: refused, named; s2 keeps serving.
+        cp.push("SDS", version: "s3", "[\(try secret("kubernetes://a-cert", "a.pem", "default.key"))]")
+        let nack = cp.waitForRequest { $0.hasPrefix("REQ SDS") && $0.contains("error=") && !$0.hasSuffix("error=") }
+        #expect(nack?.contains("kubernetes://a-cert") == true && nack?.contains("version=s2") == true, "\(nack ?? "no NACK")")
+        #expect(try sClient(port, ["-servername", "a.example.com"]).contains("CN = default.example.com"))
+        (status, out) = try curlTLS(port, name: "a.example.com", path: "/still", certs: certs, extra: ["-k"])
+        #expect(status == 0 && out.hasSuffix("200"), "\(out)")
+    }
 }

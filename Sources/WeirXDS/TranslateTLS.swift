@@ -1,0 +1,192 @@
+// Downstream TLS from xDS: a filter chain's DownstreamTlsContext, with its certificate and CA
+// from SDS (Secret resources over ADS, as istiod and pilot-agent serve them) or inline, into the
+// listener TLS document a YAML `tls:` gives. What Weir cannot check (subject alt name matchers,
+// CRLs, pinned hashes) refuses the listener: skipping it would accept clients the control plane
+// meant to refuse.
+import Foundation
+import SwiftProtobuf
+import WeirConfig
+import WeirXDSProtos
+
+public typealias EnvoySecret = Envoy_Extensions_TransportSockets_Tls_V3_Secret
+typealias DownstreamTLS = Envoy_Extensions_TransportSockets_Tls_V3_DownstreamTlsContext
+typealias CommonTLS = Envoy_Extensions_TransportSockets_Tls_V3_CommonTlsContext
+typealias ValidationContext = Envoy_Extensions_TransportSockets_Tls_V3_CertificateValidationContext
+typealias SDSConfig = Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig
+
+let downstreamTLSType = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+/// What a chain's transport socket gives: its TLS document, or the secret it still waits for.
+enum ChainTLS {
+    case ready(TLSDocument)
+    case waiting(secret: String)
+}
+
+/// The SDS names a DownstreamTlsContext refers to (certificates and validation context).
+func sdsNames(of socket: Envoy_Config_Core_V3_TransportSocket) -> [String] {
+    guard socket.typedConfig.typeURL.hasSuffix(downstreamTLSType),
+          let tls = try? DownstreamTLS(unpackingAny: socket.typedConfig) else { return [] }
+    let common = tls.commonTlsContext
+    var names = common.tlsCertificateSdsSecretConfigs.map(\.name)
+    switch common.validationContextType {
+    case .validationContextSdsSecretConfig(let s)?: names.append(s.name)
+    case .combinedValidationContext(let c)?: names.append(c.validationContextSdsSecretConfig.name)
+    default: break
+    }
+    return names
+}
+
+/// A TLS transport socket on a filter chain as a listener TLS document.
+func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, label: String, secrets: [String: EnvoySecret],
+                            _ p: SourcePosition, notes: Notes, fail: (String) -> XDSError) throws -> ChainTLS {
+    let at = "\(label).transport_socket"
+    guard socket.typedConfig.typeURL.hasSuffix(downstreamTLSType) else {
+        throw fail("\(at): \(socket.typedConfig.typeURL) is not supported (DownstreamTlsContext is)")
+    }
+    let tls: DownstreamTLS
+    do { tls = try DownstreamTLS(unpackingAny: socket.typedConfig) } catch { throw fail("\(at): cannot decode: \(error)") }
+    var rest = tls
+    rest.clearCommonTlsContext()
+    rest.clearRequireClientCertificate()
+    if tls.hasRequireSni && !tls.requireSni.value { rest.clearRequireSni() }
+    rest.ocspStaplePolicy = .lenientStapling
+    if let extra = leftover(rest) { throw fail("\(at): unsupported field(s) \(extra)") }
+    let common = tls.commonTlsContext
+    var commonRest = common
+    commonRest.tlsCertificateSdsSecretConfigs = []
+    commonRest.tlsCertificates = []
+    commonRest.validationContextType = nil
+    commonRest.alpnProtocols = []
+    commonRest.clearTlsParams()
+    if let extra = leftover(commonRest) { throw fail("\(at).common_tls_context: unsupported field(s) \(extra)") }
+    var d = TLSDocument(position: p)
+    // Certificates: from SDS by name, or inline.
+    for s in common.tlsCertificateSdsSecretConfigs {
+        try checkSDSConfig(s, at, fail)
+        guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
+        guard case .tlsCertificate(let cert)? = secret.type else { throw fail("\(at): secret '\(s.name)' is not a tls_certificate") }
+        d.certificates.append(try certificate(cert, name: "sds:\(s.name)", p, fail))
+    }
+    for (i, c) in common.tlsCertificates.enumerated() { d.certificates.append(try certificate(c, name: "\(at).tls_certificates[\(i)]", p, fail)) }
+    if d.certificates.isEmpty { throw fail("\(at): needs a certificate (tls_certificate_sds_secret_configs or tls_certificates)") }
+    // Who may connect: the CA that signs client certificates.
+    var validation: ValidationContext? = nil
+    var validationName = ""
+    switch common.validationContextType {
+    case nil: break
+    case .validationContext(let v)?: validation = v; validationName = "\(at).validation_context"
+    case .validationContextSdsSecretConfig(let s)?:
+        try checkSDSConfig(s, at, fail)
+        guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
+        guard case .validationContext(let v)? = secret.type else { throw fail("\(at): secret '\(s.name)' is not a validation_context") }
+        validation = v; validationName = "sds:\(s.name)"
+    case .combinedValidationContext(let c)?:
+        try checkSDSConfig(c.validationContextSdsSecretConfig, at, fail)
+        guard let secret = secrets[c.validationContextSdsSecretConfig.name] else { return .waiting(secret: c.validationContextSdsSecretConfig.name) }
+        guard case .validationContext(var v)? = secret.type else { throw fail("\(at): secret '\(c.validationContextSdsSecretConfig.name)' is not a validation_context") }
+        // The default context's checks join the secret's (Envoy merges them the same way).
+        let extra = c.defaultValidationContext
+        v.matchSubjectAltNames += extra.matchSubjectAltNames
+        v.matchTypedSubjectAltNames += extra.matchTypedSubjectAltNames
+        var extraRest = extra
+        extraRest.matchSubjectAltNames = []
+        extraRest.matchTypedSubjectAltNames = []
+        if let left = leftover(extraRest) { throw fail("\(at).combined_validation_context.default_validation_context: unsupported field(s) \(left)") }
+        validation = v; validationName = "sds:\(c.validationContextSdsSecretConfig.name)"
+    default: throw fail("\(at): certificate providers are not supported (validation_context or its SDS secret are)")
+    }
+    if let v = validation {
+        if !v.matchSubjectAltNames.isEmpty || !v.matchTypedSubjectAltNames.isEmpty {
+            throw fail("\(at): subject alt name matchers are not implemented yet: Weir would accept any certificate its CA signed")
+        }
+        var vRest = v
+        vRest.clearTrustedCa()
+        if let extra = leftover(vRest) { throw fail("\(at) (\(validationName)): unsupported field(s) \(extra)") }
+        guard v.hasTrustedCa else { throw fail("\(at) (\(validationName)): needs trusted_ca") }
+        d.clientCA = located(validationName, p)
+        switch v.trustedCa.specifier {
+        case .filename(let f)?: d.clientCA = located(f, p)
+        default: d.clientCAPEM = try pem(v.trustedCa, "\(validationName).trusted_ca", fail)
+        }
+    }
+    let requireClient = tls.hasRequireClientCertificate && tls.requireClientCertificate.value
+    if requireClient && d.clientCA == nil { throw fail("\(at): require_client_certificate needs a validation context with trusted_ca") }
+    if !requireClient && d.clientCA != nil {
+        // Envoy then asks for a certificate but lets clients without one in; Weir verifies
+        // every client it asks, so it cannot honour "optional" without weakening nothing.
+        throw fail("\(at): a validation context without require_client_certificate (optional client certificates) is not supported")
+    }
+    // ALPN: Weir speaks HTTP/1.1 (a client offered h2 falls back to it); Istio's
+    // istio-peer-exchange would start a metadata exchange Weir does not speak.
+    let served = common.alpnProtocols.filter { $0 != "h2" && $0 != "istio-peer-exchange" }
+    if served.count != common.alpnProtocols.count { notes.ignore("transport_socket alpn_protocols h2 and istio-peer-exchange (not offered: Weir speaks neither)") }
+    d.alpn = served.map { located($0, p) }
+    if common.hasTlsParams {
+        let t = common.tlsParams
+        var tRest = t
+        tRest.tlsMinimumProtocolVersion = .tlsAuto
+        tRest.tlsMaximumProtocolVersion = .tlsAuto
+        tRest.cipherSuites = []
+        tRest.ecdhCurves = []
+        if let extra = leftover(tRest) { throw fail("\(at).common_tls_context.tls_params: unsupported field(s) \(extra)") }
+        func version(_ v: Envoy_Extensions_TransportSockets_Tls_V3_TlsParameters.TlsProtocol, _ what: String) throws -> String? {
+            switch v {
+            case .tlsAuto: return nil
+            case .tlsv12: return "1.2"
+            case .tlsv13: return "1.3"
+            default: throw fail("\(at).common_tls_context.tls_params.\(what): Weir speaks TLS 1.2 and 1.3, not \(v)")
+            }
+        }
+        d.minVersion = try version(t.tlsMinimumProtocolVersion, "tls_minimum_protocol_version").map { located($0, p) }
+        d.maxVersion = try version(t.tlsMaximumProtocolVersion, "tls_maximum_protocol_version").map { located($0, p) }
+        // Envoy's cipher_suites hold TLS 1.2 suites (OpenSSL names; a bracketed group is Envoy's
+        // equal-preference syntax, which OpenSSL reads as one more name and refuses).
+        if !t.cipherSuites.isEmpty { d.ciphers = located(t.cipherSuites.joined(separator: ":"), p) }
+        if !t.ecdhCurves.isEmpty { d.curves = located(t.ecdhCurves.joined(separator: ":"), p) }
+    }
+    return .ready(d)
+}
+
+func checkSDSConfig(_ s: SDSConfig, _ at: String, _ fail: (String) -> XDSError) throws {
+    guard !s.name.isEmpty else { throw fail("\(at): an SDS secret config needs a name") }
+    // Secrets come over the same ADS stream (Istio points sds_config at ADS, or at pilot-agent's
+    // SDS socket, which a Weir under pilot-agent reaches the same way).
+    if s.hasSdsConfig {
+        switch s.sdsConfig.configSourceSpecifier {
+        case .ads?, nil: break
+        case .apiConfigSource(let api)? where api.grpcServices.first?.envoyGrpc.clusterName == "sds-grpc": break
+        default: throw fail("\(at): secret '\(s.name)': only SDS over ADS is supported")
+        }
+    }
+}
+
+/// A secret's certificate and key as a certificate document (PEM inline, or files).
+func certificate(_ c: Envoy_Extensions_TransportSockets_Tls_V3_TlsCertificate, name: String, _ p: SourcePosition,
+                 _ fail: (String) -> XDSError) throws -> CertificateDocument {
+    var rest = c
+    rest.clearCertificateChain()
+    rest.clearPrivateKey()
+    if let extra = leftover(rest) { throw fail("\(name): unsupported field(s) \(extra)") }
+    var d = CertificateDocument(position: p)
+    if case .filename(let cf)? = c.certificateChain.specifier, case .filename(let kf)? = c.privateKey.specifier {
+        d.cert = located(cf, p)
+        d.key = located(kf, p)
+        return d
+    }
+    d.cert = located(name, p)
+    d.key = located(name, p)
+    d.inlinePEM = (try pem(c.certificateChain, "\(name).certificate_chain", fail), try pem(c.privateKey, "\(name).private_key", fail))
+    return d
+}
+
+/// PEM text from a DataSource's inline bytes or string.
+func pem(_ s: Envoy_Config_Core_V3_DataSource, _ what: String, _ fail: (String) -> XDSError) throws -> String {
+    switch s.specifier {
+    case .inlineBytes(let b)?: return String(decoding: b, as: UTF8.self)
+    case .inlineString(let t)?: return t
+    case .filename(let f)?:
+        guard let data = FileManager.default.contents(atPath: f) else { throw fail("\(what): cannot read \(f)") }
+        return String(decoding: data, as: UTF8.self)
+    default: throw fail("\(what): needs inline_bytes, inline_string or filename")
+    }
+}
