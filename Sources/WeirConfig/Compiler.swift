@@ -180,7 +180,9 @@ public enum Compiler {
             let pos = doc.xdsPosition ?? doc.position
             if let a = x["address"] {
                 do {
-                    let address = try SocketAddress.parse(a.value)
+                    let unix = a.value.hasPrefix("unix:") ? String(a.value.dropFirst(5)) : nil
+                    if let unix, unix.isEmpty { fail(a.position, "xds address unix: needs a socket path") }
+                    let address = unix != nil ? SocketAddress(ipv4: 0, 0, 0, 0, port: 0) : try SocketAddress.parse(a.value)
                     var timeout: Int64 = 15_000_000_000
                     if let t = x["initial_fetch_timeout"] {
                         if let ns = parseDurationNanoseconds(t.value), (0...600_000_000_000).contains(ns) { timeout = ns }
@@ -189,9 +191,10 @@ public enum Compiler {
                     let id = doc.node["id"]?.value ?? ""
                     if id.isEmpty { fail(doc.node["id"]?.position ?? pos, "xds needs node.id (how the control plane knows this weir; Istio expects router~IP~ID~DOMAIN)") }
                     xds = XDSSettings(address: address, initialFetchTimeoutNanoseconds: timeout, nodeID: id,
-                                      nodeCluster: doc.node["cluster"]?.value ?? "", nodeMetadata: doc.nodeMetadata)
+                                      nodeCluster: doc.node["cluster"]?.value ?? "", nodeMetadata: doc.nodeMetadata,
+                                      unixPath: unix, nodeMetadataJSON: doc.nodeMetadataJSON)
                 } catch {
-                    fail(a.position, "xds address: \(error) (an IP:PORT, such as 127.0.0.1:18000)")
+                    fail(a.position, "xds address: \(error) (an IP:PORT, such as 127.0.0.1:18000, or unix:PATH)")
                 }
             } else {
                 fail(pos, "xds needs an 'address' (the control plane's IP:PORT)")

@@ -26,6 +26,8 @@ public struct ConfigDocument: Sendable {
     public var xdsPosition: SourcePosition?
     public var node: [String: Located<String>] = [:]
     public var nodeMetadata: [String: String] = [:]
+    /// From an Envoy bootstrap: node.metadata as JSON.
+    public var nodeMetadataJSON: String? = nil
     public var position: SourcePosition
     /// Problems the reader found in the shape of the source (unknown keys, wrong types).
     public var shapeErrors: [ConfigError] = []

@@ -172,6 +172,14 @@ public struct XDSSettings: Sendable, Equatable {
     public var nodeID: String
     public var nodeCluster: String
     public var nodeMetadata: [String: String]
+    /// The control plane on a Unix socket (pilot-agent's ./etc/istio/proxy/XDS) instead of
+    /// `address`.
+    public var unixPath: String? = nil
+    /// The node's metadata as JSON (an Envoy bootstrap's node.metadata, nested values and all),
+    /// sent instead of `nodeMetadata` when set.
+    public var nodeMetadataJSON: String? = nil
+    /// Where the control plane is, for logs.
+    public var target: String { unixPath.map { "unix:\($0)" } ?? address.description }
 }
 
 /// The admin API's listener. Bound once at start; a reload that changes it applies at restart.

@@ -202,7 +202,7 @@ public final class ADSClient: @unchecked Sendable {
                 backoff = 0.25
             } catch {
                 statsBox.withLock { $0.connected = false; $0.lastError = "\(error)" }
-                Log.warning("xds: stream to \(settings.address) ended: \(error); reconnecting")
+                Log.warning("xds: stream to \(settings.target) ended: \(error); reconnecting")
             }
             // Jittered exponential backoff, at most 30 s.
             let wait = backoff * Double.random(in: 0.5...1.5)
@@ -213,7 +213,8 @@ public final class ADSClient: @unchecked Sendable {
 
     func stream() async throws {
         let host = settings.address.hostText, port = Int(settings.address.port)
-        let target: any ResolvableTarget = settings.address.family == .inet ? .ipv4(address: host, port: port) : .ipv6(address: host, port: port)
+        let target: any ResolvableTarget = settings.unixPath.map { .unixDomainSocket(path: $0) }
+            ?? (settings.address.family == .inet ? .ipv4(address: host, port: port) : .ipv6(address: host, port: port))
         let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext,
                                                        config: .defaults { $0.http2.maxFrameSize = 1 << 20 })
         try await withGRPCClient(transport: transport) { grpc in
@@ -254,7 +255,9 @@ public final class ADSClient: @unchecked Sendable {
         if node {
             r.node.id = settings.nodeID
             r.node.cluster = settings.nodeCluster
-            if !settings.nodeMetadata.isEmpty {
+            if let json = settings.nodeMetadataJSON, let m = try? Google_Protobuf_Struct(jsonString: json) {
+                r.node.metadata = m
+            } else if !settings.nodeMetadata.isEmpty {
                 var s = Google_Protobuf_Struct()
                 for (k, v) in settings.nodeMetadata { s.fields[k] = Google_Protobuf_Value(stringValue: v) }
                 r.node.metadata = s
@@ -534,7 +537,7 @@ extension ADSClient {
                 ignored.append("{\"type\":\(q(type)),\"field\":\(q(field)),\"resources\":[\(names.sorted().map(q).joined(separator: ","))]}")
             }
         }
-        return "{\"control_plane\":\(q(settings.address.description)),\"node\":\(q(settings.nodeID)),\"connected\":\(s.connected),"
+        return "{\"control_plane\":\(q(settings.target)),\"node\":\(q(settings.nodeID)),\"connected\":\(s.connected),"
             + "\"versions\":{\(versions)},\"resources\":[\(resources)],\"refused\":[\(refused.joined(separator: ","))],"
             + "\"ignored\":[\(ignored.joined(separator: ","))],\"last_error\":\(q(s.lastError))}"
     }

@@ -26,6 +26,80 @@ struct Weir: ParsableCommand {
         discussion: "See man weir(8) and weir.yaml(5).",
         version: weirVersion,
         subcommands: [Run.self, Check.self, Reload.self, Demo.self, Simulate.self, Version.self])
+
+    /// `weir -c envoy.json --drain-time-s 45 ...`, as pilot-agent starts Envoy, runs the bootstrap;
+    /// everything else is weir's own command line.
+    static func main() {
+        let args = Array(CommandLine.arguments.dropFirst())
+        if let first = args.first, first.hasPrefix("-"), let run = EnvoyCommandLine.translate(args) {
+            self.main(run)
+            return
+        }
+        self.main(nil)
+    }
+}
+
+/// Envoy's command line as pilot-agent writes it, turned into `weir run`: -c (the bootstrap),
+/// --log-level, --concurrency and --drain-time-s mean what they mean to Envoy; --service-node and
+/// --service-cluster fill in a bootstrap without a node; the rest (hot restart, flush intervals,
+/// parent shutdown) change nothing Weir does and are ignored with a warning each.
+enum EnvoyCommandLine {
+    nonisolated(unsafe) static var flags = (drainSeconds: Int?.none, serviceCluster: String?.none, serviceNode: String?.none)
+    static let ignoredWithValue: Set<String> = ["--parent-shutdown-time-s", "--local-address-ip-version", "--file-flush-interval-msec",
+                                                "--component-log-level", "--log-format", "--log-path", "--drain-strategy", "--restart-epoch",
+                                                "--base-id", "--service-zone", "--mode", "--disable-extensions", "--stats-tag",
+                                                "--socket-path", "--socket-mode", "--hot-restart-version", "--bootstrap-version"]
+    static let ignoredAlone: Set<String> = ["--disable-hot-restart", "--allow-unknown-static-fields", "--reject-unknown-dynamic-fields",
+                                            "--ignore-unknown-dynamic-fields", "--skip-hot-restart-on-no-parent", "--use-dynamic-base-id",
+                                            "--log-format-escaped", "--enable-fine-grain-logging", "--cpuset-threads", "--enable-core-dump",
+                                            "--skip-hot-restart-parent-stats", "--disable-hot-restart"]
+
+    /// `weir run` arguments, or nil when this is not Envoy's command line (no -c).
+    static func translate(_ args: [String]) -> [String]? {
+        var out: [String] = ["run"], config: String? = nil
+        var i = 0
+        func value() -> String? { i += 1; return i < args.count ? args[i] : nil }
+        while i < args.count {
+            var a = args[i], inline: String? = nil
+            if a.hasPrefix("--"), let eq = a.firstIndex(of: "=") { inline = String(a[a.index(after: eq)...]); a = String(a[..<eq]) }
+            func v() -> String? { inline ?? value() }
+            switch a {
+            case "-c", "--config-path": config = v()
+            case "-l", "--log-level":
+                let level = v() ?? "info"
+                let map = ["trace": "trace", "debug": "debug", "info": "info", "warning": "warning", "warn": "warning", "error": "error",
+                           "critical": "critical", "off": "critical"]
+                out += ["--log-level", map[level] ?? "info"]
+            case "--concurrency": if let n = v() { out += ["--shards", n] }
+            case "--drain-time-s": flags.drainSeconds = v().flatMap { Int($0) }
+            case "--service-cluster": flags.serviceCluster = v()
+            case "--service-node": flags.serviceNode = v()
+            case "--config-yaml":
+                fputs("weir: --config-yaml is not supported; give the bootstrap as a file with -c\n", stderr)
+                return ["run", "--config", "/dev/null/--config-yaml"]
+            default:
+                if ignoredWithValue.contains(a) { _ = v(); fputs("weir: ignoring Envoy flag \(a) (it changes nothing Weir does)\n", stderr) }
+                else if ignoredAlone.contains(a) { fputs("weir: ignoring Envoy flag \(a) (it changes nothing Weir does)\n", stderr) }
+                else { fputs("weir: ignoring unknown Envoy flag \(a)\n", stderr) }
+            }
+            i += 1
+        }
+        guard let config else { return nil }
+        return out + ["--config", config]
+    }
+}
+
+/// The configuration document of a file: weir's YAML, or an Envoy bootstrap (JSON).
+func loadDocument(_ path: String) throws -> ConfigDocument {
+    #if XDS
+    if let data = FileManager.default.contents(atPath: path), Bootstrap.recognizes(data) {
+        let f = EnvoyCommandLine.flags
+        let (doc, warnings) = try Bootstrap.document(data, path: path, flags: Bootstrap.Flags(drainSeconds: f.drainSeconds, serviceCluster: f.serviceCluster, serviceNode: f.serviceNode))
+        for w in warnings { fputs("weir: \(w)\n", stderr) }
+        return doc
+    }
+    #endif
+    return try YAMLLoader.load(path: path)
 }
 
 struct ConfigOption: ParsableArguments {
@@ -36,7 +110,7 @@ struct ConfigOption: ParsableArguments {
 /// Loads and compiles a config file, or prints every error and exits 1.
 func loadSnapshot(_ path: String) throws -> Snapshot {
     do {
-        let doc = try YAMLLoader.load(path: path)
+        let doc = try loadDocument(path)
         XDSState.staticDocument.withLock { $0 = doc }
         return try Compiler.compile(doc)
     } catch let e as ConfigErrors {
@@ -163,7 +237,7 @@ struct Run: ParsableCommand {
         Log.level = LogLevel(name: logLevel ?? snapshot.logLevel) ?? .info
         #if !XDS
         if let xds = snapshot.xds {
-            fputs("weir: this build has no xDS (it was built with --disable-default-traits); build with the default traits to use 'xds:' (\(xds.address))\n", stderr)
+            fputs("weir: this build has no xDS (it was built with --disable-default-traits); build with the default traits to use 'xds:' (\(xds.target))\n", stderr)
             throw ExitCode(1)
         }
         #endif
@@ -196,7 +270,7 @@ struct Run: ParsableCommand {
             server.extraPrometheus = { client.prometheus() }
             server.extraConfigDump = { client.configDumpJSON() }
             client.start()
-            Log.info("xds: control plane \(xds.address), node \(xds.nodeID)")
+            Log.info("xds: control plane \(xds.target), node \(xds.nodeID)")
         }
         #endif
         if let settings = server.store.snapshot.admin {
@@ -270,7 +344,7 @@ struct Run: ParsableCommand {
         server.reloadLock.withLock { _ in
             let current = server.store.snapshot.generation
             do {
-                let doc = try YAMLLoader.load(path: options.config)
+                let doc = try loadDocument(options.config)
                 XDSState.staticDocument.withLock { $0 = doc }
                 let dynamic = XDSState.dynamic.withLock { $0 }
                 var merged = doc

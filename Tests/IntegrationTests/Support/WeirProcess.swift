@@ -52,7 +52,9 @@ final class WeirProcess {
     private var stopped = false
 
     /// Starts `weir run` with `yaml` and waits (up to 15 s) until it says it is running.
-    init(yaml: String, arguments: [String] = [], io: TestIO = .current) throws {
+    /// `envoyArguments`: start it the way pilot-agent starts Envoy, `weir -c FILE ARGS` (the
+    /// file then holds an Envoy bootstrap).
+    init(yaml: String, arguments: [String] = [], envoyArguments: [String]? = nil, io: TestIO = .current) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
         directory = dir
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -60,7 +62,8 @@ final class WeirProcess {
         logPath = dir.appendingPathComponent("weir.log").path
         try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
         FileManager.default.createFile(atPath: logPath, contents: nil)
-        let command = [weirBinary(), "run", "--config", configPath] + arguments + (io == .epoll ? ["--io", "epoll"] : [])
+        let command = envoyArguments.map { [weirBinary(), "-c", configPath] + $0 }
+            ?? ([weirBinary(), "run", "--config", configPath] + arguments + (io == .epoll ? ["--io", "epoll"] : []))
         let (executable, args) = io == .denied ? deniedIoUring(command) : (command[0], Array(command.dropFirst()))
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = args

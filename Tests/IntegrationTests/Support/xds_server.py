@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A small xDS management server (ADS, state of the world) for Weir's tests, on Envoy's real
-protos (PyPI xds-protos + grpcio). `xds_server.py [PORT]` prints "port N" when listening. Reads commands from stdin, one
+protos (PyPI xds-protos + grpcio). `xds_server.py [PORT | unix:PATH]` prints "port N" when listening. Reads commands from stdin, one
 JSON object per line: {"type": "CDS"|"LDS"|"EDS"|"RDS", "version": "v1", "resources": [...]},
 resources in proto3 JSON (SDS: Secret resources). Each command replaces that type's resources and is pushed to the
 connected stream. Every request Weir sends is printed as one line:
@@ -119,7 +119,9 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
 ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ADS(), server)
-port = server.add_insecure_port(f"127.0.0.1:{sys.argv[1] if len(sys.argv) > 1 else 0}")
+where = sys.argv[1] if len(sys.argv) > 1 else "0"
+# "unix:PATH" listens on a Unix socket, as pilot-agent serves xDS to its proxy.
+port = server.add_insecure_port(where if where.startswith("unix:") else f"127.0.0.1:{where}")
 server.start()
 print(f"port {port}", flush=True)
 for line in sys.stdin:

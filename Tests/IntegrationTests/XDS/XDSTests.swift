@@ -21,13 +21,13 @@ final class XDSControlPlane {
     private let lines = LineLog()
 
     /// `port`: listen there (a restarted control plane), else on a free port.
-    init(port wanted: UInt16 = 0) throws {
+    init(port wanted: UInt16 = 0, unixPath: String? = nil) throws {
         let python = repositoryRoot.appendingPathComponent(".build/venv-test/bin/python3").path
         guard FileManager.default.fileExists(atPath: python) else {
             throw LoopbackError(message: "no \(python): run scripts/setup-debian.sh --tests (it installs grpcio and xds-protos)")
         }
         process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/xds_server.py").path, "\(wanted)"]
+        process.arguments = [repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/xds_server.py").path, unixPath.map { "unix:\($0)" } ?? "\(wanted)"]
         process.standardInput = input
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
