@@ -173,6 +173,7 @@ extension Compiler {
             guard let ctx = SSL_CTX_new(TLS_server_method()) else { bad(c.position, "cannot create a TLS context: \(openSSLErrors())"); continue }
             var usable = true
             ERR_clear_error()
+            weir_ctx_no_password(ctx)
             let loadedChain = c.inlinePEM.map { p in p.cert.withCString { weir_ctx_use_pem_chain(ctx, $0, p.cert.utf8.count) } }
                 ?? SSL_CTX_use_certificate_chain_file(ctx, cert.value)
             let loadedKey = { c.inlinePEM.map { p in p.key.withCString { weir_ctx_use_pem_key(ctx, $0, p.key.utf8.count) } }
@@ -187,8 +188,13 @@ extension Compiler {
             } else if SSL_CTX_check_private_key(ctx) != 1 {
                 bad(key.position, "key \(key.value) does not match certificate \(cert.value)"); usable = false
             } else if let x = SSL_CTX_get0_certificate(ctx) {
-                if X509_cmp_current_time(X509_get0_notAfter(x)) < 0 { bad(cert.position, "certificate \(cert.value) has expired"); usable = false }
-                else if X509_cmp_current_time(X509_get0_notBefore(x)) > 0 { bad(cert.position, "certificate \(cert.value) is not valid yet"); usable = false }
+                // A file's certificate out of date is an operator's error; one from SDS is
+                // served anyway (as Envoy does), with a warning: its rotation is the agent's.
+                let when = X509_cmp_current_time(X509_get0_notAfter(x)) < 0 ? "has expired" : X509_cmp_current_time(X509_get0_notBefore(x)) > 0 ? "is not valid yet" : nil
+                if let when {
+                    if c.inlinePEM != nil { Log.warning("listener '\(listener)' tls: certificate \(cert.value) \(when); serving it until a new version comes") }
+                    else { bad(cert.position, "certificate \(cert.value) \(when)"); usable = false }
+                }
             }
             if !applyTLSParameters(ctx, min: minVersion, max: maxVersion, ciphers: d.ciphers, suites: d.cipherSuites, curves: d.curves,
                                    at: d.position, bad) { usable = false }
@@ -265,6 +271,29 @@ extension Compiler {
     }
 }
 
+extension Compiler {
+    /// Why a certificate chain and key in PEM would not load (nil: they load and match), checked
+    /// when an SDS secret arrives so a bad one is refused by its own name.
+    public static func certificateProblem(chain: String, key: String) -> String? {
+        guard let ctx = SSL_CTX_new(TLS_server_method()) else { return "cannot create a TLS context" }
+        defer { SSL_CTX_free(ctx) }
+        ERR_clear_error()
+        weir_ctx_no_password(ctx)
+        if chain.withCString({ weir_ctx_use_pem_chain(ctx, $0, chain.utf8.count) }) != 1 { return "its certificate_chain does not load: \(openSSLErrors())" }
+        if key.withCString({ weir_ctx_use_pem_key(ctx, $0, key.utf8.count) }) != 1 { return "its private_key does not load: \(openSSLErrors())" }
+        if SSL_CTX_check_private_key(ctx) != 1 { return "its private_key does not match its certificate" }
+        return nil
+    }
+
+    /// Why a CA bundle in PEM holds no usable certificate (nil: it does).
+    public static func caProblem(_ pem: String) -> String? {
+        guard let ctx = SSL_CTX_new(TLS_server_method()) else { return "cannot create a TLS context" }
+        defer { SSL_CTX_free(ctx) }
+        ERR_clear_error()
+        return pem.withCString({ weir_ctx_trust_pem(ctx, $0, pem.utf8.count, 0) }) < 1 ? "its trusted_ca holds no certificate: \(openSSLErrors())" : nil
+    }
+}
+
 /// TLS from Weir to a cluster's endpoints: a client context (verification, optional client
 /// certificate) and the server name to send and check.
 public final class UpstreamTLS: @unchecked Sendable {
@@ -300,6 +329,7 @@ extension Compiler {
             _ = SSL_CTX_set_default_verify_paths(ctx)
         }
         SSL_CTX_set_verify(ctx, verify ? weir_verify_peer() : weir_verify_none(), nil)
+        weir_ctx_no_password(ctx)
         switch (t["cert"], t["key"]) {
         case (let cert?, let key?):
             if SSL_CTX_use_certificate_chain_file(ctx, cert.value) != 1 {

@@ -328,6 +328,11 @@ public final class ADSClient: @unchecked Sendable {
             if refused[name] == nil { refused[name] = why }
             revert(name)
         }
+        // A secret is checked as it arrives (its PEM loads, its key matches), so a bad one is
+        // refused by its own name and the last good version keeps serving.
+        if type == .secret {
+            for name in responseNames.sorted() { if let s = candidate.secrets[name], let why = secretProblem(s) { refuse(name, why) } }
+        }
         var translation: Translation? = nil
         let t1 = monotonicNanoseconds()
         var t2 = t1

@@ -549,14 +549,17 @@ func translateChain(_ chain: Envoy_Config_Listener_V3_FilterChain, label: String
         }
     }
     hcmRest.upgradeConfigs = []
-    // X-Forwarded-Client-Cert. Weir's xDS listeners are plaintext (a chain's transport_socket is
-    // refused), so there is never a client certificate to add: SANITIZE (the default) and
-    // SANITIZE_SET remove a client's XFCC (an upstream trusting it could be told any identity),
-    // the forwarding modes pass it on as received.
+    // X-Forwarded-Client-Cert. Envoy forwards a client's XFCC only from an mTLS peer, and
+    // APPEND_FORWARD and SANITIZE_SET add the verified peer's details, which Weir does not write
+    // yet. So every mode but ALWAYS_FORWARD_ONLY removes it: an upstream that trusts it could
+    // otherwise be told any identity, by a plaintext client or by an mTLS one naming another.
     let sanitizeXFCC: Bool
     switch hcm.forwardClientCertDetails {
-    case .sanitize, .sanitizeSet: sanitizeXFCC = true
-    case .forwardOnly, .appendForward, .alwaysForwardOnly: sanitizeXFCC = false
+    case .sanitize: sanitizeXFCC = true
+    case .sanitizeSet, .forwardOnly, .appendForward:
+        sanitizeXFCC = true
+        notes.ignore("http_connection_manager.forward_client_cert_details \(hcm.forwardClientCertDetails) (Weir removes a client's XFCC and adds none yet)")
+    case .alwaysForwardOnly: sanitizeXFCC = false
     default: throw fail("http_connection_manager.forward_client_cert_details \(hcm.forwardClientCertDetails) is not supported")
     }
     hcmRest.forwardClientCertDetails = .sanitize

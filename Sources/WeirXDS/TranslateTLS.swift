@@ -59,12 +59,34 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
     commonRest.alpnProtocols = []
     commonRest.clearTlsParams()
     if let extra = leftover(commonRest) { throw fail("\(at).common_tls_context: unsupported field(s) \(extra)") }
+    if tls.ocspStaplePolicy != .lenientStapling { notes.ignore("transport_socket ocsp_staple_policy (no staples come from xDS)") }
+    // Everything about the context itself is checked before any secret is looked up, so a
+    // context Weir cannot honour is refused now, not once its secrets arrive.
+    for s in common.tlsCertificateSdsSecretConfigs { try checkSDSConfig(s, at, fail) }
+    switch common.validationContextType {
+    case nil: break
+    case .validationContext(let v)?: try checkValidation(v, at, fail)
+    case .validationContextSdsSecretConfig(let s)?: try checkSDSConfig(s, at, fail)
+    case .combinedValidationContext(let c)?:
+        try checkSDSConfig(c.validationContextSdsSecretConfig, at, fail)
+        var cRest = c
+        cRest.clearDefaultValidationContext()
+        cRest.clearValidationContextSdsSecretConfig()
+        if let extra = leftover(cRest) { throw fail("\(at).combined_validation_context: unsupported field(s) \(extra)") }
+        var extraRest = c.defaultValidationContext
+        extraRest.matchSubjectAltNames = []
+        extraRest.matchTypedSubjectAltNames = []
+        if let left = leftover(extraRest) { throw fail("\(at).combined_validation_context.default_validation_context: unsupported field(s) \(left)") }
+        if !c.defaultValidationContext.matchSubjectAltNames.isEmpty || !c.defaultValidationContext.matchTypedSubjectAltNames.isEmpty {
+            throw fail("\(at): subject alt name matchers are not implemented yet: Weir would accept any certificate its CA signed")
+        }
+    default: throw fail("\(at): certificate providers are not supported (validation_context or its SDS secret are)")
+    }
     var d = TLSDocument(position: p)
     // Certificates: from SDS by name, or inline.
     for s in common.tlsCertificateSdsSecretConfigs {
-        try checkSDSConfig(s, at, fail)
         guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
-        guard case .tlsCertificate(let cert)? = secret.type else { throw fail("\(at): secret '\(s.name)' is not a tls_certificate") }
+        guard case .tlsCertificate(let cert)? = secret.type else { throw secretFail(s.name, "\(at): secret '\(s.name)' is not a tls_certificate", fail) }
         d.certificates.append(try certificate(cert, name: "sds:\(s.name)", p, fail))
     }
     for (i, c) in common.tlsCertificates.enumerated() { d.certificates.append(try certificate(c, name: "\(at).tls_certificates[\(i)]", p, fail)) }
@@ -76,33 +98,19 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
     case nil: break
     case .validationContext(let v)?: validation = v; validationName = "\(at).validation_context"
     case .validationContextSdsSecretConfig(let s)?:
-        try checkSDSConfig(s, at, fail)
         guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
-        guard case .validationContext(let v)? = secret.type else { throw fail("\(at): secret '\(s.name)' is not a validation_context") }
+        guard case .validationContext(let v)? = secret.type else { throw secretFail(s.name, "\(at): secret '\(s.name)' is not a validation_context", fail) }
+        do { try checkValidation(v, "secret '\(s.name)'", fail) } catch let e as XDSError { throw secretFail(s.name, e.message, fail) }
         validation = v; validationName = "sds:\(s.name)"
     case .combinedValidationContext(let c)?:
-        try checkSDSConfig(c.validationContextSdsSecretConfig, at, fail)
-        guard let secret = secrets[c.validationContextSdsSecretConfig.name] else { return .waiting(secret: c.validationContextSdsSecretConfig.name) }
-        guard case .validationContext(var v)? = secret.type else { throw fail("\(at): secret '\(c.validationContextSdsSecretConfig.name)' is not a validation_context") }
-        // The default context's checks join the secret's (Envoy merges them the same way).
-        let extra = c.defaultValidationContext
-        v.matchSubjectAltNames += extra.matchSubjectAltNames
-        v.matchTypedSubjectAltNames += extra.matchTypedSubjectAltNames
-        var extraRest = extra
-        extraRest.matchSubjectAltNames = []
-        extraRest.matchTypedSubjectAltNames = []
-        if let left = leftover(extraRest) { throw fail("\(at).combined_validation_context.default_validation_context: unsupported field(s) \(left)") }
-        validation = v; validationName = "sds:\(c.validationContextSdsSecretConfig.name)"
-    default: throw fail("\(at): certificate providers are not supported (validation_context or its SDS secret are)")
+        let name = c.validationContextSdsSecretConfig.name
+        guard let secret = secrets[name] else { return .waiting(secret: name) }
+        guard case .validationContext(let v)? = secret.type else { throw secretFail(name, "\(at): secret '\(name)' is not a validation_context", fail) }
+        do { try checkValidation(v, "secret '\(name)'", fail) } catch let e as XDSError { throw secretFail(name, e.message, fail) }
+        validation = v; validationName = "sds:\(name)"
+    default: break
     }
     if let v = validation {
-        if !v.matchSubjectAltNames.isEmpty || !v.matchTypedSubjectAltNames.isEmpty {
-            throw fail("\(at): subject alt name matchers are not implemented yet: Weir would accept any certificate its CA signed")
-        }
-        var vRest = v
-        vRest.clearTrustedCa()
-        if let extra = leftover(vRest) { throw fail("\(at) (\(validationName)): unsupported field(s) \(extra)") }
-        guard v.hasTrustedCa else { throw fail("\(at) (\(validationName)): needs trusted_ca") }
         d.clientCA = located(validationName, p)
         switch v.trustedCa.specifier {
         case .filename(let f)?: d.clientCA = located(f, p)
@@ -147,6 +155,61 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
     return .ready(d)
 }
 
+/// What Weir checks of a validation context: a trusted_ca and nothing else (subject alt name
+/// matchers, CRLs, pinned hashes would each refuse some clients Weir would let in).
+func checkValidation(_ v: ValidationContext, _ at: String, _ fail: (String) -> XDSError) throws {
+    if !v.matchSubjectAltNames.isEmpty || !v.matchTypedSubjectAltNames.isEmpty {
+        throw fail("\(at): subject alt name matchers are not implemented yet: Weir would accept any certificate its CA signed")
+    }
+    var vRest = v
+    vRest.clearTrustedCa()
+    if let extra = leftoverNames(vRest) { throw fail("\(at): unsupported field(s) \(extra)") }
+    guard v.hasTrustedCa else { throw fail("\(at): needs trusted_ca") }
+}
+
+/// An error about a secret's own content: the SDS update that brought it refuses that secret.
+func secretFail(_ name: String, _ message: String, _ fail: (String) -> XDSError) -> XDSError {
+    var e = fail(message)
+    e.involved[.secret] = name
+    return e
+}
+
+/// The names of the fields set in `message` (never their values: secrets hold keys).
+func leftoverNames<M: SwiftProtobuf.Message>(_ message: M) -> String? {
+    guard let json = leftover(message) else { return nil }
+    guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return "(fields not shown)" }
+    return object.keys.sorted().joined(separator: ", ")
+}
+
+/// Why a secret as it arrives cannot be served (a chain or key that does not load, a CA
+/// bundle with no certificate), checked before anything uses it; nil when it is fine.
+public func secretProblem(_ s: EnvoySecret) -> String? {
+    switch s.type {
+    case .tlsCertificate(let c)?:
+        var rest = c
+        rest.clearCertificateChain()
+        rest.clearPrivateKey()
+        if let extra = leftoverNames(rest) { return "secret '\(s.name)': unsupported field(s) \(extra)" }
+        func text(_ d: Envoy_Config_Core_V3_DataSource) -> String? {
+            switch d.specifier {
+            case .inlineBytes(let b)?: return String(decoding: b, as: UTF8.self)
+            case .inlineString(let t)?: return t
+            default: return nil
+            }
+        }
+        guard let chain = text(c.certificateChain), let key = text(c.privateKey) else { return nil }  // files: checked when they load
+        return Compiler.certificateProblem(chain: chain, key: key).map { "secret '\(s.name)': \($0)" }
+    case .validationContext(let v)?:
+        switch v.trustedCa.specifier {
+        case .inlineBytes(let b)?: return Compiler.caProblem(String(decoding: b, as: UTF8.self)).map { "secret '\(s.name)': \($0)" }
+        case .inlineString(let t)?: return Compiler.caProblem(t).map { "secret '\(s.name)': \($0)" }
+        default: return nil
+        }
+    case nil: return "secret '\(s.name)': it holds nothing"
+    default: return "secret '\(s.name)': only tls_certificate and validation_context secrets are supported"
+    }
+}
+
 func checkSDSConfig(_ s: SDSConfig, _ at: String, _ fail: (String) -> XDSError) throws {
     guard !s.name.isEmpty else { throw fail("\(at): an SDS secret config needs a name") }
     // Secrets come over the same ADS stream (Istio points sds_config at ADS, or at pilot-agent's
@@ -166,7 +229,7 @@ func certificate(_ c: Envoy_Extensions_TransportSockets_Tls_V3_TlsCertificate, n
     var rest = c
     rest.clearCertificateChain()
     rest.clearPrivateKey()
-    if let extra = leftover(rest) { throw fail("\(name): unsupported field(s) \(extra)") }
+    if let extra = leftoverNames(rest) { throw fail("\(name): unsupported field(s) \(extra)") }
     var d = CertificateDocument(position: p)
     if case .filename(let cf)? = c.certificateChain.specifier, case .filename(let kf)? = c.privateKey.specifier {
         d.cert = located(cf, p)

@@ -21,5 +21,7 @@ long weir_ticket_keys_rotations(weir_ticket_keys *keys);
 int weir_ctx_use_pem_chain(SSL_CTX *ctx, const char *pem, long length);
 int weir_ctx_use_pem_key(SSL_CTX *ctx, const char *pem, long length);
 int weir_ctx_trust_pem(SSL_CTX *ctx, const char *pem, long length, int advertise);
+/* Encrypted keys fail to load instead of prompting for a passphrase on the terminal. */
+void weir_ctx_no_password(SSL_CTX *ctx);
 
 #endif
