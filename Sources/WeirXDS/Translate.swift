@@ -142,6 +142,9 @@ public struct Translation {
     /// names of the active ones.
     var clusterPart: (docs: [ClusterDocument], warming: [(key: String, why: String)], activated: Set<String>, active: Set<String>,
                       rejected: [XDSError], notes: Notes) = ([], [], [], [], [], Notes())
+    /// The listener documents served, by name: a new version that warms leaves its previous
+    /// one serving (as Envoy keeps a listener until its replacement is warm).
+    var served: [String: ListenerDocument] = [:]
     /// Each listener's translation (or refusal) and its notes, before readiness is decided.
     var listenerResults: [String: (result: Result<ListenerTranslation, XDSError>, notes: Notes)] = [:]
     /// Each cluster's document with the Cluster and assignment it came from: an update that
@@ -243,25 +246,32 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
         case .success(let t): result = t
         }
         out.notes.merge(cached.notes)
+        /// Warming: its previous version (if any) keeps serving meanwhile.
+        func warm(_ why: String) {
+            out.warming.append((key, why))
+            if let old = previous?.served[name] { out.listeners.append(old); out.served[name] = old }
+        }
         switch result {
         case .ready(let doc, let uses):
             if let missing = uses.first(where: { !active.contains($0) }) {
                 guard activate.contains(key) else {
-                    out.warming.append((key, "cluster \(missing) warming"))
+                    warm("cluster \(missing) warming")
                     continue
                 }
                 out.activatedIncomplete.insert(key)
             }
             out.listeners.append(doc)
+            out.served[name] = doc
         case .waiting(let what, var doc, let uses):
             // Warming for its routes, or for a cluster another chain uses.
             if activate.contains(key) {
                 doc.mayHaveNoRoutes = true
                 out.listeners.append(doc)
+                out.served[name] = doc
                 out.activatedIncomplete.insert(key)
             } else {
                 let cluster = uses.first(where: { !active.contains($0) }).map { ", cluster \($0) warming" } ?? ""
-                out.warming.append((key, "\(what)\(cluster)"))
+                warm("\(what)\(cluster)")
             }
         }
     }

@@ -315,5 +315,25 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(try sClient(port, ["-servername", "a.example.com"]).contains("CN = default.example.com"))
         (status, out) = try curlTLS(port, name: "a.example.com", path: "/still", certs: certs, extra: ["-k"])
         #expect(status == 0 && out.hasSuffix("200"), "\(out)")
+
+        // A new version of the listener adds a host whose certificate has not come: it warms,
+        // and the version before keeps serving meanwhile (as Envoy keeps a listener until its
+        // replacement is warm).
+        let tlsB = tls.replacingOccurrences(of: "kubernetes://a-cert", with: "kubernetes://b-cert")
+        cp.push("LDS", version: "l2", """
+            [{"name": "0.0.0.0_8443", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(port)}},
+              "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+              "filter_chains": [{"filter_chain_match": {"server_names": ["a.example.com"]}, "transport_socket": \(tls), "filters": [\(hcm)]},
+                                {"filter_chain_match": {"server_names": ["b.example.com"]}, "transport_socket": \(tlsB), "filters": [\(hcm)]}]}]
+            """)
+        #expect(cp.waitForRequest { $0.hasPrefix("REQ SDS") && $0.contains("names=kubernetes://a-cert,kubernetes://b-cert") } != nil)
+        #expect(weir.waitForLog("secret kubernetes://b-cert"))
+        (status, out) = try curlTLS(port, name: "a.example.com", path: "/during", certs: certs, extra: ["-k"])
+        #expect(status == 0 && out.hasSuffix("200"), "the previous version serves while the new one warms: \(out)")
+        cp.push("SDS", version: "s4", "[\(try secret("kubernetes://a-cert", "a.pem", "a.key")), \(try secret("kubernetes://b-cert", "default.pem", "default.key"))]")
+        #expect(weir.waitForLog("xds: ACK SDS version s4"))
+        #expect(secondsUntil(limit: 10) { ((try? sClient(port, ["-servername", "b.example.com"])) ?? "").contains("CN = default.example.com") } != nil)
+        (status, out) = try curlTLS(port, name: "a.example.com", path: "/after", certs: certs)
+        #expect(status == 0 && out.hasSuffix("200"), "\(out)")
     }
 }
