@@ -214,4 +214,93 @@ func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
             #expect(w == e, "\(p): Weir \(w), Envoy \(e)")
         }
     }
+
+    /// Filter chain selection as Envoy does it: one listener with chains by server name (exact
+    /// and wildcard), transport protocol, ALPN (the TLS and HTTP inspectors), a destination port
+    /// and a prefix that never match, and a default; the same ClientHellos and plaintext through
+    /// both proxies must reach the same chain (each chain's upstream greets with its name).
+    @Test func weirAndEnvoyChooseTheSameFilterChains() throws {
+        let cp = try XDSControlPlane()
+        let names = ["A", "B", "C", "E", "F", "G", "P", "H"]
+        let echoes = try names.map { try EchoServer(name: $0, greeting: "\($0):") }
+        defer { echoes.forEach { $0.stop() } }
+        let port = try freePort(), envoyAdmin = try freePort()
+        let weir = try WeirProcess(yaml: """
+            shards: 1
+            node: { id: weir-oracle }
+            xds: { address: "127.0.0.1:\(cp.port)" }
+            """)
+        defer { weir.stop() }
+        let envoy = try EnvoyProcess(controlPlanePort: cp.port, adminPort: envoyAdmin)
+        defer { envoy.stop() }
+        cp.push("CDS", version: "c1", "[" + zip(names, echoes).map { n, e in
+            #"{"name": "\#(n)", "type": "STATIC", "connect_timeout": "1s", "load_assignment": \#(xdsEndpoints(n, [e.address.port]))}"#
+        }.joined(separator: ",") + "]")
+        func chain(_ match: String, _ cluster: String) -> String {
+            let m = match.isEmpty ? "" : #""filter_chain_match": {\#(match)}, "#
+            return #"{\#(m)"filters": [{"name": "tcp", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "\#(cluster)", "cluster": "\#(cluster)"}}]}"#
+        }
+        let chains = [
+            chain(#""server_names": ["a.example.com"]"#, "A"),
+            chain(#""server_names": ["*.example.com"]"#, "B"),
+            chain(#""transport_protocol": "tls", "application_protocols": ["h2"]"#, "C"),
+            chain(#""transport_protocol": "raw_buffer", "application_protocols": ["http/1.1", "http/1.0"]"#, "E"),
+            chain(#""transport_protocol": "raw_buffer""#, "F"),
+            chain(#""prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]"#, "G"),
+            chain(#""destination_port": \#(port == 65535 ? 1 : port + 1)"#, "P"),
+        ]
+        cp.push("LDS", version: "l1", """
+            [{"name": "mux", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(port)}},
+              "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}},
+                                   {"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"}}],
+              "listener_filters_timeout": "5s",
+              "filter_chains": [\(chains.joined(separator: ","))], "default_filter_chain": \(chain("", "H"))}]
+            """)
+        #expect(weir.waitForLog("xds: ACK LDS version l1"), "\(weir.log.suffix(1500))")
+        let weirAddress = SocketAddress(ipv4: 127, 0, 0, 1, port: port), envoyAddress = SocketAddress(ipv4: 127, 0, 0, 2, port: port)
+        #expect(waitForListener(weirAddress, seconds: 10))
+        #expect(waitForListener(envoyAddress, seconds: 30), "Envoy's listener from LDS; its log:\n\(envoy.log)")
+
+        /// A ClientHello (Python's ssl writes it) with this server name and ALPN list.
+        func hello(_ sni: String, _ alpn: String) throws -> [UInt8] {
+            let script = """
+            import ssl, sys
+            c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
+            if sys.argv[2]: c.set_alpn_protocols(sys.argv[2].split(","))
+            i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
+            s = c.wrap_bio(i, o, server_hostname=sys.argv[1] or None)
+            try: s.do_handshake()
+            except ssl.SSLWantReadError: pass
+            print(o.read().hex())
+            """
+            let (status, out) = try runProcess("/usr/bin/python3", ["-c", script, sni, alpn])
+            guard status == 0 else { throw LoopbackError(message: "no ClientHello: \(out)") }
+            let hex = Array(out.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+            return stride(from: 0, to: hex.count - 1, by: 2).map { UInt8(String(decoding: hex[$0...($0 + 1)], as: UTF8.self), radix: 16)! }
+        }
+        /// Which chain's upstream answered.
+        func chosen(_ address: SocketAddress, _ bytes: [UInt8]) -> String {
+            guard let c = try? TestClient(address, timeoutSeconds: 5) else { return "no connection" }
+            _ = c.write(bytes)
+            let g = c.read(count: 2)
+            return g.isEmpty ? "closed" : String(decoding: g, as: UTF8.self)
+        }
+        let cases: [(String, [UInt8])] = [
+            ("sni a.example.com, h2", try hello("a.example.com", "h2")),
+            ("sni x.example.com", try hello("x.example.com", "")),
+            ("sni b.a.example.com", try hello("b.a.example.com", "http/1.1")),
+            ("sni other.net, h2 and http/1.1", try hello("other.net", "h2,http/1.1")),
+            ("sni other.net, http/1.1 only", try hello("other.net", "http/1.1")),
+            ("no sni, h2", try hello("", "h2")),
+            ("no sni, no alpn", try hello("", "")),
+            ("plain HTTP/1.1", Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)),
+            ("plain HTTP/1.0", Array("GET / HTTP/1.0\r\n\r\n".utf8)),
+            ("raw bytes", [0, 1, 2, 3, 4, 5, 6, 7]),
+        ]
+        for (what, bytes) in cases {
+            let w = chosen(weirAddress, bytes), e = chosen(envoyAddress, bytes)
+            #expect(w == e, "\(what): Weir chose \(w), Envoy chose \(e)")
+            #expect(e.hasSuffix(":"), "Envoy must choose a chain for the comparison to mean something: \(what): \(e)")
+        }
+    }
 }
