@@ -129,8 +129,8 @@ public final class AdminServer: @unchecked Sendable {
         let path = String(parts.first ?? "")
         let query = parts.count > 1 ? String(parts[1]) : ""
         let json = query.split(separator: "&").contains("format=json")
-        let posts: Set<String> = ["/healthcheck/fail", "/healthcheck/ok", "/drain_listeners", "/reload"]
-        let gets: Set<String> = ["/ready", "/server_info", "/stats/prometheus", "/clusters", "/config_dump", "/"]
+        let posts: Set<String> = ["/healthcheck/fail", "/healthcheck/ok", "/drain_listeners", "/reload", "/quitquitquit"]
+        let gets: Set<String> = ["/ready", "/server_info", "/stats/prometheus", "/stats", "/clusters", "/config_dump", "/"]
         if posts.contains(path) && method != "POST" { return (405, "text/plain", "\(path) needs POST\n") }
         if gets.contains(path) && method != "GET" && method != "HEAD" { return (405, "text/plain", "\(path) needs GET\n") }
         switch path {
@@ -145,6 +145,8 @@ public final class AdminServer: @unchecked Sendable {
             POST /healthcheck/ok      undo it
             POST /drain_listeners     stop accepting, let connections finish, exit 0 (as SIGTERM)
             POST /reload              reload the config file (as SIGHUP)
+            GET  /stats               Envoy's names pilot-agent's readiness check reads (server.state, ...)
+            POST /quitquitquit        drain and exit (as Envoy's, which pilot-agent sends at shutdown)
 
             """)
         case "/ready":
@@ -155,6 +157,16 @@ public final class AdminServer: @unchecked Sendable {
             return (200, "application/json", AdminRender.serverInfo(server, version: hooks.version, failing: failing.load(ordering: .relaxed)))
         case "/stats/prometheus":
             return (200, "text/plain; version=0.0.4", AdminRender.prometheus(server))
+        case "/stats":
+            // Envoy's text form, for tools written against Envoy's admin (Istio's pilot-agent
+            // asks for server.state, 0 being LIVE, and listener_manager.workers_started).
+            var lines = ["server.state": server.draining.load(ordering: .acquiring) ? 1 : 0, "listener_manager.workers_started": 1]
+            if let extra = server.extraEnvoyStats { lines.merge(extra()) { $1 } }
+            return (200, "text/plain", lines.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)\n" }.joined())
+        case "/quitquitquit":
+            Log.info("admin: quitquitquit: draining")
+            hooks.drain()
+            return (200, "text/plain", "OK\n")
         case "/clusters":
             return json ? (200, "application/json", AdminRender.clustersJSON(server)) : (200, "text/plain", AdminRender.clustersText(server))
         case "/config_dump":

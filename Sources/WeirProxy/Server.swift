@@ -245,6 +245,8 @@ public final class Server: @unchecked Sendable {
     /// Extra text for /stats/prometheus and an extra JSON member for /config_dump (the xDS
     /// client's state). Set once before the admin API starts.
     public var extraPrometheus: (@Sendable () -> String)? = nil
+    /// Envoy-named counters for the admin's /stats (the xDS client's update counts).
+    public var extraEnvoyStats: (@Sendable () -> [String: Int])? = nil
     public var extraConfigDump: (@Sendable () -> String)? = nil
     /// Set by drain(): /ready answers 503 from then on.
     public let draining = Atomic<Bool>(false)

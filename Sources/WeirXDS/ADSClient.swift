@@ -104,7 +104,9 @@ public final class ADSClient: @unchecked Sendable {
     func activateDue() {
         let now = monotonicNanoseconds()
         guard now >= activationRetryAt else { return }
-        let due = warmingSince.filter { !activated.contains($0.key) && now - $0.value >= settings.initialFetchTimeoutNanoseconds }.keys.sorted()
+        // 0 means no timeout, as in Envoy: warming resources wait for what they need.
+        let due = settings.initialFetchTimeoutNanoseconds <= 0 ? [] :
+            warmingSince.filter { !activated.contains($0.key) && now - $0.value >= settings.initialFetchTimeoutNanoseconds }.keys.sorted()
         guard !due.isEmpty else { return }
         Log.warning("xds: initial_fetch_timeout passed, activating \(due.joined(separator: ", ")) while still warming")
         guard let failure = activate(due) else { return }
@@ -129,7 +131,9 @@ public final class ADSClient: @unchecked Sendable {
     /// are activated now), else why not (nothing changed).
     private func activate(_ keys: [String]) -> String? {
         do {
-            let t = translateEach(resources, activate: activated.union(keys), refused: refusedClusters)
+            // The previous translation too: a listener's old version serving while its new one
+            // warms keeps serving (none of it is reused otherwise).
+            let t = translateEach(resources, activate: activated.union(keys), previous: lastTranslation, refused: refusedClusters)
             if let e = t.rejected.first { throw e }
             let errors = apply(t.listeners, t.clusters)
             if !errors.isEmpty { return errors.map(\.description).joined(separator: "; ") }
@@ -516,6 +520,13 @@ extension ADSClient {
     }
 
     /// The control plane, the versions accepted per type and the last refusal, as JSON.
+    /// Envoy's admin /stats lines pilot-agent's readiness check reads (xDS updates applied).
+    public func envoyStats() -> [String: Int] {
+        let s = stats
+        return ["cluster_manager.cds.update_success": s.accepted["CDS"] ?? 0, "listener_manager.lds.update_success": s.accepted["LDS"] ?? 0,
+                "cluster_manager.cds.update_rejected": s.rejected["CDS"] ?? 0, "listener_manager.lds.update_rejected": s.rejected["LDS"] ?? 0]
+    }
+
     public func configDumpJSON() -> String {
         let s = stats
         func q(_ t: String) -> String {

@@ -45,7 +45,15 @@ public enum Bootstrap {
         let cluster = (node["cluster"] as? String) ?? flags.serviceCluster ?? ""
         doc.node["id"] = Located(id, at: p)
         doc.node["cluster"] = Located(cluster, at: p)
-        if let m = node["metadata"] { doc.nodeMetadataJSON = String(decoding: try JSONSerialization.data(withJSONObject: m), as: UTF8.self) }
+        if let m = node["metadata"] {
+            let json = String(decoding: try JSONSerialization.data(withJSONObject: m), as: UTF8.self)
+            // Sent as a protobuf Struct: one that does not convert is refused now, not dropped.
+            do { _ = try Google_Protobuf_Struct(jsonString: json) } catch { throw fail("node.metadata: \(error)") }
+            doc.nodeMetadataJSON = json
+        }
+        for k in node.keys.sorted() where !["id", "cluster", "metadata"].contains(k) {
+            warnings.append("envoy bootstrap: node.\(k) is not sent to the control plane")
+        }
         // Admin: Istio binds 127.0.0.1:15000 and scrapes /stats/prometheus through 15090.
         if let admin = root["admin"] as? [String: Any] {
             if let a = (admin["address"] as? [String: Any])?["socket_address"] as? [String: Any] {
@@ -54,7 +62,7 @@ public enum Bootstrap {
             }
             for k in admin.keys.sorted() where k != "address" { warnings.append("envoy bootstrap: admin.\(k) is ignored") }
         }
-        if let seconds = flags.drainSeconds { doc.drainTimeout = Located(Int64(seconds) * 1_000_000_000, at: p) }
+        if let seconds = flags.drainSeconds { doc.drainTimeout = Located(Int64(min(max(seconds, 0), 3600)) * 1_000_000_000, at: p) }
         // Static clusters: the ADS one and the SDS one are how Weir reaches the agent; the others
         // are served (as xDS clusters are).
         let statics = root["static_resources"] as? [String: Any] ?? [:]
@@ -70,11 +78,16 @@ public enum Bootstrap {
             guard let c = clustersByName[name] else { throw fail("the ADS cluster '\(name)' is not among static_resources.clusters") }
             xdsCluster = name
             doc.xds = ["address": Located(try endpointText(c, fail), at: p)]
-            // Envoy writes durations as "15s" or "0.5s"; 0s there means no timeout, which Weir
-            // keeps at its default.
-            if let lds = dynamic["lds_config"] as? [String: Any], let t = lds["initial_fetch_timeout"] as? String,
-               t.hasSuffix("s"), let seconds = Double(t.dropLast()), seconds > 0, seconds <= 600 {
-                doc.xds?["initial_fetch_timeout"] = Located("\(Int(seconds * 1000))ms", at: p)
+            // Envoy writes durations as "15s" or "0.5s"; 0s means no timeout (Weir's 0 too).
+            if let lds = dynamic["lds_config"] as? [String: Any], let t = lds["initial_fetch_timeout"] as? String {
+                guard t.hasSuffix("s"), let seconds = Double(t.dropLast()), seconds >= 0, seconds <= 600 else {
+                    throw fail("dynamic_resources.lds_config.initial_fetch_timeout '\(t)' is not a duration up to 600s")
+                }
+                doc.xds?["initial_fetch_timeout"] = Located("\(Int((seconds * 1000).rounded()))ms", at: p)
+            }
+            if let api = ads["api_type"] as? String, api != "GRPC" { throw fail("ads_config.api_type \(api) is not supported (GRPC, state of the world, is)") }
+            for k in dynamic.keys.sorted() where !["lds_config", "cds_config", "ads_config"].contains(k) {
+                warnings.append("envoy bootstrap: dynamic_resources.\(k) is ignored")
             }
             doc.xdsPosition = p
         }
@@ -94,10 +107,12 @@ public enum Bootstrap {
             do { listener = try EnvoyListener(jsonString: String(decoding: try JSONSerialization.data(withJSONObject: l), as: UTF8.self)) }
             catch { throw fail("static listener \(i): \(error)") }
             if listener.name.isEmpty, case .socketAddress(let sa)? = listener.address.address { listener.name = "static_\(sa.portValue)" }
+            if listener.name.isEmpty || r.listeners[listener.name] != nil { listener.name = "static_\(i)" }
             r.listeners[listener.name] = listener
         }
         let t = translateEach(r)
         if let e = t.rejected.first { throw fail("static resources: \(e)") }
+        if let w = t.warming.first { throw fail("static resources: \(w.key) needs \(w.why), which only xDS could bring") }
         doc.listeners = t.listeners
         doc.clusters = t.clusters
         return (doc, warnings)
@@ -105,7 +120,9 @@ public enum Bootstrap {
 
     static func socketText(_ a: [String: Any], _ fail: (String) -> ConfigErrors) throws -> String {
         guard let host = a["address"] as? String else { throw fail("a socket_address needs an address") }
-        let port = (a["port_value"] as? Int) ?? Int(a["port_value"] as? String ?? "") ?? 0
+        guard let port = (a["port_value"] as? Int) ?? Int(a["port_value"] as? String ?? ""), (0...65535).contains(port) else {
+            throw fail("socket_address \(host) needs a port_value")
+        }
         return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 

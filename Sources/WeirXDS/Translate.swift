@@ -144,7 +144,7 @@ public struct Translation {
                       rejected: [XDSError], notes: Notes) = ([], [], [], [], [], Notes())
     /// The listener documents served, by name: a new version that warms leaves its previous
     /// one serving (as Envoy keeps a listener until its replacement is warm).
-    var served: [String: ListenerDocument] = [:]
+    var served: [String: (doc: ListenerDocument, uses: [String])] = [:]
     /// Each listener's translation (or refusal) and its notes, before readiness is decided.
     var listenerResults: [String: (result: Result<ListenerTranslation, XDSError>, notes: Notes)] = [:]
     /// Each cluster's document with the Cluster and assignment it came from: an update that
@@ -249,7 +249,8 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
         /// Warming: its previous version (if any) keeps serving meanwhile.
         func warm(_ why: String) {
             out.warming.append((key, why))
-            if let old = previous?.served[name] { out.listeners.append(old); out.served[name] = old }
+            // Only while every cluster it uses is still there (else it would not compile).
+            if let old = previous?.served[name], old.uses.allSatisfy(active.contains) { out.listeners.append(old.doc); out.served[name] = old }
         }
         switch result {
         case .ready(let doc, let uses):
@@ -261,13 +262,13 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
                 out.activatedIncomplete.insert(key)
             }
             out.listeners.append(doc)
-            out.served[name] = doc
+            out.served[name] = (doc, uses)
         case .waiting(let what, var doc, let uses):
             // Warming for its routes, or for a cluster another chain uses.
             if activate.contains(key) {
                 doc.mayHaveNoRoutes = true
                 out.listeners.append(doc)
-                out.served[name] = doc
+                out.served[name] = (doc, uses)
                 out.activatedIncomplete.insert(key)
             } else {
                 let cluster = uses.first(where: { !active.contains($0) }).map { ", cluster \($0) warming" } ?? ""

@@ -212,8 +212,10 @@ public func secretProblem(_ s: EnvoySecret) -> String? {
 
 func checkSDSConfig(_ s: SDSConfig, _ at: String, _ fail: (String) -> XDSError) throws {
     guard !s.name.isEmpty else { throw fail("\(at): an SDS secret config needs a name") }
-    // Secrets come over the same ADS stream (Istio points sds_config at ADS, or at pilot-agent's
-    // SDS socket, which a Weir under pilot-agent reaches the same way).
+    // Secrets come over the same ADS stream (istiod serves kubernetes:// names so). Those
+    // pointed at pilot-agent's SDS socket (sds-grpc: the workload certificate and root CA) are
+    // asked for on ADS too, where they do not come yet: such a chain waits, and closes its
+    // connections once activated. An SDS stream to that socket is the next step.
     if s.hasSdsConfig {
         switch s.sdsConfig.configSourceSpecifier {
         case .ads?, nil: break

@@ -48,15 +48,16 @@ enum EnvoyCommandLine {
     static let ignoredWithValue: Set<String> = ["--parent-shutdown-time-s", "--local-address-ip-version", "--file-flush-interval-msec",
                                                 "--component-log-level", "--log-format", "--log-path", "--drain-strategy", "--restart-epoch",
                                                 "--base-id", "--service-zone", "--mode", "--disable-extensions", "--stats-tag",
-                                                "--socket-path", "--socket-mode", "--hot-restart-version", "--bootstrap-version"]
+                                                "--socket-path", "--socket-mode", "--bootstrap-version", "--admin-address-path", "--base-id-path",
+                                                "--file-flush-min-size-kb", "--max-obj-name-len", "--max-stats"]
     static let ignoredAlone: Set<String> = ["--disable-hot-restart", "--allow-unknown-static-fields", "--reject-unknown-dynamic-fields",
                                             "--ignore-unknown-dynamic-fields", "--skip-hot-restart-on-no-parent", "--use-dynamic-base-id",
                                             "--log-format-escaped", "--enable-fine-grain-logging", "--cpuset-threads", "--enable-core-dump",
-                                            "--skip-hot-restart-parent-stats", "--disable-hot-restart"]
+                                            "--skip-hot-restart-parent-stats", "--hot-restart-version"]
 
     /// `weir run` arguments, or nil when this is not Envoy's command line (no -c).
     static func translate(_ args: [String]) -> [String]? {
-        var out: [String] = ["run"], config: String? = nil
+        var out: [String] = ["run"], config: String? = nil, warnings: [String] = []
         var i = 0
         func value() -> String? { i += 1; return i < args.count ? args[i] : nil }
         while i < args.count {
@@ -70,7 +71,7 @@ enum EnvoyCommandLine {
                 let map = ["trace": "trace", "debug": "debug", "info": "info", "warning": "warning", "warn": "warning", "error": "error",
                            "critical": "critical", "off": "critical"]
                 out += ["--log-level", map[level] ?? "info"]
-            case "--concurrency": if let n = v() { out += ["--shards", n] }
+            case "--concurrency": if let n = v().flatMap({ Int($0) }) { out += ["--shards", String(min(max(n, 1), 1024))] }
             case "--drain-time-s": flags.drainSeconds = v().flatMap { Int($0) }
             case "--service-cluster": flags.serviceCluster = v()
             case "--service-node": flags.serviceNode = v()
@@ -78,13 +79,15 @@ enum EnvoyCommandLine {
                 fputs("weir: --config-yaml is not supported; give the bootstrap as a file with -c\n", stderr)
                 return ["run", "--config", "/dev/null/--config-yaml"]
             default:
-                if ignoredWithValue.contains(a) { _ = v(); fputs("weir: ignoring Envoy flag \(a) (it changes nothing Weir does)\n", stderr) }
-                else if ignoredAlone.contains(a) { fputs("weir: ignoring Envoy flag \(a) (it changes nothing Weir does)\n", stderr) }
-                else { fputs("weir: ignoring unknown Envoy flag \(a)\n", stderr) }
+                if ignoredWithValue.contains(a) { _ = v(); warnings.append("ignoring Envoy flag \(a) (it changes nothing Weir does)") }
+                else if ignoredAlone.contains(a) { warnings.append("ignoring Envoy flag \(a) (it changes nothing Weir does)") }
+                else { warnings.append("ignoring unknown Envoy flag \(a)") }
             }
             i += 1
         }
+        // Not Envoy's command line (weir --help, say): say nothing about it.
         guard let config else { return nil }
+        for w in warnings { fputs("weir: \(w)\n", stderr) }
         return out + ["--config", config]
     }
 }
@@ -268,6 +271,7 @@ struct Run: ParsableCommand {
             }
             XDSState.client.withLock { $0 = client }
             server.extraPrometheus = { client.prometheus() }
+            server.extraEnvoyStats = { client.envoyStats() }
             server.extraConfigDump = { client.configDumpJSON() }
             client.start()
             Log.info("xds: control plane \(xds.target), node \(xds.nodeID)")

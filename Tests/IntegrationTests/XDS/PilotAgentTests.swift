@@ -63,6 +63,9 @@ import WeirDemo
         #expect(weir.waitForLog("xds: ACK LDS version l1"))
         let r = try HTTPClient(port: appPort).request("GET /through HTTP/1.1\r\nHost: x\r\n\r\n")
         #expect(r.status == 200 && r.text.hasPrefix("app /through"), "\(r.status) \(r.text)")
+        // What pilot-agent's readiness check asks Envoy's admin.
+        let envoyStats = admin(adminPort, "GET", "/stats?usedonly&filter=^(server\\.state|listener_manager\\.workers_started)").1
+        #expect(envoyStats.contains("server.state: 0\n") && envoyStats.contains("listener_manager.workers_started: 1\n") && envoyStats.contains("listener_manager.lds.update_success: 1"), "\(envoyStats)")
         // --drain-time-s is the drain timeout.
         weir.signal(SIGTERM)
         #expect(weir.waitForExit(seconds: 20) == 0)
