@@ -1,5 +1,6 @@
 // Starts the real `weir` binary with a config file, watches its log, and always stops it.
 import Foundation
+import Synchronization
 import Testing
 import WeirCore
 import WeirDemo
@@ -16,9 +17,14 @@ func weirBinary() -> String {
 /// from that range can be taken at any moment by an outgoing connection (Weir's own, to its
 /// upstreams), so a test that picked one could find it gone. Prefer a listener on port 0 and
 /// `WeirProcess.port(_:)`; this remains for addresses that must be known before Weir starts.
+/// Tests run in parallel in one process: a port is handed out once, so two tests probing at the
+/// same moment cannot both be told the same free port (and one of them find it taken).
+let handedOutPorts = Mutex<Set<UInt16>>([])
+
 func freePort() throws -> UInt16 {
     for _ in 0..<200 {
         let port = UInt16.random(in: 20000...32000)
+        guard handedOutPorts.withLock({ $0.insert(port).inserted }) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { continue }
         defer { close(fd) }
