@@ -346,4 +346,25 @@ let endpointsJSON = """
         r.listeners["gw"] = try EnvoyListener(jsonString: json.replacingOccurrences(of: tls, with: san))
         #expect(refusal { _ = try translate(r) }.contains("subject alt name matchers are not implemented yet"))
     }
+
+    /// A listener's new version that warms leaves the previous one serving, but only while the
+    /// clusters that one uses are still there.
+    @Test func aWarmingNewVersionLeavesThePreviousOneServing() throws {
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "STATIC", "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}}}]}]}}"#)
+        let tcp = #"{"name": "tcp", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "s", "cluster": "app"}}"#
+        r.listeners["gw"] = try EnvoyListener(jsonString: #"{"name": "gw", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8443}}, "filter_chains": [{"filters": [\#(tcp)]}]}"#)
+        let v1 = try translate(r)
+        #expect(v1.listeners.map { $0.cluster?.value } == ["app"])
+        let tls = #"{"name": "tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "common_tls_context": {"tls_certificate_sds_secret_configs": [{"name": "cert", "sds_config": {"ads": {}}}]}}}"#
+        r.listeners["gw"] = try EnvoyListener(jsonString: #"{"name": "gw", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8443}}, "filter_chains": [{"filter_chain_match": {"server_names": ["a.example.com"]}, "transport_socket": \#(tls), "filters": [\#(tcp)]}]}"#)
+        let v2 = translateEach(r, previous: v1)
+        #expect(v2.warming.map(\.why) == ["secret cert"])
+        #expect(v2.listeners.map { $0.cluster?.value } == ["app"] && v2.listeners.first?.chains.isEmpty == true, "version 1 serves while version 2 warms")
+        // Its cluster goes: the old version cannot stand in any more (it would not compile).
+        r.clusters = [:]
+        let v3 = translateEach(r, previous: v2)
+        #expect(v3.listeners.isEmpty)
+        #expect(v3.rejected.isEmpty == false || v3.warming.isEmpty == false)
+    }
 }
