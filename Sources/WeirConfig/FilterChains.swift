@@ -67,18 +67,13 @@ public struct FilterChains: Sendable {
         self.inspectTimeoutNanoseconds = inspectTimeoutNanoseconds; self.continueOnTimeout = continueOnTimeout
     }
 
-    /// Whether a chain could depend on the connection's first bytes: only then is it read
-    /// before a chain is chosen (a server-first protocol on a plain port is not held up).
-    public var readsFirstBytes: Bool {
-        (inspectTLS || inspectHTTP) && matches.contains { $0.needsTLSInspection }
-    }
-
     /// The inspectors that run for a connection to `port`.
     @inlinable public func inspectors(port: UInt16) -> (tls: Bool, http: Bool) {
         (inspectTLS && !tlsOffPorts.contains { $0.contains(port) }, inspectHTTP && !httpOffPorts.contains { $0.contains(port) })
     }
 
-    /// Whether a connection to `port` is read before its chain is chosen.
+    /// Whether a connection to `port` is read before its chain is chosen: only when a chain
+    /// could depend on its first bytes (a server-first protocol on a plain port is not held up).
     public func readsFirstBytes(port: UInt16) -> Bool {
         let (tls, http) = inspectors(port: port)
         return (tls || http) && matches.contains { $0.needsTLSInspection }

@@ -290,7 +290,6 @@ enum ListenerTranslation {
 
 func translateListener(_ l: EnvoyListener, routes: [String: EnvoyRouteConfiguration], secrets: [String: EnvoySecret] = [:], knownClusters: Set<String>,
                        refusedClusters: Set<String> = [], notes: Notes = Notes()) throws -> ListenerTranslation {
-    func unknown(_ c: String) -> String { unknownCluster(c, refusedClusters) }
     let what = "listener '\(l.name)'"
     func fail(_ m: String) -> XDSError { XDSError(resource: what, message: m, involved: [.listener: l.name]) }
     notes.about(.listener, l.name)

@@ -161,7 +161,7 @@ func chains(_ matches: [ChainMatch]) -> FilterChains {
         let chains = try #require(s.listeners[0].chains)
         #expect(chains.targets == [1, 2])
         #expect(chains.defaultTarget == 3)
-        #expect(chains.inspectTLS && chains.inspectHTTP && chains.readsFirstBytes)
+        #expect(chains.inspectTLS && chains.inspectHTTP && chains.readsFirstBytes(port: 8000))
         #expect(s.listeners[1].proto == .http && !s.listeners[1].binds && s.listeners[1].chainOf == 0)
         #expect(s.listeners[0].binds)
         #expect(s.listenerByAddress.count == 1)

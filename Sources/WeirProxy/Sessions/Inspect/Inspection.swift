@@ -98,12 +98,12 @@ extension Shard {
         let flow = c.flow(0)
         let buf = flow.pointee.queued > 0
             ? UnsafeRawBufferPointer(start: bufferPointer(Int(flow.pointee.head)), count: Int(bufferLength[Int(flow.pointee.head)])) : nil
-        chainChosen(c, chains, bytes: buf, timedOut: true)
+        chainChosen(c, chains, bytes: buf)
     }
 
     /// Picks the chain from the connection's addresses and what the inspectors found in `bytes`
     /// (the head of flow 0, or nil), then starts that chain's session.
-    func chainChosen(_ c: UnsafeMutablePointer<Connection>, _ chains: FilterChains, bytes: UnsafeRawBufferPointer?, timedOut: Bool = false) {
+    func chainChosen(_ c: UnsafeMutablePointer<Connection>, _ chains: FilterChains, bytes: UnsafeRawBufferPointer?) {
         let fd = c.pointee.downstreamFD
         // A connection whose addresses cannot be read (reset already) is closed: choosing with
         // a stand-in address could give it a chain meant for other sources.
@@ -121,7 +121,6 @@ extension Shard {
                 facts.alpn = HTTPSniffer.sniff(buf, limit: buffers.bufferBytes).alpn
             }
         }
-        _ = timedOut
         let chain = chains.select(facts)
         guard let target = chain.map({ chains.targets[$0] }) ?? chains.defaultTarget, target >= 0 else {
             if let i = chain, chains.targets[i] < 0 { control.stats.pointee.chainRefused += 1 } else { control.stats.pointee.chainUnmatched += 1 }
@@ -135,6 +134,11 @@ extension Shard {
     /// Read from the kernel; no heap.
     func destinationKey(_ fd: Int32, original: Bool) -> AddressKey? {
         var storage = sockaddr_storage()
+        return destinationKey(fd, original: original, into: &storage)
+    }
+
+    /// The same, with the sockaddr the kernel filled left in `storage`.
+    func destinationKey(_ fd: Int32, original: Bool, into storage: inout sockaddr_storage) -> AddressKey? {
         guard (original && ring.originalDestination(fd: fd, into: &storage) == 0) || ring.localName(fd: fd, into: &storage) == 0 else { return nil }
         return withUnsafePointer(to: &storage) { AddressKey(storage: $0) }
     }
@@ -143,9 +147,7 @@ extension Shard {
     /// (counted) when there is none, or when it is one of Weir's own bound listeners (without a
     /// NAT redirect the destination is the listener itself, and connecting to it would loop).
     func originalDestination(_ c: UnsafeMutablePointer<Connection>, into storage: inout sockaddr_storage) -> SocketAddress.Family? {
-        let fd = c.pointee.downstreamFD
-        guard ring.originalDestination(fd: fd, into: &storage) == 0 || ring.localName(fd: fd, into: &storage) == 0,
-              let key = withUnsafePointer(to: &storage, { AddressKey(storage: $0) }) else { return nil }
+        guard let key = destinationKey(c.pointee.downstreamFD, original: true, into: &storage) else { return nil }
         let snap = snapshotOf(c)
         if let li = snap.listenerByAddress[key] ?? snap.listenerByAddress[key.anyAddress], snap.listeners[li].bindToPort {
             control.stats.pointee.originalDestinationLoops += 1
