@@ -285,7 +285,10 @@ public enum Compiler {
         let pool = compilePool(c, name: name, fail: fail)
         if pool == nil { ok = false }
         var upstreamTLS: UpstreamTLS? = nil
-        if let t = c.tls {
+        if let t = c.upstreamTLS {
+            upstreamTLS = compileUpstreamTLS(t, cluster: name, fail: fail)
+            if upstreamTLS == nil { ok = false }
+        } else if let t = c.tls {
             upstreamTLS = compileUpstreamTLS(t, position: c.tlsPosition ?? c.position, cluster: name, fail: fail)
             if upstreamTLS == nil { ok = false }
         }
@@ -300,7 +303,7 @@ public enum Compiler {
             // Its endpoint is each connection's original destination: nothing to list or probe.
             if let e = c.endpoints.first { fail(e.position, "cluster '\(name)' is original_destination: it lists no endpoints (each connection goes where its client asked)"); ok = false }
             if let h = c.healthCheckPosition { fail(h, "cluster '\(name)' is original_destination: it has no endpoints to health-check"); ok = false }
-            if c.tls != nil { fail(c.tlsPosition ?? c.position, "cluster '\(name)' is original_destination: TLS to original destinations is not supported"); ok = false }
+            if c.tls != nil || c.upstreamTLS != nil { fail(c.tlsPosition ?? c.position, "cluster '\(name)' is original_destination: TLS to original destinations is not supported"); ok = false }
         } else if c.endpoints.isEmpty && !c.mayBeEmpty { fail(c.position, "cluster '\(name)' has no endpoints"); ok = false }
         var sourceAddress: SocketAddress? = nil
         if let a = c.sourceAddress {
@@ -335,7 +338,9 @@ public enum Compiler {
                     ok = false; continue
                 }
                 priorities.append(priority)
-                endpoints.append(Endpoint(address: address, weight: Int32(w)))
+                var endpoint = Endpoint(address: address, weight: Int32(w))
+                endpoint.plaintext = e.plaintext && upstreamTLS != nil
+                endpoints.append(endpoint)
             } catch {
                 fail(a.position, "cluster '\(name)': \(error)"); ok = false
             }

@@ -123,6 +123,8 @@ public struct TLSDocument: Sendable {
     public var clientCA: Located<String>?
     /// From SDS: the client CA bundle as PEM text (`clientCA` then names the secret).
     public var clientCAPEM: String? = nil
+    /// Client certificates must carry a subject alt name one of these matches (with clientCA).
+    public var clientSAN: [Located<SANMatcher>] = []
     public var ticketKeyRotation: Located<Int64>?
     public init(position: SourcePosition) { self.position = position }
 }
@@ -220,9 +222,12 @@ public struct ClusterDocument: Sendable {
     /// `pool:` (HTTP upstream connections) keys max_connections, max_idle, idle_timeout,
     /// max_requests_per_connection.
     public var pool: [String: Located<String>]? = nil
-    /// `tls:` (TLS to the endpoints) keys sni, ca, verify, cert, key.
+    /// `tls:` (TLS to the endpoints) keys sni, ca, verify, cert, key, verify_san, alpn.
     public var tls: [String: Located<String>]? = nil
     public var tlsPosition: SourcePosition?
+    /// TLS to the endpoints as xDS gives it (PEM from SDS, subject alt name matchers), in place
+    /// of `tls`.
+    public var upstreamTLS: UpstreamTLSDocument? = nil
     public var endpoints: [EndpointDocument] = []
     /// `overprovisioning_factor:` (percent, default 140): how much a priority level's healthy
     /// share is stretched before traffic spills to the next level.
@@ -245,9 +250,53 @@ public struct EndpointDocument: Sendable {
     /// 0 is the highest priority; lower ones take traffic only when higher ones lack healthy
     /// endpoints.
     public var priority: Located<Int>?
+    /// In a cluster with TLS, this endpoint is reached in plaintext (xDS transport_socket_matches:
+    /// Istio's endpoints without a sidecar).
+    public var plaintext = false
     public init(position: SourcePosition) { self.position = position }
 }
 
+/// TLS to a cluster's endpoints from xDS (an UpstreamTlsContext with its SDS secrets).
+public struct UpstreamTLSDocument: Sendable {
+    public var position: SourcePosition
+    /// The name sent as SNI (never checked against the certificate: Envoy checks SANs only).
+    public var serverName: String?
+    /// A client certificate chain and key, as PEM, and what to call it in messages.
+    public var certificate: (chain: String, key: String, name: String)? = nil
+    /// CAs that sign the endpoints' certificates, as PEM; nil: the endpoints are not verified.
+    public var trustedCA: (pem: String, name: String)? = nil
+    public var san: [SANMatcher] = []
+    public var alpn: [String] = []
+    public var minVersion = "1.2", maxVersion = "1.3"
+    public var ciphers: String? = nil, curves: String? = nil
+    public init(position: SourcePosition) { self.position = position }
+}
+
+/// One subject alt name matcher (Envoy's StringMatcher, with an optional SAN type).
+public struct SANMatcher: Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: Int32, Sendable { case any = 0, dns, uri, email, ip }
+    public enum Operation: Int32, Sendable { case exact = 0, prefix, suffix, contains }
+    public var kind: Kind
+    public var operation: Operation
+    public var value: String
+    public var ignoreCase: Bool
+    public init(kind: Kind = .any, _ operation: Operation, _ value: String, ignoreCase: Bool = false) {
+        self.kind = kind; self.operation = operation; self.value = value; self.ignoreCase = ignoreCase
+    }
+    /// As written in YAML: `VALUE` (exact), or `prefix:VALUE`, `suffix:VALUE`, `contains:VALUE`,
+    /// `exact:VALUE`.
+    public init(text: String) {
+        for (word, op) in [("exact:", Operation.exact), ("prefix:", .prefix), ("suffix:", .suffix), ("contains:", .contains)] where text.hasPrefix(word) {
+            self.init(op, String(text.dropFirst(word.count)))
+            return
+        }
+        self.init(.exact, text)
+    }
+    public var description: String {
+        let type = kind == .any ? "" : "\(kind) "
+        return operation == .exact ? "\(type)\(value)" : "\(type)\(operation):\(value)"
+    }
+}
 public struct SlowStartDocument: Sendable {
     public var position: SourcePosition
     public var window: Located<Int64>?

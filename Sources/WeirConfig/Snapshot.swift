@@ -13,6 +13,8 @@ public struct Endpoint: Sendable, Equatable {
     public var priority: UInt8 = 0
     /// When a reload added it (monotonic ns), for slow start; nil for endpoints present at start.
     public var addedAt: Int64? = nil
+    /// The cluster speaks TLS, but not to this endpoint (xDS transport_socket_matches).
+    public var plaintext = false
 }
 
 public final class Cluster: Sendable {

@@ -162,6 +162,8 @@ extension Compiler {
         else if maxVersion < minVersion { bad(d.maxVersion!.position, "max_version \(maxVersion) is below min_version \(minVersion)") }
         for p in d.alpn where p.value.isEmpty || p.value.utf8.count > 255 { bad(p.position, "an alpn protocol must be 1 to 255 bytes") }
         if d.certificates.isEmpty { bad(d.position, "needs at least one entry under 'certificates'") }
+        if let first = d.clientSAN.first, d.clientCA == nil { bad(first.position, "client_san needs client_ca (names are checked on certificates the CA verified)") }
+        for m in d.clientSAN where m.value.value.isEmpty { bad(m.position, "a client_san entry cannot be empty") }
         var contexts: [OpaquePointer] = []
         var exact: [String: Int] = [:], wildcard: [String: Int] = [:]
         var defaultIndex: Int? = nil
@@ -211,7 +213,8 @@ extension Compiler {
                 if pem.withCString({ weir_ctx_trust_pem(ctx, $0, pem.utf8.count, 1) }) < 1 {
                     bad(ca.position, "client CA \(ca.value) holds no certificate: \(openSSLErrors())"); usable = false
                 } else {
-                    SSL_CTX_set_verify(ctx, weir_verify_peer_required(), nil)
+                    if !installSANs(ctx, d.clientSAN.map(\.value)) { bad(d.clientSAN[0].position, "client_san: cannot install the matchers"); usable = false }
+                    weir_ctx_set_verify(ctx, weir_verify_peer_required())
                     _ = SSL_CTX_set_session_id_context(ctx, "weir", 4)
                 }
             } else if let ca = d.clientCA {
@@ -219,7 +222,8 @@ extension Compiler {
                     bad(ca.position, "cannot load client_ca \(ca.value): \(openSSLErrors())"); usable = false
                 } else {
                     if let names = SSL_load_client_CA_file(ca.value) { SSL_CTX_set_client_CA_list(ctx, names) }
-                    SSL_CTX_set_verify(ctx, weir_verify_peer_required(), nil)
+                    if !installSANs(ctx, d.clientSAN.map(\.value)) { bad(d.clientSAN[0].position, "client_san: cannot install the matchers"); usable = false }
+                    weir_ctx_set_verify(ctx, weir_verify_peer_required())
                     // Sessions resumed across certificates must share an id context.
                     _ = SSL_CTX_set_session_id_context(ctx, "weir", 4)
                 }
@@ -294,16 +298,47 @@ extension Compiler {
     }
 }
 
-/// TLS from Weir to a cluster's endpoints: a client context (verification, optional client
-/// certificate) and the server name to send and check.
+/// TLS from Weir to a cluster's endpoints: a client context (verification, subject alt name
+/// matchers, optional client certificate, ALPN) and the server name to send. `checkHost`: the
+/// certificate must be for `serverName` (YAML `tls:` with verify and no verify_san); from xDS the
+/// name is only sent, as Envoy does (Istio's SNI is a cluster key, not a certificate name).
 public final class UpstreamTLS: @unchecked Sendable {
     public let context: OpaquePointer
     public let serverName: String?
     public let verify: Bool
-    init(context: OpaquePointer, serverName: String?, verify: Bool) {
-        self.context = context; self.serverName = serverName; self.verify = verify
+    public let checkHost: Bool
+    /// What the handshake checks, for /config_dump and messages.
+    public let summary: String
+    /// A fingerprint of everything the context was made from (never 0): pooled connections
+    /// remember it, and one made under other settings is not lent. A recompile of the same
+    /// settings (a reload, an EDS update) keeps the pool.
+    public let id: UInt64
+    init(context: OpaquePointer, serverName: String?, verify: Bool, checkHost: Bool, summary: String, fingerprint: Hasher) {
+        self.context = context; self.serverName = serverName; self.verify = verify; self.checkHost = checkHost; self.summary = summary
+        var h = fingerprint
+        h.combine(serverName); h.combine(verify); h.combine(checkHost)
+        self.id = UInt64(bitPattern: Int64(h.finalize())) | 1
     }
     deinit { SSL_CTX_free(context) }
+}
+
+/// Adds subject alt name matchers to a context (checked by weir_ctx_set_verify's callback).
+func installSANs(_ ctx: OpaquePointer, _ matchers: [SANMatcher]) -> Bool {
+    for m in matchers {
+        let ok = m.value.withCString { weir_ctx_add_san_matcher(ctx, m.kind.rawValue, m.operation.rawValue, m.ignoreCase ? 1 : 0, $0, m.value.utf8.count) }
+        if ok != 1 { return false }
+    }
+    return true
+}
+
+/// ALPN protocols in wire form (length-prefixed), or nil when one is empty or too long.
+func alpnWire(_ protocols: [String]) -> [UInt8]? {
+    var wire: [UInt8] = []
+    for p in protocols {
+        guard !p.isEmpty, p.utf8.count <= 255 else { return nil }
+        wire.append(UInt8(p.utf8.count)); wire += Array(p.utf8)
+    }
+    return wire
 }
 
 extension Compiler {
@@ -328,7 +363,22 @@ extension Compiler {
         } else if verify {
             _ = SSL_CTX_set_default_verify_paths(ctx)
         }
-        SSL_CTX_set_verify(ctx, verify ? weir_verify_peer() : weir_verify_none(), nil)
+        var sans: [SANMatcher] = []
+        if let v = t["verify_san"] {
+            sans = v.value.split(separator: ",").map { SANMatcher(text: String($0).trimmingCharacters(in: .whitespaces)) }
+            if sans.isEmpty || sans.contains(where: { $0.value.isEmpty }) { bad(v.position, "verify_san must list names") }
+            if !verify { bad(v.position, "verify_san needs verify: true") }
+            if !installSANs(ctx, sans) { bad(v.position, "cannot install the verify_san matchers") }
+        }
+        weir_ctx_set_verify(ctx, verify ? weir_verify_peer() : weir_verify_none())
+        if let a = t["alpn"] {
+            let list = a.value.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            if let wire = alpnWire(list), !wire.isEmpty {
+                if SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count)) != 0 { bad(a.position, "cannot set alpn: \(openSSLErrors())") }
+            } else {
+                bad(a.position, "alpn must list protocol names of 1 to 255 bytes")
+            }
+        }
         weir_ctx_no_password(ctx)
         switch (t["cert"], t["key"]) {
         case (let cert?, let key?):
@@ -345,6 +395,61 @@ extension Compiler {
         }
         if let n = t["sni"], n.value.isEmpty || n.value.contains(" ") { bad(n.position, "sni must be a host name") }
         guard ok else { SSL_CTX_free(ctx); return nil }
-        return UpstreamTLS(context: ctx, serverName: t["sni"]?.value, verify: verify)
+        // The settings and the files' contents as read now.
+        var h = Hasher()
+        for key in t.keys.sorted() {
+            h.combine(key); h.combine(t[key]!.value)
+            if key == "ca" || key == "cert" || key == "key" { h.combine(FileManager.default.contents(atPath: t[key]!.value)) }
+        }
+        let summary = verify ? (sans.isEmpty ? "verify \(t["sni"]?.value ?? "(no name)")" : "verify san \(sans.map(\.description).joined(separator: ","))") : "no verification"
+        return UpstreamTLS(context: ctx, serverName: t["sni"]?.value, verify: verify, checkHost: verify && sans.isEmpty, summary: summary, fingerprint: h)
+    }
+
+    /// TLS to the endpoints from xDS: PEM from SDS or inline, SAN matchers, ALPN, TLS parameters.
+    static func compileUpstreamTLS(_ d: UpstreamTLSDocument, cluster: String, fail: (SourcePosition, String) -> Void) -> UpstreamTLS? {
+        var ok = true
+        func bad(_ p: SourcePosition, _ m: String) { fail(p, "cluster '\(cluster)' tls: \(m)"); ok = false }
+        let p = d.position
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { bad(p, "cannot create a TLS context: \(openSSLErrors())"); return nil }
+        if !tlsVersions.contains(d.minVersion) || !tlsVersions.contains(d.maxVersion) || d.maxVersion < d.minVersion {
+            bad(p, "TLS versions \(d.minVersion) to \(d.maxVersion) are not 1.2 to 1.3")
+        }
+        _ = applyTLSParameters(ctx, min: d.minVersion, max: d.maxVersion, ciphers: d.ciphers.map { Located($0, at: p) }, suites: nil,
+                               curves: d.curves.map { Located($0, at: p) }, at: p, bad)
+        _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
+        weir_ctx_no_password(ctx)
+        ERR_clear_error()
+        if let ca = d.trustedCA {
+            if ca.pem.withCString({ weir_ctx_trust_pem(ctx, $0, ca.pem.utf8.count, 0) }) < 1 { bad(p, "trusted CA \(ca.name) holds no certificate: \(openSSLErrors())") }
+        } else if !d.san.isEmpty {
+            bad(p, "subject alt name matchers need a trusted CA")
+        }
+        if !installSANs(ctx, d.san) { bad(p, "cannot install the subject alt name matchers") }
+        weir_ctx_set_verify(ctx, d.trustedCA != nil ? weir_verify_peer() : weir_verify_none())
+        if let c = d.certificate {
+            if c.chain.withCString({ weir_ctx_use_pem_chain(ctx, $0, c.chain.utf8.count) }) != 1 { bad(p, "certificate \(c.name) does not load: \(openSSLErrors())") }
+            else if c.key.withCString({ weir_ctx_use_pem_key(ctx, $0, c.key.utf8.count) }) != 1 || SSL_CTX_check_private_key(ctx) != 1 {
+                bad(p, "the private key of \(c.name) does not load or does not match its certificate")
+            } else if let x = SSL_CTX_get0_certificate(ctx), X509_cmp_current_time(X509_get0_notAfter(x)) < 0 {
+                Log.warning("cluster '\(cluster)' tls: certificate \(c.name) has expired; sending it until a new version comes")
+            }
+        }
+        if !d.alpn.isEmpty {
+            if let wire = alpnWire(d.alpn) {
+                if SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count)) != 0 { bad(p, "cannot set alpn: \(openSSLErrors())") }
+            } else {
+                bad(p, "alpn protocols must be 1 to 255 bytes")
+            }
+        }
+        if let n = d.serverName, n.isEmpty || n.utf8.count > 255 { bad(p, "sni must be 1 to 255 bytes") }
+        guard ok else { SSL_CTX_free(ctx); return nil }
+        var summary = d.trustedCA.map { "verify by \($0.name)" } ?? "no verification"
+        if !d.san.isEmpty { summary += ", san \(d.san.map(\.description).joined(separator: ","))" }
+        if let c = d.certificate { summary += ", client certificate \(c.name)" }
+        var h = Hasher()
+        h.combine(d.certificate?.chain); h.combine(d.certificate?.key); h.combine(d.trustedCA?.pem)
+        for m in d.san { h.combine(m.kind); h.combine(m.operation); h.combine(m.value); h.combine(m.ignoreCase) }
+        h.combine(d.alpn); h.combine(d.minVersion); h.combine(d.maxVersion); h.combine(d.ciphers); h.combine(d.curves)
+        return UpstreamTLS(context: ctx, serverName: d.serverName, verify: d.trustedCA != nil, checkHost: false, summary: summary, fingerprint: h)
     }
 }

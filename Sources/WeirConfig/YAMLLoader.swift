@@ -255,7 +255,7 @@ struct Reader {
         if let t = f["tls"] {
             var d = TLSDocument(position: pos(t.value))
             let tf = fields(t.value, allowed: ["certificates", "min_version", "max_version", "ciphers", "ciphersuites", "curves", "alpn", "client_ca",
-                                               "ticket_key_rotation"], what: "tls")
+                                               "client_san", "ticket_key_rotation"], what: "tls")
             for n in list(tf["certificates"], "certificates") {
                 var c = CertificateDocument(position: pos(n))
                 let cf = fields(n, allowed: ["cert", "key", "server_names", "ocsp_staple"], what: "a certificate")
@@ -288,6 +288,10 @@ struct Reader {
                 fail(s, "alpn must list protocol names"); return nil
             }
             d.clientCA = string(tf["client_ca"], "client_ca")
+            d.clientSAN = list(tf["client_san"], "client_san").compactMap { s in
+                if let v = s.string { return Located(SANMatcher(text: v), at: pos(s)) }
+                fail(s, "client_san must list names"); return nil
+            }
             d.ticketKeyRotation = duration(tf["ticket_key_rotation"], "ticket_key_rotation")
             l.tls = d
         }
@@ -447,7 +451,7 @@ struct Reader {
         c.panicThreshold = string(f["panic_threshold"], "panic_threshold")
         if let t = f["tls"] {
             c.tlsPosition = pos(t.value)
-            c.tls = flatMapping(t.value, allowed: ["sni", "ca", "verify", "cert", "key"], what: "tls")
+            c.tls = flatMapping(t.value, allowed: ["sni", "ca", "verify", "cert", "key", "verify_san", "alpn"], what: "tls")
         }
         if let p = f["pool"] {
             c.pool = flatMapping(p.value, allowed: ["max_connections", "max_idle", "idle_timeout", "max_requests_per_connection"], what: "pool")

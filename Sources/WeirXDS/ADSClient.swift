@@ -343,7 +343,7 @@ public final class ADSClient: @unchecked Sendable {
         for round in 1...8 {
             let same = lastTranslation != nil && lastActivated == activated
             let t = translateEach(candidate, activate: activated, previous: lastTranslation,
-                                  reuseClusters: same && (type == .route || type == .listener || type == .secret),
+                                  reuseClusters: same && (type == .route || type == .listener),
                                   reuseListeners: same && type == .endpoint, refused: refusedClusters)
             var progress = false
             var other: [String] = []
@@ -384,11 +384,11 @@ public final class ADSClient: @unchecked Sendable {
                     }.map(\.key)
                     if users.isEmpty { other.append(why) }
                     for u in users { refuse(u, why) }
-                case ("listener", .secret):
-                    // A certificate or CA that does not load: the secrets that listener uses.
-                    let used = candidate.listeners[name].map { l in
+                case ("listener", .secret), ("cluster", .secret):
+                    // A certificate or CA that does not load: the secrets that resource uses.
+                    let used = kind == "listener" ? candidate.listeners[name].map { l in
                         (l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : [])).flatMap { sdsNames(of: $0.transportSocket) }
-                    } ?? []
+                    } ?? [] : candidate.clusters[name].map { clusterSDSNames($0) } ?? []
                     if used.isEmpty { other.append(why) }
                     for r in Set(used) { refuse(r, why) }
                 case ("listener", .route):
@@ -412,6 +412,8 @@ public final class ADSClient: @unchecked Sendable {
         } else if type == .cluster {
             let keep = Set(candidate.edsNames)
             candidate.loadAssignments = candidate.loadAssignments.filter { keep.contains($0.key) }
+            let secrets = Set(candidate.sdsNames)
+            candidate.secrets = candidate.secrets.filter { secrets.contains($0.key) }
         }
         // Ignored fields are counted once per new version of a resource, not per resend.
         let changedNames = noteChanges(type, version: response.versionInfo, old: resources, new: candidate)

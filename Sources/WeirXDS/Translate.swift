@@ -69,11 +69,11 @@ public struct XDSResources: Sendable {
     public var secrets: [String: EnvoySecret] = [:]
     public init() {}
 
-    /// SDS names the listeners' TLS chains need.
+    /// SDS names the listeners' TLS chains and the clusters' TLS need.
     public var sdsNames: [String] {
         Set(listeners.values.flatMap { l in
             (l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : [])).filter(\.hasTransportSocket).flatMap { WeirXDS.sdsNames(of: $0.transportSocket) }
-        }).sorted()
+        } + clusters.values.flatMap { clusterSDSNames($0) }).sorted()
     }
 
     /// EDS names the clusters need (their service name, or their own name).
@@ -149,7 +149,8 @@ public struct Translation {
     var listenerResults: [String: (result: Result<ListenerTranslation, XDSError>, notes: Notes)] = [:]
     /// Each cluster's document with the Cluster and assignment it came from: an update that
     /// leaves both equal reuses the document (EDS resends every assignment to change one).
-    var clusterCache: [String: (cluster: EnvoyCluster, assignment: EnvoyLoadAssignment?, doc: ClusterDocument, notes: Notes)] = [:]
+    var clusterCache: [String: (cluster: EnvoyCluster, assignment: EnvoyLoadAssignment?, secrets: [String: EnvoySecret], incomplete: Bool,
+                                doc: ClusterDocument, notes: Notes)] = [:]
 }
 
 /// Translates the resources that are complete (warm) into listener and cluster documents.
@@ -198,23 +199,37 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
                 out.clusterPart.activated.insert("cluster \(name)")
             }
             let cla = r.loadAssignments[edsName(c)]
+            let key = "cluster \(name)"
+            // The secrets its TLS uses, as held now: a new version of one is a new translation.
+            var used: [String: EnvoySecret] = [:]
+            for n in clusterSDSNames(c) { used[n] = r.secrets[n] }
             let doc: ClusterDocument
             let notes: Notes
             if let hit = previous?.clusterCache[name], hit.cluster.isEqualTo(message: c),
-               (hit.assignment == nil && cla == nil) || (hit.assignment.map { a in cla.map { a.isEqualTo(message: $0) } ?? false } ?? false) {
+               (hit.assignment == nil && cla == nil) || (hit.assignment.map { a in cla.map { a.isEqualTo(message: $0) } ?? false } ?? false),
+               hit.secrets.count == used.count, hit.secrets.allSatisfy({ k, v in used[k].map { v.isEqualTo(message: $0) } ?? false }),
+               !hit.incomplete || activate.contains(key) {
                 doc = hit.doc
                 notes = hit.notes
+                if hit.incomplete { out.clusterPart.activated.insert(key) }
             } else {
                 notes = Notes()
-                do { doc = try translateCluster(c, cla, notes: notes) } catch {
+                var incomplete = false
+                do { doc = try translateCluster(c, cla, secrets: used, activated: activate.contains(key), incomplete: &incomplete, notes: notes) } catch {
+                    if let w = error as? WaitingForSecret {
+                        out.clusterPart.warming.append((key, "secret \(w.name)"))
+                        continue
+                    }
                     var e = error as? XDSError ?? XDSError(resource: "cluster '\(name)'", message: "\(error)")
                     e.involved[.cluster] = name
                     if cla != nil { e.involved[.endpoint] = edsName(c) }
                     out.clusterPart.rejected.append(e)
                     continue
                 }
+                if incomplete { out.clusterPart.activated.insert(key) }
+                out.clusterCache[name] = (c, cla, used, incomplete, doc, notes)
             }
-            out.clusterCache[name] = (c, cla, doc, notes)
+            if out.clusterCache[name] == nil, let hit = previous?.clusterCache[name] { out.clusterCache[name] = hit }
             out.clusterPart.docs.append(doc)
             out.clusterPart.notes.merge(notes)
             out.clusterPart.active.insert(name)
@@ -835,7 +850,20 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
     return (out, uses, config.ignorePortInHostMatching)
 }
 
-func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Notes = Notes()) throws -> ClusterDocument {
+/// A cluster's TLS waits for an SDS secret that has not come (the cluster warms on it).
+struct WaitingForSecret: Error { let name: String }
+
+/// The SDS names a cluster's transport sockets (default and per-endpoint matches) refer to.
+func clusterSDSNames(_ c: EnvoyCluster) -> [String] {
+    ((c.hasTransportSocket ? [c.transportSocket] : []) + c.transportSocketMatches.filter(\.hasTransportSocket).map(\.transportSocket))
+        .flatMap { upstreamSDSNames(of: $0) }
+}
+
+/// `secrets`: the SDS secrets held. Without one its TLS needs, the cluster throws
+/// WaitingForSecret, unless `activated` (initial_fetch_timeout passed): then its TLS endpoints
+/// are left out (they cannot be reached as the control plane asked) and `incomplete` is set.
+func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, secrets: [String: EnvoySecret] = [:], activated: Bool = false,
+                      incomplete: UnsafeMutablePointer<Bool>? = nil, notes: Notes = Notes()) throws -> ClusterDocument {
     let what = "cluster '\(c.name)'"
     var involved: [XDSType: String] = [.cluster: c.name]
     if c.type == .eds { involved[.endpoint] = edsName(c) }
@@ -951,11 +979,16 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
         }
     }
     rest.filters = []
-    // Which transport socket each endpoint uses is decided with the endpoints (below).
+    // Which transport socket each endpoint uses is decided with the endpoints (below); each TLS
+    // one is checked now, whether or not an endpoint uses it.
     let matches = c.transportSocketMatches
     rest.transportSocketMatches = []
     let defaultSocket: Envoy_Config_Core_V3_TransportSocket? = c.hasTransportSocket ? c.transportSocket : nil
     rest.clearTransportSocket()
+    for (label, socket) in [("transport_socket", defaultSocket)] + matches.map({ ("transport_socket_matches '\($0.name)'", $0.hasTransportSocket ? $0.transportSocket : nil) }) {
+        guard let socket, !isRawBuffer(socket) else { continue }
+        _ = try translateUpstreamTLS(socket, at: label, secrets: [:], p, notes: Notes(), fail: fail)
+    }
     rest.name = ""
     rest.clearMetadata()  // labels for filters and subsets Weir does not have; they change nothing
     rest.altStatName = ""
@@ -977,7 +1010,9 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
     case .originalDst:
         guard c.loadAssignment.endpoints.isEmpty else { throw fail("type ORIGINAL_DST: load_assignment must be empty (each connection's destination is its endpoint)") }
         // The destination carries no metadata: the cluster's default transport socket applies.
-        _ = try checkTransportSocket(for: Envoy_Config_Endpoint_V3_LbEndpoint(), matches, defaultSocket, fail)
+        if try chosenSocket(for: Envoy_Config_Endpoint_V3_LbEndpoint(), matches, defaultSocket) != nil {
+            throw fail("type ORIGINAL_DST: TLS to original destinations is not supported")
+        }
         notes.about(.cluster, c.name)
         return d
     case .static:
@@ -994,20 +1029,40 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, notes: Not
     if assignment.policy.hasOverprovisioningFactor {
         d.overprovisioningFactor = located(Int(assignment.policy.overprovisioningFactor.value), p)
     }
+    // Endpoints with TLS share one transport socket (Istio's tlsMode istio); the others are
+    // reached in plaintext (raw_buffer, or none).
+    var tls: (socket: Envoy_Config_Core_V3_TransportSocket, label: String)? = nil
     d.endpoints = try translateEndpoints(assignment, cluster: c.name, p, localityWeighted: localityWeighted, notes: notes) { e in
-        try checkTransportSocket(for: e, matches, defaultSocket, fail)
+        guard let (socket, label) = try chosenSocket(for: e, matches, defaultSocket) else { return true }
+        if let t = tls, !t.socket.isEqualTo(message: socket) {
+            throw fail("endpoints use two TLS transport sockets (\(t.label), \(label)); one per cluster is supported")
+        }
+        tls = (socket, label)
+        return false
     }
     notes.about(.cluster, c.name)
+    if let (socket, label) = tls {
+        switch try translateUpstreamTLS(socket, at: label, secrets: secrets, p, notes: notes, fail: fail) {
+        case .ready(let doc): d.upstreamTLS = doc
+        case .waiting(let name):
+            guard activated else { throw WaitingForSecret(name: name) }
+            d.endpoints = d.endpoints.filter(\.plaintext)
+            incomplete?.pointee = true
+        }
+    }
     return d
+}
+
+func isRawBuffer(_ socket: Envoy_Config_Core_V3_TransportSocket) -> Bool {
+    let type = socket.typedConfig.typeURL.split(separator: "/").last.map(String.init) ?? ""
+    return type == "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" || (type.isEmpty && socket.name == "envoy.transport_sockets.raw_buffer")
 }
 
 /// The transport socket an endpoint uses: the first of the cluster's transport_socket_matches
 /// whose `match` the endpoint's `envoy.transport_socket_match` metadata holds, else the cluster's
-/// transport_socket. Plaintext (none, or raw_buffer) is what Weir does; anything else (Istio's
-/// mTLS to `tlsMode: istio` endpoints) is refused: sending plaintext would drop the identity
-/// check the control plane asked for.
-func checkTransportSocket(for e: Envoy_Config_Endpoint_V3_LbEndpoint, _ matches: [EnvoyCluster.TransportSocketMatch],
-                          _ fallback: Envoy_Config_Core_V3_TransportSocket?, _ fail: (String) -> XDSError) throws {
+/// transport_socket; nil for plaintext (none, or raw_buffer).
+func chosenSocket(for e: Envoy_Config_Endpoint_V3_LbEndpoint, _ matches: [EnvoyCluster.TransportSocketMatch],
+                  _ fallback: Envoy_Config_Core_V3_TransportSocket?) throws -> (Envoy_Config_Core_V3_TransportSocket, String)? {
     let labels = e.metadata.filterMetadata["envoy.transport_socket_match"]?.fields ?? [:]
     var chosen = fallback
     var chosenName = "transport_socket"
@@ -1016,12 +1071,8 @@ func checkTransportSocket(for e: Envoy_Config_Endpoint_V3_LbEndpoint, _ matches:
         chosenName = "transport_socket_matches '\(m.name)'"
         break
     }
-    guard let socket = chosen else { return }
-    let type = socket.typedConfig.typeURL.split(separator: "/").last.map(String.init) ?? ""
-    if type == "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" || (type.isEmpty && socket.name == "envoy.transport_sockets.raw_buffer") { return }
-    var address = "an endpoint"
-    if case .endpoint(let ep)? = e.hostIdentifier, case .socketAddress(let sa)? = ep.address.address { address = "endpoint \(sa.address):\(sa.portValue)" }
-    throw fail("\(address) uses \(chosenName) (\(type.isEmpty ? socket.name : type)): upstream TLS from xDS is not implemented yet, and plaintext would drop the peer identity check; refused")
+    guard let socket = chosen, !isRawBuffer(socket) else { return nil }
+    return (socket, chosenName)
 }
 
 /// typed_extension_protocol_options: Envoy's upstream HTTP protocol options, read from the wire
@@ -1220,7 +1271,7 @@ func translateLbConfig(_ c: EnvoyCluster, into d: inout ClusterDocument, _ p: So
 /// Healthy and unknown endpoints with their priorities (UNHEALTHY, DRAINING and TIMEOUT ones are
 /// left out); the compiled cluster spills from a priority to the next as Envoy does.
 func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: SourcePosition, localityWeighted: Bool = false,
-                        notes: Notes = Notes(), check: (Envoy_Config_Endpoint_V3_LbEndpoint) throws -> Void = { _ in }) throws -> [EndpointDocument] {
+                        notes: Notes = Notes(), plaintext: (Envoy_Config_Endpoint_V3_LbEndpoint) throws -> Bool = { _ in true }) throws -> [EndpointDocument] {
     let name = cla.clusterName.isEmpty ? cluster : cla.clusterName
     func fail(_ m: String) -> XDSError { XDSError(resource: "cluster_load_assignment '\(name)'", message: m, involved: [.endpoint: name, .cluster: cluster]) }
     notes.about(.endpoint, name)
@@ -1244,7 +1295,8 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
             case .unhealthy, .draining, .timeout: continue
             default: break
             }
-            do { try check(lb) } catch var err as XDSError {
+            let inPlaintext: Bool
+            do { inPlaintext = try plaintext(lb) } catch var err as XDSError {
                 err.resource = "cluster_load_assignment '\(name)'"
                 err.involved[.endpoint] = name
                 throw err
@@ -1262,6 +1314,7 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
             saRest.address = ""; saRest.portSpecifier = nil
             if let extra = leftover(saRest) { throw fail("lb_endpoints.endpoint.address.socket_address: unsupported field(s) \(extra)") }
             var ep = EndpointDocument(position: p)
+            ep.plaintext = inPlaintext
             let host = sa.address.contains(":") ? "[\(sa.address)]" : sa.address
             ep.address = located("\(host):\(port)", p)
             if lb.hasLoadBalancingWeight { ep.weight = located(Int(lb.loadBalancingWeight.value), p) }

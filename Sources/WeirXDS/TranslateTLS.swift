@@ -1,8 +1,9 @@
 // Downstream TLS from xDS: a filter chain's DownstreamTlsContext, with its certificate and CA
 // from SDS (Secret resources over ADS, as istiod and pilot-agent serve them) or inline, into the
-// listener TLS document a YAML `tls:` gives. What Weir cannot check (subject alt name matchers,
-// CRLs, pinned hashes) refuses the listener: skipping it would accept clients the control plane
-// meant to refuse.
+// listener TLS document a YAML `tls:` gives; a cluster's UpstreamTlsContext into the client
+// context document. Subject alt name matchers are checked in the handshake. What Weir cannot
+// check (regex SAN matchers, CRLs, pinned hashes) refuses the resource: skipping it would accept
+// peers the control plane meant to refuse.
 import Foundation
 import SwiftProtobuf
 import WeirConfig
@@ -36,22 +37,28 @@ func sdsNames(of socket: Envoy_Config_Core_V3_TransportSocket) -> [String] {
     return names
 }
 
-/// A TLS transport socket on a filter chain as a listener TLS document.
-func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, label: String, secrets: [String: EnvoySecret],
-                            _ p: SourcePosition, notes: Notes, fail: (String) -> XDSError) throws -> ChainTLS {
-    let at = "\(label).transport_socket"
-    guard socket.typedConfig.typeURL.hasSuffix(downstreamTLSType) else {
-        throw fail("\(at): \(socket.typedConfig.typeURL) is not supported (DownstreamTlsContext is)")
-    }
-    let tls: DownstreamTLS
-    do { tls = try DownstreamTLS(unpackingAny: socket.typedConfig) } catch { throw fail("\(at): cannot decode: \(error)") }
-    var rest = tls
-    rest.clearCommonTlsContext()
-    rest.clearRequireClientCertificate()
-    if tls.hasRequireSni && !tls.requireSni.value { rest.clearRequireSni() }
-    rest.ocspStaplePolicy = .lenientStapling
-    if let extra = leftover(rest) { throw fail("\(at): unsupported field(s) \(extra)") }
-    let common = tls.commonTlsContext
+/// What a CommonTlsContext gives either direction, its SDS secrets resolved.
+struct CommonTLSParts {
+    var certificates: [CertificateDocument] = []
+    /// The trusted CA: a file, or PEM text, with the name to show.
+    var trustedCA: (file: String?, pem: String?, name: String)? = nil
+    var san: [SANMatcher] = []
+    var alpn: [String] = []
+    var minVersion: String? = nil, maxVersion: String? = nil
+    var ciphers: String? = nil, curves: String? = nil
+}
+
+enum TLSPart<T> {
+    case ready(T)
+    case waiting(secret: String)
+}
+
+/// A CommonTlsContext: certificates (SDS or inline), the validation context (trusted CA and
+/// subject alt name matchers; SDS or inline), ALPN and TLS parameters. Everything about the
+/// context itself is checked before any secret is looked up, so a context Weir cannot honour is
+/// refused now, not once its secrets arrive.
+func translateCommonTLS(_ common: CommonTLS, at: String, secrets: [String: EnvoySecret], _ p: SourcePosition,
+                        fail: (String) -> XDSError) throws -> TLSPart<CommonTLSParts> {
     var commonRest = common
     commonRest.tlsCertificateSdsSecretConfigs = []
     commonRest.tlsCertificates = []
@@ -59,13 +66,11 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
     commonRest.alpnProtocols = []
     commonRest.clearTlsParams()
     if let extra = leftover(commonRest) { throw fail("\(at).common_tls_context: unsupported field(s) \(extra)") }
-    if tls.ocspStaplePolicy != .lenientStapling { notes.ignore("transport_socket ocsp_staple_policy (no staples come from xDS)") }
-    // Everything about the context itself is checked before any secret is looked up, so a
-    // context Weir cannot honour is refused now, not once its secrets arrive.
+    var parts = CommonTLSParts()
     for s in common.tlsCertificateSdsSecretConfigs { try checkSDSConfig(s, at, fail) }
     switch common.validationContextType {
     case nil: break
-    case .validationContext(let v)?: try checkValidation(v, at, fail)
+    case .validationContext(let v)?: parts.san = try checkValidation(v, "\(at).validation_context", fail)
     case .validationContextSdsSecretConfig(let s)?: try checkSDSConfig(s, at, fail)
     case .combinedValidationContext(let c)?:
         try checkSDSConfig(c.validationContextSdsSecretConfig, at, fail)
@@ -77,58 +82,9 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
         extraRest.matchSubjectAltNames = []
         extraRest.matchTypedSubjectAltNames = []
         if let left = leftover(extraRest) { throw fail("\(at).combined_validation_context.default_validation_context: unsupported field(s) \(left)") }
-        if !c.defaultValidationContext.matchSubjectAltNames.isEmpty || !c.defaultValidationContext.matchTypedSubjectAltNames.isEmpty {
-            throw fail("\(at): subject alt name matchers are not implemented yet: Weir would accept any certificate its CA signed")
-        }
+        parts.san = try sanMatchers(c.defaultValidationContext, "\(at).combined_validation_context.default_validation_context", fail)
     default: throw fail("\(at): certificate providers are not supported (validation_context or its SDS secret are)")
     }
-    var d = TLSDocument(position: p)
-    // Certificates: from SDS by name, or inline.
-    for s in common.tlsCertificateSdsSecretConfigs {
-        guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
-        guard case .tlsCertificate(let cert)? = secret.type else { throw secretFail(s.name, "\(at): secret '\(s.name)' is not a tls_certificate", fail) }
-        d.certificates.append(try certificate(cert, name: "sds:\(s.name)", p, fail))
-    }
-    for (i, c) in common.tlsCertificates.enumerated() { d.certificates.append(try certificate(c, name: "\(at).tls_certificates[\(i)]", p, fail)) }
-    if d.certificates.isEmpty { throw fail("\(at): needs a certificate (tls_certificate_sds_secret_configs or tls_certificates)") }
-    // Who may connect: the CA that signs client certificates.
-    var validation: ValidationContext? = nil
-    var validationName = ""
-    switch common.validationContextType {
-    case nil: break
-    case .validationContext(let v)?: validation = v; validationName = "\(at).validation_context"
-    case .validationContextSdsSecretConfig(let s)?:
-        guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
-        guard case .validationContext(let v)? = secret.type else { throw secretFail(s.name, "\(at): secret '\(s.name)' is not a validation_context", fail) }
-        do { try checkValidation(v, "secret '\(s.name)'", fail) } catch let e as XDSError { throw secretFail(s.name, e.message, fail) }
-        validation = v; validationName = "sds:\(s.name)"
-    case .combinedValidationContext(let c)?:
-        let name = c.validationContextSdsSecretConfig.name
-        guard let secret = secrets[name] else { return .waiting(secret: name) }
-        guard case .validationContext(let v)? = secret.type else { throw secretFail(name, "\(at): secret '\(name)' is not a validation_context", fail) }
-        do { try checkValidation(v, "secret '\(name)'", fail) } catch let e as XDSError { throw secretFail(name, e.message, fail) }
-        validation = v; validationName = "sds:\(name)"
-    default: break
-    }
-    if let v = validation {
-        d.clientCA = located(validationName, p)
-        switch v.trustedCa.specifier {
-        case .filename(let f)?: d.clientCA = located(f, p)
-        default: d.clientCAPEM = try pem(v.trustedCa, "\(validationName).trusted_ca", fail)
-        }
-    }
-    let requireClient = tls.hasRequireClientCertificate && tls.requireClientCertificate.value
-    if requireClient && d.clientCA == nil { throw fail("\(at): require_client_certificate needs a validation context with trusted_ca") }
-    if !requireClient && d.clientCA != nil {
-        // Envoy then asks for a certificate but lets clients without one in; Weir verifies
-        // every client it asks, so it cannot honour "optional" without weakening nothing.
-        throw fail("\(at): a validation context without require_client_certificate (optional client certificates) is not supported")
-    }
-    // ALPN: Weir speaks HTTP/1.1 (a client offered h2 falls back to it); Istio's
-    // istio-peer-exchange would start a metadata exchange Weir does not speak.
-    let served = common.alpnProtocols.filter { $0 != "h2" && $0 != "istio-peer-exchange" }
-    if served.count != common.alpnProtocols.count { notes.ignore("transport_socket alpn_protocols h2 and istio-peer-exchange (not offered: Weir speaks neither)") }
-    d.alpn = served.map { located($0, p) }
     if common.hasTlsParams {
         let t = common.tlsParams
         var tRest = t
@@ -145,26 +101,213 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
             default: throw fail("\(at).common_tls_context.tls_params.\(what): Weir speaks TLS 1.2 and 1.3, not \(v)")
             }
         }
-        d.minVersion = try version(t.tlsMinimumProtocolVersion, "tls_minimum_protocol_version").map { located($0, p) }
-        d.maxVersion = try version(t.tlsMaximumProtocolVersion, "tls_maximum_protocol_version").map { located($0, p) }
+        parts.minVersion = try version(t.tlsMinimumProtocolVersion, "tls_minimum_protocol_version")
+        parts.maxVersion = try version(t.tlsMaximumProtocolVersion, "tls_maximum_protocol_version")
         // Envoy's cipher_suites hold TLS 1.2 suites (OpenSSL names; a bracketed group is Envoy's
         // equal-preference syntax, which OpenSSL reads as one more name and refuses).
-        if !t.cipherSuites.isEmpty { d.ciphers = located(t.cipherSuites.joined(separator: ":"), p) }
-        if !t.ecdhCurves.isEmpty { d.curves = located(t.ecdhCurves.joined(separator: ":"), p) }
+        if !t.cipherSuites.isEmpty { parts.ciphers = t.cipherSuites.joined(separator: ":") }
+        if !t.ecdhCurves.isEmpty { parts.curves = t.ecdhCurves.joined(separator: ":") }
     }
+    parts.alpn = common.alpnProtocols
+    // Certificates: from SDS by name, or inline.
+    for s in common.tlsCertificateSdsSecretConfigs {
+        guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
+        guard case .tlsCertificate(let cert)? = secret.type else { throw secretFail(s.name, "\(at): secret '\(s.name)' is not a tls_certificate", fail) }
+        parts.certificates.append(try certificate(cert, name: "sds:\(s.name)", p, fail))
+    }
+    for (i, c) in common.tlsCertificates.enumerated() { parts.certificates.append(try certificate(c, name: "\(at).tls_certificates[\(i)]", p, fail)) }
+    // The validation context: inline, or an SDS secret (whose own matchers add to the default's).
+    var validation: ValidationContext? = nil
+    var validationName = ""
+    func fromSecret(_ name: String) throws -> ValidationContext? {
+        guard let secret = secrets[name] else { return nil }
+        guard case .validationContext(let v)? = secret.type else { throw secretFail(name, "\(at): secret '\(name)' is not a validation_context", fail) }
+        do { parts.san += try checkValidation(v, "secret '\(name)'", fail) } catch let e as XDSError { throw secretFail(name, e.message, fail) }
+        return v
+    }
+    switch common.validationContextType {
+    case .validationContext(let v)?: validation = v; validationName = "\(at).validation_context"
+    case .validationContextSdsSecretConfig(let s)?:
+        guard let v = try fromSecret(s.name) else { return .waiting(secret: s.name) }
+        validation = v; validationName = "sds:\(s.name)"
+    case .combinedValidationContext(let c)?:
+        let name = c.validationContextSdsSecretConfig.name
+        guard let v = try fromSecret(name) else { return .waiting(secret: name) }
+        validation = v; validationName = "sds:\(name)"
+    default: break
+    }
+    if let v = validation {
+        switch v.trustedCa.specifier {
+        case .filename(let f)?: parts.trustedCA = (f, nil, f)
+        default: parts.trustedCA = (nil, try pem(v.trustedCa, "\(validationName).trusted_ca", fail), validationName)
+        }
+    }
+    if !parts.san.isEmpty && parts.trustedCA == nil { throw fail("\(at): subject alt name matchers need a trusted_ca") }
+    return .ready(parts)
+}
+
+/// A TLS transport socket on a filter chain as a listener TLS document.
+func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, label: String, secrets: [String: EnvoySecret],
+                            _ p: SourcePosition, notes: Notes, fail: (String) -> XDSError) throws -> ChainTLS {
+    let at = "\(label).transport_socket"
+    guard socket.typedConfig.typeURL.hasSuffix(downstreamTLSType) else {
+        throw fail("\(at): \(socket.typedConfig.typeURL) is not supported (DownstreamTlsContext is)")
+    }
+    let tls: DownstreamTLS
+    do { tls = try DownstreamTLS(unpackingAny: socket.typedConfig) } catch { throw fail("\(at): cannot decode: \(error)") }
+    var rest = tls
+    rest.clearCommonTlsContext()
+    rest.clearRequireClientCertificate()
+    if tls.hasRequireSni && !tls.requireSni.value { rest.clearRequireSni() }
+    rest.ocspStaplePolicy = .lenientStapling
+    if let extra = leftover(rest) { throw fail("\(at): unsupported field(s) \(extra)") }
+    if tls.ocspStaplePolicy != .lenientStapling { notes.ignore("transport_socket ocsp_staple_policy (no staples come from xDS)") }
+    let parts: CommonTLSParts
+    switch try translateCommonTLS(tls.commonTlsContext, at: at, secrets: secrets, p, fail: fail) {
+    case .waiting(let name): return .waiting(secret: name)
+    case .ready(let r): parts = r
+    }
+    var d = TLSDocument(position: p)
+    d.certificates = parts.certificates
+    if d.certificates.isEmpty { throw fail("\(at): needs a certificate (tls_certificate_sds_secret_configs or tls_certificates)") }
+    // Who may connect: the CA that signs client certificates, and the names they must carry.
+    if let ca = parts.trustedCA {
+        d.clientCA = located(ca.file ?? ca.name, p)
+        d.clientCAPEM = ca.pem
+    }
+    d.clientSAN = parts.san.map { located($0, p) }
+    let requireClient = tls.hasRequireClientCertificate && tls.requireClientCertificate.value
+    if requireClient && d.clientCA == nil { throw fail("\(at): require_client_certificate needs a validation context with trusted_ca") }
+    if !requireClient && d.clientCA != nil {
+        // Envoy then asks for a certificate but lets clients without one in; Weir verifies
+        // every client it asks, so it cannot honour "optional" without weakening nothing.
+        throw fail("\(at): a validation context without require_client_certificate (optional client certificates) is not supported")
+    }
+    // ALPN: Weir speaks HTTP/1.1 (a client offered h2 falls back to it); Istio's
+    // istio-peer-exchange would start a metadata exchange Weir does not speak.
+    let served = parts.alpn.filter { $0 != "h2" && $0 != "istio-peer-exchange" }
+    if served.count != parts.alpn.count { notes.ignore("transport_socket alpn_protocols h2 and istio-peer-exchange (not offered: Weir speaks neither)") }
+    d.alpn = served.map { located($0, p) }
+    d.minVersion = parts.minVersion.map { located($0, p) }
+    d.maxVersion = parts.maxVersion.map { located($0, p) }
+    d.ciphers = parts.ciphers.map { located($0, p) }
+    d.curves = parts.curves.map { located($0, p) }
     return .ready(d)
 }
 
-/// What Weir checks of a validation context: a trusted_ca and nothing else (subject alt name
-/// matchers, CRLs, pinned hashes would each refuse some clients Weir would let in).
-func checkValidation(_ v: ValidationContext, _ at: String, _ fail: (String) -> XDSError) throws {
-    if !v.matchSubjectAltNames.isEmpty || !v.matchTypedSubjectAltNames.isEmpty {
-        throw fail("\(at): subject alt name matchers are not implemented yet: Weir would accept any certificate its CA signed")
+let upstreamTLSType = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+typealias UpstreamTLSContext = Envoy_Extensions_TransportSockets_Tls_V3_UpstreamTlsContext
+
+/// The SDS names an UpstreamTlsContext refers to.
+func upstreamSDSNames(of socket: Envoy_Config_Core_V3_TransportSocket) -> [String] {
+    guard socket.typedConfig.typeURL.hasSuffix(upstreamTLSType),
+          let tls = try? UpstreamTLSContext(unpackingAny: socket.typedConfig) else { return [] }
+    let common = tls.commonTlsContext
+    var names = common.tlsCertificateSdsSecretConfigs.map(\.name)
+    switch common.validationContextType {
+    case .validationContextSdsSecretConfig(let s)?: names.append(s.name)
+    case .combinedValidationContext(let c)?: names.append(c.validationContextSdsSecretConfig.name)
+    default: break
     }
+    return names
+}
+
+/// A cluster's TLS transport socket (UpstreamTlsContext) as the document the compiler makes a
+/// client context from. Without a validation context the endpoints are not verified (Envoy's
+/// meaning); the SNI is sent and never checked against the certificate (Envoy checks SANs).
+func translateUpstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, at: String, secrets: [String: EnvoySecret],
+                          _ p: SourcePosition, notes: Notes, fail: (String) -> XDSError) throws -> TLSPart<UpstreamTLSDocument> {
+    guard socket.typedConfig.typeURL.hasSuffix(upstreamTLSType) else {
+        throw fail("\(at): \(socket.typedConfig.typeURL) is not supported (UpstreamTlsContext and raw_buffer are)")
+    }
+    let tls: UpstreamTLSContext
+    do { tls = try UpstreamTLSContext(unpackingAny: socket.typedConfig) } catch { throw fail("\(at): cannot decode: \(error)") }
+    var rest = tls
+    rest.clearCommonTlsContext()
+    rest.sni = ""
+    if tls.hasMaxSessionKeys { notes.ignore("transport_socket max_session_keys (upstream sessions are not resumed)"); rest.clearMaxSessionKeys() }
+    if tls.hasEnforceRsaKeyUsage && !tls.enforceRsaKeyUsage.value { rest.clearEnforceRsaKeyUsage() }
+    if let extra = leftover(rest) { throw fail("\(at): unsupported field(s) \(extra)") }
+    let parts: CommonTLSParts
+    switch try translateCommonTLS(tls.commonTlsContext, at: at, secrets: secrets, p, fail: fail) {
+    case .waiting(let name): return .waiting(secret: name)
+    case .ready(let r): parts = r
+    }
+    var d = UpstreamTLSDocument(position: p)
+    d.serverName = tls.sni.isEmpty ? nil : tls.sni
+    guard parts.certificates.count <= 1 else { throw fail("\(at): one client certificate is supported") }
+    if let c = parts.certificates.first {
+        if let (chain, key) = c.inlinePEM {
+            d.certificate = (chain, key, c.cert?.value ?? "certificate")
+        } else if let cf = c.cert?.value, let kf = c.key?.value {
+            guard let chain = FileManager.default.contents(atPath: cf), let key = FileManager.default.contents(atPath: kf) else {
+                throw fail("\(at): cannot read client certificate \(cf) or key \(kf)")
+            }
+            d.certificate = (String(decoding: chain, as: UTF8.self), String(decoding: key, as: UTF8.self), cf)
+        }
+    }
+    if let ca = parts.trustedCA {
+        if let pem = ca.pem { d.trustedCA = (pem, ca.name) } else if let f = ca.file {
+            guard let data = FileManager.default.contents(atPath: f) else { throw fail("\(at): cannot read trusted_ca \(f)") }
+            d.trustedCA = (String(decoding: data, as: UTF8.self), f)
+        }
+    }
+    d.san = parts.san
+    // ALPN. Istio's (istio-peer-exchange, istio) is rewritten per request by its istio.alpn
+    // HTTP filter to istio-http/1.1 for an HTTP/1.1 upstream, which is what Weir offers: the
+    // peer sidecar's inbound chains select on it. istio-peer-exchange would start a metadata
+    // exchange, and h2 a protocol Weir does not speak upstream.
+    if parts.alpn.contains("istio-peer-exchange") || parts.alpn.contains("istio") {
+        d.alpn = ["istio-http/1.1"]
+        notes.ignore("transport_socket alpn_protocols istio-peer-exchange, istio (istio-http/1.1 is offered, as istio.alpn would)")
+    } else {
+        d.alpn = parts.alpn.filter { $0 != "h2" }
+        if d.alpn.count != parts.alpn.count { notes.ignore("transport_socket alpn_protocols h2 (not offered: Weir speaks HTTP/1.1 upstream)") }
+    }
+    if let v = parts.minVersion { d.minVersion = v }
+    if let v = parts.maxVersion { d.maxVersion = v }
+    d.ciphers = parts.ciphers
+    d.curves = parts.curves
+    return .ready(d)
+}
+
+/// A validation context's subject alt name matchers, untyped (any SAN type) and typed.
+func sanMatchers(_ v: ValidationContext, _ at: String, _ fail: (String) -> XDSError) throws -> [SANMatcher] {
+    func matcher(_ m: Envoy_Type_Matcher_V3_StringMatcher, _ kind: SANMatcher.Kind, _ what: String) throws -> SANMatcher {
+        switch m.matchPattern {
+        case .exact(let s)?: return SANMatcher(kind: kind, .exact, s, ignoreCase: m.ignoreCase)
+        case .prefix(let s)?: return SANMatcher(kind: kind, .prefix, s, ignoreCase: m.ignoreCase)
+        case .suffix(let s)?: return SANMatcher(kind: kind, .suffix, s, ignoreCase: m.ignoreCase)
+        case .contains(let s)?: return SANMatcher(kind: kind, .contains, s, ignoreCase: m.ignoreCase)
+        default: throw fail("\(at).\(what): only exact, prefix, suffix and contains matchers are supported")
+        }
+    }
+    var out = try v.matchSubjectAltNames.map { try matcher($0, .any, "match_subject_alt_names") }
+    for t in v.matchTypedSubjectAltNames {
+        let kind: SANMatcher.Kind
+        switch t.sanType {
+        case .dns: kind = .dns
+        case .uri: kind = .uri
+        case .email: kind = .email
+        case .ipAddress: kind = .ip
+        default: throw fail("\(at).match_typed_subject_alt_names: san_type \(t.sanType) is not supported (DNS, URI, EMAIL, IP_ADDRESS are)")
+        }
+        out.append(try matcher(t.matcher, kind, "match_typed_subject_alt_names"))
+    }
+    return out
+}
+
+/// What Weir checks of a validation context: a trusted_ca and subject alt name matchers, and
+/// nothing else (CRLs, pinned hashes would each refuse some peers Weir would let in).
+func checkValidation(_ v: ValidationContext, _ at: String, _ fail: (String) -> XDSError) throws -> [SANMatcher] {
+    let san = try sanMatchers(v, at, fail)
     var vRest = v
     vRest.clearTrustedCa()
+    vRest.matchSubjectAltNames = []
+    vRest.matchTypedSubjectAltNames = []
     if let extra = leftoverNames(vRest) { throw fail("\(at): unsupported field(s) \(extra)") }
     guard v.hasTrustedCa else { throw fail("\(at): needs trusted_ca") }
+    return san
 }
 
 /// An error about a secret's own content: the SDS update that brought it refuses that secret.

@@ -342,9 +342,54 @@ let endpointsJSON = """
         // A PEM that does not load is the compiler's to refuse (named by its listener).
         #expect(refusal { _ = try compile(ready) }.contains("cannot load certificate sds:kubernetes://gw"))
 
-        let san = tls.replacingOccurrences(of: #""tls_certificate_sds_secret_configs""#, with: #""validation_context": {"trusted_ca": {"inline_string": "CA"}, "match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/default/sa/app"}]}, "tls_certificate_sds_secret_configs""#)
+        // Client certificates checked by subject alt name (Istio 1.9's inbound prefix spiffe://cluster.local/).
+        let san = tls.replacingOccurrences(of: #""common_tls_context": {"#, with: #""require_client_certificate": true, "common_tls_context": {"validation_context": {"trusted_ca": {"inline_string": "CA"}, "match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/default/sa/app"}], "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"prefix": "spiffe://cluster.local/", "ignore_case": true}}]}, "#)
         r.listeners["gw"] = try EnvoyListener(jsonString: json.replacingOccurrences(of: tls, with: san))
-        #expect(refusal { _ = try translate(r) }.contains("subject alt name matchers are not implemented yet"))
+        let checked = try #require(try translate(r).listeners.first?.chains.first?.body.tls)
+        #expect(checked.clientSAN.map(\.value) == [SANMatcher(.exact, "spiffe://cluster.local/ns/default/sa/app"), SANMatcher(kind: .uri, .prefix, "spiffe://cluster.local/", ignoreCase: true)])
+        #expect(checked.clientCAPEM == "CA")
+        let regex = san.replacingOccurrences(of: #"{"exact": "spiffe://cluster.local/ns/default/sa/app"}"#, with: #"{"safe_regex": {"regex": "spiffe://.*"}}"#)
+        r.listeners["gw"] = try EnvoyListener(jsonString: json.replacingOccurrences(of: tls, with: regex))
+        #expect(refusal { _ = try translate(r) }.contains("only exact, prefix, suffix and contains matchers are supported"))
+    }
+
+    /// Istio's outbound cluster: endpoints labelled tlsMode istio get mTLS (SDS default and
+    /// ROOTCA, the SPIFFE SAN, its SNI), the others plaintext; the cluster warms until the
+    /// secrets come, and activated without them leaves its TLS endpoints out.
+    @Test func anIstioClusterSpeaksMTLSToItsSidecarEndpointsOnly() throws {
+        let sds = #"{"api_config_source": {"api_type": "GRPC", "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}], "set_node_on_first_message_only": true, "transport_api_version": "V3"}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}"#
+        let upstream = #"{"name": "envoy.transport_sockets.tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", "common_tls_context": {"tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}, "alpn_protocols": ["istio-peer-exchange", "istio"], "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": \#(sds)}], "combined_validation_context": {"default_validation_context": {"match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/default/sa/reviews"}]}, "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": \#(sds)}}}, "sni": "outbound_.9080_._.reviews.default.svc.cluster.local"}}"#
+        let json = #"{"name": "outbound|9080||reviews", "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}, "service_name": "outbound|9080||reviews"}, "transport_socket_matches": [{"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": \#(upstream)}, {"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}]}"#
+        var r = XDSResources()
+        r.clusters["outbound|9080||reviews"] = try cluster(json)
+        r.loadAssignments["outbound|9080||reviews"] = try EnvoyLoadAssignment(jsonString: #"{"cluster_name": "outbound|9080||reviews", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9001}}}, "metadata": {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}}, {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9002}}}}]}]}"#)
+        #expect(r.sdsNames == ["ROOTCA", "default"], "the cluster's secrets are subscribed")
+        let waiting = try translate(r)
+        #expect(waiting.clusters.isEmpty && waiting.warming.first?.why == "secret default")
+        let activated = try translate(r, activate: ["cluster outbound|9080||reviews"])
+        #expect(activated.clusters.first?.endpoints.map { $0.address?.value } == ["127.0.0.1:9002"], "activated without its secrets: the mTLS endpoint is left out, never reached in plaintext")
+        #expect(activated.activatedIncomplete.contains("cluster outbound|9080||reviews"))
+        r.secrets["default"] = try EnvoySecret(jsonString: #"{"name": "default", "tls_certificate": {"certificate_chain": {"inline_bytes": "Q0VSVA=="}, "private_key": {"inline_bytes": "S0VZ"}}}"#)
+        r.secrets["ROOTCA"] = try EnvoySecret(jsonString: #"{"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_bytes": "Q0E="}}}"#)
+        let ready = try translate(r)
+        let d = try #require(ready.clusters.first)
+        #expect(d.endpoints.map(\.plaintext) == [false, true])
+        let tls = try #require(d.upstreamTLS)
+        #expect(tls.serverName == "outbound_.9080_._.reviews.default.svc.cluster.local" && tls.alpn == ["istio-http/1.1"])
+        #expect(tls.certificate?.chain == "CERT" && tls.certificate?.key == "KEY" && tls.trustedCA?.pem == "CA")
+        #expect(tls.san == [SANMatcher(.exact, "spiffe://cluster.local/ns/default/sa/reviews")])
+        // A new ROOTCA is a new translation of the cluster (not the cached one).
+        r.secrets["ROOTCA"] = try EnvoySecret(jsonString: #"{"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_bytes": "Q0Ey"}}}"#)
+        let rotated = try translateEach(r, previous: ready)
+        #expect(rotated.clusters.first?.upstreamTLS?.trustedCA?.pem == "CA2")
+
+        // Two different TLS sockets in one cluster, and what Weir cannot check, are refused.
+        var two = r
+        let other = upstream.replacingOccurrences(of: "sa/reviews", with: "sa/other")
+        two.clusters["outbound|9080||reviews"] = try cluster(json.replacingOccurrences(of: #"{"name": "tlsMode-disabled", "match": {}, "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}"#, with: #"{"name": "other", "match": {}, "transport_socket": \#(other)}"#))
+        #expect(refusal { _ = try translate(two) }.contains("endpoints use two TLS transport sockets"))
+        two.clusters["outbound|9080||reviews"] = try cluster(json.replacingOccurrences(of: #""sni""#, with: #""auto_host_sni": true, "sni""#))
+        #expect(refusal { _ = try translate(two) }.contains("unsupported field(s)"))
     }
 
     /// A listener's new version that warms leaves the previous one serving, but only while the

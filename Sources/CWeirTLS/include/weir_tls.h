@@ -24,4 +24,13 @@ int weir_ctx_trust_pem(SSL_CTX *ctx, const char *pem, long length, int advertise
 /* Encrypted keys fail to load instead of prompting for a passphrase on the terminal. */
 void weir_ctx_no_password(SSL_CTX *ctx);
 
+/* Subject alt name matchers on a context's peer certificates (Envoy's match_subject_alt_names):
+ * with any set, verification fails unless one of them matches one SAN of the leaf certificate.
+ * `kind` limits the SAN type (any, DNS, URI, email, IP in text form); `op` is how `value`
+ * compares. Set `mode` with weir_ctx_set_verify, which installs the check. */
+enum { WEIR_SAN_ANY = 0, WEIR_SAN_DNS = 1, WEIR_SAN_URI = 2, WEIR_SAN_EMAIL = 3, WEIR_SAN_IP = 4 };
+enum { WEIR_SAN_EXACT = 0, WEIR_SAN_PREFIX = 1, WEIR_SAN_SUFFIX = 2, WEIR_SAN_CONTAINS = 3 };
+int weir_ctx_add_san_matcher(SSL_CTX *ctx, int kind, int op, int ignore_case, const char *value, size_t length);
+void weir_ctx_set_verify(SSL_CTX *ctx, int mode);
+
 #endif

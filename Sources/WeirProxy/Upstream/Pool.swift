@@ -38,6 +38,8 @@ struct Upstream {
     var pendingOut: Int32 = -1
     /// TLS to the endpoint: its state is in Shard.upstreamTLS at this slot.
     var isTLS = false
+    /// The UpstreamTLS it was made with (its id; 0: plaintext).
+    var tlsID: UInt64 = 0
     var address = sockaddr_storage()
     var addressLength: socklen_t = 0
     var connectTimeout = __kernel_timespec()
@@ -64,7 +66,8 @@ extension Shard {
         startActive(c)
         // After a pooled connection failed under this request, the next try goes on a new
         // connection: another idle one may be closing just the same.
-        if pool >= 0, !c.pointee.ex.freeRetryUsed, let u = popIdle(Int(pool)) {
+        let tlsID = endpoint.plaintext ? 0 : cluster.tls?.id ?? 0
+        if pool >= 0, !c.pointee.ex.freeRetryUsed, let u = popIdle(Int(pool), tls: tlsID) {
             attach(c, u)
             c.pointee.ex.reused = true
             control.named.endpoints[Int(pool)].poolReuses += 1
@@ -153,11 +156,18 @@ extension Shard {
         if u.pointee.recv == .idle { armUpstreamRecv(u) }
     }
 
-    func popIdle(_ pool: Int) -> Int? {
-        let head = Int(idleHead[pool])
-        guard head >= 0 else { return nil }
-        unlinkIdle(upstreams + head)
-        return head
+    /// An idle connection of `pool` made under TLS setting `tls` (UpstreamTLS.id, 0 for
+    /// plaintext). Idle ones made under another (a new certificate, CA or SAN policy from a
+    /// reload or SDS, an endpoint that changed transport socket) are closed, never lent.
+    func popIdle(_ pool: Int, tls: UInt64) -> Int? {
+        while idleHead[pool] >= 0 {
+            let head = Int(idleHead[pool])
+            let u = upstreams + head
+            if u.pointee.tlsID != tls { closeUpstream(u); continue }
+            unlinkIdle(u)
+            return head
+        }
+        return nil
     }
 
     func unlinkIdle(_ u: UnsafeMutablePointer<Upstream>) {

@@ -291,12 +291,13 @@ extension Shard {
         SSL_set_connect_state(ssl)
         if let name = tls.serverName {
             _ = weir_ssl_set_host_name(ssl, name)
-            if tls.verify { _ = SSL_set1_host(ssl, name) }
+            if tls.checkHost { _ = SSL_set1_host(ssl, name) }
         }
         t.pointee.ssl = ssl
         t.pointee.readBIO = r
         t.pointee.writeBIO = w
         u.pointee.isTLS = true
+        u.pointee.tlsID = tls.id
         // The first flight (ClientHello) is written now and sent by the caller.
         ERR_clear_error()
         _ = SSL_do_handshake(ssl)
