@@ -7,6 +7,9 @@
 #   client.pem/.key        a client certificate signed by the CA
 #   rogue.pem/.key         a client certificate signed by nobody we trust
 #   expired.pem/.key       signed by the CA, valid only in 2020
+#   weir-side, envoy-side, rogue-side (.pem/.key)
+#                          SPIFFE workload identities (URI SANs spiffe://cluster.local/ns/default/sa/NAME,
+#                          rogue-side's is sa/rogue) signed by the CA, as Istio's CA issues them
 #   a.ocsp                 a DER OCSP response for a.pem (for ocsp_staple)
 set -euo pipefail
 dir=$1
@@ -23,6 +26,10 @@ leaf a a.example.com "DNS:a.example.com,DNS:*.a.example.com"
 leaf default default.example.com "DNS:default.example.com"
 leaf other other.example.com "DNS:other.example.com"
 leaf client client.example.com "DNS:client.example.com" "extendedKeyUsage=clientAuth"
+for id in weir-side envoy-side; do
+  leaf "$id" "$id" "URI:spiffe://cluster.local/ns/default/sa/$id" "extendedKeyUsage=serverAuth,clientAuth"
+done
+leaf rogue-side rogue-side "URI:spiffe://cluster.local/ns/default/sa/rogue" "extendedKeyUsage=serverAuth,clientAuth"
 q openssl req -x509 -newkey rsa:2048 -nodes -keyout rogue.key -out rogue.pem -days 30 -subj "/CN=rogue"
 # An expired certificate needs explicit dates: `openssl ca` takes them.
 q openssl req -newkey rsa:2048 -nodes -keyout expired.key -out expired.csr -subj "/CN=expired.example.com"
