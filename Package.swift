@@ -62,6 +62,7 @@ let package = Package(
                 dependencies: ["WeirConfig", "WeirCore", "WeirXDSProtos",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                               .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
                 swiftSettings: v5),
         .target(name: "WeirProxy",

@@ -193,6 +193,10 @@ public enum Compiler {
                     xds = XDSSettings(address: address, initialFetchTimeoutNanoseconds: timeout, nodeID: id,
                                       nodeCluster: doc.node["cluster"]?.value ?? "", nodeMetadata: doc.nodeMetadata,
                                       unixPath: unix, nodeMetadataJSON: doc.nodeMetadataJSON)
+                    if let sds = x["sds_address"] {
+                        if sds.value.hasPrefix("unix:") && sds.value.count > 5 { xds?.sdsUnixPath = String(sds.value.dropFirst(5)) }
+                        else { fail(sds.position, "xds sds_address must be unix:PATH (pilot-agent's SDS socket)") }
+                    }
                 } catch {
                     fail(a.position, "xds address: \(error) (an IP:PORT, such as 127.0.0.1:18000, or unix:PATH)")
                 }

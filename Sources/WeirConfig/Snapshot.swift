@@ -180,6 +180,10 @@ public struct XDSSettings: Sendable, Equatable {
     /// The node's metadata as JSON (an Envoy bootstrap's node.metadata, nested values and all),
     /// sent instead of `nodeMetadata` when set.
     public var nodeMetadataJSON: String? = nil
+    /// The SDS server on a Unix socket (pilot-agent's sds-grpc, ./var/run/secrets/workload-spiffe-uds/socket):
+    /// secrets whose sds_config names the sds-grpc cluster are asked for there, on their own
+    /// stream; nil: they are asked for on ADS with the others.
+    public var sdsUnixPath: String? = nil
     /// Where the control plane is, for logs.
     public var target: String { unixPath.map { "unix:\($0)" } ?? address.description }
 }

@@ -146,7 +146,7 @@ struct Reader {
                                        "xds", "node"], what: "the top level")
         if let x = f["xds"] {
             doc.xdsPosition = pos(x.value)
-            doc.xds = flatMapping(x.value, allowed: ["address", "initial_fetch_timeout"], what: "xds")
+            doc.xds = flatMapping(x.value, allowed: ["address", "initial_fetch_timeout", "sds_address"], what: "xds")
         }
         if let n = f["node"] {
             var nf = fields(n.value, allowed: ["id", "cluster", "metadata"], what: "node")

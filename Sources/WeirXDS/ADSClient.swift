@@ -5,10 +5,14 @@
 // translated with everything else Weir holds; one that is refused (by translation or by the
 // compiler) keeps its previous version (or stays out), the others are compiled and published,
 // and the NACK names every refused resource and its field. The stream reconnects with jittered
-// backoff and sends the versions it holds.
+// backoff and sends the versions it holds. Secrets whose sds_config names pilot-agent's sds-grpc
+// cluster come on a second stream (SecretDiscoveryService) to its Unix socket when one is
+// configured (xds.sds_address, or the bootstrap's sds-grpc cluster); their responses go through
+// the same resource-by-resource handling.
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import GRPCProtobuf
 import Synchronization
 import SwiftProtobuf
 import WeirConfig
@@ -69,9 +73,18 @@ public final class ADSClient: @unchecked Sendable {
     /// with each failure.
     private var activationRetryAt: Int64 = 0
     private var activationBackoff: Int64 = 0
-    private var versions: [XDSType: String] = [:]
-    private var nonces: [XDSType: String] = [:]
-    private var subscribed: [XDSType: [String]] = [:]
+    /// The stream a request or response travels on: ADS, or the SDS stream to the agent's socket.
+    enum Channel: Hashable { case ads, sdsSocket }
+    struct StreamKey: Hashable {
+        let type: XDSType, channel: Channel
+        init(_ type: XDSType, _ channel: Channel = .ads) { self.type = type; self.channel = channel }
+    }
+    private var versions: [StreamKey: String] = [:]
+    private var nonces: [StreamKey: String] = [:]
+    private var subscribed: [StreamKey: [String]] = [:]
+    /// Where requests go, while each stream is up.
+    private var adsOut: AsyncStream<DiscoveryRequest>.Continuation? = nil
+    private var sdsOut: AsyncStream<DiscoveryRequest>.Continuation? = nil
     /// Clusters the control plane sent that were refused with no version to keep: what names
     /// them is told so (a 503 under validate_clusters false, else a refusal saying why).
     private var refusedClusters = Set<String>()
@@ -87,6 +100,7 @@ public final class ADSClient: @unchecked Sendable {
 
     public func start() {
         Task.detached { [self] in await self.run() }
+        if settings.sdsUnixPath != nil { Task.detached { [self] in await self.runSDS() } }
         Task.detached { [self] in await self.warmingTimer() }
     }
 
@@ -226,14 +240,18 @@ public final class ADSClient: @unchecked Sendable {
             let (outgoing, continuation) = AsyncStream<DiscoveryRequest>.makeStream()
             // A new stream: the node, then what we hold of each type (versions survive reconnects).
             statsBox.withLock { $0.connected = true; $0.streams += 1 }
-            var first = true
-            for type in [XDSType.cluster, .listener] {
-                continuation.yield(request(type, names: [], node: first))
-                first = false
+            lock.withLock {
+                var first = true
+                for type in [XDSType.cluster, .listener] {
+                    continuation.yield(request(type, names: [], node: first))
+                    first = false
+                }
+                for type in [XDSType.endpoint, .route, .secret] where !(subscribed[StreamKey(type)] ?? []).isEmpty {
+                    continuation.yield(request(type, names: subscribed[StreamKey(type)]!, node: false))
+                }
+                adsOut = continuation
             }
-            for type in [XDSType.endpoint, .route, .secret] where !(subscribed[type] ?? []).isEmpty {
-                continuation.yield(request(type, names: subscribed[type]!, node: false))
-            }
+            defer { lock.withLock { adsOut = nil } }
             var options = CallOptions.defaults
             options.maxResponseMessageBytes = 64 << 20   // Istio sends more than gRPC's 4 MB default
             try await ads.streamAggregatedResources(
@@ -250,11 +268,12 @@ public final class ADSClient: @unchecked Sendable {
         }
     }
 
-    func request(_ type: XDSType, names: [String], node: Bool, nonce: String? = nil, error: String? = nil) -> DiscoveryRequest {
+    func request(_ type: XDSType, names: [String], node: Bool, nonce: String? = nil, error: String? = nil, on channel: Channel = .ads) -> DiscoveryRequest {
+        let key = StreamKey(type, channel)
         var r = DiscoveryRequest()
         r.typeURL = type.rawValue
-        r.versionInfo = versions[type] ?? ""
-        r.responseNonce = nonce ?? nonces[type] ?? ""
+        r.versionInfo = versions[key] ?? ""
+        r.responseNonce = nonce ?? nonces[key] ?? ""
         r.resourceNames = names
         if node {
             r.node.id = settings.nodeID
@@ -272,17 +291,77 @@ public final class ADSClient: @unchecked Sendable {
             r.errorDetail.code = 3  // INVALID_ARGUMENT
             r.errorDetail.message = error
         }
-        subscribed[type] = names
+        subscribed[key] = names
         return r
     }
 
-    func handle(_ response: DiscoveryResponse, _ out: AsyncStream<DiscoveryRequest>.Continuation) {
+    /// The SDS stream to the agent's socket: open while there are secrets to ask it for,
+    /// reconnecting with backoff as the ADS stream does.
+    func runSDS() async {
+        var backoff = 0.25
+        while !stopped.load(ordering: .relaxed) {
+            let wanted = lock.withLock { !(subscribed[StreamKey(.secret, .sdsSocket)] ?? []).isEmpty }
+            guard wanted else { try? await Task.sleep(nanoseconds: 100_000_000); continue }
+            do {
+                try await streamSDS()
+                backoff = 0.25
+            } catch {
+                Log.warning("xds: SDS stream to unix:\(settings.sdsUnixPath ?? "") ended: \(error); reconnecting")
+            }
+            let wait = backoff * Double.random(in: 0.5...1.5)
+            backoff = min(backoff * 2, 30)
+            try? await Task.sleep(nanoseconds: UInt64(wait * 1e9))
+        }
+    }
+
+    func streamSDS() async throws {
+        guard let path = settings.sdsUnixPath else { return }
+        let transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: .plaintext,
+                                                       config: .defaults { $0.http2.maxFrameSize = 1 << 20 })
+        try await withGRPCClient(transport: transport) { grpc in
+            let (outgoing, continuation) = AsyncStream<DiscoveryRequest>.makeStream()
+            lock.withLock {
+                // The node on the first request (set_node_on_first_message_only), then what is
+                // held; a nonce belongs to the stream that sent it.
+                nonces[StreamKey(.secret, .sdsSocket)] = nil
+                continuation.yield(request(.secret, names: subscribed[StreamKey(.secret, .sdsSocket)] ?? [], node: true, on: .sdsSocket))
+                sdsOut = continuation
+            }
+            defer { lock.withLock { sdsOut = nil } }
+            Log.info("xds: SDS stream to unix:\(path) open")
+            var options = CallOptions.defaults
+            options.maxResponseMessageBytes = 16 << 20
+            let descriptor = MethodDescriptor(service: ServiceDescriptor(fullyQualifiedService: "envoy.service.secret.v3.SecretDiscoveryService"),
+                                              method: "StreamSecrets", type: .bidirectionalStreaming)
+            try await grpc.bidirectionalStreaming(
+                request: StreamingClientRequest(of: DiscoveryRequest.self) { writer in
+                    for await r in outgoing { try await writer.write(r) }
+                },
+                descriptor: descriptor,
+                serializer: ProtobufSerializer<DiscoveryRequest>(),
+                deserializer: ProtobufDeserializer<DiscoveryResponse>(),
+                options: options
+            ) { response in
+                for try await message in response.messages {
+                    self.handle(message, continuation, on: .sdsSocket)
+                }
+            }
+            continuation.finish()
+        }
+    }
+
+    func handle(_ response: DiscoveryResponse, _ out: AsyncStream<DiscoveryRequest>.Continuation, on channel: Channel = .ads) {
         lock.lock()
         defer { lock.unlock() }
         guard let type = XDSType(rawValue: response.typeURL) else {
             Log.warning("xds: ignoring a response of unknown type \(response.typeURL)")
             return
         }
+        if channel == .sdsSocket && type != .secret {
+            Log.warning("xds: ignoring a \(type.short) response on the SDS stream")
+            return
+        }
+        let key = StreamKey(type, channel)
         let t0 = monotonicNanoseconds()
         var candidate = resources
         var decodeError: String? = nil
@@ -309,8 +388,8 @@ public final class ADSClient: @unchecked Sendable {
         func nack(_ why: String) {
             Log.warning("xds: NACK \(short) version \(response.versionInfo): \(why)")
             statsBox.withLock { $0.rejected[short, default: 0] += 1; $0.lastError = why }
-            out.yield(request(type, names: subscribed[type] ?? [], node: false, nonce: response.nonce, error: why))
-            nonces[type] = response.nonce
+            out.yield(request(type, names: subscribed[key] ?? [], node: false, nonce: response.nonce, error: why, on: channel))
+            nonces[key] = response.nonce
         }
         if let decodeError { return nack(decodeError) }
         // Resource by resource: a refused one keeps its previous version, or stays out (a refused
@@ -424,27 +503,41 @@ public final class ADSClient: @unchecked Sendable {
         lastActivated = activated
         noteWarming(translation)
         noteIgnored(translation.notes, type: type, accepted: changedNames)
-        nonces[type] = response.nonce
+        nonces[key] = response.nonce
         let t3 = monotonicNanoseconds()
         func ms(_ a: Int64, _ b: Int64) -> String { String(format: "%.1f", Double(b - a) / 1e6) }
         if refused.isEmpty {
-            versions[type] = response.versionInfo
+            versions[key] = response.versionInfo
             statsBox.withLock { $0.accepted[short, default: 0] += 1; $0.versions[short] = response.versionInfo; $0.refused[short] = [:] }
             Log.info("xds: ACK \(short) version \(response.versionInfo) (\(response.resources.count) resource(s)) in \(ms(t0, t3)) ms: decode \(ms(t0, t1)), translate \(ms(t1, t2)), compile and publish \(ms(t2, t3))")
-            out.yield(request(type, names: subscribed[type] ?? [], node: false))
+            out.yield(request(type, names: subscribed[key] ?? [], node: false, on: channel))
         } else {
             // The rest is applied; the NACK keeps the version last accepted whole and names
             // every refused resource.
             let why = errorDetail(refused)
             Log.warning("xds: NACK \(short) version \(response.versionInfo): \(refused.count) of \(response.resources.count) resource(s) refused, the rest applied: \(why)")
             statsBox.withLock { $0.rejected[short, default: 0] += 1; $0.lastError = why; $0.refused[short] = refused }
-            out.yield(request(type, names: subscribed[type] ?? [], node: false, nonce: response.nonce, error: why))
+            out.yield(request(type, names: subscribed[key] ?? [], node: false, nonce: response.nonce, error: why, on: channel))
         }
-        // Subscriptions follow what the clusters and listeners need now.
-        let eds = resources.edsNames, rds = resources.rdsNames, sds = resources.sdsNames
-        if eds != (subscribed[.endpoint] ?? []) { out.yield(request(.endpoint, names: eds, node: false)) }
-        if rds != (subscribed[.route] ?? []) { out.yield(request(.route, names: rds, node: false)) }
-        if sds != (subscribed[.secret] ?? []) { out.yield(request(.secret, names: sds, node: false)) }
+        followSubscriptions()
+    }
+
+    /// Subscriptions follow what the clusters and listeners need now: sent on each stream that
+    /// is up, else remembered for when it (re)connects. With `lock` held.
+    func followSubscriptions() {
+        let socket = settings.sdsUnixPath != nil
+        let wanted: [(XDSType, Channel, [String])] = [
+            (.endpoint, .ads, resources.edsNames), (.route, .ads, resources.rdsNames),
+            (.secret, .ads, socket ? resources.sdsNames(socket: false) : resources.sdsNames),
+            (.secret, .sdsSocket, socket ? resources.sdsNames(socket: true) : []),
+        ]
+        for (type, channel, names) in wanted where names != (subscribed[StreamKey(type, channel)] ?? []) {
+            if let out = channel == .ads ? adsOut : sdsOut {
+                out.yield(request(type, names: names, node: false, on: channel))
+            } else {
+                subscribed[StreamKey(type, channel)] = names
+            }
+        }
     }
 
     /// Every refused resource and why, sorted by name, at most 8 KiB (then how many more).

@@ -91,6 +91,11 @@ public enum Bootstrap {
             }
             doc.xdsPosition = p
         }
+        // pilot-agent's SDS socket: the workload certificate and root CA come from there.
+        if let c = clustersByName["sds-grpc"], let e = try? endpointText(c, fail), e.hasPrefix("unix:") {
+            if doc.xds == nil { warnings.append("envoy bootstrap: the sds-grpc cluster is not used without dynamic_resources") }
+            doc.xds?["sds_address"] = Located(e, at: p)
+        }
         var r = XDSResources()
         for (name, c) in clustersByName where name != xdsCluster {
             // The agent's SDS socket and tracing collectors are not traffic targets Weir serves.

@@ -76,6 +76,22 @@ public struct XDSResources: Sendable {
         } + clusters.values.flatMap { clusterSDSNames($0) }).sorted()
     }
 
+    /// The secrets `sdsNames` holds that are asked for on pilot-agent's SDS socket (their
+    /// sds_config names the sds-grpc cluster); a name asked for both ways is in both lists.
+    public func sdsNames(socket: Bool) -> [String] {
+        var sockets: [Envoy_Config_Core_V3_TransportSocket] = []
+        for l in listeners.values {
+            for chain in l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : []) where chain.hasTransportSocket { sockets.append(chain.transportSocket) }
+        }
+        for c in clusters.values {
+            if c.hasTransportSocket { sockets.append(c.transportSocket) }
+            for m in c.transportSocketMatches where m.hasTransportSocket { sockets.append(m.transportSocket) }
+        }
+        var names = Set<String>()
+        for s in sockets { for config in sdsConfigs(of: s) where viaSDSSocket(config) == socket { names.insert(config.name) } }
+        return names.sorted()
+    }
+
     /// EDS names the clusters need (their service name, or their own name).
     public var edsNames: [String] {
         clusters.values.filter { $0.type == .eds }.map { edsName($0) }.sorted()

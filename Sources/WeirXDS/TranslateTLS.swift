@@ -353,12 +353,33 @@ public func secretProblem(_ s: EnvoySecret) -> String? {
     }
 }
 
+/// Whether an SDS secret config points at pilot-agent's SDS socket (the bootstrap's sds-grpc
+/// cluster) rather than ADS.
+func viaSDSSocket(_ s: SDSConfig) -> Bool {
+    guard s.hasSdsConfig, case .apiConfigSource(let api)? = s.sdsConfig.configSourceSpecifier else { return false }
+    return api.grpcServices.first?.envoyGrpc.clusterName == "sds-grpc"
+}
+
+/// Every SDS secret config of a transport socket (either direction).
+func sdsConfigs(of socket: Envoy_Config_Core_V3_TransportSocket) -> [SDSConfig] {
+    let common: CommonTLS
+    if socket.typedConfig.typeURL.hasSuffix(downstreamTLSType), let t = try? DownstreamTLS(unpackingAny: socket.typedConfig) { common = t.commonTlsContext }
+    else if socket.typedConfig.typeURL.hasSuffix(upstreamTLSType), let t = try? UpstreamTLSContext(unpackingAny: socket.typedConfig) { common = t.commonTlsContext }
+    else { return [] }
+    var out = common.tlsCertificateSdsSecretConfigs
+    switch common.validationContextType {
+    case .validationContextSdsSecretConfig(let s)?: out.append(s)
+    case .combinedValidationContext(let c)?: out.append(c.validationContextSdsSecretConfig)
+    default: break
+    }
+    return out
+}
+
 func checkSDSConfig(_ s: SDSConfig, _ at: String, _ fail: (String) -> XDSError) throws {
     guard !s.name.isEmpty else { throw fail("\(at): an SDS secret config needs a name") }
-    // Secrets come over the same ADS stream (istiod serves kubernetes:// names so). Those
-    // pointed at pilot-agent's SDS socket (sds-grpc: the workload certificate and root CA) are
-    // asked for on ADS too, where they do not come yet: such a chain waits, and closes its
-    // connections once activated. An SDS stream to that socket is the next step.
+    // Secrets come over the same ADS stream (istiod serves kubernetes:// names so), or, when
+    // pointed at pilot-agent's SDS socket (sds-grpc: the workload certificate and root CA), on
+    // their own stream to that socket (xds.sds_address; without it they are asked for on ADS).
     if s.hasSdsConfig {
         switch s.sdsConfig.configSourceSpecifier {
         case .ads?, nil: break

@@ -9,7 +9,8 @@
 #   expired.pem/.key       signed by the CA, valid only in 2020
 #   weir-side, envoy-side, rogue-side (.pem/.key)
 #                          SPIFFE workload identities (URI SANs spiffe://cluster.local/ns/default/sa/NAME,
-#                          rogue-side's is sa/rogue) signed by the CA, as Istio's CA issues them
+#                          rogue-side's is sa/rogue) signed by the CA, as Istio's CA issues them;
+#                          weir-side-2 is weir-side's identity reissued
 #   a.ocsp                 a DER OCSP response for a.pem (for ocsp_staple)
 set -euo pipefail
 dir=$1
@@ -29,6 +30,8 @@ leaf client client.example.com "DNS:client.example.com" "extendedKeyUsage=client
 for id in weir-side envoy-side; do
   leaf "$id" "$id" "URI:spiffe://cluster.local/ns/default/sa/$id" "extendedKeyUsage=serverAuth,clientAuth"
 done
+# The same identity, reissued (a rotation).
+leaf weir-side-2 weir-side "URI:spiffe://cluster.local/ns/default/sa/weir-side" "extendedKeyUsage=serverAuth,clientAuth"
 leaf rogue-side rogue-side "URI:spiffe://cluster.local/ns/default/sa/rogue" "extendedKeyUsage=serverAuth,clientAuth"
 q openssl req -x509 -newkey rsa:2048 -nodes -keyout rogue.key -out rogue.pem -days 30 -subj "/CN=rogue"
 # An expired certificate needs explicit dates: `openssl ca` takes them.

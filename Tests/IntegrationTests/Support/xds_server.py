@@ -5,6 +5,7 @@ JSON object per line: {"type": "CDS"|"LDS"|"EDS"|"RDS", "version": "v1", "resour
 resources in proto3 JSON (SDS: Secret resources). Each command replaces that type's resources and is pushed to the
 connected stream. Every request Weir sends is printed as one line:
   REQ <type> version=<v> nonce=<n> names=<a,b> node=<the stream's node id> error=<error_detail message, lines joined by " | ">
+(with "stream=sds " before node= on the SecretDiscoveryService, which serves the same state).
 Exits when stdin closes.
 
 A client whose node id starts with "envoy" (a real Envoy serving as the oracle beside Weir) gets
@@ -15,6 +16,7 @@ from concurrent import futures
 import grpc
 from google.protobuf import any_pb2, json_format
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -81,7 +83,7 @@ def response(short, envoy=False):
 
 
 class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def StreamAggregatedResources(self, request_iterator, context):
+    def StreamAggregatedResources(self, request_iterator, context, stream=""):
         q = queue.Queue()
         envoy = [False]
         node = [""]
@@ -96,7 +98,7 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         node[0] = r.node.id
                     short = SHORT.get(r.type_url, r.type_url)
                     print(f"REQ {short} version={r.version_info} nonce={r.response_nonce} names={','.join(r.resource_names)} "
-                          f"node={node[0]} error={' | '.join(r.error_detail.message.splitlines())}", flush=True)
+                          f"{stream}node={node[0]} error={' | '.join(r.error_detail.message.splitlines())}", flush=True)
                     # A first request for a type gets what we hold of it.
                     if not r.response_nonce and short in state:
                         q.put(short)
@@ -117,8 +119,16 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 streams.remove(q)
 
 
+class SDS(sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    """SecretDiscoveryService, as pilot-agent serves it on its socket: the same state, the same
+    protocol; its requests are printed with "stream=sds"."""
+    def StreamSecrets(self, request_iterator, context):
+        return ADS().StreamAggregatedResources(request_iterator, context, stream="stream=sds ")
+
+
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
 ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ADS(), server)
+sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SDS(), server)
 where = sys.argv[1] if len(sys.argv) > 1 else "0"
 # "unix:PATH" listens on a Unix socket, as pilot-agent serves xDS to its proxy.
 port = server.add_insecure_port(where if where.startswith("unix:") else f"127.0.0.1:{where}")

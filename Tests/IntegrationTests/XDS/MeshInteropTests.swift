@@ -24,14 +24,17 @@ import WeirDemo
         } + [#"{"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": \#(try pemJSON(certs, "ca.pem"))}}}"#]).joined(separator: ",") + "]"
     }
 
-    static let sds = #"{"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}"#
+    /// Secrets over ADS (Envoy here), or from pilot-agent's SDS socket as istiod writes it for
+    /// sidecars (the bootstrap's sds-grpc cluster; Weir here).
+    static let overADS = #"{"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}"#
+    static let fromAgent = #"{"api_config_source": {"api_type": "GRPC", "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}], "set_node_on_first_message_only": true, "transport_api_version": "V3"}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}"#
 
     /// An outbound cluster as istiod writes it for a service with a sidecar: mTLS to its
     /// tlsMode istio endpoint, checking the peer's SPIFFE id. `alpn`: what the client offers
     /// (Istio's own Envoy rewrites its list to istio-http/1.1 with the istio.alpn filter, which
     /// the stock Envoy here lacks, so it is given that list directly).
     static func outboundCluster(_ name: String, endpoint: String, port: UInt16, peer: String, certificate: String = "default",
-                                alpn: [String] = ["istio-peer-exchange", "istio"]) -> String {
+                                alpn: [String] = ["istio-peer-exchange", "istio"], sds: String) -> String {
         let alpnJSON = alpn.map { "\"\($0)\"" }.joined(separator: ", ")
         return """
         {"name": "\(name)", "type": "STATIC", "connect_timeout": "2s",
@@ -62,7 +65,7 @@ import WeirDemo
     /// The outbound listener (plaintext HTTP from the app) and the inbound one: Istio's mTLS
     /// chain for HTTP (TLS with istio-http ALPN), which requires a client certificate from
     /// ROOTCA with the peer's SPIFFE id.
-    static func listeners(outbound: UInt16, inbound: UInt16, routes: [(prefix: String, cluster: String)], peer: String, xfcc: Bool) -> String {
+    static func listeners(outbound: UInt16, inbound: UInt16, routes: [(prefix: String, cluster: String)], peer: String, xfcc: Bool, sds: String) -> String {
         let mtls = #"{"name": "envoy.transport_sockets.tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "require_client_certificate": true, "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": \#(sds)}], "combined_validation_context": {"default_validation_context": {"match_subject_alt_names": [{"exact": "\#(spiffe)\#(peer)"}]}, "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": \#(sds)}}}}}"#
         return """
         [{"name": "outbound", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(outbound)}}, "traffic_direction": "OUTBOUND",
@@ -78,12 +81,14 @@ import WeirDemo
         let certs = try TestCertificates()
         let weirApp = try HTTPUpstream(name: "weir-app"), envoyApp = try HTTPUpstream(name: "envoy-app")
         let outbound = try freePort(), inbound = try freePort(), envoyAdmin = try freePort(), weirAdmin = try freePort()
-        let cpWeir = try XDSControlPlane(), cpEnvoy = try XDSControlPlane()
+        // Weir's secrets come from an SDS server on a Unix socket, as pilot-agent serves them.
+        let socket = certs.path("sds.sock")
+        let cpWeir = try XDSControlPlane(), cpEnvoy = try XDSControlPlane(), agent = try XDSControlPlane(unixPath: socket)
         let weir = try WeirProcess(yaml: """
             shards: 1
             admin: { address: 127.0.0.1:\(weirAdmin) }
             node: { id: "sidecar~127.0.0.1~weir-side.default~default.svc.cluster.local" }
-            xds: { address: "127.0.0.1:\(cpWeir.port)" }
+            xds: { address: "127.0.0.1:\(cpWeir.port)", sds_address: "unix:\(socket)" }
             """)
         defer { weir.stop() }
         let envoy = try EnvoyProcess(controlPlanePort: cpEnvoy.port, adminPort: envoyAdmin)
@@ -91,26 +96,31 @@ import WeirDemo
 
         // Weir: identity weir-side; calls envoy-side (and, at /wrong-peer, a cluster that expects
         // another identity at the same endpoint); accepts only envoy-side.
-        cpWeir.push("SDS", version: "s1", try Self.secrets(certs, [("default", "weir-side")]))
+        agent.push("SDS", version: "s1", try Self.secrets(certs, [("default", "weir-side")]))
         cpWeir.push("CDS", version: "c1", "[" + [
-            Self.outboundCluster("outbound|80||envoy-side", endpoint: "127.0.0.2", port: inbound, peer: "envoy-side"),
-            Self.outboundCluster("outbound|80||wrong-peer", endpoint: "127.0.0.2", port: inbound, peer: "nobody"),
+            Self.outboundCluster("outbound|80||envoy-side", endpoint: "127.0.0.2", port: inbound, peer: "envoy-side", sds: Self.fromAgent),
+            Self.outboundCluster("outbound|80||wrong-peer", endpoint: "127.0.0.2", port: inbound, peer: "nobody", sds: Self.fromAgent),
             Self.staticCluster("inbound|80||", weirApp.port),
         ].joined(separator: ",") + "]")
         cpWeir.push("LDS", version: "l1", Self.listeners(outbound: outbound, inbound: inbound,
-                                                         routes: [("/wrong-peer", "outbound|80||wrong-peer"), ("/", "outbound|80||envoy-side")], peer: "envoy-side", xfcc: false))
+                                                         routes: [("/wrong-peer", "outbound|80||wrong-peer"), ("/", "outbound|80||envoy-side")], peer: "envoy-side", xfcc: false,
+                                                         sds: Self.fromAgent))
         // Envoy: identity envoy-side (and a rogue one, at /rogue, signed by the same CA); calls
         // weir-side; accepts only weir-side, and tells its app who called (XFCC).
         cpEnvoy.push("SDS", version: "s1", try Self.secrets(certs, [("default", "envoy-side"), ("rogue", "rogue-side")]))
         cpEnvoy.push("CDS", version: "c1", "[" + [
-            Self.outboundCluster("outbound|80||weir-side", endpoint: "127.0.0.1", port: inbound, peer: "weir-side", alpn: ["istio-http/1.1"]),
-            Self.outboundCluster("outbound|80||rogue", endpoint: "127.0.0.1", port: inbound, peer: "weir-side", certificate: "rogue", alpn: ["istio-http/1.1"]),
+            Self.outboundCluster("outbound|80||weir-side", endpoint: "127.0.0.1", port: inbound, peer: "weir-side", alpn: ["istio-http/1.1"], sds: Self.overADS),
+            Self.outboundCluster("outbound|80||rogue", endpoint: "127.0.0.1", port: inbound, peer: "weir-side", certificate: "rogue", alpn: ["istio-http/1.1"], sds: Self.overADS),
             Self.staticCluster("inbound|80||", envoyApp.port),
         ].joined(separator: ",") + "]")
         cpEnvoy.push("LDS", version: "l1", Self.listeners(outbound: outbound, inbound: inbound,
-                                                          routes: [("/rogue", "outbound|80||rogue"), ("/", "outbound|80||weir-side")], peer: "weir-side", xfcc: true))
+                                                          routes: [("/rogue", "outbound|80||rogue"), ("/", "outbound|80||weir-side")], peer: "weir-side", xfcc: true,
+                                                          sds: Self.overADS))
 
         #expect(weir.waitForLog("xds: ACK LDS version l1"), "\(weir.log.suffix(2000))")
+        #expect(agent.waitForRequest { $0.hasPrefix("REQ SDS") && $0.contains("version=s1") && $0.contains("names=ROOTCA,default stream=sds") && $0.hasSuffix("error=") } != nil,
+                "the secrets are asked for and ACKed on the agent's socket: \(agent.requests.suffix(3))\n\(weir.log.suffix(1500))")
+        #expect(!cpWeir.requests.contains { $0.hasPrefix("REQ SDS") && $0.contains("default") }, "never on ADS: \(cpWeir.requests)")
         #expect(cpWeir.waitForRequest { $0.hasPrefix("REQ CDS") && $0.contains("version=c1") && $0.hasSuffix("error=") } != nil, "\(cpWeir.requests.suffix(3))")
         let weirOut = loopback(outbound), envoyOut = SocketAddress(ipv4: 127, 0, 0, 2, port: outbound)
         #expect(waitForListener(weirOut, seconds: 10))
@@ -129,6 +139,18 @@ import WeirDemo
             #expect(try HTTPClient(address: weirOut).request("GET /again/\(i) HTTP/1.1\r\nHost: envoy-side\r\n\r\n").status == 200)
             #expect(try HTTPClient(address: envoyOut).request("GET /again/\(i) HTTP/1.1\r\nHost: weir-side\r\n\r\n").status == 200)
         }
+
+        // A rotated workload certificate from the agent: new connections present it (Envoy's
+        // XFCC hash of the client certificate changes), pooled ones made with the old one are
+        // not lent again.
+        func hash(_ text: String) -> String? { text.split(separator: "\n").first { $0.lowercased().hasPrefix("x-forwarded-client-cert") }?.split(separator: ";").first { $0.contains("Hash=") }.map(String.init) }
+        let before = hash(a.text)
+        #expect(before != nil, "\(a.text)")
+        agent.push("SDS", version: "s2", try Self.secrets(certs, [("default", "weir-side-2")]))
+        #expect(agent.waitForRequest { $0.hasPrefix("REQ SDS") && $0.contains("version=s2") && $0.hasSuffix("error=") } != nil, "\(agent.requests.suffix(2))")
+        let rotated = try HTTPClient(address: weirOut).request("GET /rotated HTTP/1.1\r\nHost: envoy-side\r\n\r\n")
+        #expect(rotated.status == 200 && rotated.text.contains("URI=\(Self.spiffe)weir-side"), "\(rotated.status) \(rotated.text)")
+        #expect(hash(rotated.text) != nil && hash(rotated.text) != before, "the new certificate: \(rotated.text)")
 
         // Weir refuses a peer whose certificate, signed by the same CA, names another identity
         // (its handshake fails, so Envoy answers 503); Weir refuses to call an endpoint whose
