@@ -112,10 +112,6 @@ public enum Compiler {
                     fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' hashes an HTTP hash_key; tcp listeners hash source_ip")
                     return nil
                 }
-                if clusters[ci].tls != nil {
-                    fail(clusterName.position, "listener '\(name.value)' is tcp, but cluster '\(clusterName.value)' speaks TLS to its endpoints, which this build does for http listeners only")
-                    return nil
-                }
                 return ci
             }
             var weights: ClusterWeights? = nil

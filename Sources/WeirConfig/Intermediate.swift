@@ -266,7 +266,9 @@ public struct UpstreamTLSDocument: Sendable {
     /// CAs that sign the endpoints' certificates, as PEM; nil: the endpoints are not verified.
     public var trustedCA: (pem: String, name: String)? = nil
     public var san: [SANMatcher] = []
+    /// ALPN offered by HTTP sessions (the context's), and by TCP sessions when it differs.
     public var alpn: [String] = []
+    public var tcpALPN: [String]? = nil
     public var minVersion = "1.2", maxVersion = "1.3"
     public var ciphers: String? = nil, curves: String? = nil
     public init(position: SourcePosition) { self.position = position }

@@ -313,8 +313,12 @@ public final class UpstreamTLS: @unchecked Sendable {
     /// remember it, and one made under other settings is not lent. A recompile of the same
     /// settings (a reload, an EDS update) keeps the pool.
     public let id: UInt64
-    init(context: OpaquePointer, serverName: String?, verify: Bool, checkHost: Bool, summary: String, fingerprint: Hasher) {
+    /// ALPN for TCP sessions, in wire form, when it differs from the context's (HTTP's).
+    public let tcpALPNWire: [UInt8]?
+    init(context: OpaquePointer, serverName: String?, verify: Bool, checkHost: Bool, summary: String, fingerprint: Hasher,
+         tcpALPNWire: [UInt8]? = nil) {
         self.context = context; self.serverName = serverName; self.verify = verify; self.checkHost = checkHost; self.summary = summary
+        self.tcpALPNWire = tcpALPNWire
         var h = fingerprint
         h.combine(serverName); h.combine(verify); h.combine(checkHost)
         self.id = UInt64(bitPattern: Int64(h.finalize())) | 1
@@ -441,6 +445,11 @@ extension Compiler {
                 bad(p, "alpn protocols must be 1 to 255 bytes")
             }
         }
+        var tcpWire: [UInt8]? = nil
+        if let tcp = d.tcpALPN {
+            tcpWire = alpnWire(tcp)
+            if tcpWire == nil { bad(p, "alpn protocols must be 1 to 255 bytes") }
+        }
         if let n = d.serverName, n.isEmpty || n.utf8.count > 255 { bad(p, "sni must be 1 to 255 bytes") }
         guard ok else { SSL_CTX_free(ctx); return nil }
         var summary = d.trustedCA.map { "verify by \($0.name)" } ?? "no verification"
@@ -450,6 +459,7 @@ extension Compiler {
         h.combine(d.certificate?.chain); h.combine(d.certificate?.key); h.combine(d.trustedCA?.pem)
         for m in d.san { h.combine(m.kind); h.combine(m.operation); h.combine(m.value); h.combine(m.ignoreCase) }
         h.combine(d.alpn); h.combine(d.minVersion); h.combine(d.maxVersion); h.combine(d.ciphers); h.combine(d.curves)
-        return UpstreamTLS(context: ctx, serverName: d.serverName, verify: d.trustedCA != nil, checkHost: false, summary: summary, fingerprint: h)
+        return UpstreamTLS(context: ctx, serverName: d.serverName, verify: d.trustedCA != nil, checkHost: false, summary: summary, fingerprint: h,
+                           tcpALPNWire: tcpWire)
     }
 }

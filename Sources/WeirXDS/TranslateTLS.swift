@@ -254,12 +254,14 @@ func translateUpstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, at: St
     }
     d.san = parts.san
     // ALPN. Istio's (istio-peer-exchange, istio) is rewritten per request by its istio.alpn
-    // HTTP filter to istio-http/1.1 for an HTTP/1.1 upstream, which is what Weir offers: the
-    // peer sidecar's inbound chains select on it. istio-peer-exchange would start a metadata
-    // exchange, and h2 a protocol Weir does not speak upstream.
+    // HTTP filter to istio-http/1.1 for an HTTP/1.1 upstream, which is what Weir's HTTP
+    // sessions offer; TCP sessions offer istio. The peer sidecar's inbound chains select on
+    // them. istio-peer-exchange would start a metadata exchange, and h2 a protocol Weir does
+    // not speak upstream.
     if parts.alpn.contains("istio-peer-exchange") || parts.alpn.contains("istio") {
         d.alpn = ["istio-http/1.1"]
-        notes.ignore("transport_socket alpn_protocols istio-peer-exchange, istio (istio-http/1.1 is offered, as istio.alpn would)")
+        d.tcpALPN = ["istio"]
+        notes.ignore("transport_socket alpn_protocols istio-peer-exchange, istio (HTTP offers istio-http/1.1, as istio.alpn would; TCP offers istio)")
     } else {
         d.alpn = parts.alpn.filter { $0 != "h2" }
         if d.alpn.count != parts.alpn.count { notes.ignore("transport_socket alpn_protocols h2 (not offered: Weir speaks HTTP/1.1 upstream)") }

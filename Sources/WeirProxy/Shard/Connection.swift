@@ -129,6 +129,8 @@ struct Connection {
     var kind = SessionKind.tcp
     /// TLS terminated here: its state is in Shard.tlsStates at this slot.
     var isTLS = false
+    /// TLS to the upstream (a TCP session): its state is in Shard.tcpUpstreamTLS at this slot.
+    var upstreamIsTLS = false
     var listenerIndex: Int32 = -1
     var ex = HTTPExchange()
     /// Access log: bytes of the kept method and path, and the byte counts at the last line.

@@ -132,6 +132,8 @@ final class Shard<IO: IOBackend> {
     let tlsStates: UnsafeMutablePointer<TLSState>
     /// Per upstream slot: TLS state of connections to clusters with `tls:`.
     let upstreamTLS: UnsafeMutablePointer<TLSState>
+    /// TLS from TCP sessions to their upstreams, by connection slot.
+    let tcpUpstreamTLS: UnsafeMutablePointer<TLSState>
     /// Where plaintext an idle TLS upstream produces lands (it should produce none).
     let discardFlow = UnsafeMutablePointer<Flow>.allocate(capacity: 1)
     /// Scratch for a request id.
@@ -188,6 +190,8 @@ final class Shard<IO: IOBackend> {
         tlsStates.initialize(repeating: TLSState(), count: n)
         upstreamTLS = .allocate(capacity: n)
         upstreamTLS.initialize(repeating: TLSState(), count: n)
+        tcpUpstreamTLS = .allocate(capacity: n)
+        tcpUpstreamTLS.initialize(repeating: TLSState(), count: n)
         discardFlow.initialize(to: Flow())
         starvedUpstreams = SlotRefQueue(capacity: n)
         headWaiters = SlotRefQueue(capacity: 2 * n)
@@ -213,6 +217,8 @@ final class Shard<IO: IOBackend> {
         tlsStates.deallocate()
         upstreamTLS.deinitialize(count: limits.maxConnectionsPerShard)
         upstreamTLS.deallocate()
+        tcpUpstreamTLS.deinitialize(count: limits.maxConnectionsPerShard)
+        tcpUpstreamTLS.deallocate()
         discardFlow.deallocate()
         scratch.deallocate()
         logScratch?.deallocate()

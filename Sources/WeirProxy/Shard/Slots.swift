@@ -75,6 +75,7 @@ extension Shard {
         }
         endActive(c)
         if c.pointee.isTLS { endTLS(c) }
+        if c.pointee.upstreamIsTLS { endTCPUpstreamTLS(c) }
         if c.pointee.endpointSlot >= 0 { control.named.endpoints[Int(c.pointee.endpointSlot)].active -= 1 }
         if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].active -= 1 }
         c.pointee.snapshot?.release()

@@ -65,22 +65,37 @@ import WeirDemo
     /// The outbound listener (plaintext HTTP from the app) and the inbound one: Istio's mTLS
     /// chain for HTTP (TLS with istio-http ALPN), which requires a client certificate from
     /// ROOTCA with the peer's SPIFFE id.
-    static func listeners(outbound: UInt16, inbound: UInt16, routes: [(prefix: String, cluster: String)], peer: String, xfcc: Bool, sds: String) -> String {
+    static func tcpProxy(_ cluster: String) -> String {
+        #"{"name": "envoy.filters.network.tcp_proxy", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "stat_prefix": "\#(cluster)", "cluster": "\#(cluster)"}}"#
+    }
+
+    /// The outbound HTTP and TCP listeners (plaintext from the app) and the inbound one with
+    /// Istio's mTLS chains, chosen by ALPN: istio-http/* to HTTP, istio-peer-exchange or istio
+    /// to TCP. Both require a client certificate from ROOTCA with the peer's SPIFFE id.
+    static func listeners(outbound: UInt16, outboundTCP: UInt16, inbound: UInt16, tcpCluster: String, routes: [(prefix: String, cluster: String)],
+                          peer: String, xfcc: Bool, sds: String) -> String {
         let mtls = #"{"name": "envoy.transport_sockets.tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "require_client_certificate": true, "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": \#(sds)}], "combined_validation_context": {"default_validation_context": {"match_subject_alt_names": [{"exact": "\#(spiffe)\#(peer)"}]}, "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": \#(sds)}}}}}"#
         return """
         [{"name": "outbound", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(outbound)}}, "traffic_direction": "OUTBOUND",
           "filter_chains": [{"filters": [\(hcm(routes))]}]},
+         {"name": "outbound-tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(outboundTCP)}}, "traffic_direction": "OUTBOUND",
+          "filter_chains": [{"filters": [\(tcpProxy(tcpCluster))]}]},
          {"name": "inbound", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(inbound)}}, "traffic_direction": "INBOUND",
           "listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
           "filter_chains": [{"name": "inbound-mtls-http", "filter_chain_match": {"transport_protocol": "tls", "application_protocols": ["istio-http/1.0", "istio-http/1.1", "istio-h2"]},
-            "transport_socket": \(mtls), "filters": [\(hcm([("/", "inbound|80||")], xfcc: xfcc))]}]}]
+            "transport_socket": \(mtls), "filters": [\(hcm([("/", "inbound|80||")], xfcc: xfcc))]},
+           {"name": "inbound-mtls-tcp", "filter_chain_match": {"transport_protocol": "tls", "application_protocols": ["istio-peer-exchange", "istio"]},
+            "transport_socket": \(mtls), "filters": [\(tcpProxy("inbound|9000||"))]}]}]
         """
     }
 
     @Test func aWeirSidecarAndAnEnvoySidecarCallEachOtherOverIstioMTLS() throws {
         let certs = try TestCertificates()
         let weirApp = try HTTPUpstream(name: "weir-app"), envoyApp = try HTTPUpstream(name: "envoy-app")
-        let outbound = try freePort(), inbound = try freePort(), envoyAdmin = try freePort(), weirAdmin = try freePort()
+        let weirEcho = try EchoServer(name: "weir-echo", greeting: "weir-echo:"), envoyEcho = try EchoServer(name: "envoy-echo", greeting: "envoy-echo:")
+        defer { weirEcho.stop(); envoyEcho.stop() }
+        let outbound = try freePort(), outboundTCP = try freePort(), inbound = try freePort(), envoyAdmin = try freePort(), weirAdmin = try freePort()
+        let wrongTCP = try freePort()
         // Weir's secrets come from an SDS server on a Unix socket, as pilot-agent serves them.
         let socket = certs.path("sds.sock")
         let cpWeir = try XDSControlPlane(), cpEnvoy = try XDSControlPlane(), agent = try XDSControlPlane(unixPath: socket)
@@ -100,20 +115,23 @@ import WeirDemo
         cpWeir.push("CDS", version: "c1", "[" + [
             Self.outboundCluster("outbound|80||envoy-side", endpoint: "127.0.0.2", port: inbound, peer: "envoy-side", sds: Self.fromAgent),
             Self.outboundCluster("outbound|80||wrong-peer", endpoint: "127.0.0.2", port: inbound, peer: "nobody", sds: Self.fromAgent),
-            Self.staticCluster("inbound|80||", weirApp.port),
+            Self.outboundCluster("outbound|9000||envoy-side", endpoint: "127.0.0.2", port: inbound, peer: "envoy-side", sds: Self.fromAgent),
+            Self.staticCluster("inbound|80||", weirApp.port), Self.staticCluster("inbound|9000||", weirEcho.address.port),
         ].joined(separator: ",") + "]")
-        cpWeir.push("LDS", version: "l1", Self.listeners(outbound: outbound, inbound: inbound,
+        cpWeir.push("LDS", version: "l1", String(Self.listeners(outbound: outbound, outboundTCP: outboundTCP, inbound: inbound, tcpCluster: "outbound|9000||envoy-side",
                                                          routes: [("/wrong-peer", "outbound|80||wrong-peer"), ("/", "outbound|80||envoy-side")], peer: "envoy-side", xfcc: false,
-                                                         sds: Self.fromAgent))
+                                                         sds: Self.fromAgent).dropLast())
+            + #", {"name": "wrong-peer-tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \#(wrongTCP)}}, "filter_chains": [{"filters": [\#(Self.tcpProxy("outbound|80||wrong-peer"))]}]}]"#)
         // Envoy: identity envoy-side (and a rogue one, at /rogue, signed by the same CA); calls
         // weir-side; accepts only weir-side, and tells its app who called (XFCC).
         cpEnvoy.push("SDS", version: "s1", try Self.secrets(certs, [("default", "envoy-side"), ("rogue", "rogue-side")]))
         cpEnvoy.push("CDS", version: "c1", "[" + [
             Self.outboundCluster("outbound|80||weir-side", endpoint: "127.0.0.1", port: inbound, peer: "weir-side", alpn: ["istio-http/1.1"], sds: Self.overADS),
             Self.outboundCluster("outbound|80||rogue", endpoint: "127.0.0.1", port: inbound, peer: "weir-side", certificate: "rogue", alpn: ["istio-http/1.1"], sds: Self.overADS),
-            Self.staticCluster("inbound|80||", envoyApp.port),
+            Self.outboundCluster("outbound|9000||weir-side", endpoint: "127.0.0.1", port: inbound, peer: "weir-side", sds: Self.overADS),
+            Self.staticCluster("inbound|80||", envoyApp.port), Self.staticCluster("inbound|9000||", envoyEcho.address.port),
         ].joined(separator: ",") + "]")
-        cpEnvoy.push("LDS", version: "l1", Self.listeners(outbound: outbound, inbound: inbound,
+        cpEnvoy.push("LDS", version: "l1", Self.listeners(outbound: outbound, outboundTCP: outboundTCP, inbound: inbound, tcpCluster: "outbound|9000||weir-side",
                                                           routes: [("/rogue", "outbound|80||rogue"), ("/", "outbound|80||weir-side")], peer: "weir-side", xfcc: true,
                                                           sds: Self.overADS))
 
@@ -139,6 +157,21 @@ import WeirDemo
             #expect(try HTTPClient(address: weirOut).request("GET /again/\(i) HTTP/1.1\r\nHost: envoy-side\r\n\r\n").status == 200)
             #expect(try HTTPClient(address: envoyOut).request("GET /again/\(i) HTTP/1.1\r\nHost: weir-side\r\n\r\n").status == 200)
         }
+
+        // TCP (tcp_proxy) over the same mTLS, both ways, chosen on the peer by Istio's TCP ALPN:
+        // the greeting says which side's application answered; a large payload echoes whole
+        // (backpressure through both TLS layers) and the half-close passes as close_notify + FIN.
+        let weirTCP = loopback(outboundTCP), envoyTCP = SocketAddress(ipv4: 127, 0, 0, 2, port: outboundTCP)
+        #expect(waitForListener(envoyTCP, seconds: 30))
+        #expect(greetingThrough(weirTCP, length: 11) == "envoy-echo:", "\(weir.log.suffix(1500))\n\(envoy.log.suffix(1500))")
+        #expect(greetingThrough(envoyTCP, length: 10) == "weir-echo:", "\(weir.log.suffix(1500))\n\(envoy.log.suffix(1500))")
+        #expect(echoOnce(weirTCP, pseudoRandomBytes(300_000, seed: 7), greeting: 11), "Weir -> Envoy over mTLS, 300 kB")
+        #expect(echoOnce(envoyTCP, pseudoRandomBytes(300_000, seed: 8), greeting: 10), "Envoy -> Weir over mTLS, 300 kB")
+        // TCP to an endpoint whose certificate is not the identity its cluster expects: closed,
+        // nothing passes either way.
+        let wrongClient = try TestClient(loopback(wrongTCP), timeoutSeconds: 5)
+        _ = wrongClient.write(Array("secret bytes".utf8))
+        #expect(wrongClient.readToEnd().bytes.isEmpty, "closed without a byte")
 
         // A rotated workload certificate from the agent: new connections present it (Envoy's
         // XFCC hash of the client certificate changes), pooled ones made with the old one are

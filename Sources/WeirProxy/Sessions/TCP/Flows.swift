@@ -108,6 +108,18 @@ extension Shard {
                 if !flow.pointee.recv.pending { rearmIfRoom(c, f) }
                 return
             }
+            if f == 1 && c.pointee.upstreamIsTLS {
+                flow.pointee.bytes += Int64(res)
+                c.pointee.lastActivity = now
+                guard upTLSReceive(c, bid: Int(bid), count: Int(res)) else { return }
+                if flow.pointee.recv == .armed && flow.pointee.queued >= queueCap {
+                    flow.pointee.recv = .cancelling
+                    ring.cancel(ud, on: sourceFD(c, f), userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+                } else if !flow.pointee.recv.pending {
+                    rearmIfRoom(c, f)
+                }
+                return
+            }
             enqueueReceived(flow, bid: bid, length: res)
             flow.pointee.bytes += Int64(res)
             c.pointee.lastActivity = now
@@ -149,6 +161,9 @@ extension Shard {
         if f == 1 && c.pointee.isTLS {
             // Encrypt the head buffer's unsent bytes; tlsSent credits them when the ciphertext is out.
             return tlsSend(c, bufferPointer(bid) + offset, Int(bufferLength[bid]) - offset)
+        }
+        if f == 0 && c.pointee.upstreamIsTLS {
+            return upTLSStartSend(c, bufferPointer(bid) + offset, Int(bufferLength[bid]) - offset)
         }
         flow.pointee.sending = true
         c.pointee.inflight += 1
@@ -200,6 +215,19 @@ extension Shard {
             }
             res = credit
         }
+        if f == 0 && c.pointee.upstreamIsTLS {
+            guard let credit = upTLSSent(c, sent) else { return }
+            if credit == 0 {
+                // Handshake records went out: client bytes may wait behind them (before the
+                // handshake ends, sendHead sends nothing, so what OpenSSL has pending goes).
+                guard c.pointee.state == .open else { return }
+                if flow.pointee.queued > 0 && !flow.pointee.sending { sendHead(c, f) }
+                if !flow.pointee.sending { upTLSFlush(c) }
+                if !flow.pointee.sending && flow.pointee.sourceEnded && flow.pointee.queued == 0 { shutDestination(c, f) }
+                return
+            }
+            res = credit
+        }
         c.pointee.lastActivity = now
         // Retire every buffer the send finished; a short send leaves an offset into the next.
         countBytes(c, f, Int64(res))
@@ -229,6 +257,7 @@ extension Shard {
         let flow = c.flow(f)
         guard !flow.pointee.destinationShut else { return }
         if f == 1 && c.pointee.isTLS && tlsCloseNotify(c) { return }
+        if f == 0 && c.pointee.upstreamIsTLS && upTLSCloseNotify(c) { return }
         flow.pointee.destinationShut = true
         ring.shutdown(fd: destinationFD(c, f), how: Int32(SHUT_WR))
         if c.flow(0).pointee.destinationShut && c.flow(1).pointee.destinationShut {

@@ -158,11 +158,17 @@ extension Shard {
             control.stats.pointee.upstreamConnected += 1
             noteConnect(c, failed: false)
             let f0 = c.flow(0)
-            let early = f0.pointee.queued > 0 || f0.pointee.recv != .idle || f0.pointee.sourceEnded || c.pointee.isTLS
+            let cluster = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)]
+            let ei = Int(c.pointee.endpointIndex)
+            let upstreamTLS = cluster.endpoints.indices.contains(ei) && !cluster.endpoints[ei].plaintext ? cluster.tls : nil
+            let early = f0.pointee.queued > 0 || f0.pointee.recv != .idle || f0.pointee.sourceEnded || c.pointee.isTLS || upstreamTLS != nil
             if limits.dataPath == .splice && !early { return startSplice(c) }
             if f0.pointee.recv == .idle && !f0.pointee.sourceEnded { armRecv(c, 0) }
             armRecv(c, 1)
-            if f0.pointee.queued > 0 { sendHead(c, 0) } else if f0.pointee.sourceEnded { shutDestination(c, 0) }
+            if let upstreamTLS {
+                // The handshake first (its ClientHello goes now); queued client bytes follow it.
+                guard startTCPUpstreamTLS(c, upstreamTLS) else { return abort(c) }
+            } else if f0.pointee.queued > 0 { sendHead(c, 0) } else if f0.pointee.sourceEnded { shutDestination(c, 0) }
             if c.pointee.isTLS { tlsFlush(c) }
             return
         }

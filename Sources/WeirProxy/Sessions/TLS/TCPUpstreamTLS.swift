@@ -1,0 +1,152 @@
+// TLS from a TCP session to its upstream (a tcp listener, or a tcp_proxy chain, whose cluster
+// speaks TLS to the endpoint: Istio's mTLS to tlsMode istio endpoints). The mirror of
+// termination: flow 0's bytes (client to upstream) are encrypted into a head buffer and sent on
+// the upstream socket; what flow 1 receives is decrypted in place into its queue. Client bytes
+// wait queued until the handshake (and the certificate and SAN checks) completed; nothing from
+// the upstream reaches the client before that either. The state lives in
+// Shard.tcpUpstreamTLS at the connection's slot.
+import COpenSSL
+import CWeirTLS
+import WeirConfig
+import WeirCore
+import WeirRing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Shard {
+    @inline(__always) func upTLS(_ c: UnsafeMutablePointer<Connection>) -> UnsafeMutablePointer<TLSState> { tcpUpstreamTLS + slot(of: c) }
+
+    /// Starts the client handshake on a connected upstream socket; its first flight is sent now.
+    func startTCPUpstreamTLS(_ c: UnsafeMutablePointer<Connection>, _ tls: UpstreamTLS) -> Bool {
+        let t = upTLS(c)
+        t.pointee = TLSState()
+        guard let ssl = SSL_new(tls.context) else { return false }
+        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { SSL_free(ssl); return false }
+        SSL_set_bio(ssl, r, w)
+        SSL_set_connect_state(ssl)
+        // TCP's own ALPN (Istio: "istio", which the peer's TCP chains select on).
+        if let wire = tls.tcpALPNWire, wire.withUnsafeBufferPointer({ SSL_set_alpn_protos(ssl, $0.baseAddress, UInt32($0.count)) }) != 0 {
+            SSL_free(ssl); return false
+        }
+        if let name = tls.serverName {
+            _ = weir_ssl_set_host_name(ssl, name)
+            if tls.checkHost { _ = SSL_set1_host(ssl, name) }
+        }
+        t.pointee.ssl = ssl
+        t.pointee.readBIO = r
+        t.pointee.writeBIO = w
+        c.pointee.upstreamIsTLS = true
+        ERR_clear_error()
+        _ = SSL_do_handshake(ssl)
+        upTLSFlush(c)
+        return true
+    }
+
+    func endTCPUpstreamTLS(_ c: UnsafeMutablePointer<Connection>) {
+        let t = upTLS(c)
+        if let ssl = t.pointee.ssl { SSL_free(ssl) }
+        if t.pointee.sendBuffer >= 0 { releaseHeadBuffer(t.pointee.sendBuffer) }
+        t.pointee = TLSState()
+        c.pointee.upstreamIsTLS = false
+    }
+
+    /// Sends what OpenSSL wrote on its own (handshake records, alerts) when flow 0 is free.
+    func upTLSFlush(_ c: UnsafeMutablePointer<Connection>) {
+        let t = upTLS(c)
+        guard c.pointee.state == .open, !c.flow(0).pointee.sending, t.pointee.sendBuffer < 0,
+              let w = t.pointee.writeBIO, weir_bio_pending(w) > 0 else { return }
+        upTLSStartSend(c, nil, 0)
+    }
+
+    /// Encrypts up to `count` bytes of flow 0 (nil: only what OpenSSL has pending) and sends it.
+    func upTLSStartSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer?, _ count: Int) {
+        let t = upTLS(c)
+        guard t.pointee.sendBuffer < 0 else { return }
+        var failed = false
+        guard let (out, length, taken) = tlsSeal(t, pointer, count, failed: &failed) else {
+            if failed { abort(c) }
+            return
+        }
+        t.pointee.sendBuffer = out
+        t.pointee.sendLength = length
+        t.pointee.sendSent = 0
+        t.pointee.credit = taken
+        upSendCiphertext(c)
+    }
+
+    func upSendCiphertext(_ c: UnsafeMutablePointer<Connection>) {
+        let t = upTLS(c)
+        c.flow(0).pointee.sending = true
+        c.pointee.inflight += 1
+        ring.send(fd: c.pointee.upstreamFD, buffer: headBuffer(t.pointee.sendBuffer) + Int(t.pointee.sendSent),
+                  count: Int(t.pointee.sendLength - t.pointee.sendSent),
+                  userData: UserData(op: Op.send, sub: 0, slot: slot(of: c), generation: c.pointee.generation))
+    }
+
+    /// As tlsSent, for the upstream side of a TCP session.
+    func upTLSSent(_ c: UnsafeMutablePointer<Connection>, _ res: Int32) -> Int32? {
+        switch ciphertextSent(upTLS(c), res) {
+        case .more:
+            upSendCiphertext(c)
+            return nil
+        case .done(let credit, let morePending):
+            if morePending { upTLSStartSend(c, nil, 0); if credit == 0 { return nil } }
+            return credit
+        }
+    }
+
+    /// Ciphertext from the upstream: advances the handshake, queues plaintext on flow 1. False
+    /// when the session ended (aborted).
+    func upTLSReceive(_ c: UnsafeMutablePointer<Connection>, bid: Int, count: Int) -> Bool {
+        let t = upTLS(c)
+        let f0 = c.flow(0), f1 = c.flow(1)
+        switch tlsIngest(t, bid: bid, count: count, into: f1) {
+        case .failed(let handshake):
+            if handshake {
+                // The endpoint's certificate (or its SAN) is not what the cluster asked for, or
+                // it does not speak TLS: a failed connect for outlier detection.
+                let e = Int(c.pointee.endpointSlot)
+                if e >= 0 { control.named.endpoints[e].connectFailures += 1 }
+                control.stats.pointee.connectFailures += 1
+                noteConnect(c, failed: true)
+                let cluster = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)]
+                let ei = Int(c.pointee.endpointIndex)
+                let address = cluster.endpoints.indices.contains(ei) ? "\(cluster.endpoints[ei].address)" : "its original destination"
+                Log.warning("shard \(index): TLS to upstream \(address) of cluster '\(cluster.name)' failed: \(openSSLErrors())")
+            }
+            abort(c)
+            return false
+        case .handshaking:
+            upTLSFlush(c)
+            return true
+        case .data(let plain, let closeNotify, let justDone):
+            if justDone {
+                // Verified: what the client sent meanwhile goes now.
+                if f0.pointee.queued > 0 && !f0.pointee.sending { sendHead(c, 0) }
+                else if f0.pointee.sourceEnded && f0.pointee.queued == 0 { shutDestination(c, 0) }
+            }
+            upTLSFlush(c)
+            if plain > 0 && !f1.pointee.sending { sendHead(c, 1) }
+            if closeNotify {
+                f1.pointee.sourceEnded = true
+                if !f1.pointee.sending && f1.pointee.queued == 0 { shutDestination(c, 1) }
+            }
+            return true
+        }
+    }
+
+    /// Before passing the client's FIN to the upstream, send close_notify. True when it is on its
+    /// way (shut the socket once that send completes), or when the handshake has not finished
+    /// (the FIN waits for it).
+    func upTLSCloseNotify(_ c: UnsafeMutablePointer<Connection>) -> Bool {
+        let t = upTLS(c)
+        guard let ssl = t.pointee.ssl else { return false }
+        if !t.pointee.handshakeDone { return true }
+        guard !t.pointee.closeNotifySent else { return false }
+        t.pointee.closeNotifySent = true
+        _ = SSL_shutdown(ssl)
+        upTLSFlush(c)
+        return c.flow(0).pointee.sending
+    }
+}
