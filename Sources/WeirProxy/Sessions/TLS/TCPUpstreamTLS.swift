@@ -146,6 +146,7 @@ extension Shard {
         guard !t.pointee.closeNotifySent else { return false }
         t.pointee.closeNotifySent = true
         _ = SSL_shutdown(ssl)
+        ERR_clear_error()
         upTLSFlush(c)
         return c.flow(0).pointee.sending
     }

@@ -117,6 +117,9 @@ extension Shard {
         var current = bid, offset = 0, total = 0
         var closeNotify = false
         while true {
+            // SSL_get_error reads this thread's error queue: anything another connection left
+            // there would make a read that only wants more bytes look like a failure.
+            ERR_clear_error()
             let r = SSL_read(ssl, bufferPointer(current) + offset, Int32(capacity - offset))
             if r > 0 {
                 offset += Int(r)
@@ -155,6 +158,7 @@ extension Shard {
             // Keep the ciphertext (records add ~22 bytes per 16 KiB, plus anything pending)
             // within one head buffer.
             let room = limits.bufferBytes - 2048 - Int(weir_bio_pending(w))
+            ERR_clear_error()
             let n = SSL_write(ssl, pointer, Int32(min(count, max(1024, room))))
             if n <= 0 {
                 if SSL_get_error(ssl, n) != SSL_ERROR_WANT_READ {
@@ -273,7 +277,11 @@ extension Shard {
         let t = tlsState(c)
         guard let ssl = t.pointee.ssl, !t.pointee.closeNotifySent else { return false }
         t.pointee.closeNotifySent = true
+        // Before the handshake ended there is no session to close: a plain FIN (SSL_shutdown
+        // would fail, "shutdown while in init").
+        guard t.pointee.handshakeDone else { return false }
         _ = SSL_shutdown(ssl)
+        ERR_clear_error()
         tlsFlush(c)
         return c.flow(1).pointee.sending
     }
