@@ -100,13 +100,15 @@ static int cert_matches_sans(X509 *cert, const weir_san *list) {
 
 static int verify_cb(int ok, X509_STORE_CTX *store) {
     if (!ok || X509_STORE_CTX_get_error_depth(store) != 0) return ok;
+    pthread_once(&san_once, make_index);
     SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
     if (!ssl) return ok;
     const weir_san *list = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), san_index);
     if (!list) return ok;
     X509 *cert = X509_STORE_CTX_get_current_cert(store);
     if (cert && cert_matches_sans(cert, list)) return 1;
-    X509_STORE_CTX_set_error(store, X509_V_ERR_SUBJECT_ISSUER_MISMATCH);
+    /* Reported as the application's own check failing (not an issuer or host name problem). */
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
 }
 

@@ -131,6 +131,21 @@ extension Compiler {
         + "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
     public static let defaultCurves = "X25519:P-256:P-384"
 
+    /// Why TLS parameters would not compile (nil: they would), checked without certificates, so
+    /// a control plane's context can be judged before its secrets arrive.
+    public static func tlsParameterProblem(min: String?, max: String?, ciphers: String?, curves: String?, alpn: [String]) -> String? {
+        let lo = min ?? "1.2", hi = max ?? "1.3"
+        guard tlsVersions.contains(lo), tlsVersions.contains(hi), lo <= hi else { return "TLS versions \(lo) to \(hi) are not within 1.2 to 1.3" }
+        if alpnWire(alpn) == nil { return "alpn protocols must be 1 to 255 bytes" }
+        guard let ctx = SSL_CTX_new(TLS_method()) else { return "cannot create a TLS context" }
+        defer { SSL_CTX_free(ctx) }
+        var problem: String? = nil
+        let p = SourcePosition(file: "", line: 0, column: 0)
+        _ = applyTLSParameters(ctx, min: lo, max: hi, ciphers: ciphers.map { Located($0, at: p) }, suites: nil,
+                               curves: curves.map { Located($0, at: p) }, at: p) { _, m in if problem == nil { problem = m } }
+        return problem
+    }
+
     /// min/max version, ciphers, TLS 1.3 suites and groups on a context; false (with `bad`
     /// told) when OpenSSL refuses a list, naming it.
     static func applyTLSParameters(_ ctx: OpaquePointer, min: String, max: String, ciphers: Located<String>?, suites: Located<String>?,
@@ -370,7 +385,7 @@ extension Compiler {
         var sans: [SANMatcher] = []
         if let v = t["verify_san"] {
             sans = v.value.split(separator: ",").map { SANMatcher(text: String($0).trimmingCharacters(in: .whitespaces)) }
-            if sans.isEmpty || sans.contains(where: { $0.value.isEmpty }) { bad(v.position, "verify_san must list names") }
+            if sans.isEmpty || sans.contains(where: { $0.value.isEmpty }) { bad(v.position, "verify_san must list names (an empty prefix, suffix or contains would match any name)") }
             if !verify { bad(v.position, "verify_san needs verify: true") }
             if !installSANs(ctx, sans) { bad(v.position, "cannot install the verify_san matchers") }
         }
@@ -428,6 +443,7 @@ extension Compiler {
         } else if !d.san.isEmpty {
             bad(p, "subject alt name matchers need a trusted CA")
         }
+        if d.san.contains(where: { $0.value.isEmpty }) { bad(p, "an empty subject alt name matcher would match any name") }
         if !installSANs(ctx, d.san) { bad(p, "cannot install the subject alt name matchers") }
         weir_ctx_set_verify(ctx, d.trustedCA != nil ? weir_verify_peer() : weir_verify_none())
         if let c = d.certificate {

@@ -532,6 +532,13 @@ public final class ADSClient: @unchecked Sendable {
             (.secret, .sdsSocket, socket ? resources.sdsNames(socket: true) : []),
         ]
         for (type, channel, names) in wanted where names != (subscribed[StreamKey(type, channel)] ?? []) {
+            if channel == .sdsSocket && names.isEmpty {
+                // Nothing to ask the agent for: the stream ends (an empty list could read as
+                // "everything" to a server), and opens again when something is needed.
+                subscribed[StreamKey(type, channel)] = []
+                sdsOut?.finish()
+                continue
+            }
             if let out = channel == .ads ? adsOut : sdsOut {
                 out.yield(request(type, names: names, node: false, on: channel))
             } else {

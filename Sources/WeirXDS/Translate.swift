@@ -234,6 +234,14 @@ public func translateEach(_ r: XDSResources, activate: Set<String> = [], previou
                 do { doc = try translateCluster(c, cla, secrets: used, activated: activate.contains(key), incomplete: &incomplete, notes: notes) } catch {
                     if let w = error as? WaitingForSecret {
                         out.clusterPart.warming.append((key, "secret \(w.name)"))
+                        // A version already serving keeps serving while the new one warms (as
+                        // Envoy keeps a cluster until its replacement is warm).
+                        if let hit = previous?.clusterCache[name], !hit.incomplete {
+                            out.clusterCache[name] = hit
+                            out.clusterPart.docs.append(hit.doc)
+                            out.clusterPart.notes.merge(hit.notes)
+                            out.clusterPart.active.insert(name)
+                        }
                         continue
                     }
                     var e = error as? XDSError ?? XDSError(resource: "cluster '\(name)'", message: "\(error)")
@@ -1004,6 +1012,9 @@ func translateCluster(_ c: EnvoyCluster, _ cla: EnvoyLoadAssignment?, secrets: [
     for (label, socket) in [("transport_socket", defaultSocket)] + matches.map({ ("transport_socket_matches '\($0.name)'", $0.hasTransportSocket ? $0.transportSocket : nil) }) {
         guard let socket, !isRawBuffer(socket) else { continue }
         _ = try translateUpstreamTLS(socket, at: label, secrets: [:], p, notes: Notes(), fail: fail)
+        // Weir's probes are plaintext: to a TLS endpoint they would send requests in the clear
+        // and fail (Envoy probes through the transport socket).
+        if !c.healthChecks.isEmpty { throw fail("health_checks on a cluster with TLS endpoints (\(label)) are not supported: Weir's probes are plaintext") }
     }
     rest.name = ""
     rest.clearMetadata()  // labels for filters and subsets Weir does not have; they change nothing
@@ -1301,6 +1312,9 @@ func translateEndpoints(_ cla: EnvoyLoadAssignment, cluster: String, _ p: Source
     for locality in cla.endpoints {
         // Locality (a label), its weight (used only by locality-weighted balancing, which with
         // one locality per priority changes nothing) and metadata inform nothing here.
+        if locality.metadata.filterMetadata["envoy.transport_socket_match"] != nil {
+            throw fail("endpoints (locality): metadata envoy.transport_socket_match is not supported (Weir picks the transport socket by each endpoint's own metadata)")
+        }
         var lRest = locality
         lRest.clearLocality(); lRest.clearMetadata(); lRest.lbEndpoints = []; lRest.clearLoadBalancingWeight(); lRest.priority = 0
         if let extra = leftover(lRest) { throw fail("endpoints (locality): unsupported field(s) \(extra)") }

@@ -109,6 +109,12 @@ func translateCommonTLS(_ common: CommonTLS, at: String, secrets: [String: Envoy
         if !t.ecdhCurves.isEmpty { parts.curves = t.ecdhCurves.joined(separator: ":") }
     }
     parts.alpn = common.alpnProtocols
+    // What does not depend on a secret is judged now, with the resource that carries it: found
+    // only when a secret arrives, it could only refuse that secret, which others share.
+    if let why = Compiler.tlsParameterProblem(min: parts.minVersion, max: parts.maxVersion, ciphers: parts.ciphers, curves: parts.curves,
+                                              alpn: parts.alpn) {
+        throw fail("\(at).common_tls_context: \(why)")
+    }
     // Certificates: from SDS by name, or inline.
     for s in common.tlsCertificateSdsSecretConfigs {
         guard let secret = secrets[s.name] else { return .waiting(secret: s.name) }
@@ -228,14 +234,16 @@ func translateUpstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, at: St
     if tls.hasMaxSessionKeys { notes.ignore("transport_socket max_session_keys (upstream sessions are not resumed)"); rest.clearMaxSessionKeys() }
     if tls.hasEnforceRsaKeyUsage && !tls.enforceRsaKeyUsage.value { rest.clearEnforceRsaKeyUsage() }
     if let extra = leftover(rest) { throw fail("\(at): unsupported field(s) \(extra)") }
+    let common = tls.commonTlsContext
+    guard common.tlsCertificateSdsSecretConfigs.count + common.tlsCertificates.count <= 1 else { throw fail("\(at): one client certificate is supported") }
+    if !tls.sni.isEmpty && tls.sni.utf8.count > 255 { throw fail("\(at): sni must be 1 to 255 bytes") }
     let parts: CommonTLSParts
-    switch try translateCommonTLS(tls.commonTlsContext, at: at, secrets: secrets, p, fail: fail) {
+    switch try translateCommonTLS(common, at: at, secrets: secrets, p, fail: fail) {
     case .waiting(let name): return .waiting(secret: name)
     case .ready(let r): parts = r
     }
     var d = UpstreamTLSDocument(position: p)
     d.serverName = tls.sni.isEmpty ? nil : tls.sni
-    guard parts.certificates.count <= 1 else { throw fail("\(at): one client certificate is supported") }
     if let c = parts.certificates.first {
         if let (chain, key) = c.inlinePEM {
             d.certificate = (chain, key, c.cert?.value ?? "certificate")
@@ -276,6 +284,11 @@ func translateUpstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, at: St
 /// A validation context's subject alt name matchers, untyped (any SAN type) and typed.
 func sanMatchers(_ v: ValidationContext, _ at: String, _ fail: (String) -> XDSError) throws -> [SANMatcher] {
     func matcher(_ m: Envoy_Type_Matcher_V3_StringMatcher, _ kind: SANMatcher.Kind, _ what: String) throws -> SANMatcher {
+        // An empty prefix, suffix or contains would match every name (Envoy refuses them too).
+        switch m.matchPattern {
+        case .prefix("")?, .suffix("")?, .contains("")?: throw fail("\(at).\(what): an empty prefix, suffix or contains matcher would match any name")
+        default: break
+        }
         switch m.matchPattern {
         case .exact(let s)?: return SANMatcher(kind: kind, .exact, s, ignoreCase: m.ignoreCase)
         case .prefix(let s)?: return SANMatcher(kind: kind, .prefix, s, ignoreCase: m.ignoreCase)

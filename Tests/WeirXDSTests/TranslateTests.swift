@@ -383,6 +383,23 @@ let endpointsJSON = """
         let rotated = try translateEach(r, previous: ready)
         #expect(rotated.clusters.first?.upstreamTLS?.trustedCA?.pem == "CA2")
 
+        // A new version that waits for a secret Weir does not hold leaves the serving one serving.
+        var next = r
+        next.clusters["outbound|9080||reviews"] = try cluster(json.replacingOccurrences(of: #""name": "default""#, with: #""name": "default-v2""#))
+        let warmingNext = try translateEach(next, previous: rotated)
+        #expect(warmingNext.clusters.first?.upstreamTLS?.trustedCA?.pem == "CA2" && warmingNext.warming.first?.why == "secret default-v2")
+
+        // What does not depend on a secret is judged with the cluster, before its secrets come:
+        // a cipher OpenSSL does not know, a health check (probes are plaintext), an empty matcher.
+        var early = XDSResources()
+        early.loadAssignments = r.loadAssignments
+        early.clusters["outbound|9080||reviews"] = try cluster(json.replacingOccurrences(of: #""tls_maximum_protocol_version": "TLSv1_3"}"#, with: #""tls_maximum_protocol_version": "TLSv1_3", "cipher_suites": ["NOT-A-CIPHER"]}"#))
+        #expect(refusal { _ = try translate(early) }.contains("ciphers: OpenSSL accepts none of 'NOT-A-CIPHER'"))
+        early.clusters["outbound|9080||reviews"] = try cluster(json.replacingOccurrences(of: #""transport_socket_matches""#, with: #""health_checks": [{"timeout": "1s", "interval": "5s", "unhealthy_threshold": 2, "healthy_threshold": 1, "tcp_health_check": {}}], "transport_socket_matches""#))
+        #expect(refusal { _ = try translate(early) }.contains("health_checks on a cluster with TLS endpoints"))
+        early.clusters["outbound|9080||reviews"] = try cluster(json.replacingOccurrences(of: #"{"exact": "spiffe://cluster.local/ns/default/sa/reviews"}"#, with: #"{"prefix": ""}"#))
+        #expect(refusal { _ = try translate(early) }.contains("an empty prefix, suffix or contains matcher would match any name"))
+
         // Two different TLS sockets in one cluster, and what Weir cannot check, are refused.
         var two = r
         let other = upstream.replacingOccurrences(of: "sa/reviews", with: "sa/other")

@@ -181,7 +181,13 @@ import WeirDemo
         #expect(before != nil, "\(a.text)")
         agent.push("SDS", version: "s2", try Self.secrets(certs, [("default", "weir-side-2")]))
         #expect(agent.waitForRequest { $0.hasPrefix("REQ SDS") && $0.contains("version=s2") && $0.hasSuffix("error=") } != nil, "\(agent.requests.suffix(2))")
-        let rotated = try HTTPClient(address: weirOut).request("GET /rotated HTTP/1.1\r\nHost: envoy-side\r\n\r\n")
+        // The ACK means the new snapshot is published; the shard may adopt it a moment later.
+        var rotated = try HTTPClient(address: weirOut).request("GET /rotated HTTP/1.1\r\nHost: envoy-side\r\n\r\n")
+        let deadline = Date().addingTimeInterval(10)
+        while hash(rotated.text) == before && Date() < deadline {
+            usleep(50_000)
+            rotated = try HTTPClient(address: weirOut).request("GET /rotated HTTP/1.1\r\nHost: envoy-side\r\n\r\n")
+        }
         #expect(rotated.status == 200 && rotated.text.contains("URI=\(Self.spiffe)weir-side"), "\(rotated.status) \(rotated.text)")
         #expect(hash(rotated.text) != nil && hash(rotated.text) != before, "the new certificate: \(rotated.text)")
 

@@ -160,7 +160,8 @@ extension Shard {
             let f0 = c.flow(0)
             let cluster = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)]
             let ei = Int(c.pointee.endpointIndex)
-            let upstreamTLS = cluster.endpoints.indices.contains(ei) && !cluster.endpoints[ei].plaintext ? cluster.tls : nil
+            // TLS unless the endpoint is known to be plaintext (never fails open).
+            let upstreamTLS = cluster.endpoints.indices.contains(ei) && cluster.endpoints[ei].plaintext ? nil : cluster.tls
             let early = f0.pointee.queued > 0 || f0.pointee.recv != .idle || f0.pointee.sourceEnded || c.pointee.isTLS || upstreamTLS != nil
             if limits.dataPath == .splice && !early { return startSplice(c) }
             if f0.pointee.recv == .idle && !f0.pointee.sourceEnded { armRecv(c, 0) }
