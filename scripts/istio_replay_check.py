@@ -2,7 +2,9 @@
 """Replays a captured Istio folder (../shared/istio/*) into a real weir over ADS and reports what
 was applied and what was refused, with the reasons grouped. Everything runs on 127.0.0.1: the
 capture's addresses are rewritten to loopback (scripts/istio_replay.py), listeners to ports from
-LISTENER_BASE up, endpoints to one local HTTP upstream.
+LISTENER_BASE up, endpoints to one local HTTP upstream. The workload certificate and root CA a
+sidecar gets from pilot-agent ("default" and "ROOTCA", asked for over ADS here) come from a test
+CA (Tests/IntegrationTests/Support/make_certs.sh), so mTLS clusters and chains become active.
 Usage: istio_replay_check.py DIR [WEIR_BINARY] [LISTENER_BASE]
 Needs the test venv (./scripts/setup-debian.sh --tests).
 """
@@ -23,6 +25,11 @@ cp = subprocess.Popen([py, f"{support}/xds_server.py"], stdin=subprocess.PIPE, s
                       env=dict(os.environ, XDS_IMPORT_ALL="1"))
 cp_port = int(cp.stdout.readline().split()[-1])
 d = tempfile.mkdtemp(prefix="weir-replay-")
+subprocess.run(["bash", f"{support}/make_certs.sh", f"{d}/certs"], check=True)
+def pem(name): return open(f"{d}/certs/{name}").read()
+commands += json.dumps({"type": "SDS", "version": "s1", "resources": [
+    {"name": "default", "tls_certificate": {"certificate_chain": {"inline_string": pem("weir-side.pem")}, "private_key": {"inline_string": pem("weir-side.key")}}},
+    {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": pem("ca.pem")}}}]}) + "\n"
 cfg = os.path.join(d, "weir.yaml")
 open(cfg, "w").write(f"""
 admin: {{ address: 127.0.0.1:0 }}
