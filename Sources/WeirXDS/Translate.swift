@@ -676,7 +676,9 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
     let p = position("route", config.name)
     var out: [RouteDocument] = []
     var uses: [String] = []
-    for vh in config.virtualHosts {
+    // Each virtual host's routes, without their host match (added below, in Envoy's order).
+    var routesOf: [[RouteDocument]] = Array(repeating: [], count: config.virtualHosts.count)
+    for (vi, vh) in config.virtualHosts.enumerated() {
         var vhRest = vh
         vhRest.name = ""
         vhRest.domains = []
@@ -684,11 +686,13 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
         // A request header telling the upstream which attempt this is; information only.
         if vh.includeRequestAttemptCount { notes.ignore("virtual_host.include_request_attempt_count"); vhRest.includeRequestAttemptCount = false }
         if let extra = leftover(vhRest) { throw fail("virtual_host '\(vh.name)': unsupported field(s) \(extra)") }
-        let hosts = vh.domains.contains("*") ? [] : vh.domains
+        if vh.domains.isEmpty { throw fail("virtual_host '\(vh.name)': needs domains") }
+        for d in vh.domains where d != "*" && d.dropFirst().dropLast().contains("*") {
+            throw fail("virtual_host '\(vh.name)': domain '\(d)': a wildcard is supported at the start or the end only")
+        }
         for (i, route) in vh.routes.enumerated() {
             let at = "virtual_host '\(vh.name)' route \(i)"
             var d = RouteDocument(position: p)
-            if !hosts.isEmpty { d.match["host"] = located(hosts.joined(separator: ","), p) }
             let m = route.match
             switch m.pathSpecifier {
             case .prefix(let prefix)?: if prefix != "/" && !prefix.isEmpty { d.match["path_prefix"] = located(prefix, p) }
@@ -868,7 +872,46 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
             routeRest.requestHeadersToRemove = []
             routeRest.responseHeadersToRemove = []
             if let extra = leftover(routeRest) { throw fail("\(at): unsupported field(s) \(extra)") }
+            routesOf[vi].append(d)
+        }
+    }
+    // Envoy picks one virtual host per request, by its best domain: exact, then the longest
+    // suffix wildcard (*.a.com), then the longest prefix wildcard (a.*), then "*"; only that
+    // host's routes are tried, and none matching is a 404. As one ordered list: each virtual
+    // host's routes for its domains of one kind, in that order, each group closed by a 404 for
+    // those domains (unless its last route takes every request), so nothing falls through to
+    // another virtual host.
+    var groups: [(vh: Int, domains: [String], rank: Int, length: Int)] = []
+    var seen = Set<String>()
+    for (vi, vh) in config.virtualHosts.enumerated() {
+        var exact: [String] = []
+        for domain in vh.domains {
+            let key = domain.lowercased()
+            guard seen.insert(key).inserted else { throw fail("virtual_host '\(vh.name)': domain '\(domain)' is also another virtual host's (Envoy refuses that)") }
+            if domain == "*" { groups.append((vi, [], 3, 0)) }
+            else if domain.hasPrefix("*") { groups.append((vi, [domain], 1, domain.count)) }
+            else if domain.hasSuffix("*") { groups.append((vi, [domain], 2, domain.count)) }
+            else { exact.append(domain) }
+        }
+        if !exact.isEmpty { groups.append((vi, exact, 0, 0)) }
+    }
+    let ordered = groups.enumerated().sorted { a, b in
+        (a.element.rank, -a.element.length, a.offset) < (b.element.rank, -b.element.length, b.offset)
+    }.map(\.element)
+    for g in ordered {
+        let host = g.domains.isEmpty ? nil : located(g.domains.joined(separator: ","), p)
+        for var d in routesOf[g.vh] {
+            if let host { d.match["host"] = host }
             out.append(d)
+        }
+        let last = routesOf[g.vh].last
+        let catchesAll = last.map { $0.match.isEmpty && $0.matchHeaders.isEmpty } ?? false
+        if !catchesAll {
+            var none = RouteDocument(position: p)
+            if let host { none.match["host"] = host }
+            none.directResponse = ["status": located("404", p)]
+            none.directResponsePosition = p
+            out.append(none)
         }
     }
     return (out, uses, config.ignorePortInHostMatching)

@@ -105,6 +105,10 @@ func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
                 {"match": {"prefix": "/v1/"}, "route": {"cluster": "v1"}},
                 {"match": {"prefix": "/"}, "route": {"cluster": "fallback"}}]},
               {"name": "wild", "domains": ["*.example.org"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "wild"}}]},
+              {"name": "short-suffix", "domains": ["*.net"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "fallback"}}]},
+              {"name": "long-suffix", "domains": ["*.example.net"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "wild"}}]},
+              {"name": "exact-last", "domains": ["a.example.net", "a2.example.net"], "routes": [{"match": {"path": "/only"}, "route": {"cluster": "exact"}}]},
+              {"name": "by-prefix", "domains": ["pre.example.*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "canary"}}]},
               {"name": "moved", "domains": ["old.example.com"], "routes": [
                 {"match": {"prefix": "/"}, "redirect": {"host_redirect": "new.example.com", "response_code": "PERMANENT_REDIRECT"}}]},
               {"name": "rest", "domains": ["*"], "routes": [
@@ -150,6 +154,16 @@ func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
             ("GET", "api.example.com", "/h/5", "x-env: prod\r\n"),
             ("GET", "api.example.com", "/h/6", "x-env: dev\r\n"),
             ("GET", "api.example.com", "/h/7", "x-debug: 1\r\n"),
+            // Virtual host precedence: exact over any wildcard listed before it, the longest
+            // suffix wildcard, prefix wildcards after suffixes; a virtual host whose routes all
+            // miss answers 404 (nothing falls through to another virtual host).
+            ("GET", "a.example.net", "/only", ""),
+            ("GET", "a2.example.net", "/only", ""),
+            ("GET", "a.example.net", "/other", ""),
+            ("GET", "b.example.net", "/x", ""),
+            ("GET", "c.net", "/x", ""),
+            ("GET", "pre.example.io", "/x", ""),
+            ("GET", "pre.example.net", "/x", ""),
         ]
         /// What answered: the upstream (cluster) by name, or the status with the body or Location.
         func outcome(_ address: SocketAddress, _ r: (method: String, host: String, path: String, headers: String)) -> String {
@@ -165,6 +179,7 @@ func waitForListener(_ address: SocketAddress, seconds: Double) -> Bool {
             let w = outcome(weirAddress, r), e = outcome(envoyAddress, r)
             #expect(w == e, "\(r.method) \(r.host)\(r.path): Weir says \(w), Envoy says \(e)")
             #expect(!e.hasPrefix("no answer") && !e.hasPrefix("503"), "Envoy must answer for the comparison to mean something: \(e)")
+            if r.path == "/other" { #expect(e.hasPrefix("404"), "Envoy answers 404 when the chosen virtual host has no route: \(e)") }
             compared += 1
         }
         #expect(compared == requests.count)
