@@ -2,8 +2,8 @@
 """Turns a folder of captured Istio xDS resources (../shared/istio/*: lds.json, cds.json,
 eds.json, rds.json, arrays of proto-JSON resources) into commands for the test management
 server (Tests/IntegrationTests/Support/xds_server.py, run with XDS_IMPORT_ALL=1), one JSON line
-per type, on standard output. Every address is rewritten to loopback: endpoints to
-127.0.0.1:UPSTREAM_PORT, listeners to 127.0.0.1 with ports from LISTENER_BASE up (the captured
+per type, on standard output. Every address is rewritten to loopback: an assignment's endpoints
+to 127.0.0.1:UPSTREAM_PORT, 127.0.0.2:UPSTREAM_PORT, and so on, listeners to 127.0.0.1 with ports from LISTENER_BASE up (the captured
 addresses belong to other people's clusters and must never be a traffic target). Types that
 xds-protos does not carry (Istio's own filters) are wrapped in a udpa TypedStruct, as Istio
 itself does for several of them.
@@ -33,16 +33,21 @@ def wrap(node):
         return [wrap(v) for v in node]
     return node
 
-def loopback_endpoints(node, port):
+def loopback_endpoints(node, port, seen=None):
+    # The first endpoint of an assignment goes to 127.0.0.1:port (the test upstream), the others
+    # to 127.0.0.2, .3, ... on the same port, so no assignment lists one address twice.
+    if seen is None:
+        seen = [0]
     if isinstance(node, dict):
         if "socket_address" in node and isinstance(node["socket_address"], dict):
-            node["socket_address"]["address"] = "127.0.0.1"
+            seen[0] += 1
+            node["socket_address"]["address"] = f"127.0.{(seen[0] - 1) // 250}.{(seen[0] - 1) % 250 + 1}"
             node["socket_address"]["port_value"] = port
         for v in node.values():
-            loopback_endpoints(v, port)
+            loopback_endpoints(v, port, seen)
     elif isinstance(node, list):
         for v in node:
-            loopback_endpoints(v, port)
+            loopback_endpoints(v, port, seen)
 
 if __name__ == "__main__":
     folder, upstream, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -55,7 +60,8 @@ if __name__ == "__main__":
             continue
         resources = [{k: v for k, v in wrap(r).items() if k != "@type"} for r in resources]
         if short in ("CDS", "EDS"):
-            loopback_endpoints(resources, upstream)
+            for r in resources:
+                loopback_endpoints(r, upstream)
         if short == "LDS":
             for i, l in enumerate(resources):
                 sa = l.get("address", {}).get("socket_address")
