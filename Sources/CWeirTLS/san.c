@@ -133,3 +133,71 @@ int weir_ctx_add_san_matcher(SSL_CTX *ctx, int kind, int op, int ignore_case, co
 }
 
 void weir_ctx_set_verify(SSL_CTX *ctx, int mode) { SSL_CTX_set_verify(ctx, mode, verify_cb); }
+
+/* XFCC (Envoy's x-forwarded-client-cert element) for a connection's peer. */
+static int put(char *out, size_t cap, size_t *n, const char *s, size_t len) {
+    if (*n + len > cap) return 0;
+    memcpy(out + *n, s, len);
+    *n += len;
+    return 1;
+}
+
+/* A value that can go into a header as is: no controls, no quotes, no XFCC separators. */
+static int plain(const char *s, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x21 || ch >= 0x7f || ch == '"' || ch == ',' || ch == ';' || ch == '\\') return 0;
+    }
+    return 1;
+}
+
+static int put_sans(X509 *cert, int type, const char *key, char *out, size_t cap, size_t *n) {
+    GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    if (!names) return 1;
+    int ok = 1;
+    for (int i = 0; i < sk_GENERAL_NAME_num(names) && ok; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != type) continue;
+        const char *data = (const char *)ASN1_STRING_get0_data(g->d.ia5);
+        size_t len = (size_t)ASN1_STRING_length(g->d.ia5);
+        if (!plain(data, len)) continue;  /* left out rather than smuggled into a header */
+        ok = put(out, cap, n, ";", *n ? 1 : 0) && put(out, cap, n, key, strlen(key)) && put(out, cap, n, data, len);
+    }
+    GENERAL_NAMES_free(names);
+    return ok;
+}
+
+int weir_xfcc_element(SSL *ssl, int details, char *out, size_t cap) {
+    X509 *peer = SSL_get1_peer_certificate(ssl);
+    if (!peer) return 0;
+    size_t n = 0;
+    int ok = 1;
+    X509 *local = SSL_get_certificate(ssl);
+    if (local) ok = put_sans(local, GEN_URI, "By=", out, cap, &n);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (ok && X509_digest(peer, EVP_sha256(), md, &mdlen)) {
+        char hex[2 * EVP_MAX_MD_SIZE];
+        static const char digits[] = "0123456789abcdef";
+        for (unsigned int i = 0; i < mdlen; i++) { hex[2 * i] = digits[md[i] >> 4]; hex[2 * i + 1] = digits[md[i] & 15]; }
+        ok = put(out, cap, &n, ";", n ? 1 : 0) && put(out, cap, &n, "Hash=", 5) && put(out, cap, &n, hex, 2 * mdlen);
+    }
+    if (ok && (details & WEIR_XFCC_SUBJECT)) {
+        BIO *b = BIO_new(BIO_s_mem());
+        char *text = NULL;
+        long len = 0;
+        if (b && X509_NAME_print_ex(b, X509_get_subject_name(peer), 0, XN_FLAG_RFC2253) >= 0) len = BIO_get_mem_data(b, &text);
+        ok = put(out, cap, &n, ";", n ? 1 : 0) && put(out, cap, &n, "Subject=\"", 9);
+        for (long i = 0; ok && i < len; i++) {
+            char ch = text[i];
+            if ((unsigned char)ch < 0x20 || (unsigned char)ch >= 0x7f || ch == '"' || ch == '\\') ch = '?';
+            ok = put(out, cap, &n, &ch, 1);
+        }
+        ok = ok && put(out, cap, &n, "\"", 1);
+        BIO_free(b);
+    }
+    if (ok && (details & WEIR_XFCC_URI)) ok = put_sans(peer, GEN_URI, "URI=", out, cap, &n);
+    if (ok && (details & WEIR_XFCC_DNS)) ok = put_sans(peer, GEN_DNS, "DNS=", out, cap, &n);
+    X509_free(peer);
+    return ok ? (int)n : -1;
+}

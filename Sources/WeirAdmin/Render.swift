@@ -117,6 +117,8 @@ enum AdminRender {
         family("weir_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", [("", Int64(totals.idleTimeouts))])
         family("weir_http_overloads_total", "counter", "HTTP requests answered 503 because a pool hit max_connections or no head buffer was free.",
                [("reason=\"pool_full\"", Int64(totals.poolOverflows)), ("reason=\"head_buffers\"", Int64(totals.headBuffersExhausted))])
+        family("weir_client_cert_details_too_long_total", "counter", "mTLS peers whose X-Forwarded-Client-Cert details did not fit in 1 KiB: their requests go without them.",
+               [("", Int64(totals.clientCertTooLong))])
         family("weir_sni_unrouted_total", "counter", "TLS passthrough connections closed: no route for their server name (or a ClientHello timeout).",
                [("reason=\"no_route\"", Int64(totals.sniUnrouted)), ("reason=\"timeout\"", Int64(totals.sniTimeouts))])
         family("weir_filter_chain_closed_total", "counter", "Connections closed before a session: no filter chain fit, the chain that fit was refused, or the inspectors timed out without continue_on_inspect_timeout.",

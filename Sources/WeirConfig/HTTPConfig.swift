@@ -66,6 +66,29 @@ public struct Route: Sendable {
     public var responseAdd: [[UInt8]]
 }
 
+/// X-Forwarded-Client-Cert, as Envoy's forward_client_cert_details: what a request forwarded
+/// from a connection with (mTLS) or without a client certificate carries.
+public struct ClientCertPolicy: Sendable, Equatable {
+    public enum Mode: String, Sendable, CaseIterable {
+        /// Remove what the client sent (the default: a client could claim any identity).
+        case sanitize
+        /// Forward the client's only from an mTLS peer.
+        case forward_only
+        /// From an mTLS peer: forward the client's and append the peer's details.
+        case append_forward
+        /// From an mTLS peer: the peer's details only.
+        case sanitize_set
+        /// Forward the client's, whoever sent it.
+        case always_forward_only
+    }
+    public var mode: Mode = .sanitize
+    /// Bits of WEIR_XFCC_SUBJECT, WEIR_XFCC_URI, WEIR_XFCC_DNS (By and Hash are always there).
+    public var details: Int32 = 0
+    public init(mode: Mode = .sanitize, details: Int32 = 0) { self.mode = mode; self.details = details }
+    /// Whether a request needs the peer's element written.
+    public var writesPeer: Bool { mode == .append_forward || mode == .sanitize_set }
+}
+
 public final class HTTPListener: Sendable {
     public let routes: RouteTable
     /// Parallel to `routes.routes`.
@@ -76,12 +99,14 @@ public final class HTTPListener: Sendable {
     public let accessLog: String?
     /// normalize_path: targets are made canonical (PathNormalizer) before routing and forwarding.
     public let normalizesPath: Bool
+    public let clientCert: ClientCertPolicy
 
     init(routes: RouteTable, actions: [Route], limits: HTTPLimits, requestHeaderTimeoutNanoseconds: Int64, accessLog: String?,
-         normalizesPath: Bool = false) {
+         normalizesPath: Bool = false, clientCert: ClientCertPolicy = ClientCertPolicy()) {
         self.routes = routes; self.actions = actions; self.limits = limits
         self.requestHeaderTimeoutNanoseconds = requestHeaderTimeoutNanoseconds; self.accessLog = accessLog
         self.normalizesPath = normalizesPath
+        self.clientCert = clientCert
     }
 }
 
@@ -137,6 +162,7 @@ extension Compiler {
         var accessLog: String? = nil
         var stripPort = true
         var normalizePath = false
+        var clientCert = ClientCertPolicy()
         for (key, v) in (l.http ?? [:]).sorted(by: { $0.key < $1.key }) {
             func size(_ range: ClosedRange<Int>) -> Int? {
                 guard let n = parseByteSize(v.value), range.contains(n) else {
@@ -168,6 +194,18 @@ extension Compiler {
                 if let n = parseByteSize(v.value), n >= 0 { limits.maxBodyBytes = UInt64(n) } else { bad(v.position, "max_body_bytes must be a size such as 10MiB") }
             case "access_log":
                 if v.value.hasPrefix("/") { accessLog = v.value } else { bad(v.position, "access_log must be an absolute file path") }
+            case "forward_client_cert":
+                if let m = ClientCertPolicy.Mode(rawValue: v.value) { clientCert.mode = m }
+                else { bad(v.position, "forward_client_cert must be one of \(ClientCertPolicy.Mode.allCases.map(\.rawValue).joined(separator: ", ")), not '\(v.value)'") }
+            case "client_cert_details":
+                for part in v.value.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+                    switch part {
+                    case "subject": clientCert.details |= 1
+                    case "uri": clientCert.details |= 2
+                    case "dns": clientCert.details |= 4
+                    default: bad(v.position, "client_cert_details lists subject, uri and dns, not '\(part)'")
+                    }
+                }
             default: break
             }
         }
@@ -192,8 +230,12 @@ extension Compiler {
             actions.append(a)
         }
         guard ok else { return nil }
+        if clientCert.details != 0 && !clientCert.writesPeer {
+            bad(l.http?["client_cert_details"]?.position ?? l.position, "client_cert_details needs forward_client_cert append_forward or sanitize_set")
+        }
         return HTTPListener(routes: RouteTable(matches, stripsPort: stripPort), actions: actions, limits: limits,
-                            requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog, normalizesPath: normalizePath)
+                            requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog, normalizesPath: normalizePath,
+                            clientCert: clientCert)
     }
 
     /// `weighted_clusters:` (on an http route or a tcp listener): each entry's cluster resolved by

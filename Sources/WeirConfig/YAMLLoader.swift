@@ -250,7 +250,7 @@ struct Reader {
         if let h = f["http"] {
             l.httpPosition = pos(h.value)
             l.http = flatMapping(h.value, allowed: ["strip_host_port", "normalize_path", "request_header_timeout", "max_request_line_bytes", "max_header_bytes",
-                                                   "max_headers", "max_body_bytes", "access_log"], what: "http")
+                                                   "max_headers", "max_body_bytes", "access_log", "forward_client_cert", "client_cert_details"], what: "http")
         }
         if let t = f["tls"] {
             var d = TLSDocument(position: pos(t.value))

@@ -15,6 +15,19 @@ public struct ForwardingRules: Sendable {
     public init() {}
 }
 
+/// What the forwarded request carries as X-Forwarded-Client-Cert (Envoy's
+/// forward_client_cert_details, decided per request by the listener and the connection).
+public enum ClientCertHeader {
+    /// The client's, as it sent them.
+    case keep
+    /// None.
+    case remove
+    /// The client's, then this element (one header, comma-separated).
+    case append(UnsafeRawBufferPointer)
+    /// Only this element.
+    case set(UnsafeRawBufferPointer)
+}
+
 public struct ForwardContext {
     /// The client's address as text ("192.0.2.1" or "2001:db8::1"), for X-Forwarded-For.
     public var clientAddress: UnsafeRawBufferPointer
@@ -23,8 +36,11 @@ public struct ForwardContext {
     public var requestID: UnsafeRawBufferPointer
     /// Keep Upgrade and `Connection: upgrade` (a WebSocket handshake being forwarded).
     public var upgrade: Bool
-    public init(clientAddress: UnsafeRawBufferPointer, https: Bool, requestID: UnsafeRawBufferPointer, upgrade: Bool) {
+    public var clientCert: ClientCertHeader
+    public init(clientAddress: UnsafeRawBufferPointer, https: Bool, requestID: UnsafeRawBufferPointer, upgrade: Bool,
+                clientCert: ClientCertHeader = .keep) {
         self.clientAddress = clientAddress; self.https = https; self.requestID = requestID; self.upgrade = upgrade
+        self.clientCert = clientCert
     }
 }
 
@@ -46,12 +62,22 @@ public enum HeadWriter {
         }
         w.put(head.minorVersion == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
         var forwardedFor: ByteRange? = nil
+        var priorCert: ByteRange? = nil
         var hasRequestID = false
         for i in 0..<headers.count {
             let name = headers.name(i), value = headers.value(i)
             if isHopByHop(source, name, headers: headers, upgrade: context.upgrade) { continue }
             if rules.removeHeaders.contains(where: { equalsLowercase(source, name, $0) }) { continue }
             if equalsIgnoringCase(source, name, "x-forwarded-for") { forwardedFor = value; continue }
+            if equalsIgnoringCase(source, name, "x-forwarded-client-cert") {
+                switch context.clientCert {
+                case .remove, .set: continue
+                case .append:
+                    // The first joins Weir's element in one header; any further one is kept.
+                    if priorCert == nil { priorCert = value; continue }
+                case .keep: break
+                }
+            }
             if equalsIgnoringCase(source, name, "x-forwarded-proto") { continue }
             if equalsIgnoringCase(source, name, "x-request-id") { hasRequestID = true }
             if let host = rules.hostRewrite, equalsIgnoringCase(source, name, "host") {
@@ -65,6 +91,15 @@ public enum HeadWriter {
         w.put(context.clientAddress)
         w.put(context.https ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n")
         if !hasRequestID { w.put("X-Request-Id: "); w.put(context.requestID); w.put("\r\n") }
+        switch context.clientCert {
+        case .append(let element):
+            w.put("X-Forwarded-Client-Cert: ")
+            if let prior = priorCert, prior.count > 0 { w.put(source, prior); w.put(",") }
+            w.put(element); w.put("\r\n")
+        case .set(let element):
+            w.put("X-Forwarded-Client-Cert: "); w.put(element); w.put("\r\n")
+        case .keep, .remove: break
+        }
         if context.upgrade { w.put("Connection: upgrade\r\n") }
         else if head.minorVersion == 0 { w.put("Connection: keep-alive\r\n") }
         for line in rules.addHeaders { w.put(line); w.put("\r\n") }

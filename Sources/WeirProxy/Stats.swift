@@ -236,6 +236,8 @@ public struct ShardStats: Sendable {
     /// endpoint's pool (or the upstream slab) was at its connection limit.
     public var headBuffersExhausted = 0
     public var poolOverflows = 0
+    /// mTLS peers whose X-Forwarded-Client-Cert element did not fit (forwarded without it).
+    public var clientCertTooLong = 0
     /// tcp listeners with SNI routes: connections closed because no route fit their server
     /// name, and because the ClientHello did not arrive within client_hello_timeout.
     public var sniUnrouted = 0
@@ -274,6 +276,7 @@ public struct ShardStats: Sendable {
         r.snapshotsAdopted = a.snapshotsAdopted + b.snapshotsAdopted
         r.headBuffersExhausted = a.headBuffersExhausted + b.headBuffersExhausted
         r.poolOverflows = a.poolOverflows + b.poolOverflows
+        r.clientCertTooLong = a.clientCertTooLong + b.clientCertTooLong
         r.sniUnrouted = a.sniUnrouted + b.sniUnrouted
         r.sniTimeouts = a.sniTimeouts + b.sniTimeouts
         r.chainUnmatched = a.chainUnmatched + b.chainUnmatched

@@ -598,21 +598,29 @@ func translateChain(_ chain: Envoy_Config_Listener_V3_FilterChain, label: String
         }
     }
     hcmRest.upgradeConfigs = []
-    // X-Forwarded-Client-Cert. Envoy forwards a client's XFCC only from an mTLS peer, and
-    // APPEND_FORWARD and SANITIZE_SET add the verified peer's details, which Weir does not write
-    // yet. So every mode but ALWAYS_FORWARD_ONLY removes it: an upstream that trusts it could
-    // otherwise be told any identity, by a plaintext client or by an mTLS one naming another.
-    let sanitizeXFCC: Bool
+    // X-Forwarded-Client-Cert, as Envoy: the client's is forwarded only from an mTLS peer
+    // (except ALWAYS_FORWARD_ONLY), and APPEND_FORWARD and SANITIZE_SET add the verified peer's
+    // details (By, Hash, and Subject, URI, DNS as set_current_client_cert_details asks).
+    var xfccMode: String
     switch hcm.forwardClientCertDetails {
-    case .sanitize: sanitizeXFCC = true
-    case .sanitizeSet, .forwardOnly, .appendForward:
-        sanitizeXFCC = true
-        notes.ignore("http_connection_manager.forward_client_cert_details \(hcm.forwardClientCertDetails) (Weir removes a client's XFCC and adds none yet)")
-    case .alwaysForwardOnly: sanitizeXFCC = false
+    case .sanitize: xfccMode = "sanitize"
+    case .forwardOnly: xfccMode = "forward_only"
+    case .appendForward: xfccMode = "append_forward"
+    case .sanitizeSet: xfccMode = "sanitize_set"
+    case .alwaysForwardOnly: xfccMode = "always_forward_only"
     default: throw fail("http_connection_manager.forward_client_cert_details \(hcm.forwardClientCertDetails) is not supported")
     }
     hcmRest.forwardClientCertDetails = .sanitize
-    if hcm.hasSetCurrentClientCertDetails { notes.ignore("http_connection_manager.set_current_client_cert_details (no client certificates on plaintext listeners)"); hcmRest.clearSetCurrentClientCertDetails() }
+    var xfccDetails: [String] = []
+    if hcm.hasSetCurrentClientCertDetails {
+        let d = hcm.setCurrentClientCertDetails
+        if d.hasSubject && d.subject.value { xfccDetails.append("subject") }
+        if d.uri { xfccDetails.append("uri") }
+        if d.dns { xfccDetails.append("dns") }
+        if d.cert || d.chain { notes.ignore("http_connection_manager.set_current_client_cert_details cert and chain (the PEM is not forwarded)") }
+        hcmRest.clearSetCurrentClientCertDetails()
+        if xfccMode != "append_forward" && xfccMode != "sanitize_set" { xfccDetails = [] }
+    }
     if let extra = leftover(hcmRest) { throw fail("http_connection_manager: unsupported field(s) \(extra)") }
     doc.proto = located("http", p)
     // Envoy matches virtual host domains against the Host with its port unless told to strip it.
@@ -643,7 +651,8 @@ func translateChain(_ chain: Envoy_Config_Listener_V3_FilterChain, label: String
     notes.about(.listener, lname)
     if translated.stripPort { doc.http?["strip_host_port"] = located("true", p) }
     doc.routes = translated.docs
-    if sanitizeXFCC { for i in doc.routes.indices { doc.routes[i].requestHeadersToRemove.append(located("x-forwarded-client-cert", p)) } }
+    doc.http = (doc.http ?? [:]).merging(["forward_client_cert": located(xfccMode, p)]) { $1 }
+    if !xfccDetails.isEmpty { doc.http?["client_cert_details"] = located(xfccDetails.joined(separator: ","), p) }
     doc.routesPosition = p
     return (translated.uses, nil)
 }

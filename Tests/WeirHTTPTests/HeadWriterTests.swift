@@ -2,19 +2,26 @@ import Testing
 @testable import WeirHTTP
 
 /// Parses `text`, forwards it with `rules`, and returns the head written.
+/// How `forward` treats X-Forwarded-Client-Cert (the element given as text).
+enum CertCase { case keep, remove, append(String), set(String) }
+
 func forward(_ text: String, rules: ForwardingRules = ForwardingRules(), client: String = "192.0.2.7",
-             https: Bool = false, upgrade: Bool = false, capacity: Int = 4096) -> String? {
+             https: Bool = false, upgrade: Bool = false, capacity: Int = 4096, cert: CertCase = .keep) -> String? {
     let table = HeaderTable(capacity: 64)
     let bytes = Array(text.utf8)
     return bytes.withUnsafeBytes { src -> String? in
         guard case .complete(let head) = HTTPParser.parseRequest(src, limits: HTTPLimits(), headers: table) else { return "unparsed" }
         var out = [UInt8](repeating: 0, count: capacity)
         let clientBytes = Array(client.utf8), id = Array("req-1".utf8)
+        var element: [UInt8] = []
+        switch cert { case .append(let e), .set(let e): element = Array(e.utf8); default: break }
         let n = out.withUnsafeMutableBytes { o in
-            clientBytes.withUnsafeBytes { c in id.withUnsafeBytes { i in
-                HeadWriter.writeRequest(head, source: src, headers: table, rules: rules,
-                                        context: ForwardContext(clientAddress: c, https: https, requestID: i, upgrade: upgrade), into: o)
-            } }
+            clientBytes.withUnsafeBytes { c in id.withUnsafeBytes { i in element.withUnsafeBytes { e in
+                let header: ClientCertHeader
+                switch cert { case .keep: header = .keep; case .remove: header = .remove; case .append: header = .append(e); case .set: header = .set(e) }
+                return HeadWriter.writeRequest(head, source: src, headers: table, rules: rules,
+                                               context: ForwardContext(clientAddress: c, https: https, requestID: i, upgrade: upgrade, clientCert: header), into: o)
+            } } }
         }
         return n.map { String(decoding: out[0..<$0], as: UTF8.self) }
     }
@@ -51,6 +58,23 @@ func forward(_ text: String, rules: ForwardingRules = ForwardingRules(), client:
             return n.map { String(decoding: out[0..<$0], as: UTF8.self) }
         }
         #expect(response?.contains("Content-Length: 2\r\n") == true)
+    }
+
+    /// X-Forwarded-Client-Cert as Envoy's modes need it: kept, removed, the client's joined with
+    /// the peer's element in one header, or the element alone.
+    @Test func theClientCertHeaderIsKeptRemovedAppendedOrSet() {
+        let withOne = "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: By=a;Hash=1\r\n\r\n"
+        let mine = "By=spiffe://w;Hash=2;URI=spiffe://c"
+        #expect(forward(withOne, cert: .keep)!.contains("X-Forwarded-Client-Cert: By=a;Hash=1\r\n"))
+        #expect(!forward(withOne, cert: .remove)!.lowercased().contains("x-forwarded-client-cert"))
+        let appended = forward(withOne, cert: .append(mine))!
+        #expect(appended.contains("X-Forwarded-Client-Cert: By=a;Hash=1,\(mine)\r\n") && appended.split(separator: "\n").filter { $0.contains("Client-Cert") }.count == 1, "\(appended)")
+        let set = forward(withOne, cert: .set(mine))!
+        #expect(set.contains("X-Forwarded-Client-Cert: \(mine)\r\n") && !set.contains("By=a"), "\(set)")
+        #expect(forward("GET / HTTP/1.1\r\nHost: h\r\n\r\n", cert: .append(mine))!.contains("X-Forwarded-Client-Cert: \(mine)\r\n"))
+        // A second client header is kept as it was (lists may be split across fields).
+        let two = forward("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: By=a\r\nx-forwarded-client-cert: By=b\r\n\r\n", cert: .append(mine))!
+        #expect(two.contains("x-forwarded-client-cert: By=b\r\n") && two.contains("X-Forwarded-Client-Cert: By=a,\(mine)\r\n"), "\(two)")
     }
 
     @Test func anExistingForwardedForIsAppendedToAndARequestIdKept() {

@@ -353,6 +353,25 @@ let endpointsJSON = """
         #expect(refusal { _ = try translate(r) }.contains("only exact, prefix, suffix and contains matchers are supported"))
     }
 
+    /// forward_client_cert_details and set_current_client_cert_details become the listener's
+    /// XFCC policy (Istio's inbound: APPEND_FORWARD with subject, URI and DNS).
+    @Test func clientCertDetailsBecomeTheListenersXFCCPolicy() throws {
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "STATIC", "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}}}]}]}}"#)
+        func listener(_ xfcc: String) throws -> EnvoyListener {
+            try EnvoyListener(jsonString: #"{"name": "in", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}}, "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", "stat_prefix": "s", \#(xfcc) "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]}, "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}"#)
+        }
+        r.listeners["in"] = try listener(#""forward_client_cert_details": "APPEND_FORWARD", "set_current_client_cert_details": {"subject": true, "dns": true, "uri": true, "cert": true},"#)
+        let t = try translate(r)
+        #expect(t.listeners.first?.http?["forward_client_cert"]?.value == "append_forward")
+        #expect(t.listeners.first?.http?["client_cert_details"]?.value == "subject,uri,dns")
+        #expect(t.notes.ignored[.listener]?.keys.contains { $0.contains("cert and chain") } == true, "the PEM is not forwarded: listed")
+        let snap = try compile(t)
+        #expect(snap.listeners.first?.http?.clientCert == ClientCertPolicy(mode: .append_forward, details: 7))
+        r.listeners["in"] = try listener("")
+        #expect(try compile(try translate(r)).listeners.first?.http?.clientCert.mode == .sanitize, "SANITIZE is the default")
+    }
+
     /// Istio's outbound cluster: endpoints labelled tlsMode istio get mTLS (SDS default and
     /// ROOTCA, the SPIFFE SAN, its SNI), the others plaintext; the cluster warms until the
     /// secrets come, and activated without them leaves its TLS endpoints out.

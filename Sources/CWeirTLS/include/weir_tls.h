@@ -33,4 +33,12 @@ enum { WEIR_SAN_EXACT = 0, WEIR_SAN_PREFIX = 1, WEIR_SAN_SUFFIX = 2, WEIR_SAN_CO
 int weir_ctx_add_san_matcher(SSL_CTX *ctx, int kind, int op, int ignore_case, const char *value, size_t length);
 void weir_ctx_set_verify(SSL_CTX *ctx, int mode);
 
+/* Envoy's X-Forwarded-Client-Cert element for a connection's peer certificate:
+ * By=<this side's URI SANs>;Hash=<SHA-256 of the peer certificate, hex>, then with `details`
+ * Subject="<RFC 2253>", URI=<each URI SAN>, DNS=<each DNS SAN>. Values that cannot go into a
+ * header as they are (controls, quotes, separators) are left out. Its length; 0 when the peer
+ * sent no certificate; -1 when it does not fit in `cap`. */
+enum { WEIR_XFCC_SUBJECT = 1, WEIR_XFCC_URI = 2, WEIR_XFCC_DNS = 4 };
+int weir_xfcc_element(SSL *ssl, int details, char *out, size_t cap);
+
 #endif

@@ -131,6 +131,9 @@ struct Connection {
     var isTLS = false
     /// TLS to the upstream (a TCP session): its state is in Shard.tcpUpstreamTLS at this slot.
     var upstreamIsTLS = false
+    /// The mTLS peer's XFCC element in Shard.peerText: its length, 0 for none (no client
+    /// certificate), -1 until a request asked.
+    var peerCertLength: Int16 = -1
     var listenerIndex: Int32 = -1
     var ex = HTTPExchange()
     /// Access log: bytes of the kept method and path, and the byte counts at the last line.

@@ -128,6 +128,10 @@ final class Shard<IO: IOBackend> {
     /// Per connection slot: the client's address as text, for X-Forwarded-For.
     let clientText: UnsafeMutablePointer<UInt8>
     static var clientTextBytes: Int { 48 }
+    /// Per connection: the mTLS peer's X-Forwarded-Client-Cert element, once a request needed it
+    /// (allocated, touched only by connections that use it).
+    let peerText: UnsafeMutablePointer<UInt8>
+    static var peerTextBytes: Int { 1024 }
     /// Per connection slot: TLS state (used by connections on `tls:` listeners).
     let tlsStates: UnsafeMutablePointer<TLSState>
     /// Per upstream slot: TLS state of connections to clusters with `tls:`.
@@ -186,6 +190,7 @@ final class Shard<IO: IOBackend> {
         for i in 0..<n { upstreamFree[i] = Int32(n - 1 - i) }
         upstreamFreeCount = n
         clientText = .allocate(capacity: n * Shard.clientTextBytes)
+        peerText = .allocate(capacity: n * Shard.peerTextBytes)
         tlsStates = .allocate(capacity: n)
         tlsStates.initialize(repeating: TLSState(), count: n)
         upstreamTLS = .allocate(capacity: n)
@@ -213,6 +218,7 @@ final class Shard<IO: IOBackend> {
         upstreams.deallocate()
         upstreamFree.deallocate()
         clientText.deallocate()
+        peerText.deallocate()
         tlsStates.deinitialize(count: limits.maxConnectionsPerShard)
         tlsStates.deallocate()
         upstreamTLS.deinitialize(count: limits.maxConnectionsPerShard)

@@ -52,13 +52,17 @@ import WeirDemo
         """
     }
 
+    /// What istiod writes on a sidecar's inbound connection manager.
+    static let istioInboundXFCC = #""forward_client_cert_details": "APPEND_FORWARD", "set_current_client_cert_details": {"subject": true, "dns": true, "uri": true}"#
+
     static func staticCluster(_ name: String, _ port: UInt16) -> String {
         #"{"name": "\#(name)", "type": "STATIC", "connect_timeout": "2s", "load_assignment": {"cluster_name": "\#(name)", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": \#(port)}}}}]}]}}"#
     }
 
-    static func hcm(_ routes: [(prefix: String, cluster: String)], xfcc: Bool = false) -> String {
+    /// `xfcc`: forward_client_cert_details and set_current_client_cert_details, as JSON fields.
+    static func hcm(_ routes: [(prefix: String, cluster: String)], xfcc: String? = nil) -> String {
         let r = routes.map { #"{"match": {"prefix": "\#($0.prefix)"}, "route": {"cluster": "\#($0.cluster)", "timeout": "0s"}}"# }.joined(separator: ",")
-        let forward = xfcc ? #", "forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"uri": true}"# : ""
+        let forward = xfcc.map { ", " + $0 } ?? ""
         return #"{"name": "envoy.filters.network.http_connection_manager", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", "stat_prefix": "s"\#(forward), "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [\#(r)]}]}, "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}"#
     }
 
@@ -73,7 +77,7 @@ import WeirDemo
     /// Istio's mTLS chains, chosen by ALPN: istio-http/* to HTTP, istio-peer-exchange or istio
     /// to TCP. Both require a client certificate from ROOTCA with the peer's SPIFFE id.
     static func listeners(outbound: UInt16, outboundTCP: UInt16, inbound: UInt16, tcpCluster: String, routes: [(prefix: String, cluster: String)],
-                          peer: String, xfcc: Bool, sds: String) -> String {
+                          peer: String, xfcc: String, sds: String) -> String {
         let mtls = #"{"name": "envoy.transport_sockets.tls", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "require_client_certificate": true, "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": \#(sds)}], "combined_validation_context": {"default_validation_context": {"match_subject_alt_names": [{"exact": "\#(spiffe)\#(peer)"}]}, "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": \#(sds)}}}}}"#
         return """
         [{"name": "outbound", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \(outbound)}}, "traffic_direction": "OUTBOUND",
@@ -119,7 +123,8 @@ import WeirDemo
             Self.staticCluster("inbound|80||", weirApp.port), Self.staticCluster("inbound|9000||", weirEcho.address.port),
         ].joined(separator: ",") + "]")
         cpWeir.push("LDS", version: "l1", String(Self.listeners(outbound: outbound, outboundTCP: outboundTCP, inbound: inbound, tcpCluster: "outbound|9000||envoy-side",
-                                                         routes: [("/wrong-peer", "outbound|80||wrong-peer"), ("/", "outbound|80||envoy-side")], peer: "envoy-side", xfcc: false,
+                                                         routes: [("/wrong-peer", "outbound|80||wrong-peer"), ("/", "outbound|80||envoy-side")], peer: "envoy-side",
+                                                         xfcc: Self.istioInboundXFCC,
                                                          sds: Self.fromAgent).dropLast())
             + #", {"name": "wrong-peer-tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": \#(wrongTCP)}}, "filter_chains": [{"filters": [\#(Self.tcpProxy("outbound|80||wrong-peer"))]}]}]"#)
         // Envoy: identity envoy-side (and a rogue one, at /rogue, signed by the same CA); calls
@@ -132,7 +137,8 @@ import WeirDemo
             Self.staticCluster("inbound|80||", envoyApp.port), Self.staticCluster("inbound|9000||", envoyEcho.address.port),
         ].joined(separator: ",") + "]")
         cpEnvoy.push("LDS", version: "l1", Self.listeners(outbound: outbound, outboundTCP: outboundTCP, inbound: inbound, tcpCluster: "outbound|9000||weir-side",
-                                                          routes: [("/rogue", "outbound|80||rogue"), ("/", "outbound|80||weir-side")], peer: "weir-side", xfcc: true,
+                                                          routes: [("/rogue", "outbound|80||rogue"), ("/", "outbound|80||weir-side")], peer: "weir-side",
+                                                          xfcc: #""forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"uri": true}"#,
                                                           sds: Self.overADS))
 
         #expect(weir.waitForLog("xds: ACK LDS version l1"), "\(weir.log.suffix(2000))")
@@ -152,6 +158,11 @@ import WeirDemo
         // Envoy -> Weir: Weir checked Envoy's certificate.
         let b = try HTTPClient(address: envoyOut).request("GET /hi HTTP/1.1\r\nHost: weir-side\r\n\r\n")
         #expect(b.status == 200 && b.text.hasPrefix("weir-app /hi"), "\(b.status) \(b.text)\n\(weir.log.suffix(1500))\n\(envoy.log.suffix(1500))")
+        // Weir's inbound, as Istio configures it (APPEND_FORWARD with subject, URI and DNS), tells
+        // its app who called, in Envoy's format: By is Weir's own identity, Hash the caller's
+        // certificate, URI its SPIFFE id.
+        let xfcc = b.text.split(separator: "\n").first { $0.lowercased().hasPrefix("x-forwarded-client-cert") }.map(String.init) ?? ""
+        #expect(xfcc.contains("By=\(Self.spiffe)weir-side;Hash=") && xfcc.contains(";Subject=\"CN=envoy-side\";URI=\(Self.spiffe)envoy-side"), "\(b.text)")
         // Keep-alive over the pooled mTLS connection, both ways.
         for i in 0..<3 {
             #expect(try HTTPClient(address: weirOut).request("GET /again/\(i) HTTP/1.1\r\nHost: envoy-side\r\n\r\n").status == 200)

@@ -2,6 +2,7 @@
 // is ready, the response head parsed and rewritten, bodies framed (Content-Length, chunked, until
 // close) buffer by buffer as they are sent, never held whole.
 import COpenSSL
+import CWeirTLS
 import CURing
 import WeirBalance
 import WeirConfig
@@ -40,7 +41,8 @@ extension Shard {
         }
         let route = httpListener(c).actions[Int(c.pointee.ex.route)]
         let prefix = !route.forwarding.prefixReplacement.isEmpty && route.prefixLength > 0 && source[Int(head.target.start)] == UInt8(ascii: "/") ? route.prefixLength : 0
-        let context = ForwardContext(clientAddress: clientAddress(c), https: c.pointee.isTLS, requestID: requestID(), upgrade: head.upgrade)
+        let context = ForwardContext(clientAddress: clientAddress(c), https: c.pointee.isTLS, requestID: requestID(), upgrade: head.upgrade,
+                                     clientCert: clientCertHeader(c, httpListener(c).clientCert))
         guard let n = HeadWriter.writeRequest(head, source: UnsafeRawBufferPointer(rebasing: source[0..<head.headLength]), headers: headers,
                                               rules: route.forwarding, prefixMatchedBytes: prefix, context: context,
                                               into: UnsafeMutableRawBufferPointer(start: headBuffer(out), count: limits.bufferBytes)) else {
@@ -298,5 +300,37 @@ extension Shard {
         detachUpstream(c, reuse: false)
         endEndpoint(c)
         closeHTTP(c)
+    }
+}
+
+extension Shard {
+    /// X-Forwarded-Client-Cert for a request on `c` under the listener's policy: the client's
+    /// is forwarded only from an mTLS peer (or always, if so configured), and the peer's element
+    /// is appended or set from its certificate, computed once per connection.
+    func clientCertHeader(_ c: UnsafeMutablePointer<Connection>, _ policy: ClientCertPolicy) -> ClientCertHeader {
+        switch policy.mode {
+        case .sanitize: return .remove
+        case .always_forward_only: return .keep
+        case .forward_only, .append_forward, .sanitize_set: break
+        }
+        if c.pointee.peerCertLength < 0 {
+            var n: Int32 = 0
+            if c.pointee.isTLS, let ssl = tlsState(c).pointee.ssl {
+                n = (peerText + slot(of: c) * Shard.peerTextBytes).withMemoryRebound(to: CChar.self, capacity: Shard.peerTextBytes) {
+                    weir_xfcc_element(ssl, policy.details, $0, Shard.peerTextBytes)
+                }
+                // Too long to write (a certificate with very many names): sent without it,
+                // never with a part of it.
+                if n < 0 { n = 0; control.stats.pointee.clientCertTooLong += 1 }
+            }
+            c.pointee.peerCertLength = Int16(n)
+        }
+        guard c.pointee.peerCertLength > 0 else { return .remove }
+        let element = UnsafeRawBufferPointer(start: peerText + slot(of: c) * Shard.peerTextBytes, count: Int(c.pointee.peerCertLength))
+        switch policy.mode {
+        case .append_forward: return .append(element)
+        case .sanitize_set: return .set(element)
+        default: return .keep
+        }
     }
 }
