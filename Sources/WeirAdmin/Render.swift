@@ -117,6 +117,8 @@ enum AdminRender {
         family("weir_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", [("", Int64(totals.idleTimeouts))])
         family("weir_http_overloads_total", "counter", "HTTP requests answered 503 because a pool hit max_connections or no head buffer was free.",
                [("reason=\"pool_full\"", Int64(totals.poolOverflows)), ("reason=\"head_buffers\"", Int64(totals.headBuffersExhausted))])
+        family("weir_source_bind_failures_total", "counter", "Upstream connections that could not bind their cluster's source_address (closed; the first per address is logged).",
+               [("", Int64(totals.sourceBindFailures))])
         family("weir_client_cert_details_too_long_total", "counter", "mTLS peers whose X-Forwarded-Client-Cert details did not fit in 1 KiB: their requests go without them.",
                [("", Int64(totals.clientCertTooLong))])
         family("weir_sni_unrouted_total", "counter", "TLS passthrough connections closed: no route for their server name (or a ClientHello timeout).",

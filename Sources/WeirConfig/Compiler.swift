@@ -189,6 +189,11 @@ public enum Compiler {
                     xds = XDSSettings(address: address, initialFetchTimeoutNanoseconds: timeout, nodeID: id,
                                       nodeCluster: doc.node["cluster"]?.value ?? "", nodeMetadata: doc.nodeMetadata,
                                       unixPath: unix, nodeMetadataJSON: doc.nodeMetadataJSON)
+                    if let loc = doc.node["locality"] {
+                        let parts = loc.value.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+                        if parts.count > 3 || parts.contains(where: { $0.contains(" ") }) { fail(loc.position, "node locality is region/zone/sub_zone") }
+                        else { xds?.nodeLocality = parts }
+                    }
                     if let sds = x["sds_address"] {
                         if sds.value.hasPrefix("unix:") && sds.value.count > 5 { xds?.sdsUnixPath = String(sds.value.dropFirst(5)) }
                         else { fail(sds.position, "xds sds_address must be unix:PATH (pilot-agent's SDS socket)") }

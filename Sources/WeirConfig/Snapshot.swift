@@ -184,6 +184,9 @@ public struct XDSSettings: Sendable, Equatable {
     /// secrets whose sds_config names the sds-grpc cluster are asked for there, on their own
     /// stream; nil: they are asked for on ADS with the others.
     public var sdsUnixPath: String? = nil
+    /// The node's locality (region, zone, sub-zone; empty parts unset), which Istio uses to
+    /// order endpoints by priority relative to this proxy.
+    public var nodeLocality: [String] = []
     /// Where the control plane is, for logs.
     public var target: String { unixPath.map { "unix:\($0)" } ?? address.description }
 }

@@ -149,7 +149,7 @@ struct Reader {
             doc.xds = flatMapping(x.value, allowed: ["address", "initial_fetch_timeout", "sds_address"], what: "xds")
         }
         if let n = f["node"] {
-            var nf = fields(n.value, allowed: ["id", "cluster", "metadata"], what: "node")
+            var nf = fields(n.value, allowed: ["id", "cluster", "metadata", "locality"], what: "node")
             if let m = nf.removeValue(forKey: "metadata") {
                 if let mapping = m.value.mapping {
                     for (k, v) in mapping {

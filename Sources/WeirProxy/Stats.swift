@@ -238,6 +238,8 @@ public struct ShardStats: Sendable {
     public var poolOverflows = 0
     /// mTLS peers whose X-Forwarded-Client-Cert element did not fit (forwarded without it).
     public var clientCertTooLong = 0
+    /// Upstream sockets that could not bind their cluster's source_address.
+    public var sourceBindFailures = 0
     /// tcp listeners with SNI routes: connections closed because no route fit their server
     /// name, and because the ClientHello did not arrive within client_hello_timeout.
     public var sniUnrouted = 0
@@ -277,6 +279,7 @@ public struct ShardStats: Sendable {
         r.headBuffersExhausted = a.headBuffersExhausted + b.headBuffersExhausted
         r.poolOverflows = a.poolOverflows + b.poolOverflows
         r.clientCertTooLong = a.clientCertTooLong + b.clientCertTooLong
+        r.sourceBindFailures = a.sourceBindFailures + b.sourceBindFailures
         r.sniUnrouted = a.sniUnrouted + b.sniUnrouted
         r.sniTimeouts = a.sniTimeouts + b.sniTimeouts
         r.chainUnmatched = a.chainUnmatched + b.chainUnmatched

@@ -286,6 +286,12 @@ public final class ADSClient: @unchecked Sendable {
                 r.node.metadata = s
             }
             r.node.userAgentName = "weir"
+            let loc = settings.nodeLocality
+            if !loc.isEmpty {
+                r.node.locality.region = loc[0]
+                if loc.count > 1 { r.node.locality.zone = loc[1] }
+                if loc.count > 2 { r.node.locality.subZone = loc[2] }
+            }
         }
         if let error {
             r.errorDetail.code = 3  // INVALID_ARGUMENT

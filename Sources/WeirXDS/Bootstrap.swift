@@ -51,7 +51,11 @@ public enum Bootstrap {
             do { _ = try Google_Protobuf_Struct(jsonString: json) } catch { throw fail("node.metadata: \(error)") }
             doc.nodeMetadataJSON = json
         }
-        for k in node.keys.sorted() where !["id", "cluster", "metadata"].contains(k) {
+        if let loc = node["locality"] as? [String: Any] {
+            let parts = [loc["region"], loc["zone"], loc["sub_zone"]].map { ($0 as? String) ?? "" }
+            doc.node["locality"] = Located(parts.joined(separator: "/"), at: p)
+        }
+        for k in node.keys.sorted() where !["id", "cluster", "metadata", "locality"].contains(k) {
             warnings.append("envoy bootstrap: node.\(k) is not sent to the control plane")
         }
         // Admin: Istio binds 127.0.0.1:15000 and scrapes /stats/prometheus through 15090.

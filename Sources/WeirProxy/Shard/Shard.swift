@@ -95,6 +95,8 @@ final class Shard<IO: IOBackend> {
     /// Stats slot -> cluster << 32 | endpoint in the current snapshot, or -1.
     var endpointBySlot: [Int64] = []
     var random: SplitMix64
+    /// Source addresses whose bind failed and was logged (once each; the rest are counted).
+    var bindWarned = Set<SocketAddress>()
     var now: Int64 = 0
     let queueCap: Int32
     let recvLimit: Bool

@@ -96,6 +96,9 @@ class ADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     if r.node.id:
                         envoy[0] = r.node.id.startswith("envoy")
                         node[0] = r.node.id
+                        l = r.node.locality
+                        if l.region or l.zone or l.sub_zone:
+                            node[0] += f" locality={l.region}/{l.zone}/{l.sub_zone}"
                     short = SHORT.get(r.type_url, r.type_url)
                     print(f"REQ {short} version={r.version_info} nonce={r.response_nonce} names={','.join(r.resource_names)} "
                           f"{stream}node={node[0]} error={' | '.join(r.error_detail.message.splitlines())}", flush=True)

@@ -22,7 +22,7 @@ import WeirDemo
             #"{"name": "\#(name)", "type": "STATIC", "connect_timeout": "0.250s", "lb_policy": "ROUND_ROBIN", "load_assignment": {"cluster_name": "\#(name)", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": \#(address)}}]}]}}"#
         }
         let bootstrap = """
-            {"node": {"id": "sidecar~127.0.0.1~app-1.default~default.svc.cluster.local", "cluster": "app.default", "locality": {},
+            {"node": {"id": "sidecar~127.0.0.1~app-1.default~default.svc.cluster.local", "cluster": "app.default", "locality": {"region": "eu-west1", "zone": "eu-west1-b"},
                       "metadata": {"ISTIO_VERSION": "1.20.0", "CLUSTER_ID": "Kubernetes", "NAMESPACE": "default", "LABELS": {"app": "app"}, "PROXY_CONFIG": {"concurrency": 2}}},
              "layered_runtime": {"layers": [{"name": "global config", "static_layer": {"overload.global_downstream_max_connections": "2147483647"}}, {"name": "admin", "admin_layer": {}}]},
              "stats_config": {"use_all_default_tags": false},
@@ -50,6 +50,7 @@ import WeirDemo
         #expect(weir.log.contains("xds: control plane unix:\(socket), node sidecar~127.0.0.1~app-1.default~default.svc.cluster.local"))
         // The node reached the control plane with its metadata.
         #expect(cp.waitForRequest { $0.hasPrefix("REQ CDS") && $0.contains("node=sidecar~127.0.0.1~app-1.default") } != nil)
+        #expect(cp.requests.contains { $0.contains("locality=eu-west1/eu-west1-b/ ") }, "the node's locality is sent: \(cp.requests.prefix(2))")
 
         // Istio's static listeners: Prometheus through 15090, readiness through 15021.
         let stats = try HTTPClient(port: statsPort).request("GET /stats/prometheus HTTP/1.1\r\nHost: x\r\n\r\n")

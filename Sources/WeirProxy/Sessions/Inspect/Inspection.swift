@@ -161,7 +161,12 @@ extension Shard {
         var storage = sockaddr_storage()
         let length = source.fill(&storage)
         let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { ring.bindSource(fd: fd, address: $0, length: length) } }
-        if rc != 0 { Log.warning("shard \(index): cannot bind an upstream socket to \(source): \(String(cString: strerror(-rc)))") }
+        if rc != 0 {
+            control.stats.pointee.sourceBindFailures += 1
+            if bindWarned.insert(source).inserted {
+                Log.warning("shard \(index): cannot bind an upstream socket to \(source): \(String(cString: strerror(-rc))) (logged once; weir_source_bind_failures_total counts them)")
+            }
+        }
         return rc == 0
     }
 
