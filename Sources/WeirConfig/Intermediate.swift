@@ -139,6 +139,8 @@ public struct CertificateDocument: Sendable {
     /// From SDS: the chain and key as PEM text instead of file paths (`cert`/`key` then name
     /// the secret, for messages and summaries).
     public var inlinePEM: (cert: String, key: String)? = nil
+    /// From SDS: the OCSP response itself (`ocspStaple` then names it).
+    public var ocspStapleDER: [UInt8]? = nil
     public init(position: SourcePosition) { self.position = position }
 }
 

@@ -245,7 +245,7 @@ extension Compiler {
             }
             var staple: [UInt8]? = nil
             if let s = c.ocspStaple {
-                if let data = FileManager.default.contents(atPath: s.value) {
+                if let data = c.ocspStapleDER.map({ Data($0) }) ?? FileManager.default.contents(atPath: s.value) {
                     let bytes = [UInt8](data)
                     let status = bytes.withUnsafeBufferPointer { weir_ocsp_response_status($0.baseAddress, $0.count) }
                     if status < 0 { bad(s.position, "ocsp_staple \(s.value) is not a DER OCSP response"); usable = false }

@@ -347,6 +347,7 @@ public func secretProblem(_ s: EnvoySecret) -> String? {
         var rest = c
         rest.clearCertificateChain()
         rest.clearPrivateKey()
+        rest.clearOcspStaple()
         if let extra = leftoverNames(rest) { return "secret '\(s.name)': unsupported field(s) \(extra)" }
         func text(_ d: Envoy_Config_Core_V3_DataSource) -> String? {
             switch d.specifier {
@@ -410,8 +411,17 @@ func certificate(_ c: Envoy_Extensions_TransportSockets_Tls_V3_TlsCertificate, n
     var rest = c
     rest.clearCertificateChain()
     rest.clearPrivateKey()
+    rest.clearOcspStaple()
     if let extra = leftoverNames(rest) { throw fail("\(name): unsupported field(s) \(extra)") }
     var d = CertificateDocument(position: p)
+    // An OCSP response to staple: inline DER, or a file (checked when the snapshot compiles).
+    if c.hasOcspStaple {
+        switch c.ocspStaple.specifier {
+        case .filename(let f)?: d.ocspStaple = located(f, p)
+        case .inlineBytes(let b)?: d.ocspStaple = located("\(name).ocsp_staple", p); d.ocspStapleDER = [UInt8](b)
+        default: throw fail("\(name).ocsp_staple: needs inline_bytes (DER) or filename")
+        }
+    }
     if case .filename(let cf)? = c.certificateChain.specifier, case .filename(let kf)? = c.privateKey.specifier {
         d.cert = located(cf, p)
         d.key = located(kf, p)

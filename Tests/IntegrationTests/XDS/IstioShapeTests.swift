@@ -281,9 +281,10 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         func jsonString(_ text: String) -> String {
             String(decoding: try! JSONSerialization.data(withJSONObject: [text], options: [.fragmentsAllowed]), as: UTF8.self).dropFirst().dropLast().description
         }
-        func secret(_ name: String, _ cert: String, _ key: String) throws -> String {
+        func secret(_ name: String, _ cert: String, _ key: String, ocsp: String? = nil) throws -> String {
             let c = try String(contentsOfFile: certs.path(cert), encoding: .utf8), k = try String(contentsOfFile: certs.path(key), encoding: .utf8)
-            return #"{"name": "\#(name)", "tls_certificate": {"certificate_chain": {"inline_string": \#(jsonString(c))}, "private_key": {"inline_string": \#(jsonString(k))}}}"#
+            let staple = try ocsp.map { #", "ocsp_staple": {"inline_bytes": "\#(try Data(contentsOf: URL(fileURLWithPath: certs.path($0))).base64EncodedString())"}"# } ?? ""
+            return #"{"name": "\#(name)", "tls_certificate": {"certificate_chain": {"inline_string": \#(jsonString(c))}, "private_key": {"inline_string": \#(jsonString(k))}\#(staple)}}"#
         }
         cp.push("CDS", version: "c1", #"[{"name": "outbound|80||app.default.svc.cluster.local", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": \#(app.port)}}}}]}]}}]"#)
         let hcm = #"{"name": "envoy.filters.network.http_connection_manager", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", "stat_prefix": "outbound_0.0.0.0_8443", "rds": {"route_config_name": "https.443.https.gateway.default", "config_source": {"ads": {}, "resource_api_version": "V3"}}, "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}], "forward_client_cert_details": "SANITIZE_SET", "use_remote_address": true}}"#
@@ -298,12 +299,15 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(weir.waitForLog("warming listener 0.0.0.0_8443 (secret kubernetes://a-cert)"), "\(weir.log.suffix(2000))")
         #expect((try? TestClient(loopback(port), timeoutSeconds: 1)) == nil, "warming: not bound yet")
 
-        cp.push("SDS", version: "s1", "[\(try secret("kubernetes://a-cert", "a.pem", "a.key"))]")
+        cp.push("SDS", version: "s1", "[\(try secret("kubernetes://a-cert", "a.pem", "a.key", ocsp: "a.ocsp"))]")
         #expect(weir.waitForLog("xds: ACK SDS version s1"), "\(weir.log.suffix(2000))")
         #expect(secondsUntil(limit: 10) { (try? TestClient(loopback(port), timeoutSeconds: 1)) != nil } != nil, "bound once its certificate came")
         var (status, out) = try curlTLS(port, name: "a.example.com", path: "/gw", certs: certs)
         #expect(status == 0 && out.hasPrefix("app /gw") && out.hasSuffix("200"), "\(out)\n\(weir.log.suffix(2000))")
         #expect(try sClient(port, ["-servername", "a.example.com", "-alpn", "h2,http/1.1"]).contains("ALPN protocol: http/1.1"), "h2 is not offered: Weir speaks HTTP/1.1")
+        // The secret's OCSP response is stapled for clients that ask.
+        let stapled = try sClient(port, ["-servername", "a.example.com", "-status"])
+        #expect(stapled.contains("OCSP Response Status: successful"), "\(stapled.prefix(1500))")
 
         // Rotation: the next version of the secret is what new handshakes get.
         cp.push("SDS", version: "s2", "[\(try secret("kubernetes://a-cert", "default.pem", "default.key"))]")
