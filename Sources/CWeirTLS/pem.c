@@ -11,6 +11,8 @@ static int no_password(char *buf, int size, int rwflag, void *u) { (void)buf; (v
 
 void weir_ctx_no_password(SSL_CTX *ctx) { SSL_CTX_set_default_passwd_cb(ctx, no_password); }
 
+void weir_ctx_no_renegotiation(SSL_CTX *ctx) { SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION); }
+
 /* The end of a PEM bundle reads as "no start line"; anything else is a real error. */
 static void clear_end_of_bundle(void) {
     unsigned long e = ERR_peek_last_error();

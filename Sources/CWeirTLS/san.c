@@ -151,19 +151,22 @@ static int plain(const char *s, size_t len) {
     return 1;
 }
 
-static int put_sans(X509 *cert, int type, const char *key, char *out, size_t cap, size_t *n) {
+/* Each SAN of `type` as KEY=value; with `first`, only the first, and KEY= when there is none
+ * (Envoy's URI). */
+static int put_sans(X509 *cert, int type, const char *key, char *out, size_t cap, size_t *n, int first) {
     GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    if (!names) return 1;
-    int ok = 1;
-    for (int i = 0; i < sk_GENERAL_NAME_num(names) && ok; i++) {
+    int ok = 1, written = 0;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names) && ok && !(first && written); i++) {
         const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
         if (g->type != type) continue;
         const char *data = (const char *)ASN1_STRING_get0_data(g->d.ia5);
         size_t len = (size_t)ASN1_STRING_length(g->d.ia5);
         if (!plain(data, len)) continue;  /* left out rather than smuggled into a header */
         ok = put(out, cap, n, ";", *n ? 1 : 0) && put(out, cap, n, key, strlen(key)) && put(out, cap, n, data, len);
+        written = 1;
     }
-    GENERAL_NAMES_free(names);
+    if (names) GENERAL_NAMES_free(names);
+    if (ok && first && !written) ok = put(out, cap, n, ";", *n ? 1 : 0) && put(out, cap, n, key, strlen(key));
     return ok;
 }
 
@@ -173,7 +176,7 @@ int weir_xfcc_element(SSL *ssl, int details, char *out, size_t cap) {
     size_t n = 0;
     int ok = 1;
     X509 *local = SSL_get_certificate(ssl);
-    if (local) ok = put_sans(local, GEN_URI, "By=", out, cap, &n);
+    if (local) ok = put_sans(local, GEN_URI, "By=", out, cap, &n, 0);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     if (ok && X509_digest(peer, EVP_sha256(), md, &mdlen)) {
@@ -196,8 +199,8 @@ int weir_xfcc_element(SSL *ssl, int details, char *out, size_t cap) {
         ok = ok && put(out, cap, &n, "\"", 1);
         BIO_free(b);
     }
-    if (ok && (details & WEIR_XFCC_URI)) ok = put_sans(peer, GEN_URI, "URI=", out, cap, &n);
-    if (ok && (details & WEIR_XFCC_DNS)) ok = put_sans(peer, GEN_DNS, "DNS=", out, cap, &n);
+    if (ok && (details & WEIR_XFCC_URI)) ok = put_sans(peer, GEN_URI, "URI=", out, cap, &n, 1);
+    if (ok && (details & WEIR_XFCC_DNS)) ok = put_sans(peer, GEN_DNS, "DNS=", out, cap, &n, 0);
     X509_free(peer);
     return ok ? (int)n : -1;
 }

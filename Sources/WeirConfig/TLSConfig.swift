@@ -368,6 +368,7 @@ extension Compiler {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { bad(position, "cannot create a TLS context: \(openSSLErrors())"); return nil }
         _ = applyTLSParameters(ctx, min: "1.2", max: "1.3", ciphers: nil, suites: nil, curves: nil, at: position, bad)
         _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
+        weir_ctx_no_renegotiation(ctx)
         var verify = true
         if let v = t["verify"] {
             switch v.value {
@@ -436,6 +437,7 @@ extension Compiler {
         _ = applyTLSParameters(ctx, min: d.minVersion, max: d.maxVersion, ciphers: d.ciphers.map { Located($0, at: p) }, suites: nil,
                                curves: d.curves.map { Located($0, at: p) }, at: p, bad)
         _ = weir_ssl_ctx_set_mode(ctx, weir_mode_partial_and_moving())
+        weir_ctx_no_renegotiation(ctx)
         weir_ctx_no_password(ctx)
         ERR_clear_error()
         if let ca = d.trustedCA {

@@ -62,7 +62,6 @@ public enum HeadWriter {
         }
         w.put(head.minorVersion == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
         var forwardedFor: ByteRange? = nil
-        var priorCert: ByteRange? = nil
         var hasRequestID = false
         for i in 0..<headers.count {
             let name = headers.name(i), value = headers.value(i)
@@ -71,10 +70,7 @@ public enum HeadWriter {
             if equalsIgnoringCase(source, name, "x-forwarded-for") { forwardedFor = value; continue }
             if equalsIgnoringCase(source, name, "x-forwarded-client-cert") {
                 switch context.clientCert {
-                case .remove, .set: continue
-                case .append:
-                    // The first joins Weir's element in one header; any further one is kept.
-                    if priorCert == nil { priorCert = value; continue }
+                case .remove, .set, .append: continue  // append: joined below, in order
                 case .keep: break
                 }
             }
@@ -93,8 +89,12 @@ public enum HeadWriter {
         if !hasRequestID { w.put("X-Request-Id: "); w.put(context.requestID); w.put("\r\n") }
         switch context.clientCert {
         case .append(let element):
+            // One header: the client's values in their order, then Weir's element (as Envoy).
             w.put("X-Forwarded-Client-Cert: ")
-            if let prior = priorCert, prior.count > 0 { w.put(source, prior); w.put(",") }
+            for i in 0..<headers.count where equalsIgnoringCase(source, headers.name(i), "x-forwarded-client-cert") {
+                let v = headers.value(i)
+                if v.count > 0 { w.put(source, v); w.put(",") }
+            }
             w.put(element); w.put("\r\n")
         case .set(let element):
             w.put("X-Forwarded-Client-Cert: "); w.put(element); w.put("\r\n")

@@ -696,8 +696,10 @@ func translateRoutes(_ config: EnvoyRouteConfiguration, listener: String, knownC
         if vh.includeRequestAttemptCount { notes.ignore("virtual_host.include_request_attempt_count"); vhRest.includeRequestAttemptCount = false }
         if let extra = leftover(vhRest) { throw fail("virtual_host '\(vh.name)': unsupported field(s) \(extra)") }
         if vh.domains.isEmpty { throw fail("virtual_host '\(vh.name)': needs domains") }
-        for d in vh.domains where d != "*" && d.dropFirst().dropLast().contains("*") {
-            throw fail("virtual_host '\(vh.name)': domain '\(d)': a wildcard is supported at the start or the end only")
+        // Weir matches "*.suffix", "prefix*" and "*"; Envoy's other shapes ("*-bar.com",
+        // "*.a.com:*") are refused by name rather than matched differently.
+        for d in vh.domains where d != "*" && (d.dropFirst().dropLast().contains("*") || (d.hasPrefix("*") && !d.hasPrefix("*.")) || (d.hasPrefix("*") && d.hasSuffix("*"))) {
+            throw fail("virtual_host '\(vh.name)': domain '\(d)': wildcards are supported as *.suffix, prefix* or * alone")
         }
         for (i, route) in vh.routes.enumerated() {
             let at = "virtual_host '\(vh.name)' route \(i)"

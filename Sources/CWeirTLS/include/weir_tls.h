@@ -23,6 +23,8 @@ int weir_ctx_use_pem_key(SSL_CTX *ctx, const char *pem, long length);
 int weir_ctx_trust_pem(SSL_CTX *ctx, const char *pem, long length, int advertise);
 /* Encrypted keys fail to load instead of prompting for a passphrase on the terminal. */
 void weir_ctx_no_password(SSL_CTX *ctx);
+/* Refuse TLS 1.2 renegotiation (as Envoy does): a client context's writes never wait on one. */
+void weir_ctx_no_renegotiation(SSL_CTX *ctx);
 
 /* Subject alt name matchers on a context's peer certificates (Envoy's match_subject_alt_names):
  * with any set, verification fails unless one of them matches one SAN of the leaf certificate.

@@ -132,7 +132,7 @@ struct Connection {
     /// TLS to the upstream (a TCP session): its state is in Shard.tcpUpstreamTLS at this slot.
     var upstreamIsTLS = false
     /// The mTLS peer's XFCC element in Shard.peerText: its length, 0 for none (no client
-    /// certificate), -1 until a request asked.
+    /// certificate), -1 until a request asked, -2 for a peer whose element did not fit.
     var peerCertLength: Int16 = -1
     var listenerIndex: Int32 = -1
     var ex = HTTPExchange()

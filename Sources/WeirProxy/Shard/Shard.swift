@@ -335,6 +335,12 @@ final class Shard<IO: IOBackend> {
                 else if now - c.pointee.lastActivity > c.pointee.idleTimeout { control.stats.pointee.idleTimeouts += 1; abort(c) }
                 continue
             }
+            // TLS to the upstream: the handshake must end within the cluster's connect timeout.
+            if c.pointee.state == .open && c.pointee.upstreamIsTLS && c.pointee.helloDeadline > 0 && now > c.pointee.helloDeadline {
+                control.stats.pointee.connectTimeouts += 1
+                upTLSFailed(c, "the TLS handshake did not finish within connect_timeout", timedOut: true)
+                continue
+            }
             guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { continue }
             control.stats.pointee.idleTimeouts += 1
             abort(c)

@@ -319,17 +319,19 @@ extension Shard {
                 n = (peerText + slot(of: c) * Shard.peerTextBytes).withMemoryRebound(to: CChar.self, capacity: Shard.peerTextBytes) {
                     weir_xfcc_element(ssl, policy.details, $0, Shard.peerTextBytes)
                 }
-                // Too long to write (a certificate with very many names): sent without it,
-                // never with a part of it.
-                if n < 0 { n = 0; control.stats.pointee.clientCertTooLong += 1 }
+                // Too long to write (a certificate with very many names): an mTLS peer, but
+                // requests go without its element, never with a part of it.
+                if n < 0 { n = -2; control.stats.pointee.clientCertTooLong += 1 }
             }
             c.pointee.peerCertLength = Int16(n)
         }
-        guard c.pointee.peerCertLength > 0 else { return .remove }
-        let element = UnsafeRawBufferPointer(start: peerText + slot(of: c) * Shard.peerTextBytes, count: Int(c.pointee.peerCertLength))
+        let n = Int(c.pointee.peerCertLength)
+        // No client certificate: the client's is removed in every mode here.
+        guard n != 0 else { return .remove }
+        let element = UnsafeRawBufferPointer(start: peerText + slot(of: c) * Shard.peerTextBytes, count: max(0, n))
         switch policy.mode {
-        case .append_forward: return .append(element)
-        case .sanitize_set: return .set(element)
+        case .append_forward: return n > 0 ? .append(element) : .keep
+        case .sanitize_set: return n > 0 ? .set(element) : .remove
         default: return .keep
         }
     }

@@ -135,6 +135,10 @@ extension Shard {
             return
         }
         if let bid { buffers.recycle(bid) }
+        if f == 1 && c.pointee.upstreamIsTLS && !upTLS(c).pointee.handshakeDone && res != -ENOBUFS && res != -ECANCELED {
+            // The upstream closed (or failed) before the handshake ended: a failed connect.
+            return upTLSFailed(c, res == 0 ? "the endpoint closed the connection during the handshake" : String(cString: strerror(-res)))
+        }
         switch res {
         case 0:
             flow.pointee.sourceEnded = true

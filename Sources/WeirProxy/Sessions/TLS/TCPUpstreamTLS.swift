@@ -37,10 +37,35 @@ extension Shard {
         t.pointee.readBIO = r
         t.pointee.writeBIO = w
         c.pointee.upstreamIsTLS = true
+        // The handshake is part of connecting: it must end within the connect timeout.
+        let timeout = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)].connectTimeoutNanoseconds
+        c.pointee.helloDeadline = now + timeout
         ERR_clear_error()
-        _ = SSL_do_handshake(ssl)
+        let rc = SSL_do_handshake(ssl)
+        if rc != 1 && SSL_get_error(ssl, rc) != SSL_ERROR_WANT_READ {
+            Log.warning("shard \(index): TLS to upstream: the handshake cannot start: \(openSSLErrors())")
+            return false
+        }
         upTLSFlush(c)
         return true
+    }
+
+    /// The upstream's handshake failed (a certificate or SAN the cluster does not accept, an
+    /// endpoint that speaks no TLS, closed or timed out before the end): a failed connect for
+    /// outlier detection and stats, and the session closes. (Not retried on another endpoint: a
+    /// receive may still be armed on the socket, and the client's bytes wait in its queue.)
+    func upTLSFailed(_ c: UnsafeMutablePointer<Connection>, _ why: String, timedOut: Bool = false) {
+        let e = Int(c.pointee.endpointSlot)
+        if e >= 0 {
+            if timedOut { control.named.endpoints[e].connectTimeouts += 1 } else { control.named.endpoints[e].connectFailures += 1 }
+        }
+        if !timedOut { control.stats.pointee.connectFailures += 1 }
+        noteConnect(c, failed: true)
+        let cluster = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)]
+        let ei = Int(c.pointee.endpointIndex)
+        let address = cluster.endpoints.indices.contains(ei) ? "\(cluster.endpoints[ei].address)" : "its original destination"
+        Log.warning("shard \(index): TLS to upstream \(address) of cluster '\(cluster.name)' failed: \(why)")
+        abort(c)
     }
 
     func endTCPUpstreamTLS(_ c: UnsafeMutablePointer<Connection>) {
@@ -103,36 +128,34 @@ extension Shard {
         let f0 = c.flow(0), f1 = c.flow(1)
         switch tlsIngest(t, bid: bid, count: count, into: f1) {
         case .failed(let handshake):
-            if handshake {
-                // The endpoint's certificate (or its SAN) is not what the cluster asked for, or
-                // it does not speak TLS: a failed connect for outlier detection.
-                let e = Int(c.pointee.endpointSlot)
-                if e >= 0 { control.named.endpoints[e].connectFailures += 1 }
-                control.stats.pointee.connectFailures += 1
-                noteConnect(c, failed: true)
-                let cluster = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)]
-                let ei = Int(c.pointee.endpointIndex)
-                let address = cluster.endpoints.indices.contains(ei) ? "\(cluster.endpoints[ei].address)" : "its original destination"
-                Log.warning("shard \(index): TLS to upstream \(address) of cluster '\(cluster.name)' failed: \(openSSLErrors())")
-            }
-            abort(c)
+            // A failure in the handshake, or an alert right after it (TLS 1.3 servers refuse a
+            // client certificate so): the endpoint did not accept this connection.
+            if handshake || !t.pointee.plaintextSeen { upTLSFailed(c, openSSLErrors()) } else { abort(c) }
             return false
         case .handshaking:
             upTLSFlush(c)
             return true
         case .data(let plain, let closeNotify, let justDone):
+            if plain > 0 { t.pointee.plaintextSeen = true }
+            // Each step may end the session (a send that finds no head buffer aborts): stop then.
             if justDone {
-                // Verified: what the client sent meanwhile goes now.
-                if f0.pointee.queued > 0 && !f0.pointee.sending { sendHead(c, 0) }
-                else if f0.pointee.sourceEnded && f0.pointee.queued == 0 { shutDestination(c, 0) }
+                // Verified: a connect that succeeded, and what the client sent meanwhile goes now.
+                c.pointee.helloDeadline = 0
+                noteConnect(c, failed: false)
+                if f0.pointee.sourceEnded && f0.pointee.queued == 0 { shutDestination(c, 0) }
             }
+            // Client bytes waiting (after the handshake, or a renegotiation that held a write).
+            if f0.pointee.queued > 0 && !f0.pointee.sending { sendHead(c, 0) }
+            guard c.pointee.state == .open else { return false }
             upTLSFlush(c)
+            guard c.pointee.state == .open else { return false }
             if plain > 0 && !f1.pointee.sending { sendHead(c, 1) }
+            guard c.pointee.state == .open else { return false }
             if closeNotify {
                 f1.pointee.sourceEnded = true
                 if !f1.pointee.sending && f1.pointee.queued == 0 { shutDestination(c, 1) }
             }
-            return true
+            return c.pointee.state == .open
         }
     }
 

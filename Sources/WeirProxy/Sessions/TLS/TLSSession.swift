@@ -25,6 +25,9 @@ struct TLSState {
     var credit: Int32 = 0
     /// close_notify was written (tcp: the upstream closed, so the client is told before FIN).
     var closeNotifySent = false
+    /// TLS to a TCP upstream: plaintext has come from it (a failure before that is the
+    /// endpoint refusing the connection, counted against it).
+    var plaintextSeen = false
 }
 
 extension Shard {
@@ -215,6 +218,8 @@ extension Shard {
 
     func tlsStartSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer?, _ count: Int) {
         let t = tlsState(c)
+        // One ciphertext send at a time: a second would overwrite the buffer still being sent.
+        guard t.pointee.sendBuffer < 0 else { return }
         var failed = false
         guard let (out, length, taken) = tlsSeal(t, pointer, count, failed: &failed) else {
             if failed { abortHTTP(c) }
