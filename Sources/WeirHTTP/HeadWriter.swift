@@ -92,6 +92,11 @@ public enum HeadWriter {
             // One header: the client's values in their order, then Weir's element (as Envoy).
             w.put("X-Forwarded-Client-Cert: ")
             for i in 0..<headers.count where equalsIgnoringCase(source, headers.name(i), "x-forwarded-client-cert") {
+                // The same fields the loop above would have kept (a route may remove it; a
+                // Connection header may name it hop-by-hop).
+                let name = headers.name(i)
+                if isHopByHop(source, name, headers: headers, upgrade: context.upgrade) { continue }
+                if rules.removeHeaders.contains(where: { equalsLowercase(source, name, $0) }) { continue }
                 let v = headers.value(i)
                 if v.count > 0 { w.put(source, v); w.put(",") }
             }

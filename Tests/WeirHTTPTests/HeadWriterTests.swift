@@ -72,6 +72,11 @@ func forward(_ text: String, rules: ForwardingRules = ForwardingRules(), client:
         let set = forward(withOne, cert: .set(mine))!
         #expect(set.contains("X-Forwarded-Client-Cert: \(mine)\r\n") && !set.contains("By=a"), "\(set)")
         #expect(forward("GET / HTTP/1.1\r\nHost: h\r\n\r\n", cert: .append(mine))!.contains("X-Forwarded-Client-Cert: \(mine)\r\n"))
+        // A route that removes the field removes the client's values in append mode too.
+        var rules = ForwardingRules()
+        rules.removeHeaders = [Array("x-forwarded-client-cert".utf8)]
+        let removed = forward(withOne, rules: rules, cert: .append(mine))!
+        #expect(removed.contains("X-Forwarded-Client-Cert: \(mine)\r\n") && !removed.contains("By=a"), "\(removed)")
         // Several client headers join in one, in their order, before Weir's element.
         let two = forward("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: By=a\r\nx-forwarded-client-cert: By=b\r\n\r\n", cert: .append(mine))!
         #expect(two.contains("X-Forwarded-Client-Cert: By=a,By=b,\(mine)\r\n") && !two.contains("x-forwarded-client-cert: By=b"), "\(two)")

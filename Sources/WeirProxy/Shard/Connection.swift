@@ -124,6 +124,7 @@ struct Connection {
     /// once at accept on listeners that hand off or choose chains; nil elsewhere.
     var destination: AddressKey? = nil
     /// While `inspecting` or `peeking`: when the first bytes must have arrived (0: no limit).
+    /// While `open` with TLS to the upstream: when its handshake must have ended.
     var helloDeadline: Int64 = 0
     /// Its protocol; an HTTP connection's current exchange is `ex`.
     var kind = SessionKind.tcp

@@ -313,7 +313,7 @@ extension Shard {
         case .always_forward_only: return .keep
         case .forward_only, .append_forward, .sanitize_set: break
         }
-        if c.pointee.peerCertLength < 0 {
+        if c.pointee.peerCertLength == -1 {
             var n: Int32 = 0
             if c.pointee.isTLS, let ssl = tlsState(c).pointee.ssl {
                 n = (peerText + slot(of: c) * Shard.peerTextBytes).withMemoryRebound(to: CChar.self, capacity: Shard.peerTextBytes) {

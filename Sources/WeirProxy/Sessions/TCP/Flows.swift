@@ -204,6 +204,10 @@ extension Shard {
         c.pointee.inflight -= 1
         if c.pointee.state != .open && !(c.pointee.state == .connecting && c.pointee.isTLS) { return finishIfIdle(c) }
         guard sent > 0 else {
+            // The upstream refused the handshake's own records: a failed connect of that endpoint.
+            if f == 0 && c.pointee.upstreamIsTLS && !upTLS(c).pointee.handshakeDone {
+                return upTLSFailed(c, sent == 0 ? "nothing sent" : String(cString: strerror(-sent)))
+            }
             if f == 0 && (sent == -ECONNRESET || sent == -EPIPE) { noteConnect(c, failed: true) }
             Log.debug("shard \(index): send to \(f == 0 ? "upstream" : "client") failed: \(sent == 0 ? "nothing sent" : String(cString: strerror(-sent)))")
             return abort(c)
@@ -211,6 +215,8 @@ extension Shard {
         var res = sent
         if f == 1 && c.pointee.isTLS {
             guard let credit = tlsSent(c, sent) else { return }
+            // Starting the next ciphertext send may have ended the session (no head buffer).
+            guard c.pointee.state == .open || c.pointee.state == .connecting else { return }
             if credit == 0 {
                 // Handshake records or tickets went out: data may wait behind them.
                 if c.pointee.state == .open && flow.pointee.queued > 0 && !flow.pointee.sending { sendHead(c, f) }
@@ -221,6 +227,7 @@ extension Shard {
         }
         if f == 0 && c.pointee.upstreamIsTLS {
             guard let credit = upTLSSent(c, sent) else { return }
+            guard c.pointee.state == .open else { return }
             if credit == 0 {
                 // Handshake records went out: client bytes may wait behind them (before the
                 // handshake ends, sendHead sends nothing, so what OpenSSL has pending goes).
@@ -262,6 +269,8 @@ extension Shard {
         guard !flow.pointee.destinationShut else { return }
         if f == 1 && c.pointee.isTLS && tlsCloseNotify(c) { return }
         if f == 0 && c.pointee.upstreamIsTLS && upTLSCloseNotify(c) { return }
+        // Sending close_notify may have ended the session (no head buffer for it).
+        guard c.pointee.state == .open else { return }
         flow.pointee.destinationShut = true
         ring.shutdown(fd: destinationFD(c, f), how: Int32(SHUT_WR))
         if c.flow(0).pointee.destinationShut && c.flow(1).pointee.destinationShut {
