@@ -32,8 +32,13 @@ public final class Cluster: Sendable {
     public let health: HealthPolicy
     /// HTTP upstream connection pools (per shard, per endpoint).
     public let pool: PoolSettings
-    /// TLS to the endpoints (http listeners), or nil.
+    /// TLS to the endpoints, or nil.
     public let tls: UpstreamTLS?
+    /// The TLS to endpoint `i`: the cluster's, unless that endpoint is known to be plaintext
+    /// (an index it does not have gets the cluster's: never plaintext by mistake).
+    @inlinable public func tls(forEndpoint i: Int) -> UpstreamTLS? {
+        endpoints.indices.contains(i) && endpoints[i].plaintext ? nil : tls
+    }
     /// Per endpoint: may new traffic use it (healthy and not ejected)? Published by the health
     /// checker as new snapshot generations.
     public let available: [Bool]

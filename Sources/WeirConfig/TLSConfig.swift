@@ -35,8 +35,7 @@ public final class TLSContext: @unchecked Sendable {
         self.ticketKeyRotationSeconds = ticketKeyRotationSeconds
         ticketKeys = weir_ticket_keys_new(ticketKeyRotationSeconds)
         for ctx in contexts where ticketKeys != nil { _ = weir_ticket_keys_install(ctx, ticketKeys) }
-        var wire: [UInt8] = []
-        for p in alpn { wire.append(UInt8(p.utf8.count)); wire += Array(p.utf8) }
+        let wire = WeirConfig.alpnWire(alpn) ?? []  // lengths were checked when the listener compiled
         alpnWire = .allocate(capacity: max(1, wire.count))
         _ = alpnWire.initialize(from: wire)
         let arg = Unmanaged.passUnretained(self).toOpaque()

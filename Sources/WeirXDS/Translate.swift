@@ -70,11 +70,7 @@ public struct XDSResources: Sendable {
     public init() {}
 
     /// SDS names the listeners' TLS chains and the clusters' TLS need.
-    public var sdsNames: [String] {
-        Set(listeners.values.flatMap { l in
-            (l.filterChains + (l.hasDefaultFilterChain ? [l.defaultFilterChain] : [])).filter(\.hasTransportSocket).flatMap { WeirXDS.sdsNames(of: $0.transportSocket) }
-        } + clusters.values.flatMap { clusterSDSNames($0) }).sorted()
-    }
+    public var sdsNames: [String] { Set(sdsNames(socket: true) + sdsNames(socket: false)).sorted() }
 
     /// The secrets `sdsNames` holds that are asked for on pilot-agent's SDS socket (their
     /// sds_config names the sds-grpc cluster); a name asked for both ways is in both lists.
@@ -934,7 +930,7 @@ struct WaitingForSecret: Error { let name: String }
 /// The SDS names a cluster's transport sockets (default and per-endpoint matches) refer to.
 func clusterSDSNames(_ c: EnvoyCluster) -> [String] {
     ((c.hasTransportSocket ? [c.transportSocket] : []) + c.transportSocketMatches.filter(\.hasTransportSocket).map(\.transportSocket))
-        .flatMap { upstreamSDSNames(of: $0) }
+        .flatMap { sdsNames(of: $0) }
 }
 
 /// `secrets`: the SDS secrets held. Without one its TLS needs, the cluster throws

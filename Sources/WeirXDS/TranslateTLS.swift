@@ -18,24 +18,11 @@ typealias SDSConfig = Envoy_Extensions_TransportSockets_Tls_V3_SdsSecretConfig
 let downstreamTLSType = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
 /// What a chain's transport socket gives: its TLS document, or the secret it still waits for.
-enum ChainTLS {
-    case ready(TLSDocument)
-    case waiting(secret: String)
-}
+typealias ChainTLS = TLSPart<TLSDocument>
 
-/// The SDS names a DownstreamTlsContext refers to (certificates and validation context).
-func sdsNames(of socket: Envoy_Config_Core_V3_TransportSocket) -> [String] {
-    guard socket.typedConfig.typeURL.hasSuffix(downstreamTLSType),
-          let tls = try? DownstreamTLS(unpackingAny: socket.typedConfig) else { return [] }
-    let common = tls.commonTlsContext
-    var names = common.tlsCertificateSdsSecretConfigs.map(\.name)
-    switch common.validationContextType {
-    case .validationContextSdsSecretConfig(let s)?: names.append(s.name)
-    case .combinedValidationContext(let c)?: names.append(c.validationContextSdsSecretConfig.name)
-    default: break
-    }
-    return names
-}
+/// The SDS names a TLS transport socket (either direction) refers to: certificates and
+/// validation context.
+func sdsNames(of socket: Envoy_Config_Core_V3_TransportSocket) -> [String] { sdsConfigs(of: socket).map(\.name) }
 
 /// What a CommonTlsContext gives either direction, its SDS secrets resolved.
 struct CommonTLSParts {
@@ -203,20 +190,6 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
 
 let upstreamTLSType = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 typealias UpstreamTLSContext = Envoy_Extensions_TransportSockets_Tls_V3_UpstreamTlsContext
-
-/// The SDS names an UpstreamTlsContext refers to.
-func upstreamSDSNames(of socket: Envoy_Config_Core_V3_TransportSocket) -> [String] {
-    guard socket.typedConfig.typeURL.hasSuffix(upstreamTLSType),
-          let tls = try? UpstreamTLSContext(unpackingAny: socket.typedConfig) else { return [] }
-    let common = tls.commonTlsContext
-    var names = common.tlsCertificateSdsSecretConfigs.map(\.name)
-    switch common.validationContextType {
-    case .validationContextSdsSecretConfig(let s)?: names.append(s.name)
-    case .combinedValidationContext(let c)?: names.append(c.validationContextSdsSecretConfig.name)
-    default: break
-    }
-    return names
-}
 
 /// A cluster's TLS transport socket (UpstreamTlsContext) as the document the compiler makes a
 /// client context from. Without a validation context the endpoints are not verified (Envoy's

@@ -66,7 +66,7 @@ extension Shard {
         startActive(c)
         // After a pooled connection failed under this request, the next try goes on a new
         // connection: another idle one may be closing just the same.
-        let tlsID = endpoint.plaintext ? 0 : cluster.tls?.id ?? 0
+        let tlsID = cluster.tls(forEndpoint: ep)?.id ?? 0
         if pool >= 0, !c.pointee.ex.freeRetryUsed, let u = popIdle(Int(pool), tls: tlsID) {
             attach(c, u)
             c.pointee.ex.reused = true

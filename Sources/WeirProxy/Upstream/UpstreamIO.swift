@@ -23,8 +23,7 @@ extension Shard {
             control.stats.pointee.upstreamConnected += 1
             if e >= 0 { control.named.endpoints[e].connections += 1 }
             let cluster = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)]
-            let ei = Int(c.pointee.endpointIndex)
-            if let tls = cluster.tls, !(cluster.endpoints.indices.contains(ei) && cluster.endpoints[ei].plaintext) {
+            if let tls = cluster.tls(forEndpoint: Int(c.pointee.endpointIndex)) {
                 // TCP is up; the TLS handshake comes next (the request waits in its head buffer).
                 guard startUpstreamTLS(u, tls) else { return upstreamConnectFailed(c, u, timedOut: false) }
                 u.pointee.state = .handshaking

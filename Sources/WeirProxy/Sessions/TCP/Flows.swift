@@ -231,7 +231,6 @@ extension Shard {
             if credit == 0 {
                 // Handshake records went out: client bytes may wait behind them (before the
                 // handshake ends, sendHead sends nothing, so what OpenSSL has pending goes).
-                guard c.pointee.state == .open else { return }
                 if flow.pointee.queued > 0 && !flow.pointee.sending { sendHead(c, f) }
                 if !flow.pointee.sending { upTLSFlush(c) }
                 if !flow.pointee.sending && flow.pointee.sourceEnded && flow.pointee.queued == 0 { shutDestination(c, f) }

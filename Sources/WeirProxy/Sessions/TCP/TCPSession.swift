@@ -158,9 +158,7 @@ extension Shard {
             control.stats.pointee.upstreamConnected += 1
             let f0 = c.flow(0)
             let cluster = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)]
-            let ei = Int(c.pointee.endpointIndex)
-            // TLS unless the endpoint is known to be plaintext (never fails open).
-            let upstreamTLS = cluster.endpoints.indices.contains(ei) && cluster.endpoints[ei].plaintext ? nil : cluster.tls
+            let upstreamTLS = cluster.tls(forEndpoint: Int(c.pointee.endpointIndex))
             // With TLS, the connect succeeds when the handshake does (upTLSReceive).
             if upstreamTLS == nil { noteConnect(c, failed: false) }
             let early = f0.pointee.queued > 0 || f0.pointee.recv != .idle || f0.pointee.sourceEnded || c.pointee.isTLS || upstreamTLS != nil

@@ -20,22 +20,8 @@ extension Shard {
     /// Starts the client handshake on a connected upstream socket; its first flight is sent now.
     func startTCPUpstreamTLS(_ c: UnsafeMutablePointer<Connection>, _ tls: UpstreamTLS) -> Bool {
         let t = upTLS(c)
-        t.pointee = TLSState()
-        guard let ssl = SSL_new(tls.context) else { return false }
-        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { SSL_free(ssl); return false }
-        SSL_set_bio(ssl, r, w)
-        SSL_set_connect_state(ssl)
         // TCP's own ALPN (Istio: "istio", which the peer's TCP chains select on).
-        if let wire = tls.tcpALPNWire, wire.withUnsafeBufferPointer({ SSL_set_alpn_protos(ssl, $0.baseAddress, UInt32($0.count)) }) != 0 {
-            SSL_free(ssl); return false
-        }
-        if let name = tls.serverName {
-            _ = weir_ssl_set_host_name(ssl, name)
-            if tls.checkHost { _ = SSL_set1_host(ssl, name) }
-        }
-        t.pointee.ssl = ssl
-        t.pointee.readBIO = r
-        t.pointee.writeBIO = w
+        guard newUpstreamSSL(tls, in: t, alpn: tls.tcpALPNWire), let ssl = t.pointee.ssl else { return false }
         c.pointee.upstreamIsTLS = true
         // The handshake is part of connecting: it must end within the connect timeout.
         let timeout = snapshotOf(c).clusters[Int(c.pointee.clusterIndex)].connectTimeoutNanoseconds
@@ -86,40 +72,11 @@ extension Shard {
 
     /// Encrypts up to `count` bytes of flow 0 (nil: only what OpenSSL has pending) and sends it.
     func upTLSStartSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer?, _ count: Int) {
-        let t = upTLS(c)
-        guard t.pointee.sendBuffer < 0 else { return }
-        var failed = false
-        guard let (out, length, taken) = tlsSeal(t, pointer, count, failed: &failed) else {
-            if failed { abort(c) }
-            return
-        }
-        t.pointee.sendBuffer = out
-        t.pointee.sendLength = length
-        t.pointee.sendSent = 0
-        t.pointee.credit = taken
-        upSendCiphertext(c)
-    }
-
-    func upSendCiphertext(_ c: UnsafeMutablePointer<Connection>) {
-        let t = upTLS(c)
-        c.flow(0).pointee.sending = true
-        c.pointee.inflight += 1
-        ring.send(fd: c.pointee.upstreamFD, buffer: headBuffer(t.pointee.sendBuffer) + Int(t.pointee.sendSent),
-                  count: Int(t.pointee.sendLength - t.pointee.sendSent),
-                  userData: UserData(op: Op.send, sub: 0, slot: slot(of: c), generation: c.pointee.generation))
+        startCiphertext(c, .upstream, pointer, count)
     }
 
     /// As tlsSent, for the upstream side of a TCP session.
-    func upTLSSent(_ c: UnsafeMutablePointer<Connection>, _ res: Int32) -> Int32? {
-        switch ciphertextSent(upTLS(c), res) {
-        case .more:
-            upSendCiphertext(c)
-            return nil
-        case .done(let credit, let morePending):
-            if morePending { upTLSStartSend(c, nil, 0); if credit == 0 { return nil } }
-            return credit
-        }
-    }
+    func upTLSSent(_ c: UnsafeMutablePointer<Connection>, _ res: Int32) -> Int32? { ciphertextDone(c, .upstream, res) }
 
     /// Ciphertext from the upstream: advances the handshake, queues plaintext on flow 1. False
     /// when the session ended (aborted).

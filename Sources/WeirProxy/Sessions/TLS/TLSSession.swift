@@ -217,42 +217,85 @@ extension Shard {
     }
 
     func tlsStartSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer?, _ count: Int) {
-        let t = tlsState(c)
+        startCiphertext(c, .client, pointer, count)
+    }
+
+    /// A ciphertext send to the client finished `res` bytes: nil while more of it remains (the
+    /// rest is being sent), else the plaintext bytes it carried (0 for TLS's own records).
+    func tlsSent(_ c: UnsafeMutablePointer<Connection>, _ res: Int32) -> Int32? { ciphertextDone(c, .client, res) }
+
+    /// The TLS layer of a connection a ciphertext goes to: the client's (terminated here, flow 1
+    /// sends to it) or, in a TCP session, the upstream's (flow 0 sends to it).
+    enum TLSSide {
+        case client, upstream
+        var flow: Int { self == .client ? 1 : 0 }
+    }
+
+    func tlsState(_ c: UnsafeMutablePointer<Connection>, _ side: TLSSide) -> UnsafeMutablePointer<TLSState> {
+        side == .client ? tlsState(c) : upTLS(c)
+    }
+
+    /// Encrypts up to `count` plaintext bytes (nil: only what OpenSSL has pending) into a head
+    /// buffer and starts sending it to `side`; the plaintext is credited when all of it is out.
+    func startCiphertext(_ c: UnsafeMutablePointer<Connection>, _ side: TLSSide, _ pointer: UnsafeMutableRawPointer?, _ count: Int) {
+        let t = tlsState(c, side)
         // One ciphertext send at a time: a second would overwrite the buffer still being sent.
         guard t.pointee.sendBuffer < 0 else { return }
         var failed = false
         guard let (out, length, taken) = tlsSeal(t, pointer, count, failed: &failed) else {
-            if failed { abortHTTP(c) }
+            if failed { if side == .client { abortHTTP(c) } else { abort(c) } }
             return
         }
         t.pointee.sendBuffer = out
         t.pointee.sendLength = length
         t.pointee.sendSent = 0
         t.pointee.credit = taken
-        sendCiphertext(c)
+        sendCiphertext(c, side)
     }
 
-    func sendCiphertext(_ c: UnsafeMutablePointer<Connection>) {
-        let t = tlsState(c)
-        c.flow(1).pointee.sending = true
+    func sendCiphertext(_ c: UnsafeMutablePointer<Connection>, _ side: TLSSide) {
+        let t = tlsState(c, side)
+        c.flow(side.flow).pointee.sending = true
         c.pointee.inflight += 1
-        ring.send(fd: c.pointee.downstreamFD, buffer: headBuffer(t.pointee.sendBuffer) + Int(t.pointee.sendSent),
-                  count: Int(t.pointee.sendLength - t.pointee.sendSent),
-                  userData: UserData(op: Op.send, sub: 1, slot: slot(of: c), generation: c.pointee.generation))
+        ring.send(fd: side == .client ? c.pointee.downstreamFD : c.pointee.upstreamFD,
+                  buffer: headBuffer(t.pointee.sendBuffer) + Int(t.pointee.sendSent), count: Int(t.pointee.sendLength - t.pointee.sendSent),
+                  userData: UserData(op: Op.send, sub: UInt8(side.flow), slot: slot(of: c), generation: c.pointee.generation))
     }
 
-    /// A ciphertext send finished `res` bytes: nil while more of it remains (the rest is being
-    /// sent), else the plaintext bytes it carried (0 for TLS's own records).
-    func tlsSent(_ c: UnsafeMutablePointer<Connection>, _ res: Int32) -> Int32? {
-        switch ciphertextSent(tlsState(c), res) {
+    /// A ciphertext send to `side` finished `res` bytes: nil while more of it remains, else the
+    /// plaintext bytes it carried.
+    func ciphertextDone(_ c: UnsafeMutablePointer<Connection>, _ side: TLSSide, _ res: Int32) -> Int32? {
+        switch ciphertextSent(tlsState(c, side), res) {
         case .more:
-            sendCiphertext(c)
+            sendCiphertext(c, side)
             return nil
         case .done(let credit, let morePending):
             // More ciphertext than one buffer held: send it before anything else.
-            if morePending { tlsStartSend(c, nil, 0); if credit == 0 { return nil } }
+            if morePending { startCiphertext(c, side, nil, 0); if credit == 0 { return nil } }
             return credit
         }
+    }
+
+    /// A client-side SSL for `tls` in `t` (memory BIOs, connect state, SNI and the host check
+    /// the context asks for); `alpn`, when given, replaces the context's ALPN. False when
+    /// OpenSSL cannot make one.
+    func newUpstreamSSL(_ tls: UpstreamTLS, in t: UnsafeMutablePointer<TLSState>, alpn: [UInt8]? = nil) -> Bool {
+        t.pointee = TLSState()
+        guard let ssl = SSL_new(tls.context) else { return false }
+        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { SSL_free(ssl); return false }
+        SSL_set_bio(ssl, r, w)
+        SSL_set_connect_state(ssl)
+        if let alpn, alpn.withUnsafeBufferPointer({ SSL_set_alpn_protos(ssl, $0.baseAddress, UInt32($0.count)) }) != 0 {
+            SSL_free(ssl); return false
+        }
+        if let name = tls.serverName {
+            _ = weir_ssl_set_host_name(ssl, name)
+            if tls.checkHost { _ = SSL_set1_host(ssl, name) }
+        }
+        t.pointee.ssl = ssl
+        t.pointee.readBIO = r
+        t.pointee.writeBIO = w
+        return true
     }
 
     enum CiphertextSend {
@@ -297,18 +340,7 @@ extension Shard {
 extension Shard {
     func startUpstreamTLS(_ u: UnsafeMutablePointer<Upstream>, _ tls: UpstreamTLS) -> Bool {
         let t = upstreamTLS + (u - upstreams)
-        t.pointee = TLSState()
-        guard let ssl = SSL_new(tls.context) else { return false }
-        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { SSL_free(ssl); return false }
-        SSL_set_bio(ssl, r, w)
-        SSL_set_connect_state(ssl)
-        if let name = tls.serverName {
-            _ = weir_ssl_set_host_name(ssl, name)
-            if tls.checkHost { _ = SSL_set1_host(ssl, name) }
-        }
-        t.pointee.ssl = ssl
-        t.pointee.readBIO = r
-        t.pointee.writeBIO = w
+        guard newUpstreamSSL(tls, in: t), let ssl = t.pointee.ssl else { return false }
         u.pointee.isTLS = true
         u.pointee.tlsID = tls.id
         // The first flight (ClientHello) is written now and sent by the caller.
