@@ -42,6 +42,9 @@ let package = Package(
                        providers: [.apt(["liburing-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
+        // HTTP/2 framing and HPACK (nghttp2), driven by the shard's own I/O.
+        .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2",
+                       providers: [.apt(["libnghttp2-dev"])]),
         .target(name: "CWeirSys"),
         // Session ticket key rotation: an OpenSSL callback, in C.
         .target(name: "CWeirTLS", dependencies: ["COpenSSL"], linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
@@ -66,7 +69,7 @@ let package = Package(
                                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
                 swiftSettings: v5),
         .target(name: "WeirProxy",
-                dependencies: ["WeirCore", "WeirRing", "WeirBalance", "WeirConfig", "WeirHealth", "WeirHTTP", "CWeirSys", "COpenSSL"],
+                dependencies: ["WeirCore", "WeirRing", "WeirBalance", "WeirConfig", "WeirHealth", "WeirHTTP", "CWeirSys", "COpenSSL", "CNGHTTP2"],
                 swiftSettings: v5),
         .target(name: "WeirAdmin", dependencies: ["WeirProxy", "WeirConfig", "WeirHTTP", "WeirRing", "WeirCore"], swiftSettings: v5),
         .target(name: "WeirDemo", dependencies: ["WeirCore"], swiftSettings: v5),

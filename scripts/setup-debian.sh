@@ -5,7 +5,7 @@
 # from PyPI).
 set -euo pipefail
 need=()
-for p in liburing-dev libssl-dev pkg-config; do
+for p in liburing-dev libssl-dev libnghttp2-dev pkg-config; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

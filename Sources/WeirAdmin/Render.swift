@@ -126,6 +126,12 @@ enum AdminRender {
         family("weir_filter_chain_closed_total", "counter", "Connections closed before a session: no filter chain fit, the chain that fit was refused, or the inspectors timed out without continue_on_inspect_timeout.",
                [("reason=\"no_chain\"", Int64(totals.chainUnmatched)), ("reason=\"refused_chain\"", Int64(totals.chainRefused)),
                 ("reason=\"inspect_timeout\"", Int64(totals.inspectTimeouts))])
+        family("weir_http2_connections_total", "counter", "HTTP/2 connections (h2 by ALPN, h2c by preface).", [("", Int64(totals.h2Connections))])
+        family("weir_http2_streams_total", "counter", "HTTP/2 streams by how they ended: each request served, refused with REFUSED_STREAM (stream limit, no slot or head buffer), reset by the client, or answered 431 for header blocks over the header limits.",
+               [("outcome=\"served\"", Int64(totals.h2Streams)), ("outcome=\"refused\"", Int64(totals.h2StreamsRefused)),
+                ("outcome=\"reset_by_client\"", Int64(totals.h2StreamsResetByClient)), ("outcome=\"headers_too_large\"", Int64(totals.h2HeadersTooLarge))])
+        family("weir_http2_goaway_total", "counter", "HTTP/2 connections Weir ended with GOAWAY for a protocol error, or for a flood (ENHANCE_YOUR_CALM: rapid reset, CONTINUATION, SETTINGS or PING floods).",
+               [("reason=\"protocol_error\"", Int64(totals.h2GoawayProtocol)), ("reason=\"flood\"", Int64(totals.h2GoawayFlood))])
         family("weir_original_destination_loops_total", "counter", "ORIGINAL_DST connections whose destination was a listener of Weir's own (no NAT redirect): closed (tcp) or answered 503 (http).",
                [("", Int64(totals.originalDestinationLoops))])
         family("weir_buffer_ring_dry_total", "counter", "Times a receive stopped because a shard's buffer pool was empty.", [("", Int64(totals.bufferRingDry))])

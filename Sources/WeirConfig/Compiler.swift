@@ -64,6 +64,12 @@ public enum Compiler {
                 if !l.routes.isEmpty && proto == .tcp {
                     fail(t.position, "listener '\(name.value)': routes by sni pass TLS through untouched; remove 'tls' (or the routes) to terminate it here"); return nil
                 }
+                var t = t
+                // HTTP listeners offer h2 first by default (as Envoy and HAProxy set up for h2),
+                // and HTTP/1.1 only with `http2: false`.
+                if proto == .http && t.alpn.isEmpty {
+                    t.alpn = (l.http?["http2"]?.value == "false" ? ["http/1.1"] : ["h2", "http/1.1"]).map { Located($0, at: t.position) }
+                }
                 guard let context = compileTLS(t, listener: name.value, fail: fail) else { return nil }
                 tls = context
             }

@@ -89,6 +89,29 @@ public struct ClientCertPolicy: Sendable, Equatable {
     public var writesPeer: Bool { mode == .append_forward || mode == .sanitize_set }
 }
 
+/// HTTP/2 on an http listener: h2 by ALPN on TLS, h2c by its connection preface on plaintext
+/// (as Envoy's codec_type AUTO), and the limits each connection's codec enforces.
+public struct HTTP2Settings: Sendable, Equatable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at once.
+    public var maxConcurrentStreams = 100
+    /// SETTINGS_INITIAL_WINDOW_SIZE: request body bytes a stream may send before Weir has
+    /// forwarded them (what one stream can make Weir hold).
+    public var streamWindowBytes = 64 * 1024
+    /// The connection's receive window (all streams together).
+    public var connectionWindowBytes = 1024 * 1024
+    /// Rapid reset (CVE-2023-44487): streams a client may reset in a burst, and per second after it;
+    /// past that the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    public var resetBurst = 200
+    public var resetsPerSecond = 100
+    /// CONTINUATION frames one header block may use (CVE-2024-27316: a flood of them).
+    public var maxContinuations = 8
+    /// SETTINGS and PING frames whose answers may wait unsent (a flood of them), and the entries
+    /// one SETTINGS frame may carry.
+    public var maxPendingAcks = 1000
+    public var maxSettingsEntries = 32
+    public init() {}
+}
+
 public final class HTTPListener: Sendable {
     public let routes: RouteTable
     /// Parallel to `routes.routes`.
@@ -100,13 +123,16 @@ public final class HTTPListener: Sendable {
     /// normalize_path: targets are made canonical (PathNormalizer) before routing and forwarding.
     public let normalizesPath: Bool
     public let clientCert: ClientCertPolicy
+    /// HTTP/2's settings, or nil when the listener speaks only HTTP/1.1 (`http2: false`).
+    public let http2: HTTP2Settings?
 
     init(routes: RouteTable, actions: [Route], limits: HTTPLimits, requestHeaderTimeoutNanoseconds: Int64, accessLog: String?,
-         normalizesPath: Bool = false, clientCert: ClientCertPolicy = ClientCertPolicy()) {
+         normalizesPath: Bool = false, clientCert: ClientCertPolicy = ClientCertPolicy(), http2: HTTP2Settings? = HTTP2Settings()) {
         self.routes = routes; self.actions = actions; self.limits = limits
         self.requestHeaderTimeoutNanoseconds = requestHeaderTimeoutNanoseconds; self.accessLog = accessLog
         self.normalizesPath = normalizesPath
         self.clientCert = clientCert
+        self.http2 = http2
     }
 }
 
@@ -163,7 +189,15 @@ extension Compiler {
         var stripPort = true
         var normalizePath = false
         var clientCert = ClientCertPolicy()
+        var http2: HTTP2Settings? = HTTP2Settings()
+        var h2 = HTTP2Settings()
         for (key, v) in (l.http ?? [:]).sorted(by: { $0.key < $1.key }) {
+            func count(_ range: ClosedRange<Int>) -> Int? {
+                guard let n = Int(v.value), range.contains(n) else {
+                    bad(v.position, "\(key) must be a whole number from \(range.lowerBound) to \(range.upperBound)"); return nil
+                }
+                return n
+            }
             func size(_ range: ClosedRange<Int>) -> Int? {
                 guard let n = parseByteSize(v.value), range.contains(n) else {
                     bad(v.position, "\(key) must be a size from \(range.lowerBound) to \(range.upperBound) bytes"); return nil
@@ -197,6 +231,20 @@ extension Compiler {
             case "forward_client_cert":
                 if let m = ClientCertPolicy.Mode(rawValue: v.value) { clientCert.mode = m }
                 else { bad(v.position, "forward_client_cert must be one of \(ClientCertPolicy.Mode.allCases.map(\.rawValue).joined(separator: ", ")), not '\(v.value)'") }
+            case "http2":
+                switch v.value {
+                case "true": break
+                case "false": http2 = nil
+                default: bad(v.position, "http2 must be true or false")
+                }
+            case "http2_max_concurrent_streams": if let n = count(1...10_000) { h2.maxConcurrentStreams = n }
+            case "http2_stream_window_bytes": if let n = size(1024...(1 << 30)) { h2.streamWindowBytes = n }
+            case "http2_connection_window_bytes": if let n = size(65535...(1 << 30)) { h2.connectionWindowBytes = n }
+            case "http2_reset_burst": if let n = count(1...1_000_000) { h2.resetBurst = n }
+            case "http2_resets_per_second": if let n = count(1...1_000_000) { h2.resetsPerSecond = n }
+            case "http2_max_continuations": if let n = count(0...10_000) { h2.maxContinuations = n }
+            case "http2_max_pending_acks": if let n = count(1...1_000_000) { h2.maxPendingAcks = n }
+            case "http2_max_settings_entries": if let n = count(1...1000) { h2.maxSettingsEntries = n }
             case "client_cert_details":
                 for part in v.value.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
                     switch part {
@@ -233,9 +281,14 @@ extension Compiler {
         if clientCert.details != 0 && !clientCert.writesPeer {
             bad(l.http?["client_cert_details"]?.position ?? l.position, "client_cert_details needs forward_client_cert append_forward or sanitize_set")
         }
+        if http2 == nil, let k = (l.http ?? [:]).keys.sorted().first(where: { $0.hasPrefix("http2_") }) {
+            bad(l.http![k]!.position, "\(k) needs http2 (it is false here)")
+            return nil
+        }
+        if http2 != nil { http2 = h2 }
         return HTTPListener(routes: RouteTable(matches, stripsPort: stripPort), actions: actions, limits: limits,
                             requestHeaderTimeoutNanoseconds: headerTimeout, accessLog: accessLog, normalizesPath: normalizePath,
-                            clientCert: clientCert)
+                            clientCert: clientCert, http2: http2)
     }
 
     /// `weighted_clusters:` (on an http route or a tcp listener): each entry's cluster resolved by

@@ -250,7 +250,10 @@ struct Reader {
         if let h = f["http"] {
             l.httpPosition = pos(h.value)
             l.http = flatMapping(h.value, allowed: ["strip_host_port", "normalize_path", "request_header_timeout", "max_request_line_bytes", "max_header_bytes",
-                                                   "max_headers", "max_body_bytes", "access_log", "forward_client_cert", "client_cert_details"], what: "http")
+                                                   "max_headers", "max_body_bytes", "access_log", "forward_client_cert", "client_cert_details",
+                                                   "http2", "http2_max_concurrent_streams", "http2_stream_window_bytes", "http2_connection_window_bytes",
+                                                   "http2_reset_burst", "http2_resets_per_second", "http2_max_continuations", "http2_max_pending_acks",
+                                                   "http2_max_settings_entries"], what: "http")
         }
         if let t = f["tls"] {
             var d = TLSDocument(position: pos(t.value))

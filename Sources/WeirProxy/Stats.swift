@@ -251,6 +251,17 @@ public struct ShardStats: Sendable {
     public var chainRefused = 0
     public var inspectTimeouts = 0
     public var originalDestinationLoops = 0
+    /// HTTP/2: connections and streams served; streams refused (REFUSED_STREAM: over the stream
+    /// limit, or no slot or head buffer for them) and reset by the client; GOAWAYs Weir sent for
+    /// a protocol error and for a flood (ENHANCE_YOUR_CALM: rapid reset, CONTINUATION, SETTINGS or
+    /// PING floods); header blocks over the header limits (answered 431).
+    public var h2Connections = 0
+    public var h2Streams = 0
+    public var h2StreamsRefused = 0
+    public var h2StreamsResetByClient = 0
+    public var h2GoawayProtocol = 0
+    public var h2GoawayFlood = 0
+    public var h2HeadersTooLarge = 0
     public init() {}
 
     /// One line for the log.
@@ -286,6 +297,13 @@ public struct ShardStats: Sendable {
         r.chainRefused = a.chainRefused + b.chainRefused
         r.inspectTimeouts = a.inspectTimeouts + b.inspectTimeouts
         r.originalDestinationLoops = a.originalDestinationLoops + b.originalDestinationLoops
+        r.h2Connections = a.h2Connections + b.h2Connections
+        r.h2Streams = a.h2Streams + b.h2Streams
+        r.h2StreamsRefused = a.h2StreamsRefused + b.h2StreamsRefused
+        r.h2StreamsResetByClient = a.h2StreamsResetByClient + b.h2StreamsResetByClient
+        r.h2GoawayProtocol = a.h2GoawayProtocol + b.h2GoawayProtocol
+        r.h2GoawayFlood = a.h2GoawayFlood + b.h2GoawayFlood
+        r.h2HeadersTooLarge = a.h2HeadersTooLarge + b.h2HeadersTooLarge
         return r
     }
 }

@@ -283,6 +283,7 @@ extension Shard {
             detachUpstream(c, reuse: reuse)
         }
         endEndpoint(c)
+        if c.pointee.carrier == .h2Stream { return h2ExchangeDone(c) }
         dropQueue(f1)
         clearOut(f1)
         f1.pointee.sourceEnded = false

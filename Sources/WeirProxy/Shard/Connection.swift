@@ -91,8 +91,14 @@ enum ConnectionState: UInt8 {
     var beforeUpstream: Bool { self == .inspecting || self == .peeking || self == .connecting }
 }
 
-/// Which protocol's session a connection runs: chosen at accept from its listener, never changed.
-enum SessionKind: UInt8 { case tcp, http }
+/// Which protocol's session a connection runs: chosen at accept from its listener; an HTTP
+/// connection whose client opens with the HTTP/2 preface becomes `h2` (its streams are `http`
+/// slots of their own, carried by it).
+enum SessionKind: UInt8 { case tcp, http, h2 }
+
+/// What an HTTP exchange's slot answers over: its own socket, or a stream of an HTTP/2
+/// connection (Shard.h2Streams holds which).
+enum HTTPCarrier: UInt8 { case socket, h2Stream }
 
 struct Connection {
     var generation: UInt32 = 0
@@ -128,6 +134,9 @@ struct Connection {
     var helloDeadline: Int64 = 0
     /// Its protocol; an HTTP connection's current exchange is `ex`.
     var kind = SessionKind.tcp
+    var carrier = HTTPCarrier.socket
+    /// HTTP: requests begun on this connection (the first may turn out to be the h2 preface).
+    var requestsSeen: UInt32 = 0
     /// TLS terminated here: its state is in Shard.tlsStates at this slot.
     var isTLS = false
     /// TLS to the upstream (a TCP session): its state is in Shard.tcpUpstreamTLS at this slot.

@@ -1,6 +1,7 @@
 // A shard: one thread, one ring, and everything that lives on it (listening sockets, connections,
 // buffers, balancer state, stats). Nothing here is shared with another thread except the mailbox
 // and the stats the control thread reads.
+import CNGHTTP2
 import CURing
 import Synchronization
 import WeirBalance
@@ -151,6 +152,19 @@ final class Shard<IO: IOBackend> {
     var listenerLog: [Int] = []
     var logScratch: UnsafeMutableRawPointer? = nil
     var endpointText: [[[UInt8]]] = []
+    /// HTTP/2: per connection slot, the connection (its session) or the stream a slot carries,
+    /// and what its session's user_data points at; the bridge nghttp2's callbacks reach the
+    /// shard through; work those callbacks leave for after nghttp2 returns; scratch for the
+    /// header fields of a response being submitted.
+    let h2Connections: UnsafeMutablePointer<H2Connection>
+    let h2Streams: UnsafeMutablePointer<H2Stream>
+    let h2Contexts: UnsafeMutablePointer<H2Context>
+    let h2Bridge = H2Bridge()
+    var h2Events: [H2Event] = []
+    var h2Credits: [SlotRef] = []
+    let h2Nva: UnsafeMutablePointer<nghttp2_nv>
+    var h2NvaCapacity: Int { headers.capacity + 4 }
+    let h2Scratch: UnsafeMutablePointer<UInt8>
 
     init(index: Int, control: ShardControl, snapshot: Snapshot) throws {
         self.index = index
@@ -203,6 +217,16 @@ final class Shard<IO: IOBackend> {
         starvedUpstreams = SlotRefQueue(capacity: n)
         headWaiters = SlotRefQueue(capacity: 2 * n)
         recvLimit = control.recvLimit
+        h2Connections = .allocate(capacity: n)
+        h2Connections.initialize(repeating: H2Connection(), count: n)
+        h2Streams = .allocate(capacity: n)
+        h2Streams.initialize(repeating: H2Stream(), count: n)
+        h2Contexts = .allocate(capacity: n)
+        h2Nva = .allocate(capacity: headers.capacity + 4)
+        h2Scratch = .allocate(capacity: limits.bufferBytes)
+        h2Events.reserveCapacity(1024)
+        h2Credits.reserveCapacity(1024)
+        bindH2Callbacks()
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }
 
@@ -230,6 +254,23 @@ final class Shard<IO: IOBackend> {
         discardFlow.deallocate()
         scratch.deallocate()
         logScratch?.deallocate()
+        h2Connections.deallocate()
+        h2Streams.deallocate()
+        h2Contexts.deallocate()
+        h2Nva.deallocate()
+        h2Scratch.deallocate()
+    }
+
+    /// Points the bridge's closures at this shard (nghttp2 calls them with the connection's slot).
+    func bindH2Callbacks() {
+        h2Bridge.send = { [unowned self] in self.h2Take($0, $1, $2) }
+        h2Bridge.beginHeaders = { [unowned self] in self.h2BeginHeaders($0, $1, $2) }
+        h2Bridge.header = { [unowned self] in self.h2Header($0, $1, $2, $3, $4) }
+        h2Bridge.frameRecv = { [unowned self] in self.h2FrameRecv($0, $1) }
+        h2Bridge.dataChunk = { [unowned self] in self.h2DataChunk($0, $1, $2) }
+        h2Bridge.streamClose = { [unowned self] in self.h2StreamCloseCallback($0, $1, $2) }
+        h2Bridge.frameSend = { [unowned self] in self.h2FrameSent($0, $1) }
+        h2Bridge.dataRead = { [unowned self] in self.h2DataRead($0, $1, $2, $3, $4) }
     }
 
     // MARK: The loop
@@ -326,6 +367,7 @@ final class Shard<IO: IOBackend> {
         for slot in 0..<highWater {
             let c = connections + slot
             if c.pointee.kind == .http { if c.pointee.state == .open { httpTick(c) }; continue }
+            if c.pointee.kind == .h2 { if c.pointee.state == .open { h2Tick(c) }; continue }
             if c.pointee.state == .peeking {
                 if now > c.pointee.helloDeadline { control.stats.pointee.sniTimeouts += 1; abort(c) }
                 continue

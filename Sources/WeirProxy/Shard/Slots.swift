@@ -49,6 +49,8 @@ extension Shard {
         guard c.pointee.state != .closing && c.pointee.state != .free else { return }
         if c.pointee.kind == .http { detachUpstream(c, reuse: false); endEndpoint(c) }
         c.pointee.state = .closing
+        if c.pointee.carrier == .h2Stream { h2StreamAborted(c) }
+        if c.pointee.kind == .h2 { h2EndStreams(c) }
         control.stats.pointee.aborted += 1
         for side in 0..<2 {
             let fd = side == 0 ? c.pointee.downstreamFD : c.pointee.upstreamFD
@@ -62,6 +64,8 @@ extension Shard {
     /// Frees a closing connection once no operation refers to it any more.
     func finishIfIdle(_ c: UnsafeMutablePointer<Connection>) {
         guard c.pointee.state == .closing, c.pointee.inflight == 0 else { return }
+        if c.pointee.kind == .h2 { h2EndStreams(c); endH2(c) }
+        if c.pointee.carrier == .h2Stream { h2StreamFreed(c) }
         if c.pointee.downstreamFD >= 0 { ring.close(fd: c.pointee.downstreamFD) }
         if c.pointee.upstreamFD >= 0 { ring.close(fd: c.pointee.upstreamFD) }
         for f in 0..<2 {
@@ -77,7 +81,7 @@ extension Shard {
         if c.pointee.isTLS { endTLS(c) }
         if c.pointee.upstreamIsTLS { endTCPUpstreamTLS(c) }
         if c.pointee.endpointSlot >= 0 { control.named.endpoints[Int(c.pointee.endpointSlot)].active -= 1 }
-        if c.pointee.listenerSlot >= 0 { control.named.listeners[Int(c.pointee.listenerSlot)].active -= 1 }
+        if c.pointee.listenerSlot >= 0 && c.pointee.carrier == .socket { control.named.listeners[Int(c.pointee.listenerSlot)].active -= 1 }
         c.pointee.snapshot?.release()
         let gen = (c.pointee.generation &+ 1) & UserData.generationMask
         c.pointee = Connection()

@@ -83,6 +83,7 @@ extension Shard {
             if off >= len { popHead(flow); continue }
             if c.pointee.ex.phase == .idle { beginExchange(c) }
             let base = bufferPointer(Int(bid)) + off
+            if c.pointee.requestsSeen == 1 && startsH2(c, base, len - off) { return }
             let http = httpListener(c)
             switch HTTPParser.parseRequest(UnsafeRawBufferPointer(start: base, count: len - off), limits: http.limits, headers: headers) {
             case .incomplete:
@@ -124,6 +125,7 @@ extension Shard {
             }
         }
         c.pointee.ex.phase = .head
+        c.pointee.requestsSeen &+= 1
         c.pointee.logLength = 0
         c.pointee.ex.requestStart = ring.clock(coarse: false)
         c.pointee.ex.deadline = now + httpListener(c).requestHeaderTimeoutNanoseconds
@@ -196,6 +198,7 @@ extension Shard {
     }
 
     func downstreamSend(_ c: UnsafeMutablePointer<Connection>, _ pointer: UnsafeMutableRawPointer, _ count: Int) {
+        if c.pointee.carrier == .h2Stream { return h2StreamSend(c, pointer, count) }
         if c.pointee.isTLS { return tlsSend(c, pointer, count) }
         c.flow(1).pointee.sending = true
         c.pointee.inflight += 1
@@ -228,6 +231,8 @@ extension Shard {
     /// Done with this client: our side is shut after the last response; what it still sends
     /// is read and dropped for a moment, so it sees the response rather than a reset.
     func lingerClose(_ c: UnsafeMutablePointer<Connection>) {
+        // A stream ends with its exchange; its connection goes on.
+        if c.pointee.carrier == .h2Stream { return closeHTTP(c) }
         let f0 = c.flow(0)
         ring.shutdown(fd: c.pointee.downstreamFD, how: Int32(SHUT_WR))
         c.pointee.ex.phase = .lingering
@@ -244,10 +249,12 @@ extension Shard {
         detachUpstream(c, reuse: false)
         endEndpoint(c)
         c.pointee.state = .closing
-        control.stats.pointee.completed += 1
+        if c.pointee.carrier == .socket { control.stats.pointee.completed += 1 }
         if c.pointee.inflight > 0 {
-            ring.shutdown(fd: c.pointee.downstreamFD, how: Int32(SHUT_RDWR))
-            ring.cancelAll(fd: c.pointee.downstreamFD, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+            if c.pointee.downstreamFD >= 0 {
+                ring.shutdown(fd: c.pointee.downstreamFD, how: Int32(SHUT_RDWR))
+                ring.cancelAll(fd: c.pointee.downstreamFD, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
+            }
             if c.pointee.ex.phase == .backoff {
                 ring.cancel(UserData(op: Op.retry, slot: slot(of: c), generation: c.pointee.generation), on: -1, userData: UserData(op: Op.ignore, slot: 0, generation: 0))
             }
@@ -265,6 +272,9 @@ extension Shard {
 
     func httpTick(_ c: UnsafeMutablePointer<Connection>) {
         switch c.pointee.ex.phase {
+        case .idle where c.pointee.carrier == .h2Stream:
+            // A header block still arriving (it holds the whole connection: none may interleave).
+            if now - c.pointee.lastActivity > httpListener(c).requestHeaderTimeoutNanoseconds { abortHTTP(c) }
         case .idle:
             if draining && c.flow(0).pointee.queued == 0 { return closeHTTP(c) }
             if now - c.pointee.lastActivity > c.pointee.idleTimeout { control.stats.pointee.idleTimeouts += 1; closeHTTP(c) }

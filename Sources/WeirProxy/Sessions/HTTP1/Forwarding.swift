@@ -41,7 +41,7 @@ extension Shard {
         }
         let route = httpListener(c).actions[Int(c.pointee.ex.route)]
         let prefix = !route.forwarding.prefixReplacement.isEmpty && route.prefixLength > 0 && source[Int(head.target.start)] == UInt8(ascii: "/") ? route.prefixLength : 0
-        let context = ForwardContext(clientAddress: clientAddress(c), https: c.pointee.isTLS, requestID: requestID(), upgrade: head.upgrade,
+        let context = ForwardContext(clientAddress: clientAddress(c), https: socketConnection(c).pointee.isTLS, requestID: requestID(), upgrade: head.upgrade,
                                      clientCert: clientCertHeader(c, httpListener(c).clientCert))
         guard let n = HeadWriter.writeRequest(head, source: UnsafeRawBufferPointer(rebasing: source[0..<head.headLength]), headers: headers,
                                               rules: route.forwarding, prefixMatchedBytes: prefix, context: context,
@@ -315,7 +315,8 @@ extension Shard {
         }
         if c.pointee.peerCertLength == -1 {
             var n: Int32 = 0
-            if c.pointee.isTLS, let ssl = tlsState(c).pointee.ssl {
+            let socket = socketConnection(c)
+            if socket.pointee.isTLS, let ssl = tlsState(socket).pointee.ssl {
                 n = (peerText + slot(of: c) * Shard.peerTextBytes).withMemoryRebound(to: CChar.self, capacity: Shard.peerTextBytes) {
                     weir_xfcc_element(ssl, policy.details, $0, Shard.peerTextBytes)
                 }

@@ -37,6 +37,8 @@ extension Shard {
     /// Re-arms the recv of a flow that stopped, once its queue has room (half the cap, so a
     /// connection at the cap does not cancel and re-arm on every buffer).
     func rearmIfRoom(_ c: UnsafeMutablePointer<Connection>, _ f: Int) {
+        // A stream has no socket of its own: room on its queue opens the client's window instead.
+        if c.pointee.carrier == .h2Stream { if f == 0 { h2StreamWindow(c) }; return }
         let flow = c.flow(f)
         // Before the upstream is there, the client's side still reads (a ClientHello to route,
         // TLS to terminate); its bytes wait queued.
@@ -93,6 +95,7 @@ extension Shard {
             return finishIfIdle(c)
         }
         if c.pointee.kind == .http { return onHTTPRecv(c, ud, res, bid) }
+        if c.pointee.kind == .h2 { return onH2Recv(c, ud, res, bid) }
         if res > 0, let bid {
             var closeNotify = false
             if f == 0 && c.pointee.isTLS {
@@ -198,6 +201,7 @@ extension Shard {
         let c = connections + ud.slot
         precondition(c.pointee.generation == ud.generation, "a slot is reused only after its last completion")
         if c.pointee.kind == .http { return onHTTPSend(c, sent) }
+        if c.pointee.kind == .h2 { return onH2Send(c, sent) }
         let f = Int(ud.sub)
         let flow = c.flow(f)
         flow.pointee.sending = false
