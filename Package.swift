@@ -87,6 +87,6 @@ let package = Package(
         .testTarget(name: "SimulationTests", dependencies: ["WeirProxy", "WeirConfig"], swiftSettings: v5),
         .testTarget(name: "WeirRingTests", dependencies: ["WeirRing", "CURing"], swiftSettings: v5),
         .testTarget(name: "IntegrationTests", dependencies: ["weir", "WeirDemo", "WeirHTTP"],
-                    exclude: ["Support/http_upstream.py", "Support/chaos.py", "Support/tls_peers.py", "Support/make_certs.sh", "Support/xds_server.py", "Support/xds_types.py", "Support/envoy_bootstrap.yaml", "Support/no_io_uring.py", "Support/netns_original_dst.py"], swiftSettings: v5),
+                    exclude: ["Support/http_upstream.py", "Support/chaos.py", "Support/tls_peers.py", "Support/make_certs.sh", "Support/xds_server.py", "Support/xds_types.py", "Support/envoy_bootstrap.yaml", "Support/no_io_uring.py", "Support/netns_original_dst.py", "Support/h2_attacks.py"], swiftSettings: v5),
     ]
 )

@@ -15,11 +15,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The integration tests use real HTTP clients and upstreams (curl and Python 3), openssl's CLI
-# for certificates, and iptables and iproute2 for the original-destination test (a NAT redirect
-# inside a network namespace it makes).
+# for certificates, iptables and iproute2 for the original-destination test (a NAT redirect
+# inside a network namespace it makes), and h2load (nghttp2-client) for the HTTP/2 tests.
 if [ "${1:-}" = "--tests" ]; then
   tneed=()
-  for p in curl python3 openssl iptables iproute2; do
+  for p in curl python3 openssl iptables iproute2 nghttp2-client; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || tneed+=("$p")
   done
   if [ ${#tneed[@]} -gt 0 ]; then

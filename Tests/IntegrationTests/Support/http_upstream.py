@@ -146,6 +146,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A backlog for proxies that open many connections at once (HTTP/2 streams, each a request).
+    request_queue_size = 1024
 
 
 server = Server(("127.0.0.1", 0), Handler)

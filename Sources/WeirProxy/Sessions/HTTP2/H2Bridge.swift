@@ -96,6 +96,10 @@ struct H2Connection {
     var first: Int32 = -1
     /// Inside nghttp2_session_send or the credit loop: a nested flush leaves the work to it.
     var flushing = false
+    /// Rapid reset: streams the client may still reset now (refilled at http2_resets_per_second
+    /// up to http2_reset_burst), and when they were last refilled.
+    var resetTokens: Int64 = 0
+    var resetRefilled: Int64 = 0
 }
 
 /// Where a stream's response stands in its translation from the exchange's HTTP/1.1 bytes.

@@ -49,7 +49,9 @@ extension Shard {
         nghttp2_option_set_no_auto_window_update(option, 1)
         nghttp2_option_set_max_outbound_ack(option, settings.maxPendingAcks)
         nghttp2_option_set_max_settings(option, settings.maxSettingsEntries)
-        nghttp2_option_set_stream_reset_rate_limit(option, UInt64(settings.resetBurst), UInt64(settings.resetsPerSecond))
+        // Weir's own limit (H2Stream's h2FrameRecv) ends a rapid reset with ENHANCE_YOUR_CALM;
+        // nghttp2's, set looser, stays as a backstop.
+        nghttp2_option_set_stream_reset_rate_limit(option, UInt64(settings.resetBurst) * 2, UInt64(settings.resetsPerSecond) * 2)
         nghttp2_option_set_max_continuations(option, settings.maxContinuations)
         nghttp2_option_set_max_send_header_block_length(option, limits.bufferBytes)
         var session: OpaquePointer? = nil
@@ -60,6 +62,8 @@ extension Shard {
         }
         h.pointee.session = session
         h.pointee.phase = .open
+        h.pointee.resetTokens = Int64(settings.resetBurst)
+        h.pointee.resetRefilled = now
         c.pointee.kind = .h2
         c.pointee.ex = HTTPExchange()
         control.stats.pointee.h2Connections += 1

@@ -139,6 +139,11 @@ extension Shard {
 
     func h2FrameRecv(_ parent: Int, _ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
         let type = weir_h2_frame_type(frame), flags = weir_h2_frame_flags(frame), id = weir_h2_frame_stream(frame)
+        if type == UInt8(NGHTTP2_RST_STREAM.rawValue) && !h2ResetAllowed(parent) {
+            // Rapid reset (CVE-2023-44487): GOAWAY ENHANCE_YOUR_CALM, and nghttp2 stops reading.
+            if let session = h2Connections[parent].session { _ = nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM.rawValue) }
+            return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
+        }
         let endStream = flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         if type == UInt8(NGHTTP2_HEADERS.rawValue) && weir_h2_headers_category(frame) == Int32(NGHTTP2_HCAT_REQUEST.rawValue) {
             guard let s = h2Stream(parent, id), s.pointee.state == .open else { return 0 }
@@ -153,6 +158,21 @@ extension Shard {
         if st.pointee.chunkedRequest && !h2Append(s, st.pointee.trailersStarted ? "\r\n" : "0\r\n\r\n") { return h2Overflow(parent, id) }
         h2Queue(s, .data)
         return 0
+    }
+
+    /// A token bucket per connection: http2_reset_burst resets at once, http2_resets_per_second after.
+    func h2ResetAllowed(_ parent: Int) -> Bool {
+        let h = h2Connections + parent
+        guard let settings = httpListener(connections + parent).http2 else { return true }
+        let elapsed = max(0, now - h.pointee.resetRefilled)
+        let earned = elapsed * Int64(settings.resetsPerSecond) / 1_000_000_000
+        if earned > 0 {
+            h.pointee.resetTokens = min(Int64(settings.resetBurst), h.pointee.resetTokens + earned)
+            h.pointee.resetRefilled = now
+        }
+        guard h.pointee.resetTokens > 0 else { return false }
+        h.pointee.resetTokens -= 1
+        return true
     }
 
     /// The request's header block is whole: finish the HTTP/1.1 head and start the exchange (or
