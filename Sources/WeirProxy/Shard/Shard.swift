@@ -162,6 +162,8 @@ final class Shard<IO: IOBackend> {
     let h2Bridge = H2Bridge()
     var h2Events: [H2Event] = []
     var h2Credits: [SlotRef] = []
+    var h2RunningEvents = false
+    var h2RunningCredits = false
     let h2Nva: UnsafeMutablePointer<nghttp2_nv>
     var h2NvaCapacity: Int { headers.capacity + 4 }
     let h2Scratch: UnsafeMutablePointer<UInt8>

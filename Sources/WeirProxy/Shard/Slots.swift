@@ -49,7 +49,6 @@ extension Shard {
         guard c.pointee.state != .closing && c.pointee.state != .free else { return }
         if c.pointee.kind == .http { detachUpstream(c, reuse: false); endEndpoint(c) }
         c.pointee.state = .closing
-        if c.pointee.carrier == .h2Stream { h2StreamAborted(c) }
         if c.pointee.kind == .h2 { h2EndStreams(c) }
         control.stats.pointee.aborted += 1
         for side in 0..<2 {
@@ -59,6 +58,8 @@ extension Shard {
             if c.pointee.inflight > 0 { ring.cancelAll(fd: fd, userData: UserData(op: Op.ignore, slot: 0, generation: 0)) }
         }
         finishIfIdle(c)
+        // Last: the reset may run the stream's close at once, which frees the slot.
+        if c.pointee.carrier == .h2Stream && c.pointee.state == .closing { h2StreamAborted(c) }
     }
 
     /// Frees a closing connection once no operation refers to it any more.

@@ -275,6 +275,11 @@ extension Shard {
         case .idle where c.pointee.carrier == .h2Stream:
             // A header block still arriving (it holds the whole connection: none may interleave).
             if now - c.pointee.lastActivity > httpListener(c).requestHeaderTimeoutNanoseconds { abortHTTP(c) }
+        case _ where c.pointee.carrier == .h2Stream && c.flow(1).pointee.sending && now - c.pointee.lastActivity > c.pointee.idleTimeout:
+            // A stream whose client never opens its window to take the response (the connection
+            // may be busy with others): it is reset, and its buffers and upstream go.
+            control.stats.pointee.idleTimeouts += 1
+            abortHTTP(c)
         case .idle:
             if draining && c.flow(0).pointee.queued == 0 { return closeHTTP(c) }
             if now - c.pointee.lastActivity > c.pointee.idleTimeout { control.stats.pointee.idleTimeouts += 1; closeHTTP(c) }

@@ -78,17 +78,21 @@ struct H2Context {
 enum H2Phase: UInt8 {
     case none
     case open
-    /// GOAWAY sent (drain, reload, or a client that asked): streams in flight finish, new ones
-    /// are refused; the connection closes when the last ends.
+    /// GOAWAY sent (drain, reload), or the client ended its side: streams in flight finish,
+    /// new ones are refused; the connection closes when the last ends.
     case goingAway
+    /// nghttp2 failed the session (a protocol error, a flood): nothing more is read; the
+    /// connection closes once its last frames (a GOAWAY) are out.
+    case failed
 }
 
 /// An HTTP/2 connection: the nghttp2 session and the streams it carries, in a side table by slot.
 struct H2Connection {
     var session: OpaquePointer? = nil
     var phase = H2Phase.none
-    /// The head buffer nghttp2's frames are copied into and sent from (one per connection).
-    var out: Int32 = -1
+    /// Where nghttp2's frames are copied and sent from: the connection's own memory (not a head
+    /// buffer: an idle h2 connection must not hold one of the shard's few).
+    var out: UnsafeMutableRawPointer? = nil
     var outLength: Int32 = 0
     var outSent: Int32 = 0
     /// Stream slots alive, linked through H2Stream.next.
@@ -146,7 +150,13 @@ struct H2Stream {
     var trailersStarted = false
     var requestEnded = false
     var grpc = false
-    /// DATA bytes received and not yet given back to the client's window (its queue was full).
+    /// The client reset the stream (or nghttp2 did) before its exchange started or while it runs.
+    var peerClosed = false
+    /// A trailer section over the header limits, or one that found no buffer: the stream fails.
+    var trailerBytes: Int32 = 0
+    var trailersLost = false
+    /// DATA payload bytes received and not yet given back to the client's window: it is given
+    /// back only as the bytes leave for the upstream, so a stream holds at most one window.
     var unconsumed: Int = 0
     /// Response.
     var response = H2ResponsePhase.head

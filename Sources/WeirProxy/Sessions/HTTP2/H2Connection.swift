@@ -24,23 +24,30 @@ extension Shard {
         let preface = Shard.h2PrefaceBytes
         let n = min(count, preface.count)
         for i in 0..<n where base.load(fromByteOffset: i, as: UInt8.self) != preface[i] { return false }
-        if n < preface.count { return true }  // the rest of the preface is still to come
+        if n < preface.count {
+            // The rest may be in the next buffer (TLS records, small segments): join them and look again.
+            let flow = c.flow(0)
+            if flow.pointee.queued > 1 && compact(flow) {
+                let head = Int(flow.pointee.head)
+                return startsH2(c, bufferPointer(head) + Int(flow.pointee.sendOffset), Int(bufferLength[head]) - Int(flow.pointee.sendOffset))
+            }
+            return true  // the rest of the preface is still to come
+        }
         startH2(c, settings)
         return true
     }
 
     static var h2PrefaceBytes: UnsafeBufferPointer<UInt8> { h2PrefaceStorage }
 
+    /// An HTTP/2 connection's frame buffer: a few frames of 16 KiB per send.
+    static var h2OutBytes: Int { 48 * 1024 }
+
     /// Turns an HTTP connection (nothing answered on it yet) into an HTTP/2 one; the preface and
     /// what follows it are still queued on flow 0.
     func startH2(_ c: UnsafeMutablePointer<Connection>, _ settings: HTTP2Settings) {
-        guard let out = takeHeadBuffer() else {
-            control.stats.pointee.headBuffersExhausted += 1
-            return abortHTTP(c)
-        }
         let h = h2(c)
         h.pointee = H2Connection()
-        h.pointee.out = out
+        h.pointee.out = .allocate(byteCount: Shard.h2OutBytes, alignment: 64)
         h2Contexts[slot(of: c)] = H2Context(bridge: Unmanaged.passUnretained(h2Bridge), slot: slot(of: c))
         var option: OpaquePointer? = nil
         nghttp2_option_new(&option)
@@ -56,7 +63,7 @@ extension Shard {
         nghttp2_option_set_max_send_header_block_length(option, limits.bufferBytes)
         var session: OpaquePointer? = nil
         guard nghttp2_session_server_new2(&session, H2Bridge.callbacks, h2Contexts + slot(of: c), option) == 0, let session else {
-            releaseHeadBuffer(out)
+            h.pointee.out?.deallocate()
             h.pointee = H2Connection()
             return abortHTTP(c)
         }
@@ -85,6 +92,8 @@ extension Shard {
     func h2Ingest(_ c: UnsafeMutablePointer<Connection>) {
         let flow = c.flow(0)
         let h = h2(c)
+        // A failed session reads nothing more: what comes is dropped until the GOAWAY is out.
+        if h.pointee.phase == .failed { dropQueue(flow) }
         while flow.pointee.queued > 0, let session = h.pointee.session {
             let bid = Int(flow.pointee.head)
             let off = Int(flow.pointee.sendOffset)
@@ -99,6 +108,7 @@ extension Shard {
                     if Int32(rv) == NGHTTP2_ERR_FLOODED.rawValue { control.stats.pointee.h2GoawayFlood += 1 }
                     Log.debug("shard \(index): HTTP/2 connection failed: \(String(cString: nghttp2_strerror(Int32(rv))))")
                     dropQueue(flow)
+                    h.pointee.phase = .failed
                     return h2Finish(c)
                 }
             }
@@ -122,7 +132,7 @@ extension Shard {
             c.pointee.lastActivity = now
             h2Ingest(c)
             guard c.pointee.state == .open else { return }
-            if flow.pointee.sourceEnded { return h2Finish(c) }
+            if flow.pointee.sourceEnded { return h2ClientEnded(c) }
             if !flow.pointee.recv.pending { rearmIfRoom(c, 0) }
             return
         }
@@ -130,7 +140,7 @@ extension Shard {
         switch res {
         case 0:
             flow.pointee.sourceEnded = true
-            h2Finish(c)
+            h2ClientEnded(c)
         case -ENOBUFS: starve(c, 0)
         case -ECANCELED: rearmIfRoom(c, 0)
         default: abortHTTP(c)
@@ -144,7 +154,6 @@ extension Shard {
         let h = h2(c)
         guard c.pointee.state == .open, !h.pointee.flushing, let session = h.pointee.session else { return }
         h.pointee.flushing = true
-        defer { h.pointee.flushing = false }
         var rounds = 0
         while c.pointee.state == .open {
             rounds += 1
@@ -158,25 +167,26 @@ extension Shard {
             }
             let credited = h2RunCredits()
             h2RunEvents()
-            guard c.pointee.state == .open else { return }
+            guard c.pointee.state == .open else { h.pointee.flushing = false; return }
             if h.pointee.outLength > 0 && !c.flow(1).pointee.sending {
                 h.pointee.outSent = 0
-                downstreamSend(c, headBuffer(h.pointee.out), Int(h.pointee.outLength))
+                downstreamSend(c, h.pointee.out!, Int(h.pointee.outLength))
             }
             // More rounds only while streams hand over bytes and the out buffer is free to take them.
             if !credited || c.flow(1).pointee.sending || rounds > 64 { break }
         }
+        h.pointee.flushing = false
         if c.pointee.state == .open && !c.flow(1).pointee.sending && h.pointee.outLength == 0 { h2CloseIfDone(c) }
     }
 
     /// The send callback: frame bytes into the out buffer, as many as fit.
     func h2Take(_ parent: Int, _ data: UnsafePointer<UInt8>, _ count: Int) -> Int {
         let h = h2Connections + parent
-        guard h.pointee.out >= 0, !connections[parent].flows.1.sending else { return 0 }
-        let room = limits.bufferBytes - Int(h.pointee.outLength)
+        guard let out = h.pointee.out, !connections[parent].flows.1.sending else { return 0 }
+        let room = Shard.h2OutBytes - Int(h.pointee.outLength)
         let n = min(room, count)
         guard n > 0 else { return 0 }
-        (headBuffer(h.pointee.out) + Int(h.pointee.outLength)).copyMemory(from: data, byteCount: n)
+        (out + Int(h.pointee.outLength)).copyMemory(from: data, byteCount: n)
         h.pointee.outLength += Int32(n)
         return n
     }
@@ -198,14 +208,32 @@ extension Shard {
         let h = h2(c)
         h.pointee.outSent += res
         if h.pointee.outSent < h.pointee.outLength {
-            return downstreamSend(c, headBuffer(h.pointee.out) + Int(h.pointee.outSent), Int(h.pointee.outLength - h.pointee.outSent))
+            return downstreamSend(c, h.pointee.out! + Int(h.pointee.outSent), Int(h.pointee.outLength - h.pointee.outSent))
         }
         h.pointee.outLength = 0
         h.pointee.outSent = 0
         h2Flush(c)
     }
 
-    /// The client is gone or the session failed: send what nghttp2 still has (a GOAWAY), then close.
+    /// The client ended its side (FIN, or TLS close_notify): as a GOAWAY from it. Streams whose
+    /// requests are whole are still answered (as HTTP/1.1 answers the requests of a client that
+    /// half-closed); the others cannot complete and are reset; the connection closes after.
+    func h2ClientEnded(_ c: UnsafeMutablePointer<Connection>) {
+        let h = h2(c)
+        if h.pointee.phase == .open { h.pointee.phase = .goingAway }
+        var s = h.pointee.first
+        while s >= 0 {
+            let sc = connections + Int(s)
+            let next = h2Streams[Int(s)].next
+            if sc.pointee.state == .open && !h2Streams[Int(s)].requestEnded { abortHTTP(sc) }
+            s = next
+        }
+        guard c.pointee.state == .open else { return }
+        h2Flush(c)
+        h2CloseIfDone(c)
+    }
+
+    /// The session failed: send what nghttp2 still has (a GOAWAY), then close.
     func h2Finish(_ c: UnsafeMutablePointer<Connection>) {
         let h = h2(c)
         if h.pointee.phase == .open { h.pointee.phase = .goingAway }
@@ -214,7 +242,7 @@ extension Shard {
             _ = nghttp2_session_send(session)
             if h.pointee.outLength > 0 {
                 h.pointee.outSent = 0
-                downstreamSend(c, headBuffer(h.pointee.out), Int(h.pointee.outLength))
+                downstreamSend(c, h.pointee.out!, Int(h.pointee.outLength))
                 // Closed once the last frames are out (or the idle timeout says they never go).
                 return h2CloseIfDone(c)
             }
@@ -243,9 +271,9 @@ extension Shard {
     /// (after GOAWAY both ways), or it is going away with its last stream done.
     func h2CloseIfDone(_ c: UnsafeMutablePointer<Connection>) {
         let h = h2(c)
-        guard let session = h.pointee.session, c.pointee.state == .open, !c.flow(1).pointee.sending, h.pointee.outLength == 0 else { return }
+        guard let session = h.pointee.session, c.pointee.state == .open, !h.pointee.flushing, !c.flow(1).pointee.sending, h.pointee.outLength == 0 else { return }
         let idle = nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0
-        if idle || (h.pointee.phase == .goingAway && h.pointee.streams == 0) { closeHTTP(c) }
+        if idle || (h.pointee.phase != .open && h.pointee.streams == 0) { closeHTTP(c) }
     }
 
     /// Drain or reload: GOAWAY with the last stream taken, so the client sends new requests on a
@@ -262,16 +290,33 @@ extension Shard {
     func h2Tick(_ c: UnsafeMutablePointer<Connection>) {
         let h = h2(c)
         if draining && h.pointee.phase == .open { h2GoAway(c) }
-        guard c.pointee.state == .open else { return }
-        if h.pointee.streams == 0 && now - c.pointee.lastActivity > c.pointee.idleTimeout {
-            control.stats.pointee.idleTimeouts += 1
-            if h.pointee.phase == .goingAway || c.flow(1).pointee.sending { return abortHTTP(c) }
+        if h.pointee.phase == .open && snapshotOf(c) !== snapshot { h2FollowSnapshot(c) }
+        guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { return }
+        control.stats.pointee.idleTimeouts += 1
+        // Idle with no streams: GOAWAY, given one more idle period to go out. Nothing moved at all
+        // for a whole idle period with streams open (a reader whose window never opens, streams
+        // whose ends wait for window): the connection ends.
+        if h.pointee.streams == 0 && h.pointee.phase == .open && !c.flow(1).pointee.sending {
             h2GoAway(c)
-            // Give the GOAWAY one idle period to go out.
             c.pointee.lastActivity = now
-        } else if c.flow(1).pointee.sending && now - c.pointee.lastActivity > c.pointee.idleTimeout {
-            // A reader that never takes what is sent to it.
-            abortHTTP(c)
+            return
+        }
+        abortHTTP(c)
+    }
+
+    /// A reload: the connection takes the new snapshot if its listener is still there (its
+    /// streams start on it), or says GOAWAY so its client moves to a listener that is.
+    func h2FollowSnapshot(_ c: UnsafeMutablePointer<Connection>) {
+        let old = snapshotOf(c)
+        let oldIndex = Int(c.pointee.listenerIndex)
+        let name = old.listeners[oldIndex].name
+        if let li = snapshot.listeners.firstIndex(where: { $0.name == name && $0.proto == .http && $0.http?.http2 != nil }),
+           old.chainMatch(of: oldIndex) == snapshot.chainMatch(of: li) {
+            c.pointee.snapshot?.release()
+            c.pointee.snapshot = Unmanaged.passRetained(snapshot)
+            c.pointee.listenerIndex = Int32(li)
+        } else {
+            h2GoAway(c)
         }
     }
 
@@ -279,12 +324,16 @@ extension Shard {
     func endH2(_ c: UnsafeMutablePointer<Connection>) {
         let h = h2(c)
         if let session = h.pointee.session { nghttp2_session_del(session) }
-        if h.pointee.out >= 0 { releaseHeadBuffer(h.pointee.out) }
+        h.pointee.out?.deallocate()
         h.pointee = H2Connection()
     }
 
-    /// Runs the work nghttp2's callbacks queued, in order.
+    /// Runs the work nghttp2's callbacks queued, in order. An event may flush another session,
+    /// whose callbacks add more: the outer run takes those too (a nested one returns at once).
     func h2RunEvents() {
+        guard !h2RunningEvents else { return }
+        h2RunningEvents = true
+        defer { h2RunningEvents = false }
         var i = 0
         while i < h2Events.count {
             let e = h2Events[i]
@@ -293,7 +342,7 @@ extension Shard {
             guard s.pointee.generation == e.generation, s.pointee.carrier == .h2Stream else { continue }
             switch e.kind {
             case .start: h2StartExchange(s)
-            case .data: if s.pointee.state == .open { pumpRequest(s) }
+            case .data: if s.pointee.state == .open && !h2Streams[Int(e.slot)].peerClosed { pumpRequest(s) }
             case .closed: h2StreamClosed(s)
             case .resetAfterResponse: h2ResetAfterResponse(s)
             }

@@ -49,12 +49,17 @@ extension Shard {
         return p.pointee.generation == st.pointee.parentGeneration ? p : c
     }
 
+    /// Head buffers HTTP/2 streams leave to the rest of the shard (forwarded heads, responses,
+    /// TLS records, HTTP/1.1): a stream is refused, and a body cut, rather than take them, so
+    /// streams waiting to forward cannot hold every buffer the forwarding needs.
+    var h2HeadReserve: Int { max(8, limits.headBuffersPerShard / 8) }
+
     // MARK: Callbacks (nghttp2 is running: only buffers and stream state change here)
 
     func h2BeginHeaders(_ parent: Int, _ id: Int32, _ category: Int32) -> Int32 {
         guard category == Int32(NGHTTP2_HCAT_REQUEST.rawValue), let session = h2Connections[parent].session else { return 0 }
         let p = connections + parent
-        guard h2Connections[parent].phase == .open, freeCount > 0, let head = takeHeadBuffer() else {
+        guard h2Connections[parent].phase == .open, freeCount > 0, headFreeCount > h2HeadReserve, let head = takeHeadBuffer() else {
             if h2Connections[parent].phase == .open { control.stats.pointee.h2StreamsRefused += 1 }
             if headFreeCount == 0 { control.stats.pointee.headBuffersExhausted += 1 }
             _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_REFUSED_STREAM.rawValue)
@@ -103,8 +108,16 @@ extension Shard {
             // Trailers of a request body: they go after the last chunk; a body with a length
             // cannot carry them in HTTP/1.1 and they are dropped.
             guard st.pointee.chunkedRequest, !st.pointee.requestEnded else { return 0 }
-            if !st.pointee.trailersStarted { st.pointee.trailersStarted = true; if !h2Append(s, "0\r\n") { return h2Overflow(parent, id) } }
-            guard h2Append(s, name), h2Append(s, ": "), h2Append(s, value), h2Append(s, "\r\n") else { return h2Overflow(parent, id) }
+            // The same limits as the header block: a trailer section cannot grow past them.
+            let limits = httpListener(s).limits
+            st.pointee.trailerBytes += Int32(name.count + value.count + 4)
+            st.pointee.headerCount += 1
+            if Int(st.pointee.trailerBytes) > limits.maxHeaderBytes || Int(st.pointee.headerCount) > limits.maxHeaderCount * 2 + 4 {
+                control.stats.pointee.h2HeadersTooLarge += 1
+                return h2Overflow(parent, id, s)
+            }
+            if !st.pointee.trailersStarted { st.pointee.trailersStarted = true; if !h2Append(s, "0\r\n") { return h2Overflow(parent, id, s) } }
+            guard h2Append(s, name), h2Append(s, ": "), h2Append(s, value), h2Append(s, "\r\n") else { return h2Overflow(parent, id, s) }
             return 0
         }
         guard st.pointee.head >= 0, !st.pointee.tooLarge else { return 0 }
@@ -155,7 +168,7 @@ extension Shard {
         let st = h2s(s)
         guard !st.pointee.requestEnded else { return 0 }
         st.pointee.requestEnded = true
-        if st.pointee.chunkedRequest && !h2Append(s, st.pointee.trailersStarted ? "\r\n" : "0\r\n\r\n") { return h2Overflow(parent, id) }
+        if st.pointee.chunkedRequest && !h2Append(s, st.pointee.trailersStarted ? "\r\n" : "0\r\n\r\n") { return h2Overflow(parent, id, s) }
         h2Queue(s, .data)
         return 0
     }
@@ -217,6 +230,8 @@ extension Shard {
             return 0
         }
         let st = h2s(s)
+        // Counted before it is stored: a chunk that does not fit is given back with the rest.
+        st.pointee.unconsumed += data.count
         if st.pointee.chunkedRequest {
             // The chunk's size in hex, then CRLF, the data, CRLF.
             let ok = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { line -> Bool in
@@ -231,22 +246,23 @@ extension Shard {
                 line[k] = 13; line[k + 1] = 10
                 return h2Append(s, UnsafeBufferPointer(rebasing: line[0..<(k + 2)]))
             }
-            guard ok, h2Append(s, data), h2Append(s, "\r\n") else { return h2Overflow(parent, id) }
+            guard ok, h2Append(s, data), h2Append(s, "\r\n") else { return h2Overflow(parent, id, s) }
         } else {
-            guard h2Append(s, data) else { return h2Overflow(parent, id) }
+            guard h2Append(s, data) else { return h2Overflow(parent, id, s) }
         }
         s.flow(0).pointee.bytes += Int64(data.count)
-        // The client's window opens again only as its bytes leave for the upstream, so a
-        // stream holds at most its queue cap and one window.
-        if s.flow(0).pointee.queued < queueCap { _ = nghttp2_session_consume(session, id, data.count) }
-        else { st.pointee.unconsumed += data.count }
+        // The client's window opens again only as its bytes leave for the upstream
+        // (h2StreamWindow), so a stream holds at most one window of body.
         if h2Events.last.map({ $0.slot != Int32(slot(of: s)) || $0.kind != .data }) ?? true { h2Queue(s, .data) }
         return 0
     }
 
-    /// No head buffer for more of a stream's body: the stream is reset (the connection goes on).
-    func h2Overflow(_ parent: Int, _ id: Int32) -> Int32 {
-        control.stats.pointee.headBuffersExhausted += 1
+    /// No head buffer for more of a stream's body (or trailers over the limits): the stream is
+    /// reset, what it sends from now on is dropped, and the connection goes on.
+    func h2Overflow(_ parent: Int, _ id: Int32, _ s: UnsafeMutablePointer<Connection>) -> Int32 {
+        if headFreeCount <= h2HeadReserve { control.stats.pointee.headBuffersExhausted += 1 }
+        h2s(s).pointee.requestEnded = true
+        h2s(s).pointee.peerClosed = true
         if let session = h2Connections[parent].session {
             _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_INTERNAL_ERROR.rawValue)
         }
@@ -255,6 +271,9 @@ extension Shard {
 
     func h2StreamCloseCallback(_ parent: Int, _ id: Int32, _ error: UInt32) -> Int32 {
         guard let s = h2Stream(parent, id) else { return 0 }
+        // An exchange not started yet never starts (a stream opened and reset in one read costs
+        // no upstream request).
+        h2s(s).pointee.peerClosed = true
         h2Queue(s, .closed)
         return 0
     }
@@ -278,7 +297,7 @@ extension Shard {
     // MARK: Events (after nghttp2 returned)
 
     func h2StartExchange(_ s: UnsafeMutablePointer<Connection>) {
-        guard s.pointee.state == .open, h2s(s).pointee.open else { return }
+        guard s.pointee.state == .open, h2s(s).pointee.open, !h2s(s).pointee.peerClosed else { return }
         control.stats.pointee.h2Streams += 1
         processRequest(s)
     }
@@ -334,7 +353,9 @@ extension Shard {
 
     /// Completes the sends of streams whose bytes went into frames; true when any did.
     func h2RunCredits() -> Bool {
-        guard !h2Credits.isEmpty else { return false }
+        guard !h2Credits.isEmpty, !h2RunningCredits else { return false }
+        h2RunningCredits = true
+        defer { h2RunningCredits = false }
         var i = 0
         while i < h2Credits.count {
             let r = h2Credits[i]
@@ -382,13 +403,16 @@ extension Shard {
         h2Flush(p)
     }
 
-    /// The exchange made room on the stream's queue: give the client back the window it used.
+    /// Request bytes left for the upstream: give the client back the window they used. What
+    /// is still queued (chunk framing included, so this errs on the side of holding) stays owed.
     func h2StreamWindow(_ s: UnsafeMutablePointer<Connection>) {
         let st = h2s(s)
-        guard st.pointee.unconsumed > 0, s.flow(0).pointee.queued <= queueCap / 2, st.pointee.open,
+        guard st.pointee.unconsumed > 0, st.pointee.open, !st.pointee.peerClosed,
               let p = h2Parent(s), let session = h2(p).pointee.session else { return }
-        _ = nghttp2_session_consume(session, st.pointee.id, st.pointee.unconsumed)
-        st.pointee.unconsumed = 0
+        let given = st.pointee.unconsumed - min(st.pointee.unconsumed, unread(s.flow(0)))
+        guard given > 0 else { return }
+        _ = nghttp2_session_consume(session, st.pointee.id, given)
+        st.pointee.unconsumed -= given
         h2Flush(p)
     }
 
@@ -401,7 +425,12 @@ extension Shard {
         let pc = connections + Int(max(0, st.pointee.parent))
         if st.pointee.parent >= 0 && pc.pointee.generation == st.pointee.parentGeneration && pc.pointee.kind == .h2 {
             let h = h2(pc)
-            if st.pointee.unconsumed > 0, let session = h.pointee.session { _ = nghttp2_session_consume_connection(session, st.pointee.unconsumed) }
+            if st.pointee.unconsumed > 0, let session = h.pointee.session {
+                // The stream is gone; the connection's window still owes its bytes.
+                _ = nghttp2_session_consume_connection(session, st.pointee.unconsumed)
+                st.pointee.unconsumed = 0
+                if pc.pointee.state == .open { h2Flush(pc) }
+            }
             if h.pointee.first == me { h.pointee.first = st.pointee.next }
             else {
                 var q = h.pointee.first
@@ -479,6 +508,9 @@ extension Shard {
         // change how the request line or Host reads (nghttp2 has refused CR, LF and NUL).
         guard !method.isEmpty, method.allSatisfy(isTokenByte),
               !path.isEmpty, path.allSatisfy({ $0 > 0x20 && $0 < 0x7f }),
+              // origin-form only (or `*`): an absolute-form target would route by an authority
+              // other than :authority (RFC 9113 8.3.1).
+              path[0] == UInt8(ascii: "/") || (path.count == 1 && path[0] == UInt8(ascii: "*")),
               authority.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "?") && $0 != UInt8(ascii: "#") && $0 != UInt8(ascii: "@") })
         else { st.pointee.badPseudo = true; return }
         var ok = h2PutFront(st, method) && h2PutFront(st, " ") && h2PutFront(st, path) && h2PutFront(st, " HTTP/1.1\r\n")
@@ -500,7 +532,7 @@ extension Shard {
                 from += n
                 continue
             }
-            guard let b = takeHeadBuffer() else { return false }
+            guard headFreeCount > h2HeadReserve, let b = takeHeadBuffer() else { return false }
             enqueue(flow, bid: buffers.count + Int(b), length: 0)
         }
         return true
@@ -517,7 +549,7 @@ extension Shard {
     /// The head's bytes count as used; what follows them in the same send is body.
     func h2SubmitHead(_ s: UnsafeMutablePointer<Connection>, _ session: OpaquePointer, _ pointer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
         let st = h2s(s)
-        if st.pointee.grpc && s.pointee.ex.phase == .local {
+        if st.pointee.grpc && s.pointee.ex.phase == .local && s.pointee.ex.status >= 400 {
             h2GRPCError(session, st.pointee.id, httpStatus: Int(s.pointee.ex.status))
             st.pointee.pendingUsed = Int32(count)
             st.pointee.response = .body
@@ -543,9 +575,19 @@ extension Shard {
         used = 3
         add(h2StatusName, 7, status, 3)
         let raw = UnsafeMutableRawPointer(mutating: source.baseAddress!)
+        let chunked = rh.framing == .chunked
         for i in 0..<headers.count where n < h2NvaCapacity {
             let nr = headers.name(i), vr = headers.value(i)
             let name = UnsafeBufferPointer(start: source.baseAddress!.assumingMemoryBound(to: UInt8.self) + Int(nr.start), count: nr.count)
+            if equalsLower(name, "transfer-encoding") {
+                // HTTP/2 has no transfer codings: only chunked can be taken off; a body under
+                // another (gzip, chunked) cannot be passed on as what its headers say.
+                let value = UnsafeBufferPointer(start: source.baseAddress!.assumingMemoryBound(to: UInt8.self) + Int(vr.start), count: vr.count)
+                if !equalsLower(value, "chunked") { return false }
+                continue
+            }
+            // A chunked body's length is what the chunks say, whatever a Content-Length beside it claims.
+            if chunked && equalsLower(name, "content-length") { continue }
             if h2IsConnectionSpecific(name) { continue }
             guard used + name.count <= self.limits.bufferBytes else { break }
             let lower = names + used
@@ -568,6 +610,8 @@ extension Shard {
         st.pointee.response = .body
         st.pointee.pendingUsed = Int32(rh.headLength)
         if st.pointee.framing == .none {
+            // Whatever follows the head is not this response's (a HEAD answered with a body).
+            st.pointee.pendingUsed = Int32(count)
             return nghttp2_submit_response(session, st.pointee.id, h2Nva, n, nil) == 0
         }
         var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: H2Bridge.provider)
@@ -667,6 +711,9 @@ extension Shard {
         case .untilClose: whole = false
         }
         if exhausted && (whole || st.pointee.response == .done) {
+            // Trailers that found no buffer (gRPC's status is in them): the stream fails rather
+            // than end as if it had none.
+            if st.pointee.trailersLost { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
             flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
             if st.pointee.trailerLength > 0, let session = h2Connections[parent].session {
                 flags.pointee |= NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
@@ -708,10 +755,10 @@ extension Shard {
 
     func h2TrailerByte(_ st: UnsafeMutablePointer<H2Stream>, _ b: UInt8) {
         if st.pointee.trailers < 0 {
-            guard let t = takeHeadBuffer() else { return }
+            guard let t = takeHeadBuffer() else { st.pointee.trailersLost = true; return }
             st.pointee.trailers = t
         }
-        guard Int(st.pointee.trailerLength) < limits.bufferBytes else { return }
+        guard Int(st.pointee.trailerLength) < limits.bufferBytes else { st.pointee.trailersLost = true; return }
         (headBuffer(st.pointee.trailers) + Int(st.pointee.trailerLength)).storeBytes(of: b, as: UInt8.self)
         st.pointee.trailerLength += 1
     }
