@@ -158,9 +158,10 @@ public struct Limits: Sendable, Equatable {
     /// How TCP bytes move: `copy` through the buffer ring (default), or `splice` through a pipe
     /// per direction driven by readiness polls (kept to measure against; see Benchmarks/RESULTS.md).
     public var dataPath: DataPath = .copy
-    /// HTTP: buffers (of buffer_bytes) for the heads Weir writes; one is held per request only
-    /// while its head is being sent, so a few hundred serve thousands of connections.
-    public var headBuffersPerShard = 256
+    /// HTTP: buffers (of buffer_bytes) for the heads Weir writes and TLS records; an HTTP/1.1
+    /// request holds one only while its head is being sent, an HTTP/2 stream one for as long as
+    /// it is in flight (its request). Reserved, not touched: unused ones cost no resident memory.
+    public var headBuffersPerShard = 4096
     /// Which I/O backend runs the shards: io_uring where the kernel allows it, else epoll (`auto`,
     /// the default), or one of them forced.
     public var io: IOSetting = .auto

@@ -60,7 +60,6 @@ extension Shard {
         guard category == Int32(NGHTTP2_HCAT_REQUEST.rawValue), let session = h2Connections[parent].session else { return 0 }
         let p = connections + parent
         guard h2Connections[parent].phase == .open, freeCount > 0, headFreeCount > h2HeadReserve, let head = takeHeadBuffer() else {
-            if h2Connections[parent].phase == .open { control.stats.pointee.h2StreamsRefused += 1 }
             if headFreeCount == 0 { control.stats.pointee.headBuffersExhausted += 1 }
             _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_REFUSED_STREAM.rawValue)
             return 0
@@ -286,6 +285,11 @@ extension Shard {
             else if e != NGHTTP2_NO_ERROR.rawValue { control.stats.pointee.h2GoawayProtocol += 1 }
             return 0
         }
+        // Streams refused, by Weir or by nghttp2 (over the stream limit before SETTINGS is acknowledged).
+        if type == UInt8(NGHTTP2_RST_STREAM.rawValue) && weir_h2_rst_error(frame) == NGHTTP2_REFUSED_STREAM.rawValue {
+            control.stats.pointee.h2StreamsRefused += 1
+            return 0
+        }
         // The response ended while the client still sends its body: tell it to stop (RFC 9113
         // 8.1), once the end is out (a reset queued before it could overtake the last DATA).
         guard weir_h2_frame_flags(frame) & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0,
@@ -335,7 +339,10 @@ extension Shard {
         st.pointee.pendingCount = Int32(count)
         st.pointee.pendingUsed = 0
         if st.pointee.response == .head {
-            guard h2SubmitHead(s, session, pointer, count) else { return abortHTTP(s) }
+            guard h2SubmitHead(s, session, pointer, count) else {
+                Log.debug("shard \(index): HTTP/2 stream \(st.pointee.id): a response head HTTP/2 cannot carry")
+                return abortHTTP(s)
+            }
             h2Credit(s)
         } else if st.pointee.deferred {
             st.pointee.deferred = false
@@ -399,6 +406,7 @@ extension Shard {
     func h2StreamAborted(_ s: UnsafeMutablePointer<Connection>) {
         let st = h2s(s)
         guard st.pointee.open, let p = h2Parent(s), let session = h2(p).pointee.session else { return }
+        Log.debug("shard \(index): HTTP/2 stream \(st.pointee.id) reset: its exchange ended in \(s.pointee.ex.phase), request \(s.pointee.ex.request), response \(s.pointee.ex.response)")
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), st.pointee.id, NGHTTP2_INTERNAL_ERROR.rawValue)
         h2Flush(p)
     }
@@ -669,7 +677,10 @@ extension Shard {
     /// chunked; the end of the stream (with trailers, if the chunked body had them) once the body
     /// is whole or the exchange is done.
     func h2DataRead(_ parent: Int, _ id: Int32, _ buffer: UnsafeMutablePointer<UInt8>, _ room: Int, _ flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let s = h2Stream(parent, id) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        guard let s = h2Stream(parent, id) else {
+            Log.debug("shard \(index): HTTP/2 stream \(id) asked for DATA after its slot went")
+            return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
         let st = h2s(s)
         var out = 0
         while out < room && st.pointee.pendingUsed < st.pointee.pendingCount, let base = st.pointee.pendingPointer {
