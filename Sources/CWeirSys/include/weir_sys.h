@@ -20,3 +20,11 @@ int weir_poll_now(int fd, short events);
 /* The pending error of a socket (SO_ERROR): 0 when there is none. */
 int weir_socket_error(int fd);
 int weir_accept_nonblock(int fd);
+/* A single-threaded allocator of recycled blocks by size class (see slab.c), for libraries that
+ * take an allocator (nghttp2's nghttp2_mem): in steady state their per-stream allocations come
+ * back from its free lists instead of the heap. The signatures are nghttp2_mem's. */
+void *weir_slab_new(void);
+void *weir_slab_malloc(size_t size, void *slab);
+void weir_slab_free(void *ptr, void *slab);
+void *weir_slab_calloc(size_t count, size_t size, void *slab);
+void *weir_slab_realloc(void *ptr, size_t size, void *slab);

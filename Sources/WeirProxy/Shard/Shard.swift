@@ -3,6 +3,7 @@
 // and the stats the control thread reads.
 import CNGHTTP2
 import CURing
+import CWeirSys
 import Synchronization
 import WeirBalance
 import WeirConfig
@@ -163,6 +164,8 @@ final class Shard<IO: IOBackend> {
     var h2Events: [H2Event] = []
     var h2Credits: [SlotRef] = []
     var h2RunningEvents = false
+    /// nghttp2's allocator on this shard (CWeirSys/slab.c): blocks it frees are reused.
+    let h2Slab: UnsafeMutableRawPointer = weir_slab_new()
     var h2RunningCredits = false
     let h2Nva: UnsafeMutablePointer<nghttp2_nv>
     var h2NvaCapacity: Int { headers.capacity + 4 }

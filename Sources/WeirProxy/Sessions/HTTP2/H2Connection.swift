@@ -5,6 +5,7 @@
 // (H2Stream.swift), so routing, retries, timeouts, pools and access logs are the HTTP/1 ones.
 import CNGHTTP2
 import COpenSSL
+import CWeirSys
 import WeirConfig
 import WeirCore
 import WeirHTTP
@@ -62,7 +63,10 @@ extension Shard {
         nghttp2_option_set_max_continuations(option, settings.maxContinuations)
         nghttp2_option_set_max_send_header_block_length(option, limits.bufferBytes)
         var session: OpaquePointer? = nil
-        guard nghttp2_session_server_new2(&session, H2Bridge.callbacks, h2Contexts + slot(of: c), option) == 0, let session else {
+        // Its allocations (streams, header fields, frames) come from the shard's recycled blocks.
+        var mem = nghttp2_mem(mem_user_data: h2Slab, malloc: weir_slab_malloc, free: weir_slab_free,
+                              calloc: weir_slab_calloc, realloc: weir_slab_realloc)
+        guard nghttp2_session_server_new3(&session, H2Bridge.callbacks, h2Contexts + slot(of: c), option, &mem) == 0, let session else {
             h.pointee.out?.deallocate()
             h.pointee = H2Connection()
             return abortHTTP(c)
