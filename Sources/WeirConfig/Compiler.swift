@@ -67,9 +67,13 @@ public enum Compiler {
                 var t = t
                 // HTTP listeners offer h2 first by default (as Envoy and HAProxy set up for h2),
                 // and HTTP/1.1 only with `http2: false`.
+                let http2Off = l.http?["http2"]?.value == "false"
                 if proto == .http && t.alpn.isEmpty {
-                    t.alpn = (l.http?["http2"]?.value == "false" ? ["http/1.1"] : ["h2", "http/1.1"]).map { Located($0, at: t.position) }
+                    t.alpn = (http2Off ? ["http/1.1"] : ["h2", "http/1.1"]).map { Located($0, at: t.position) }
                 }
+                // Without HTTP/2 a client must not be told h2 was chosen (xDS's HTTP1 codec
+                // beside an alpn list that names it).
+                if proto == .http && http2Off { t.alpn.removeAll { $0.value == "h2" } }
                 guard let context = compileTLS(t, listener: name.value, fail: fail) else { return nil }
                 tls = context
             }

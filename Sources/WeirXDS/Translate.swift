@@ -569,7 +569,25 @@ func translateChain(_ chain: Envoy_Config_Listener_V3_FilterChain, label: String
     if !refusals.isEmpty { throw fail("http_connection_manager." + refusals.joined(separator: "; ")) }
     var hcmRest = hcm
     hcmRest.statPrefix = ""
+    // HTTP/2 from clients, as Envoy's codec: AUTO (h2 by ALPN or its preface) and HTTP2 both
+    // speak it, HTTP1 does not; HTTP/3 is not offered.
+    var http2Settings: [String: String] = [:]
+    switch hcm.codecType {
+    case .http1: http2Settings["http2"] = "false"
+    case .http3: throw fail("http_connection_manager.codec_type HTTP3 is not supported")
+    default: break
+    }
     hcmRest.codecType = .auto
+    if hcm.hasHTTP2ProtocolOptions {
+        let o = hcm.http2ProtocolOptions
+        if o.hasMaxConcurrentStreams { http2Settings["http2_max_concurrent_streams"] = String(min(10_000, max(1, o.maxConcurrentStreams.value))) }
+        if o.hasInitialStreamWindowSize { http2Settings["http2_stream_window_bytes"] = String(min(1 << 30, max(1024, o.initialStreamWindowSize.value))) }
+        if o.hasInitialConnectionWindowSize { http2Settings["http2_connection_window_bytes"] = String(min(1 << 30, max(65535, o.initialConnectionWindowSize.value))) }
+        var rest = o
+        rest.clearMaxConcurrentStreams(); rest.clearInitialStreamWindowSize(); rest.clearInitialConnectionWindowSize()
+        if rest != Envoy_Config_Core_V3_Http2ProtocolOptions() { notes.ignore("http_connection_manager.http2_protocol_options (other than max_concurrent_streams and the initial windows)") }
+        hcmRest.clearHTTP2ProtocolOptions()
+    }
     hcmRest.httpFilters = []
     hcmRest.routeSpecifier = nil
     if case .stripAnyHostPort? = hcm.stripPortMode { hcmRest.stripPortMode = nil }
@@ -622,6 +640,7 @@ func translateChain(_ chain: Envoy_Config_Listener_V3_FilterChain, label: String
     // Envoy matches virtual host domains against the Host with its port unless told to strip it.
     doc.http = ["strip_host_port": located(hcm.stripAnyHostPort ? "true" : "false", p)]
     if normalizePath { doc.http?["normalize_path"] = located("true", p) }
+    for (k, v) in http2Settings { doc.http?[k] = located(v, p) }
     doc.httpPosition = p
     let config: EnvoyRouteConfiguration
     switch hcm.routeSpecifier {

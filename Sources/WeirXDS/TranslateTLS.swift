@@ -176,10 +176,11 @@ func translateDownstreamTLS(_ socket: Envoy_Config_Core_V3_TransportSocket, labe
         // every client it asks, so it cannot honour "optional" without weakening nothing.
         throw fail("\(at): a validation context without require_client_certificate (optional client certificates) is not supported")
     }
-    // ALPN: Weir speaks HTTP/1.1 (a client offered h2 falls back to it); Istio's
-    // istio-peer-exchange would start a metadata exchange Weir does not speak.
-    let served = parts.alpn.filter { $0 != "h2" && $0 != "istio-peer-exchange" }
-    if served.count != parts.alpn.count { notes.ignore("transport_socket alpn_protocols h2 and istio-peer-exchange (not offered: Weir speaks neither)") }
+    // ALPN: h2 and http/1.1 as given (an http listener without HTTP/2, codec_type HTTP1, drops
+    // h2 when it compiles); Istio's istio-peer-exchange would start a metadata exchange Weir
+    // does not speak.
+    let served = parts.alpn.filter { $0 != "istio-peer-exchange" }
+    if served.count != parts.alpn.count { notes.ignore("transport_socket alpn_protocols istio-peer-exchange (not offered: Weir does not speak it)") }
     d.alpn = served.map { located($0, p) }
     d.minVersion = parts.minVersion.map { located($0, p) }
     d.maxVersion = parts.maxVersion.map { located($0, p) }

@@ -338,7 +338,7 @@ let endpointsJSON = """
         r.secrets["kubernetes://gw"] = try EnvoySecret(jsonString: #"{"name": "kubernetes://gw", "tls_certificate": {"certificate_chain": {"inline_string": "PEM"}, "private_key": {"inline_string": "KEY"}}}"#)
         let ready = try translate(r)
         let chainTLS = try #require(ready.listeners.first?.chains.first?.body.tls)
-        #expect(chainTLS.certificates.first?.inlinePEM?.cert == "PEM" && chainTLS.alpn.map(\.value) == ["http/1.1"], "h2 is not offered")
+        #expect(chainTLS.certificates.first?.inlinePEM?.cert == "PEM" && chainTLS.alpn.map(\.value) == ["h2", "http/1.1"], "h2 is offered (Weir speaks it)")
         // A PEM that does not load is the compiler's to refuse (named by its listener).
         #expect(refusal { _ = try compile(ready) }.contains("cannot load certificate sds:kubernetes://gw"))
 
@@ -351,6 +351,29 @@ let endpointsJSON = """
         let regex = san.replacingOccurrences(of: #"{"exact": "spiffe://cluster.local/ns/default/sa/app"}"#, with: #"{"safe_regex": {"regex": "spiffe://.*"}}"#)
         r.listeners["gw"] = try EnvoyListener(jsonString: json.replacingOccurrences(of: tls, with: regex))
         #expect(refusal { _ = try translate(r) }.contains("only exact, prefix, suffix and contains matchers are supported"))
+    }
+
+    /// codec_type and http2_protocol_options: HTTP1 turns HTTP/2 off (and h2 leaves the ALPN
+    /// list when the listener compiles), AUTO keeps it, the stream limit and windows carry over,
+    /// HTTP3 is refused.
+    @Test func theCodecTypeAndHTTP2OptionsBecomeTheListenersHTTP2() throws {
+        var r = XDSResources()
+        r.clusters["app"] = try cluster(#"{"name": "app", "type": "STATIC", "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9000}}}}]}]}}"#)
+        func listener(_ extra: String) throws -> EnvoyListener {
+            try EnvoyListener(jsonString: #"{"name": "in", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}}, "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", "stat_prefix": "s", \#(extra) "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]}, "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}"#)
+        }
+        r.listeners["in"] = try listener(#""codec_type": "AUTO", "http2_protocol_options": {"max_concurrent_streams": 50, "initial_stream_window_size": 131072, "initial_connection_window_size": 2097152, "allow_connect": true},"#)
+        let auto = try translate(r)
+        var settings = HTTP2Settings()
+        settings.maxConcurrentStreams = 50
+        settings.streamWindowBytes = 131072
+        settings.connectionWindowBytes = 2097152
+        #expect(try compile(auto).listeners.first?.http?.http2 == settings)
+        #expect(auto.notes.ignored[.listener]?.keys.contains { $0.contains("http2_protocol_options") } == true, "the rest is listed as ignored")
+        r.listeners["in"] = try listener(#""codec_type": "HTTP1","#)
+        #expect(try compile(try translate(r)).listeners.first?.http?.http2 == nil)
+        r.listeners["in"] = try listener(#""codec_type": "HTTP3","#)
+        #expect(refusal { _ = try translate(r) }.contains("codec_type HTTP3 is not supported"))
     }
 
     /// forward_client_cert_details and set_current_client_cert_details become the listener's
