@@ -304,7 +304,9 @@ func istioRoutes(_ name: String, cluster: String) -> String {
         #expect(secondsUntil(limit: 10) { (try? TestClient(loopback(port), timeoutSeconds: 1)) != nil } != nil, "bound once its certificate came")
         var (status, out) = try curlTLS(port, name: "a.example.com", path: "/gw", certs: certs)
         #expect(status == 0 && out.hasPrefix("app /gw") && out.hasSuffix("200"), "\(out)\n\(weir.log.suffix(2000))")
-        #expect(try sClient(port, ["-servername", "a.example.com", "-alpn", "h2,http/1.1"]).contains("ALPN protocol: http/1.1"), "h2 is not offered: Weir speaks HTTP/1.1")
+        #expect(try sClient(port, ["-servername", "a.example.com", "-alpn", "h2,http/1.1"]).contains("ALPN protocol: h2"), "h2 is offered: Weir speaks HTTP/2 downstream")
+        let (h2Status, h2Out) = try curlTLS(port, name: "a.example.com", path: "/gw", certs: certs, extra: ["--http2", "-w", "\n%{http_code} %{http_version}"])
+        #expect(h2Status == 0 && h2Out.hasPrefix("app /gw") && h2Out.hasSuffix("200 2"), "\(h2Out)")
         // The secret's OCSP response is stapled for clients that ask.
         let stapled = try sClient(port, ["-servername", "a.example.com", "-status"])
         #expect(stapled.contains("OCSP Response Status: successful"), "\(stapled.prefix(1500))")
