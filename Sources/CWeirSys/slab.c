@@ -1,21 +1,26 @@
 /* Recycled blocks by size class for one thread (a shard): a block freed goes on its class's free
  * list and the next allocation of that class takes it, so a steady load allocates nothing from
  * the heap. Each block has a 16-byte header saying its class (or, for a large block, that it
- * came from malloc). A class keeps at most SLAB_KEEP free blocks; more go back to the heap. */
+ * came from malloc). A class keeps at most SLAB_KEEP_BYTES of free blocks; more go back to the
+ * heap, so a peak of connections does not pin its memory for good. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "weir_sys.h"
 
-#define SLAB_CLASSES 10      /* 64 B .. 32 KiB */
-#define SLAB_KEEP 8192
+#define SLAB_CLASSES 11
+#define SLAB_KEEP_BYTES (8u << 20)
 #define SLAB_LARGE 0xFFFF
+
+/* Powers of two, and nghttp2's frame buffer (9 + 1 + 16384 bytes, a little over 16 KiB) its own
+ * class rather than half a 32 KiB block wasted. */
+static const size_t classes[SLAB_CLASSES] = {64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 16448, 32768};
 
 typedef struct block { struct block *next; } block;
 typedef struct { uint32_t cls; uint32_t pad; uint64_t size; } header;
 typedef struct { block *free[SLAB_CLASSES]; uint32_t count[SLAB_CLASSES]; } slab;
 
-static size_t class_bytes(int c) { return (size_t)64 << c; }
+static size_t class_bytes(int c) { return classes[c]; }
 
 static int class_of(size_t n) {
     for (int c = 0; c < SLAB_CLASSES; c++) if (n <= class_bytes(c)) return c;
@@ -29,6 +34,7 @@ void *weir_slab_malloc(size_t size, void *p) {
     int c = class_of(size);
     header *h;
     if (c < 0) {
+        if (size > SIZE_MAX - sizeof(header)) return NULL;
         h = malloc(sizeof(header) + size);
         if (!h) return NULL;
         h->cls = SLAB_LARGE;
@@ -53,7 +59,7 @@ void weir_slab_free(void *ptr, void *p) {
     if (!ptr) return;
     slab *s = p;
     header *h = (header *)ptr - 1;
-    if (h->cls == SLAB_LARGE || s->count[h->cls] >= SLAB_KEEP) { free(h); return; }
+    if (h->cls == SLAB_LARGE || (size_t)s->count[h->cls] * class_bytes((int)h->cls) >= SLAB_KEEP_BYTES) { free(h); return; }
     block *b = ptr;
     b->next = s->free[h->cls];
     s->free[h->cls] = b;

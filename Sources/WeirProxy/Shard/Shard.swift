@@ -164,6 +164,7 @@ final class Shard<IO: IOBackend> {
     var h2Events: [H2Event] = []
     var h2Credits: [SlotRef] = []
     var h2RunningEvents = false
+    var h2PendingFlushes: [SlotRef] = []
     /// nghttp2's allocator on this shard (CWeirSys/slab.c): blocks it frees are reused.
     let h2Slab: UnsafeMutableRawPointer = weir_slab_new()
     var h2RunningCredits = false
@@ -231,6 +232,7 @@ final class Shard<IO: IOBackend> {
         h2Scratch = .allocate(capacity: limits.bufferBytes)
         h2Events.reserveCapacity(1024)
         h2Credits.reserveCapacity(1024)
+        h2PendingFlushes.reserveCapacity(256)
         bindH2Callbacks()
         Log.debug("shard \(index): ring \(entries) entries, \(ring.setupDescription), \(limits.buffersPerShard) x \(limits.bufferBytes) B buffers")
     }
@@ -314,6 +316,7 @@ final class Shard<IO: IOBackend> {
         if buffers.commit() > 0 && (!starvedFlows.isEmpty || !starvedUpstreams.isEmpty) { rearmStarved() }
         for w in logWriters { w.flush(ring) }
         if !headWaiters.isEmpty && headFreeCount > 0 { serveHeadWaiters() }
+        if !h2PendingFlushes.isEmpty { h2RunPendingFlushes() }
         publishStats()
         return true
     }
@@ -371,7 +374,15 @@ final class Shard<IO: IOBackend> {
         }
         for slot in 0..<highWater {
             let c = connections + slot
-            if c.pointee.kind == .http { if c.pointee.state == .open { httpTick(c) }; continue }
+            if c.pointee.kind == .http {
+                if c.pointee.state == .open { httpTick(c) }
+                // A finished stream whose end waits for window the client never gives.
+                else if c.pointee.state == .closing && c.pointee.carrier == .h2Stream && now - c.pointee.lastActivity > c.pointee.idleTimeout {
+                    h2StreamAborted(c)
+                    c.pointee.lastActivity = now
+                }
+                continue
+            }
             if c.pointee.kind == .h2 { if c.pointee.state == .open { h2Tick(c) }; continue }
             if c.pointee.state == .peeking {
                 if now > c.pointee.helloDeadline { control.stats.pointee.sniTimeouts += 1; abort(c) }

@@ -225,12 +225,10 @@ extension Shard {
     func h2ClientEnded(_ c: UnsafeMutablePointer<Connection>) {
         let h = h2(c)
         if h.pointee.phase == .open { h.pointee.phase = .goingAway }
-        var s = h.pointee.first
-        while s >= 0 {
+        // Over a copy of the list: a reset flushes, which may end and unlink other streams.
+        for (s, generation) in h2StreamSlots(c) {
             let sc = connections + Int(s)
-            let next = h2Streams[Int(s)].next
-            if sc.pointee.state == .open && !h2Streams[Int(s)].requestEnded { abortHTTP(sc) }
-            s = next
+            if sc.pointee.generation == generation && sc.pointee.state == .open && !h2Streams[Int(s)].requestEnded { abortHTTP(sc) }
         }
         guard c.pointee.state == .open else { return }
         h2Flush(c)
@@ -242,12 +240,15 @@ extension Shard {
         let h = h2(c)
         if h.pointee.phase == .open { h.pointee.phase = .goingAway }
         h2EndStreams(c)
-        if let session = h.pointee.session, !c.flow(1).pointee.sending && h.pointee.outLength == 0 && !c.flow(0).pointee.sourceEnded {
+        guard c.pointee.state == .open else { return }
+        // Frames on their way (the GOAWAY among them): closed once they are out, or by the idle
+        // timeout if they never go.
+        if c.flow(1).pointee.sending || h.pointee.outLength > 0 { return h2CloseIfDone(c) }
+        if let session = h.pointee.session, !c.flow(0).pointee.sourceEnded {
             _ = nghttp2_session_send(session)
             if h.pointee.outLength > 0 {
                 h.pointee.outSent = 0
                 downstreamSend(c, h.pointee.out!, Int(h.pointee.outLength))
-                // Closed once the last frames are out (or the idle timeout says they never go).
                 return h2CloseIfDone(c)
             }
         }
@@ -257,18 +258,43 @@ extension Shard {
     /// Ends every stream of the connection (their exchanges abort; nghttp2 forgets them with
     /// the session).
     func h2EndStreams(_ c: UnsafeMutablePointer<Connection>) {
-        var s = h2(c).pointee.first
-        while s >= 0 {
+        for (s, generation) in h2StreamSlots(c) {
             let sc = connections + Int(s)
             let st = h2Streams + Int(s)
-            let next = st.pointee.next
+            guard sc.pointee.generation == generation, sc.pointee.carrier == .h2Stream else { continue }
             if st.pointee.open {
                 st.pointee.open = false
                 sc.pointee.inflight -= 1
             }
             if sc.pointee.state == .open { abortHTTP(sc) } else { finishIfIdle(sc) }
-            s = next
         }
+    }
+
+    /// The connection's stream slots and their generations, copied (once per connection end,
+    /// not per request) so that walking them survives streams ending on the way.
+    func h2StreamSlots(_ c: UnsafeMutablePointer<Connection>) -> [(Int32, UInt32)] {
+        var list: [(Int32, UInt32)] = []
+        list.reserveCapacity(Int(h2(c).pointee.streams))
+        var s = h2(c).pointee.first
+        while s >= 0 && list.count <= limits.maxConnectionsPerShard {
+            list.append((s, connections[Int(s)].generation))
+            s = h2Streams[Int(s)].next
+        }
+        return list
+    }
+
+    /// Flushes asked for where a flush could not run safely (a stream slot being freed): run at
+    /// the end of the loop turn.
+    func h2RunPendingFlushes() {
+        var i = 0
+        while i < h2PendingFlushes.count {
+            let r = h2PendingFlushes[i]
+            i += 1
+            let c = connections + Int(r.slot)
+            guard c.pointee.generation == r.generation, c.pointee.kind == .h2, c.pointee.state == .open else { continue }
+            h2Flush(c)
+        }
+        h2PendingFlushes.removeAll(keepingCapacity: true)
     }
 
     /// A connection with nothing left to do closes: nghttp2 wants neither to read nor to write
@@ -296,10 +322,12 @@ extension Shard {
         if draining && h.pointee.phase == .open { h2GoAway(c) }
         if h.pointee.phase == .open && snapshotOf(c) !== snapshot { h2FollowSnapshot(c) }
         guard c.pointee.state == .open, now - c.pointee.lastActivity > c.pointee.idleTimeout else { return }
+        // Streams waiting on their upstreams (a long poll, a quiet gRPC stream) keep the
+        // connection: their own timeouts govern them.
+        if h.pointee.streams > 0 && !c.flow(1).pointee.sending { return }
         control.stats.pointee.idleTimeouts += 1
-        // Idle with no streams: GOAWAY, given one more idle period to go out. Nothing moved at all
-        // for a whole idle period with streams open (a reader whose window never opens, streams
-        // whose ends wait for window): the connection ends.
+        // Idle with no streams: GOAWAY, given one more idle period to go out. A client that took
+        // nothing of what was sent for a whole idle period: the connection ends.
         if h.pointee.streams == 0 && h.pointee.phase == .open && !c.flow(1).pointee.sending {
             h2GoAway(c)
             c.pointee.lastActivity = now

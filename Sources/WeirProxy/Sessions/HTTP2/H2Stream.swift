@@ -176,7 +176,8 @@ extension Shard {
     func h2ResetAllowed(_ parent: Int) -> Bool {
         let h = h2Connections + parent
         guard let settings = httpListener(connections + parent).http2 else { return true }
-        let elapsed = max(0, now - h.pointee.resetRefilled)
+        // Capped: a bucket is full after burst / rate seconds, and the product must not overflow.
+        let elapsed = min(max(0, now - h.pointee.resetRefilled), 100_000_000_000)
         let earned = elapsed * Int64(settings.resetsPerSecond) / 1_000_000_000
         if earned > 0 {
             h.pointee.resetTokens = min(Int64(settings.resetBurst), h.pointee.resetTokens + earned)
@@ -427,17 +428,24 @@ extension Shard {
     /// The stream slot is being freed: its buffers go, and its connection forgets it.
     func h2StreamFreed(_ s: UnsafeMutablePointer<Connection>) {
         let st = h2s(s)
-        if st.pointee.head >= 0 { releaseHeadBuffer(st.pointee.head) }
-        if st.pointee.trailers >= 0 { releaseHeadBuffer(st.pointee.trailers) }
+        if st.pointee.head >= 0 { releaseHeadBuffer(st.pointee.head); st.pointee.head = -1 }
+        if st.pointee.trailers >= 0 { releaseHeadBuffer(st.pointee.trailers); st.pointee.trailers = -1 }
         let me = Int32(slot(of: s))
         let pc = connections + Int(max(0, st.pointee.parent))
         if st.pointee.parent >= 0 && pc.pointee.generation == st.pointee.parentGeneration && pc.pointee.kind == .h2 {
             let h = h2(pc)
+            var flush = false
             if st.pointee.unconsumed > 0, let session = h.pointee.session {
                 // The stream is gone; the connection's window still owes its bytes.
                 _ = nghttp2_session_consume_connection(session, st.pointee.unconsumed)
                 st.pointee.unconsumed = 0
-                if pc.pointee.state == .open { h2Flush(pc) }
+                flush = true
+            }
+            // Not flushed here: the flush could end the connection, which ends its streams, this
+            // one among them, while it is being freed. At the end of the loop turn instead (the
+            // WINDOW_UPDATE, and the close of a connection going away with no stream left).
+            if flush || h.pointee.phase != .open {
+                h2PendingFlushes.append(SlotRef(slot: slot(of: pc), generation: pc.pointee.generation))
             }
             if h.pointee.first == me { h.pointee.first = st.pointee.next }
             else {
