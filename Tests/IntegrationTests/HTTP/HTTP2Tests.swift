@@ -99,6 +99,10 @@ func curlH2(_ url: String, _ extra: [String], size: Bool = false) throws -> (Int
         #expect(s5 == 0 && o5.hasSuffix("2 200 200000"), "\(o5)")
         let (s6, o6) = try curlH2("https://a.example.com:\(tls)/big?n=5000000", ["--http2", "-o", "/dev/null"] + tlsArgs, size: true)
         #expect(s6 == 0 && o6.hasSuffix("2 200 5000000"), "\(o6)")
+        // A chunked body's trailers arrive as HTTP/2 trailers (curl dumps them with the headers).
+        let (s9, o9) = try runProcess("/usr/bin/curl", ["-sS", "-m", "20", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null",
+                                                        "http://127.0.0.1:\(plain)/chunked?n=30000"])
+        #expect(s9 == 0 && o9.lowercased().contains("x-trailer: yes"), "\(o9)")
         // A status from the upstream, and one Weir makes (no route: 404 with its body).
         let (_, o7) = try curlH2("http://127.0.0.1:\(plain)/status/503", ["--http2-prior-knowledge"])
         #expect(o7.hasSuffix("2 503"), "\(o7)")
@@ -108,6 +112,29 @@ func curlH2(_ url: String, _ extra: [String], size: Bool = false) throws -> (Int
         let m = try parsePrometheus(admin(try weir.adminAddress(), "GET", "/stats/prometheus").1)
         #expect((m["weir_http2_connections_total{}"] ?? 0) >= 8)
         #expect((m["weir_http2_streams_total{outcome=\"served\"}"] ?? 0) >= 8)
+    }
+
+    /// Drain (SIGTERM): the connection is told GOAWAY, the stream in flight finishes, Weir exits.
+    @Test func drainLetsStreamsInFlightFinish() throws {
+        let certs = try TestCertificates()
+        let up = try HTTPUpstream(name: "up")
+        let weir = try WeirProcess(yaml: config(upstream: up, certs: certs))
+        defer { weir.stop() }
+        let plain = try weir.port("h2c")
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        curl.arguments = ["-sS", "-m", "20", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "http://127.0.0.1:\(plain)/slow?ms=1500"]
+        let out = Pipe()
+        curl.standardOutput = out
+        try curl.run()
+        // The request is in flight (the upstream answers in 1.5 s) when the drain starts.
+        let adminAddress = try weir.adminAddress()
+        #expect(secondsUntil(limit: 5) { admin(adminAddress, "GET", "/stats/prometheus").1.contains("weir_http2_streams_total{outcome=\"served\"} 1") } != nil)
+        weir.signal(SIGTERM)
+        curl.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(curl.terminationStatus == 0 && text == "2 200", "\(text)")
+        #expect(secondsUntil(limit: 10) { !weir.process.isRunning } != nil, "weir exits once the drained connection closed")
     }
 
     @Test func h2loadRunsManyStreamsPerConnection() throws {
