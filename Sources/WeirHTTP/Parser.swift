@@ -16,7 +16,7 @@
     }
 }
 
-@inlinable func isToken(_ c: UInt8) -> Bool { tokenTable[Int(c)] }
+@inlinable public func isToken(_ c: UInt8) -> Bool { tokenTable[Int(c)] }
 /// field-vchar, SP and HTAB: what a field value may hold (obs-text included, as RFC 9110 allows).
 @inlinable func isFieldByte(_ c: UInt8) -> Bool { c == HTAB || c >= 0x20 && c != 0x7F }
 

@@ -135,7 +135,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         lines = [f"{NAME} {self.path}"]
-        for h in ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Request-Id", "X-Added", "X-Secret", "Connection", "X-Forwarded-Client-Cert"):
+        for h in ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Request-Id", "X-Added", "X-Secret", "Connection", "X-Forwarded-Client-Cert", "Cookie"):
             if h in self.headers:
                 lines.append(f"{h}: {self.headers[h]}")
         self.reply(200, ("\n".join(lines) + "\n").encode(), [("X-Upstream", NAME), ("X-Internal", "1")])

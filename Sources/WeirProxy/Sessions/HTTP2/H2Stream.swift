@@ -522,7 +522,7 @@ extension Shard {
         let method = h2Back(st, st.pointee.method), path = h2Back(st, st.pointee.path), authority = h2Back(st, st.pointee.authority)
         // A method must be a token, and a target and authority must not contain what would
         // change how the request line or Host reads (nghttp2 has refused CR, LF and NUL).
-        guard !method.isEmpty, method.allSatisfy(isTokenByte),
+        guard !method.isEmpty, method.allSatisfy(isToken),
               !path.isEmpty, path.allSatisfy({ $0 > 0x20 && $0 < 0x7f }),
               // origin-form only (or `*`): an absolute-form target would route by an authority
               // other than :authority (RFC 9113 8.3.1).
@@ -820,16 +820,6 @@ extension Shard {
     }
 }
 
-@inline(__always) func isTokenByte(_ b: UInt8) -> Bool {
-    switch b {
-    case 48...57, 65...90, 97...122: return true
-    case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"),
-         UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-        return true
-    default: return false
-    }
-}
-
 /// `bytes` equal `lower` (ASCII lowercase) ignoring case.
 @inline(__always) func equalsLower(_ bytes: UnsafeBufferPointer<UInt8>, _ lower: StaticString) -> Bool {
     guard bytes.count == lower.utf8CodeUnitCount else { return false }
@@ -840,19 +830,6 @@ extension Shard {
         if b != l[i] { return false }
     }
     return true
-}
-
-@inline(__always) func equalsLower(_ bytes: UnsafeBufferPointer<UInt8>, _ lower: String) -> Bool {
-    var lower = lower
-    return lower.withUTF8 { l in
-        guard bytes.count == l.count else { return false }
-        for i in 0..<bytes.count {
-            var b = bytes[i]
-            if b >= 65 && b <= 90 { b += 32 }
-            if b != l[i] { return false }
-        }
-        return true
-    }
 }
 
 /// Header names nghttp2 reads from (it copies them; these only need to outlive the call).
